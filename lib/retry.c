@@ -1,0 +1,160 @@
+/* retry.c - outcome classification, full-jitter exponential backoff, Retry-After parsing. */
+#include "retry.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* CURLcodes that say the request could not even be built: retrying sends the same thing. */
+static bool curl_code_is_permanent(int code)
+{
+	switch (code) {
+	case CURLE_UNSUPPORTED_PROTOCOL:
+	case CURLE_FAILED_INIT:
+	case CURLE_URL_MALFORMAT:
+	case CURLE_NOT_BUILT_IN:
+	case CURLE_BAD_FUNCTION_ARGUMENT:
+	case CURLE_UNKNOWN_OPTION:
+		return true;
+	default:
+		return false;
+	}
+}
+
+enum retry_class retry_classify(long http_status, int curl_code)
+{
+	if (curl_code != CURLE_OK)
+		return curl_code_is_permanent(curl_code) ? RETRY_PERMANENT : RETRY_TRANSIENT;
+	if (http_status >= 200 && http_status <= 299)
+		return RETRY_SUCCESS;
+	switch (http_status) {
+	case 0: /* transfer "completed" without a status line: nothing was answered */
+	case 408:
+	case 500:
+	case 502:
+	case 503:
+	case 504:
+		return RETRY_TRANSIENT;
+	case 429:
+		return RETRY_THROTTLED;
+	case 401:
+		return RETRY_AUTH;
+	default:
+		return RETRY_PERMANENT;
+	}
+}
+
+const char *retry_class_name(enum retry_class c)
+{
+	switch (c) {
+	case RETRY_SUCCESS:
+		return "success";
+	case RETRY_TRANSIENT:
+		return "transient";
+	case RETRY_THROTTLED:
+		return "throttled";
+	case RETRY_AUTH:
+		return "auth";
+	case RETRY_PERMANENT:
+		return "permanent";
+	}
+	return "unknown";
+}
+
+uint64_t retry_rng_next(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* min(max_delay, base * 2^(attempt-1)) without overflow; never negative. */
+static int64_t backoff_cap(const struct retry_policy *p, unsigned attempt)
+{
+	int64_t base = p->base_delay_ms > 0 ? p->base_delay_ms : 0;
+	int64_t max = p->max_delay_ms > 0 ? p->max_delay_ms : 0;
+	int64_t cap = base;
+	for (unsigned i = 1; i < attempt && cap < max; i++)
+		cap = cap > INT64_MAX / 2 ? INT64_MAX : cap * 2;
+	return cap < max ? cap : max;
+}
+
+int64_t retry_backoff_ms(const struct retry_policy *p, unsigned attempt, uint64_t *rng_state)
+{
+	int64_t cap = backoff_cap(p, attempt == 0 ? 1 : attempt);
+	/* 53 random bits scaled to [0, cap + 1), floored: uniform over the cap + 1 integers. */
+	double u = (double)(retry_rng_next(rng_state) >> 11) * 0x1.0p-53;
+	int64_t d = (int64_t)(u * ((double)cap + 1.0));
+	return d > cap ? cap : d;
+}
+
+int64_t retry_next_delay_ms(const struct retry_policy *p, unsigned attempts_done,
+			    int64_t retry_after_ms, uint64_t *rng_state)
+{
+	int64_t d = retry_backoff_ms(p, attempts_done, rng_state);
+	return retry_after_ms > d ? retry_after_ms : d;
+}
+
+bool retry_may_retry(const struct retry_policy *p, unsigned attempts_done, int64_t first_attempt_ms,
+		     int64_t now_ms, int64_t next_delay_ms)
+{
+	unsigned max_attempts = p->max_attempts ? p->max_attempts : 1;
+	if (attempts_done >= max_attempts)
+		return false;
+	if (p->max_elapsed_ms <= 0)
+		return true;
+	int64_t start = now_ms + (next_delay_ms > 0 ? next_delay_ms : 0);
+	return start - first_attempt_ms <= p->max_elapsed_ms;
+}
+
+static int64_t clamp_after(double ms)
+{
+	if (!(ms > 0))
+		return 0;
+	if (ms >= (double)RETRY_AFTER_MAX_MS)
+		return RETRY_AFTER_MAX_MS;
+	return (int64_t)ceil(ms);
+}
+
+/* delta-seconds: digits, optionally '.' and digits; surrounding blanks allowed. */
+static bool parse_seconds(const char *v, int64_t *delay_ms)
+{
+	while (*v == ' ' || *v == '\t')
+		v++;
+	if (*v < '0' || *v > '9')
+		return false; /* refuses signs, "inf", "nan", hex that strtod would take */
+	for (const char *c = v; *c && *c != ' ' && *c != '\t'; c++)
+		if ((*c < '0' || *c > '9') && *c != '.')
+			return false;
+	errno = 0;
+	char *end = NULL;
+	double secs = strtod(v, &end);
+	if (end == v || (errno == ERANGE && secs != 0))
+		return false;
+	while (*end == ' ' || *end == '\t')
+		end++;
+	if (*end != '\0')
+		return false;
+	*delay_ms = clamp_after(secs * 1000.0);
+	return true;
+}
+
+bool retry_parse_retry_after(const char *value, int64_t now_epoch_ms, int64_t *delay_ms)
+{
+	if (!value || strlen(value) > 128)
+		return false;
+	if (parse_seconds(value, delay_ms))
+		return true;
+	/* An HTTP-date starts with a day name; curl_getdate also knows RFC 850 and asctime forms. */
+	if ((*value < 'A' || *value > 'Z') && (*value < 'a' || *value > 'z'))
+		return false;
+	time_t when = curl_getdate(value, NULL);
+	if (when == (time_t)-1)
+		return false;
+	*delay_ms = clamp_after((double)when * 1000.0 - (double)now_epoch_ms);
+	return true;
+}

@@ -1,0 +1,75 @@
+/*
+ * retry.h - classification of Graph call outcomes and the backoff between attempts.
+ *
+ * Pure logic: no I/O, no clocks (times are milliseconds passed in by the caller), no global
+ * state (the jitter PRNG's state belongs to the caller). Safe from any thread as long as each
+ * thread uses its own rng_state.
+ */
+#ifndef CHATPROV_RETRY_H
+#define CHATPROV_RETRY_H
+
+#include "common.h"
+
+enum retry_class {
+	RETRY_SUCCESS,   /* 2xx */
+	RETRY_TRANSIENT, /* 408, 500, 502, 503, 504, no response, connection errors, timeouts */
+	RETRY_THROTTLED, /* 429: tell the scheduler, honour Retry-After, retry */
+	RETRY_AUTH,      /* 401: refresh the token, retry */
+	RETRY_PERMANENT, /* any other status; curl errors that no retry can fix */
+};
+
+/*
+ * Classifies one attempt. curl_code is the CURLcode of the transfer (0 = CURLE_OK: a response
+ * arrived and http_status is its status). Any other CURLcode is transient (connection refused or
+ * reset, timeouts, TLS handshakes that broke, ...) except the few that mean the request itself
+ * can never be sent (malformed URL, unsupported protocol, bad option): those are permanent.
+ */
+enum retry_class retry_classify(long http_status, int curl_code);
+
+/* "success", "transient", "throttled", "auth", "permanent": for logs and metrics labels. */
+const char *retry_class_name(enum retry_class c);
+
+struct retry_policy {
+	unsigned max_attempts;  /* total attempts, the first included; 0 is treated as 1 */
+	int64_t base_delay_ms;  /* cap of the first retry's delay */
+	int64_t max_delay_ms;   /* cap of any single delay */
+	int64_t max_elapsed_ms; /* no attempt starts later than first attempt + this; <= 0: none */
+};
+
+/*
+ * Delay before retry number `attempt` (1 = the first retry): full jitter, uniform in
+ * [0, min(max_delay, base * 2^(attempt-1))]. *rng_state is any 64-bit seed; it is advanced.
+ */
+int64_t retry_backoff_ms(const struct retry_policy *p, unsigned attempt, uint64_t *rng_state);
+
+/*
+ * Delay before the next attempt after `attempts_done` attempts, given the server's Retry-After
+ * (<= 0: none): the larger of the jittered backoff and Retry-After, so a retry never lands
+ * inside an advertised Retry-After window.
+ */
+int64_t retry_next_delay_ms(const struct retry_policy *p, unsigned attempts_done,
+			    int64_t retry_after_ms, uint64_t *rng_state);
+
+/*
+ * True if one more attempt is allowed: fewer than max_attempts done, and the attempt would
+ * start (now + next_delay) no later than first_attempt + max_elapsed.
+ */
+bool retry_may_retry(const struct retry_policy *p, unsigned attempts_done, int64_t first_attempt_ms,
+		     int64_t now_ms, int64_t next_delay_ms);
+
+/* The longest Retry-After we accept; larger values are clamped to it. */
+#define RETRY_AFTER_MAX_MS (24LL * 3600 * 1000)
+
+/*
+ * Parses a Retry-After header value: delta-seconds, integer ("3") or fractional ("2.128", as
+ * Graph sends), or an HTTP-date ("Wed, 21 Oct 2015 07:28:00 GMT", relative to now_epoch_ms).
+ * *delay_ms is rounded up to the next millisecond, clamped to [0, RETRY_AFTER_MAX_MS] (a date
+ * in the past gives 0). False (and *delay_ms untouched) if the value is neither form.
+ */
+bool retry_parse_retry_after(const char *value, int64_t now_epoch_ms, int64_t *delay_ms)
+	CP_MUSTCHECK;
+
+/* splitmix64: the PRNG behind the jitter, exposed for tests and for seeding per thread. */
+uint64_t retry_rng_next(uint64_t *state);
+
+#endif
