@@ -1,0 +1,535 @@
+/*
+ * graphresp.c - bounded parsers of Microsoft Graph responses.
+ */
+#include "graphresp.h"
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+/* Graph's documents are shallow; deeper nesting is hostile. */
+#define GRAPHRESP_JSON_DEPTH 64
+
+enum copy { COPY_ABSENT, COPY_OK, COPY_TOO_LONG, COPY_BAD_TYPE };
+
+static bool fail_msg(char *err, size_t errcap, const char *fmt, ...) CP_PRINTF(3, 4);
+
+static bool fail_msg(char *err, size_t errcap, const char *fmt, ...)
+{
+	if (err && errcap) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, errcap, fmt, ap);
+		va_end(ap);
+	}
+	return false;
+}
+
+/* Parses a whole body as one JSON object, refusing oversized bodies and trailing data. */
+static json_object *parse_object(const char *body, size_t len, size_t max, char *err,
+				 size_t errcap)
+{
+	if (!body || len == 0)
+		return fail_msg(err, errcap, "empty body"), NULL;
+	if (len > max)
+		return fail_msg(err, errcap, "body of %zu bytes exceeds %zu", len, max), NULL;
+	if (memchr(body, '\0', len))
+		return fail_msg(err, errcap, "NUL byte in body"), NULL;
+	json_tokener *tok = json_tokener_new_ex(GRAPHRESP_JSON_DEPTH);
+	if (!tok)
+		return fail_msg(err, errcap, "out of memory"), NULL;
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	json_object *root = json_tokener_parse_ex(tok, body, (int)len);
+	enum json_tokener_error jerr = json_tokener_get_error(tok);
+	size_t end = json_tokener_get_parse_end(tok);
+	json_tokener_free(tok);
+	if (!root)
+		return fail_msg(err, errcap, "invalid JSON at offset %zu: %s", end,
+				jerr == json_tokener_continue ? "unexpected end of input"
+							      : json_tokener_error_desc(jerr)),
+		       NULL;
+	while (end < len && strchr(" \t\r\n", body[end]))
+		end++;
+	if (end < len || !json_object_is_type(root, json_type_object)) {
+		json_object_put(root);
+		return fail_msg(err, errcap, "body is not one JSON object"), NULL;
+	}
+	return root;
+}
+
+/* Copies string field key into dst (cap bytes). null counts as absent. */
+static enum copy copy_str(json_object *obj, const char *key, char *dst, size_t cap)
+{
+	json_object *v;
+	dst[0] = '\0';
+	if (!json_object_object_get_ex(obj, key, &v) || v == NULL)
+		return COPY_ABSENT;
+	if (!json_object_is_type(v, json_type_string))
+		return COPY_BAD_TYPE;
+	size_t n = (size_t)json_object_get_string_len(v);
+	const char *s = json_object_get_string(v);
+	if (n >= cap || strlen(s) != n)
+		return COPY_TOO_LONG;
+	memcpy(dst, s, n + 1);
+	return COPY_OK;
+}
+
+/* Like copy_str, but long texts are cut at a UTF-8 character boundary. */
+static enum copy copy_text(json_object *obj, const char *key, char *dst, size_t cap)
+{
+	json_object *v;
+	dst[0] = '\0';
+	if (!json_object_object_get_ex(obj, key, &v) || v == NULL)
+		return COPY_ABSENT;
+	if (!json_object_is_type(v, json_type_string))
+		return COPY_BAD_TYPE;
+	const char *s = json_object_get_string(v);
+	size_t n = strnlen(s, cap - 1);
+	while (n > 0 && s[n] != '\0' && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return COPY_OK;
+}
+
+/* Optional fields: a wrong type is an error, a value that does not fit is dropped. */
+static bool optional_str(json_object *obj, const char *key, char *dst, size_t cap, char *err,
+			 size_t errcap)
+{
+	enum copy r = copy_str(obj, key, dst, cap);
+	if (r == COPY_BAD_TYPE)
+		return fail_msg(err, errcap, "%s: not a string", key);
+	if (r == COPY_TOO_LONG)
+		dst[0] = '\0';
+	return true;
+}
+
+static bool required_str(json_object *obj, const char *key, char *dst, size_t cap, char *err,
+			 size_t errcap)
+{
+	switch (copy_str(obj, key, dst, cap)) {
+	case COPY_ABSENT:
+		return fail_msg(err, errcap, "%s: missing", key);
+	case COPY_BAD_TYPE:
+		return fail_msg(err, errcap, "%s: not a string", key);
+	case COPY_TOO_LONG:
+		return fail_msg(err, errcap, "%s: longer than %zu bytes", key, cap - 1);
+	case COPY_OK:
+		break;
+	}
+	if (dst[0] == '\0')
+		return fail_msg(err, errcap, "%s: empty", key);
+	return true;
+}
+
+static bool chat_from_json(json_object *o, struct graphresp_chat *out, char *err, size_t errcap)
+{
+	memset(out, 0, sizeof *out);
+	if (!required_str(o, "id", out->id, sizeof out->id, err, errcap))
+		return false;
+	enum copy t = copy_str(o, "topic", out->topic, sizeof out->topic);
+	if (t == COPY_BAD_TYPE)
+		return fail_msg(err, errcap, "topic: not a string");
+	if (t == COPY_TOO_LONG)
+		out->topic[0] = '\0';
+	out->has_topic = t == COPY_OK;
+	return optional_str(o, "chatType", out->chat_type, sizeof out->chat_type, err, errcap) &&
+	       optional_str(o, "webUrl", out->web_url, sizeof out->web_url, err, errcap) &&
+	       optional_str(o, "createdDateTime", out->created, sizeof out->created, err,
+			    errcap) &&
+	       optional_str(o, "tenantId", out->tenant_id, sizeof out->tenant_id, err, errcap);
+}
+
+bool graphresp_parse_chat(const char *body, size_t len, struct graphresp_chat *out, char *err,
+			  size_t errcap)
+{
+	memset(out, 0, sizeof *out);
+	json_object *root = parse_object(body, len, GRAPHRESP_MAX_BODY, err, errcap);
+	if (!root)
+		return false;
+	bool ok = chat_from_json(root, out, err, errcap);
+	json_object_put(root);
+	return ok;
+}
+
+static enum graphresp_op_status op_status(const char *s)
+{
+	static const struct {
+		const char *name;
+		enum graphresp_op_status st;
+	} map[] = {{"notStarted", GRAPHRESP_OP_NOT_STARTED},
+		   {"inProgress", GRAPHRESP_OP_IN_PROGRESS},
+		   {"succeeded", GRAPHRESP_OP_SUCCEEDED},
+		   {"failed", GRAPHRESP_OP_FAILED}};
+	for (size_t i = 0; i < CP_ARRAY_LEN(map); i++) {
+		if (strcmp(s, map[i].name) == 0)
+			return map[i].st;
+	}
+	return GRAPHRESP_OP_UNKNOWN;
+}
+
+/* attemptsCount: an integer; absent or null is 0. */
+static bool op_attempts(json_object *o, int *out, char *err, size_t errcap)
+{
+	json_object *v;
+	*out = 0;
+	if (!json_object_object_get_ex(o, "attemptsCount", &v) || v == NULL)
+		return true;
+	if (!json_object_is_type(v, json_type_int))
+		return fail_msg(err, errcap, "attemptsCount: not an integer");
+	int64_t n = json_object_get_int64(v);
+	if (n < 0 || n > 1000000)
+		return fail_msg(err, errcap, "attemptsCount: out of range");
+	*out = (int)n;
+	return true;
+}
+
+static bool op_error(json_object *o, struct graphresp_operation *out, char *err, size_t errcap)
+{
+	json_object *e;
+	if (!json_object_object_get_ex(o, "error", &e) || e == NULL)
+		return true;
+	if (!json_object_is_type(e, json_type_object))
+		return fail_msg(err, errcap, "error: not an object");
+	if (copy_text(e, "code", out->error_code, sizeof out->error_code) == COPY_BAD_TYPE ||
+	    copy_text(e, "message", out->error_message, sizeof out->error_message) ==
+		    COPY_BAD_TYPE)
+		return fail_msg(err, errcap, "error: code and message must be strings");
+	return true;
+}
+
+bool graphresp_parse_operation(const char *body, size_t len, struct graphresp_operation *out,
+			       char *err, size_t errcap)
+{
+	bool ok = false;
+	memset(out, 0, sizeof *out);
+	out->status = GRAPHRESP_OP_UNKNOWN;
+	json_object *root = parse_object(body, len, GRAPHRESP_MAX_BODY, err, errcap);
+	if (!root)
+		return false;
+	char status[64];
+	if (!required_str(root, "status", status, sizeof status, err, errcap))
+		goto fail;
+	out->status = op_status(status);
+	snprintf(out->status_text, sizeof out->status_text, "%.31s", status);
+	if (!optional_str(root, "id", out->id, sizeof out->id, err, errcap) ||
+	    !optional_str(root, "targetResourceId", out->target_resource_id,
+			  sizeof out->target_resource_id, err, errcap) ||
+	    !optional_str(root, "targetResourceLocation", out->target_resource_location,
+			  sizeof out->target_resource_location, err, errcap) ||
+	    !op_attempts(root, &out->attempts_count, err, errcap) ||
+	    !op_error(root, out, err, errcap))
+		goto fail;
+	ok = true;
+fail:
+	json_object_put(root);
+	return ok;
+}
+
+bool graphresp_parse_error(const char *body, size_t len, struct graphresp_error *out)
+{
+	json_object *e, *inner;
+	bool ok = false;
+	memset(out, 0, sizeof *out);
+	json_object *root = parse_object(body, len, GRAPHRESP_MAX_BODY, NULL, 0);
+	if (!root)
+		return false;
+	if (!json_object_object_get_ex(root, "error", &e) ||
+	    !json_object_is_type(e, json_type_object))
+		goto fail;
+	if (copy_text(e, "code", out->code, sizeof out->code) != COPY_OK || !out->code[0])
+		goto fail;
+	if (copy_text(e, "message", out->message, sizeof out->message) == COPY_BAD_TYPE)
+		goto fail;
+	if (json_object_object_get_ex(e, "innerError", &inner) &&
+	    json_object_is_type(inner, json_type_object) &&
+	    copy_str(inner, "request-id", out->request_id, sizeof out->request_id) != COPY_OK)
+		out->request_id[0] = '\0';
+	ok = true;
+fail:
+	json_object_put(root);
+	if (!ok)
+		memset(out, 0, sizeof *out);
+	return ok;
+}
+
+/* Retry-After delta-seconds, possibly fractional; saturates at the cap. */
+static bool retry_after_seconds(const char *s, int64_t *delay_ms)
+{
+	int64_t sec = 0, ms = 0;
+	const int64_t cap_s = GRAPHRESP_MAX_RETRY_AFTER_MS / 1000;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (sec <= cap_s)
+			sec = sec * 10 + (*s - '0');
+	}
+	if (*s == '.') {
+		int digits = 0;
+		bool rest = false;
+		for (s++; *s >= '0' && *s <= '9'; s++, digits++) {
+			if (digits < 3)
+				ms = ms * 10 + (*s - '0');
+			else if (*s != '0')
+				rest = true;
+		}
+		if (digits == 0)
+			return false;
+		for (int d = digits; d < 3; d++)
+			ms *= 10;
+		ms += rest; /* round up: never retry early */
+	}
+	if (*s != '\0')
+		return false;
+	int64_t total = sec > cap_s ? GRAPHRESP_MAX_RETRY_AFTER_MS : sec * 1000 + ms;
+	*delay_ms = total > GRAPHRESP_MAX_RETRY_AFTER_MS ? GRAPHRESP_MAX_RETRY_AFTER_MS : total;
+	return true;
+}
+
+/*
+ * An HTTP date in any of the three forms of RFC 9110 section 5.6.7; libcurl's parser does
+ * the work. curl_getdate is liberal, so the shape is checked first: only the characters
+ * those forms use, a letter (day or month name) and an hh:mm:ss time.
+ */
+static bool retry_after_date(const char *s, int64_t now_ms, int64_t *delay_ms)
+{
+	size_t n = strlen(s), colons = 0;
+	bool letter = false;
+	if (n < 20 || n > 64)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		bool alpha = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z');
+		letter |= alpha;
+		colons += ch == ':';
+		if (!alpha && !(ch >= '0' && ch <= '9') && !strchr(" ,:-", ch))
+			return false;
+	}
+	if (!letter || colons != 2)
+		return false;
+	time_t t = curl_getdate(s, NULL);
+	if (t == (time_t)-1)
+		return false;
+	int64_t when = (int64_t)t * 1000 - now_ms;
+	if (when < 0)
+		when = 0;
+	*delay_ms = when > GRAPHRESP_MAX_RETRY_AFTER_MS ? GRAPHRESP_MAX_RETRY_AFTER_MS : when;
+	return true;
+}
+
+bool graphresp_parse_retry_after(const char *value, int64_t now_epoch_ms, int64_t *delay_ms)
+{
+	char v[128];
+	if (!value)
+		return false;
+	/* Optional whitespace around a field value (RFC 9110 section 5.5). */
+	while (*value == ' ' || *value == '\t')
+		value++;
+	size_t n = strnlen(value, sizeof v);
+	if (n == sizeof v)
+		return false;
+	while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t'))
+		n--;
+	if (n == 0)
+		return false;
+	memcpy(v, value, n);
+	v[n] = '\0';
+	if (v[0] >= '0' && v[0] <= '9')
+		return retry_after_seconds(v, delay_ms);
+	return retry_after_date(v, now_epoch_ms, delay_ms);
+}
+
+/* n decimal digits at *s, advancing it. */
+static bool digits(const char **s, int n, int *out)
+{
+	int v = 0;
+	for (int i = 0; i < n; i++) {
+		char ch = (*s)[i];
+		if (ch < '0' || ch > '9')
+			return false;
+		v = v * 10 + (ch - '0');
+	}
+	*s += n;
+	*out = v;
+	return true;
+}
+
+static bool expect(const char **s, char ch)
+{
+	if (**s != ch && !(ch == 'T' && **s == 't'))
+		return false;
+	(*s)++;
+	return true;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm). */
+static int64_t days_from_civil(int y, int m, int d)
+{
+	y -= m <= 2;
+	int64_t era = (y >= 0 ? y : y - 399) / 400;
+	int64_t yoe = y - era * 400;
+	int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+/* The zone: Z or +hh:mm / -hh:mm, as an offset in minutes. */
+static bool tz_offset(const char **s, int *minutes)
+{
+	int sign, hh, mm;
+	if (**s == 'Z' || **s == 'z') {
+		(*s)++;
+		*minutes = 0;
+		return true;
+	}
+	if (**s != '+' && **s != '-')
+		return false;
+	sign = **s == '-' ? -1 : 1;
+	(*s)++;
+	if (!digits(s, 2, &hh) || !expect(s, ':') || !digits(s, 2, &mm) || hh > 23 || mm > 59)
+		return false;
+	*minutes = sign * (hh * 60 + mm);
+	return true;
+}
+
+bool graphresp_parse_datetime(const char *s, int64_t *epoch_ms)
+{
+	static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	int y, mo, d, h, mi, sec, ms = 0, off;
+	if (!s || !digits(&s, 4, &y) || !expect(&s, '-') || !digits(&s, 2, &mo) ||
+	    !expect(&s, '-') || !digits(&s, 2, &d) || !expect(&s, 'T') || !digits(&s, 2, &h) ||
+	    !expect(&s, ':') || !digits(&s, 2, &mi) || !expect(&s, ':') || !digits(&s, 2, &sec))
+		return false;
+	if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
+		return false;
+	if (*s == '.') {
+		int n = 0;
+		for (s++; *s >= '0' && *s <= '9'; s++, n++) {
+			if (n < 3)
+				ms = ms * 10 + (*s - '0');
+		}
+		if (n == 0)
+			return false;
+		for (; n < 3; n++)
+			ms *= 10;
+	}
+	if (!tz_offset(&s, &off) || *s != '\0')
+		return false;
+	int64_t days = days_from_civil(y, mo, d);
+	int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec - (int64_t)off * 60;
+	*epoch_ms = secs * 1000 + ms;
+	return true;
+}
+
+/* Does lookup id match this member by "userId" or "email"? */
+static bool member_has(json_object *m, const char *id)
+{
+	static const char *const keys[] = {"userId", "email"};
+	json_object *v;
+	for (size_t k = 0; k < CP_ARRAY_LEN(keys); k++) {
+		if (json_object_object_get_ex(m, keys[k], &v) &&
+		    json_object_is_type(v, json_type_string) &&
+		    strcasecmp(json_object_get_string(v), id) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool members_match(json_object *chat, const struct graphresp_lookup_query *q)
+{
+	json_object *arr;
+	if (!json_object_object_get_ex(chat, "members", &arr) ||
+	    !json_object_is_type(arr, json_type_array) ||
+	    json_object_array_length(arr) != q->n_user_ids)
+		return false;
+	size_t n = q->n_user_ids;
+	for (size_t i = 0; i < n; i++) {
+		json_object *m = json_object_array_get_idx(arr, i);
+		bool any = false;
+		if (!json_object_is_type(m, json_type_object))
+			return false;
+		for (size_t j = 0; j < n && !any; j++)
+			any = member_has(m, q->user_ids[j]);
+		if (!any)
+			return false;
+	}
+	for (size_t j = 0; j < n; j++) {
+		bool any = false;
+		for (size_t i = 0; i < n && !any; i++)
+			any = member_has(json_object_array_get_idx(arr, i), q->user_ids[j]);
+		if (!any)
+			return false;
+	}
+	return true;
+}
+
+/* Whether chat is the one the query describes; *created_ms set when it is. */
+static bool chat_matches(json_object *chat, const struct graphresp_lookup_query *q,
+			 int64_t *created_ms)
+{
+	json_object *v;
+	if (!json_object_is_type(chat, json_type_object))
+		return false;
+	if (!json_object_object_get_ex(chat, "topic", &v) ||
+	    !json_object_is_type(v, json_type_string) ||
+	    (size_t)json_object_get_string_len(v) != strlen(q->topic) ||
+	    strcmp(json_object_get_string(v), q->topic) != 0)
+		return false;
+	if (json_object_object_get_ex(chat, "chatType", &v) &&
+	    (!json_object_is_type(v, json_type_string) ||
+	     strcmp(json_object_get_string(v), "group") != 0))
+		return false;
+	if (!json_object_object_get_ex(chat, "createdDateTime", &v) ||
+	    !json_object_is_type(v, json_type_string) ||
+	    !graphresp_parse_datetime(json_object_get_string(v), created_ms) ||
+	    *created_ms < q->created_after_ms)
+		return false;
+	return members_match(chat, q);
+}
+
+static bool lookup_page(json_object *root, const struct graphresp_lookup_query *q,
+			struct graphresp_lookup_result *out, char *err, size_t errcap)
+{
+	json_object *arr;
+	struct graphresp_chat chat;
+	char cerr[64];
+	if (!json_object_object_get_ex(root, "value", &arr) ||
+	    !json_object_is_type(arr, json_type_array))
+		return fail_msg(err, errcap, "value: missing or not an array");
+	if (copy_str(root, "@odata.nextLink", out->next_link, sizeof out->next_link) >
+	    COPY_OK)
+		return fail_msg(err, errcap, "@odata.nextLink: not a string or too long");
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		json_object *c = json_object_array_get_idx(arr, i);
+		int64_t created;
+		if (!chat_matches(c, q, &created) ||
+		    !chat_from_json(c, &chat, cerr, sizeof cerr))
+			continue;
+		out->matches++;
+		if (!out->found || created < out->created_ms) {
+			out->found = true;
+			out->chat = chat;
+			out->created_ms = created;
+		}
+	}
+	return true;
+}
+
+bool graphresp_parse_lookup(const char *body, size_t len, const struct graphresp_lookup_query *q,
+			    struct graphresp_lookup_result *out, char *err, size_t errcap)
+{
+	memset(out, 0, sizeof *out);
+	if (!q || !q->topic || (q->n_user_ids && !q->user_ids))
+		return fail_msg(err, errcap, "invalid lookup query");
+	json_object *root = parse_object(body, len, GRAPHRESP_MAX_LOOKUP_BODY, err, errcap);
+	if (!root)
+		return false;
+	bool ok = lookup_page(root, q, out, err, errcap);
+	json_object_put(root);
+	if (!ok)
+		memset(out, 0, sizeof *out);
+	return ok;
+}
