@@ -1,0 +1,59 @@
+/* job.c - lifetime of one input event in the pipeline. */
+#include "job.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cptime.h"
+
+struct job *job_new(const rd_kafka_message_t *msg, uint64_t generation)
+{
+	struct job *job = calloc(1, sizeof *job);
+	if (!job)
+		return NULL;
+	job->partition = msg->partition;
+	job->offset = msg->offset;
+	job->generation = generation;
+	job->received_wall_ms = cptime_wall_ms();
+	if (msg->key && msg->key_len) {
+		job->key = malloc(msg->key_len);
+		if (!job->key)
+			goto fail;
+		memcpy(job->key, msg->key, msg->key_len);
+		job->key_len = msg->key_len;
+	}
+	rd_kafka_headers_t *hdrs = NULL;
+	if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs) {
+		job->headers = rd_kafka_headers_copy(hdrs);
+		if (!job->headers)
+			goto fail;
+	}
+	return job;
+fail:
+	job_free(job);
+	return NULL;
+}
+
+void job_free(struct job *job)
+{
+	if (!job)
+		return;
+	free(job->key);
+	if (job->headers)
+		rd_kafka_headers_destroy(job->headers);
+	event_free(job->ev);
+	free(job->body);
+	free(job->rejected_id);
+	free(job);
+}
+
+void job_fail(struct job *job, long http_status, const char *code, const char *message,
+	      bool retryable)
+{
+	job->status = JOB_FAILED;
+	job->http_status = http_status;
+	snprintf(job->err_code, sizeof job->err_code, "%s", code ? code : "");
+	snprintf(job->err_message, sizeof job->err_message, "%s", message ? message : "");
+	job->err_retryable = retryable;
+}

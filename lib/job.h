@@ -1,0 +1,80 @@
+/*
+ * job.h - one input event on its way through the pipeline.
+ *
+ * A job is created by the Kafka poll thread for every consumed message, travels through the
+ * scheduler and an HTTP worker, and is destroyed by the poll thread once its result has been
+ * acknowledged by the broker. Exactly one thread owns a job at any time, so its fields need
+ * no lock: ownership is handed over through the scheduler's queue and the producer.
+ */
+#ifndef CHATPROV_JOB_H
+#define CHATPROV_JOB_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "common.h"
+#include "event.h"
+
+#define JOB_URL_MAX 2048
+#define JOB_ID_MAX 256
+#define JOB_ERR_CODE_MAX 128
+#define JOB_ERR_MSG_MAX 1024
+
+enum job_status { JOB_PENDING, JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED };
+enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL };
+
+struct job {
+	/* Where it came from: the offset counts as done once the result is acknowledged. */
+	int32_t partition;
+	int64_t offset;
+	uint64_t generation; /* the partition's assignment generation when it was consumed */
+	void *key;
+	size_t key_len;
+	rd_kafka_headers_t *headers; /* copy of the input headers, carried to the result */
+
+	/* What to do (NULL for a rejected event). */
+	struct event_request *ev;
+	size_t tenant; /* credential profile index */
+	char client_request_id[37];
+	char *body; /* the POST /chats body, built once */
+
+	/* Progress. */
+	enum job_phase phase;
+	unsigned attempts;           /* POSTs sent, throttled ones included */
+	unsigned transient_failures; /* what the retry budget counts: 429s are the scheduler's */
+	bool auth_retried;           /* a 401 has been answered with one refresh already */
+	int64_t received_wall_ms;
+	int64_t first_attempt_mono_ms;
+	int64_t op_started_mono_ms;
+	int64_t op_deadline_mono_ms;
+	int64_t next_poll_mono_ms;
+	char op_url[JOB_URL_MAX];
+
+	/* Outcome. */
+	enum job_status status;
+	long http_status;
+	char graph_request_id[64];
+	char chat_id[JOB_ID_MAX];
+	char chat_web_url[JOB_URL_MAX];
+	char chat_created[64];
+	char op_id[JOB_ID_MAX];
+	char op_status[32];
+	int op_attempts;
+	char err_code[JOB_ERR_CODE_MAX];
+	char err_message[JOB_ERR_MSG_MAX];
+	bool err_retryable;
+	char *rejected_id; /* best-effort id of an invalid event */
+	int64_t completed_wall_ms;
+
+	/* Deliveries still outstanding before the offset is done (result, DLQ copy). */
+	int pending_deliveries;
+};
+
+/* Copies key and headers of msg; the job owns them. NULL on allocation failure. */
+struct job *job_new(const rd_kafka_message_t *msg, uint64_t generation) CP_MUSTCHECK;
+void job_free(struct job *job);
+
+/* Records a final failure (code as Graph names it where there is one). */
+void job_fail(struct job *job, long http_status, const char *code, const char *message,
+	      bool retryable);
+
+#endif

@@ -1,0 +1,149 @@
+/* kafka.c - building librdkafka consumer and producer handles. */
+#include "kafka.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+struct kv {
+	const char *key;
+	const char *value;
+};
+
+/* Settings the at-least-once and exactly-one-outcome guarantees rely on. */
+static const struct kv consumer_forced[] = {
+	{"enable.auto.offset.store", "false"},
+};
+static const struct kv producer_forced[] = {
+	{"enable.idempotence", "true"},
+	{"acks", "all"},
+};
+
+static bool set(rd_kafka_conf_t *conf, const char *key, const char *value, const char *origin,
+		char *err, size_t errcap)
+{
+	char errstr[512];
+	if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) == RD_KAFKA_CONF_OK)
+		return true;
+	snprintf(err, errcap, "%s: [librdkafka] %s: %s", origin, key, errstr);
+	return false;
+}
+
+static bool is_forced(const struct kv *forced, size_t n, const char *key)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(forced[i].key, key) == 0)
+			return true;
+	return false;
+}
+
+/* Applies defaults, then the user's entries, then the forced settings. */
+static bool apply(rd_kafka_conf_t *conf, const struct cfg *cfg, const struct kv *defaults,
+		  size_t n_defaults, const struct kv *forced, size_t n_forced, char *err,
+		  size_t errcap)
+{
+	for (size_t i = 0; i < n_defaults; i++)
+		if (!set(conf, defaults[i].key, defaults[i].value, "default", err, errcap))
+			return false;
+	for (size_t i = 0; i < cfg->n_rdkafka; i++) {
+		const struct cfg_rdkafka_entry *e = &cfg->rdkafka[i];
+		if (is_forced(forced, n_forced, e->key)) {
+			log_warning("%s: [librdkafka] %s is managed by chatprovd and ignored",
+				    e->origin, e->key);
+			continue;
+		}
+		if (!set(conf, e->key, e->value, e->origin, err, errcap))
+			return false;
+	}
+	for (size_t i = 0; i < n_forced; i++)
+		if (!set(conf, forced[i].key, forced[i].value, "chatprovd", err, errcap))
+			return false;
+	return true;
+}
+
+static rd_kafka_t *create(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *err, size_t errcap)
+{
+	char errstr[512];
+	rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
+	if (!rk) {
+		snprintf(err, errcap, "cannot create Kafka %s: %s",
+			 type == RD_KAFKA_CONSUMER ? "consumer" : "producer", errstr);
+		rd_kafka_conf_destroy(conf);
+	}
+	/* On success rd_kafka_new owns conf. */
+	return rk;
+}
+
+rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebalance,
+			       void *opaque, char *err, size_t errcap)
+{
+	const struct kv defaults[] = {
+		{"bootstrap.servers", cfg->kafka.brokers},
+		{"group.id", cfg->kafka.group_id},
+		{"client.id", "chatprovd"},
+		{"partition.assignment.strategy", "cooperative-sticky"},
+		{"auto.offset.reset", "earliest"},
+		{"enable.auto.commit", "true"},
+		{"auto.commit.interval.ms", "1000"},
+		{"enable.partition.eof", "false"},
+	};
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	if (!conf) {
+		snprintf(err, errcap, "out of memory");
+		return NULL;
+	}
+	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), consumer_forced,
+		   CP_ARRAY_LEN(consumer_forced), err, errcap)) {
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance);
+	rd_kafka_conf_set_opaque(conf, opaque);
+	rd_kafka_t *rk = create(RD_KAFKA_CONSUMER, conf, err, errcap);
+	if (rk)
+		rd_kafka_poll_set_consumer(rk);
+	return rk;
+}
+
+rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery,
+			       void *opaque, char *err, size_t errcap)
+{
+	const struct kv defaults[] = {
+		{"bootstrap.servers", cfg->kafka.brokers},
+		{"client.id", "chatprovd"},
+		{"linger.ms", "5"},
+		{"message.timeout.ms", "300000"},
+		{"compression.type", "lz4"},
+	};
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	if (!conf) {
+		snprintf(err, errcap, "out of memory");
+		return NULL;
+	}
+	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), producer_forced,
+		   CP_ARRAY_LEN(producer_forced), err, errcap)) {
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+	rd_kafka_conf_set_opaque(conf, opaque);
+	return create(RD_KAFKA_PRODUCER, conf, err, errcap);
+}
+
+bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err, size_t errcap)
+{
+	rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+	if (!topics) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	rd_kafka_topic_partition_list_add(topics, topic, RD_KAFKA_PARTITION_UA);
+	rd_kafka_resp_err_t e = rd_kafka_subscribe(consumer, topics);
+	rd_kafka_topic_partition_list_destroy(topics);
+	if (e) {
+		snprintf(err, errcap, "cannot subscribe to %s: %s", topic, rd_kafka_err2str(e));
+		return false;
+	}
+	return true;
+}

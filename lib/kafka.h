@@ -1,0 +1,32 @@
+/*
+ * kafka.h - librdkafka handles configured from chatprovd's configuration.
+ *
+ * Our defaults come first, then every [librdkafka] entry verbatim, then the few settings
+ * that the delivery guarantees depend on (they cannot be overridden; a conflicting entry
+ * is reported once at start).
+ */
+#ifndef CHATPROV_KAFKA_H
+#define CHATPROV_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "cfg.h"
+#include "common.h"
+
+typedef void(kafka_rebalance_cb)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+				 rd_kafka_topic_partition_list_t *partitions, void *opaque);
+typedef void(kafka_delivery_cb)(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
+
+/* A consumer in cfg's group, cooperative-sticky, offsets stored by us only. */
+rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebalance,
+			       void *opaque, char *err, size_t errcap) CP_MUSTCHECK;
+
+/* An idempotent producer (acks=all) whose delivery reports go to on_delivery. */
+rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery,
+			       void *opaque, char *err, size_t errcap) CP_MUSTCHECK;
+
+/* Subscribes the consumer to one topic. */
+bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err,
+		     size_t errcap) CP_MUSTCHECK;
+
+#endif

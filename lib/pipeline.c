@@ -1,0 +1,798 @@
+/* pipeline.c - the Kafka thread: consume, validate, queue, publish, store offsets. */
+#include "pipeline.h"
+
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "cptime.h"
+#include "event.h"
+#include "graphreq.h"
+#include "job.h"
+#include "kafka.h"
+#include "log.h"
+#include "offtrack.h"
+#include "pipeline_metrics.h"
+#include "result.h"
+#include "sched.h"
+#include "worker.h"
+
+#define MAX_WORKERS 16
+#define MESSAGES_PER_TURN 500
+#define RESUME_FRACTION 0.75
+/* Offsets finished behind a slow one still cost a little memory each: bounded too. */
+#define TRACKED_PER_QUEUED 4
+
+/* What we know of one input partition. generation changes on every (re)assignment, so a
+ * result of an earlier assignment can never move the offsets of the current one. */
+struct partition_state {
+	uint64_t generation;
+	bool assigned;
+	bool dirty; /* offsets progressed since the last store */
+};
+
+struct pipeline {
+	const struct cfg *cfg;
+	struct metrics *registry;
+	struct pipeline_metrics *metrics;
+	rd_kafka_t *consumer, *producer;
+	struct auth *auth;
+	struct sched *sched;
+	struct offtrack *offsets;
+	struct worker *workers[MAX_WORKERS];
+	unsigned n_workers, next_worker;
+	char bind_root[JOB_URL_MAX];
+	struct event_limits limits;
+
+	struct partition_state *parts;
+	size_t n_parts;
+	uint64_t next_generation;
+
+	size_t in_memory; /* jobs consumed and not yet acknowledged */
+	bool paused, draining, workers_joined, group_joined;
+	atomic_bool fatal;
+	struct pipeline_counters counters;
+	pthread_mutex_t counters_lock;
+};
+
+/* ---- partitions ---- */
+
+static struct partition_state *partition(struct pipeline *p, int32_t id)
+{
+	if (id < 0)
+		return NULL;
+	if ((size_t)id >= p->n_parts) {
+		size_t n = (size_t)id + 1;
+		struct partition_state *parts = realloc(p->parts, n * sizeof *parts);
+		if (!parts)
+			return NULL;
+		memset(parts + p->n_parts, 0, (n - p->n_parts) * sizeof *parts);
+		p->parts = parts;
+		p->n_parts = n;
+	}
+	return &p->parts[id];
+}
+
+static bool is_input_topic(struct pipeline *p, const char *topic)
+{
+	return strcmp(topic, p->cfg->kafka.input_topic) == 0;
+}
+
+/* Stores, for every partition that progressed, the next offset to commit. */
+static void store_offsets(struct pipeline *p)
+{
+	rd_kafka_topic_partition_list_t *list = NULL;
+	for (size_t i = 0; i < p->n_parts; i++) {
+		struct partition_state *ps = &p->parts[i];
+		int64_t next;
+		if (!ps->assigned || !ps->dirty)
+			continue;
+		ps->dirty = false;
+		if (!offtrack_committable(p->offsets, (int32_t)i, &next))
+			continue;
+		if (!list && !(list = rd_kafka_topic_partition_list_new(8)))
+			return;
+		rd_kafka_topic_partition_list_add(list, p->cfg->kafka.input_topic, (int32_t)i)
+			->offset = next;
+	}
+	if (!list)
+		return;
+	rd_kafka_resp_err_t err = rd_kafka_offsets_store(p->consumer, list);
+	if (err && err != RD_KAFKA_RESP_ERR__STATE)
+		log_warning("cannot store offsets: %s", rd_kafka_err2str(err));
+	rd_kafka_topic_partition_list_destroy(list);
+}
+
+static void set_paused(struct pipeline *p, bool pause)
+{
+	rd_kafka_topic_partition_list_t *assigned = NULL;
+	if (rd_kafka_assignment(p->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	if (pause)
+		rd_kafka_pause_partitions(p->consumer, assigned);
+	else
+		rd_kafka_resume_partitions(p->consumer, assigned);
+	rd_kafka_topic_partition_list_destroy(assigned);
+	if (p->paused != pause)
+		log_info("%s consumption: %zu events in memory (max_queued %zu)",
+			 pause ? "pausing" : "resuming", p->in_memory, p->cfg->kafka.max_queued);
+	p->paused = pause;
+}
+
+static size_t tracked_limit(const struct pipeline *p)
+{
+	return p->cfg->kafka.max_queued * TRACKED_PER_QUEUED;
+}
+
+static bool over_bound(const struct pipeline *p, double fraction)
+{
+	return (double)p->in_memory >= (double)p->cfg->kafka.max_queued * fraction ||
+	       (double)offtrack_tracked_total(p->offsets) >= (double)tracked_limit(p) * fraction;
+}
+
+/* Bounded memory: stop fetching at max_queued, resume below a low watermark. */
+static void apply_backpressure(struct pipeline *p)
+{
+	if (p->draining)
+		return;
+	if (!p->paused && over_bound(p, 1.0))
+		set_paused(p, true);
+	else if (p->paused && !over_bound(p, RESUME_FRACTION))
+		set_paused(p, false);
+}
+
+/* ---- rebalances ---- */
+
+static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts)
+{
+	for (int i = 0; i < parts->cnt; i++) {
+		struct partition_state *ps = partition(p, parts->elems[i].partition);
+		if (!ps)
+			continue;
+		ps->assigned = true;
+		ps->generation = ++p->next_generation;
+		offtrack_drop_partition(p->offsets, parts->elems[i].partition);
+		log_info("assigned %s [%d]", parts->elems[i].topic, parts->elems[i].partition);
+	}
+	rd_kafka_error_t *error = rd_kafka_incremental_assign(p->consumer, parts);
+	if (error) {
+		log_error("incremental assign failed: %s", rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	}
+	if (p->paused || p->draining)
+		rd_kafka_pause_partitions(p->consumer, parts);
+	p->group_joined = true;
+}
+
+/* Before giving partitions up, commit what is finished; results of work still in flight
+ * will be published but can no longer move this instance's offsets. */
+static void on_revoke(struct pipeline *p, rd_kafka_topic_partition_list_t *parts, bool lost)
+{
+	if (!lost) {
+		store_offsets(p);
+		rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, NULL, 0);
+		if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+			log_warning("commit before revoke failed: %s", rd_kafka_err2str(err));
+	}
+	for (int i = 0; i < parts->cnt; i++) {
+		struct partition_state *ps = partition(p, parts->elems[i].partition);
+		if (!ps)
+			continue;
+		ps->assigned = false;
+		ps->generation = ++p->next_generation;
+		offtrack_drop_partition(p->offsets, parts->elems[i].partition);
+		log_info("%s %s [%d]", lost ? "lost" : "revoked", parts->elems[i].topic,
+			 parts->elems[i].partition);
+	}
+	rd_kafka_error_t *error = rd_kafka_incremental_unassign(p->consumer, parts);
+	if (error) {
+		log_error("incremental unassign failed: %s", rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	}
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+			 rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+	struct pipeline *p = opaque;
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+		on_assign(p, parts);
+	else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+		on_revoke(p, parts, rd_kafka_assignment_lost(rk));
+	else
+		log_error("rebalance error: %s", rd_kafka_err2str(err));
+}
+
+/* ---- publishing results ---- */
+
+static void job_settled(struct pipeline *p, struct job *job)
+{
+	struct partition_state *ps = partition(p, job->partition);
+	/* A result from before a revoke no longer moves this assignment's offsets. */
+	if (ps && ps->assigned && ps->generation == job->generation &&
+	    offtrack_done(p->offsets, job->partition, job->offset))
+		ps->dirty = true;
+	pthread_mutex_lock(&p->counters_lock);
+	if (job->status == JOB_SUCCEEDED)
+		p->counters.succeeded++;
+	else if (job->status == JOB_FAILED)
+		p->counters.failed++;
+	else
+		p->counters.rejected++;
+	pthread_mutex_unlock(&p->counters_lock);
+	p->in_memory--;
+	job_free(job);
+}
+
+static rd_kafka_resp_err_t produce(struct pipeline *p, const char *topic, const void *key,
+				   size_t key_len, void *value, size_t len, int flags,
+				   rd_kafka_headers_t *headers, struct job *job)
+{
+	rd_kafka_resp_err_t err = rd_kafka_producev(
+		p->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+		RD_KAFKA_V_VALUE(value, len), RD_KAFKA_V_MSGFLAGS(flags),
+		RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(job), RD_KAFKA_V_END);
+	if (err && headers)
+		rd_kafka_headers_destroy(headers); /* not consumed on failure */
+	return err;
+}
+
+/*
+ * Queues the result of a finished job. From worker threads (block = true) librdkafka
+ * waits for queue space; the Kafka thread cannot block on itself, so it serves delivery
+ * reports while it waits.
+ */
+static bool publish_result(struct pipeline *p, struct job *job, bool block)
+{
+	size_t len = 0;
+	char *value = result_render(job, &len);
+	rd_kafka_headers_t *headers = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
+	if (!value || (job->headers && !headers))
+		goto fail;
+	const void *key = job->key;
+	size_t key_len = job->key_len;
+	const char *id = job->ev ? job->ev->id : job->rejected_id;
+	if (!key && id) {
+		key = id;
+		key_len = strlen(id);
+	}
+	int flags = RD_KAFKA_MSG_F_FREE | (block ? RD_KAFKA_MSG_F_BLOCK : 0);
+	for (;;) {
+		rd_kafka_headers_t *h = headers ? rd_kafka_headers_copy(headers) : NULL;
+		rd_kafka_resp_err_t err = produce(p, p->cfg->kafka.output_topic, key, key_len,
+						  value, len, flags, h, job);
+		if (!err)
+			break;
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || block) {
+			log_error("cannot queue result for %s: %s", id ? id : "(no id)",
+				  rd_kafka_err2str(err));
+			goto fail;
+		}
+		rd_kafka_poll(p->producer, 50);
+	}
+	if (headers)
+		rd_kafka_headers_destroy(headers);
+	return true;
+fail:
+	free(value);
+	if (headers)
+		rd_kafka_headers_destroy(headers);
+	atomic_store(&p->fatal, true);
+	return false;
+}
+
+static void on_job_done(struct job *job, void *arg)
+{
+	struct pipeline *p = arg;
+	struct log_ctx ctx = {.request_id = job->ev ? job->ev->id : NULL,
+			      .chat_id = job->chat_id[0] ? job->chat_id : NULL,
+			      .graph_request_id = job->graph_request_id[0] ? job->graph_request_id
+									   : NULL,
+			      .client_request_id = job->client_request_id};
+	log_with(job->status == JOB_SUCCEEDED ? LOG_LVL_INFO : LOG_LVL_NOTICE, &ctx,
+		 "request %s after %u attempt(s)%s%s", result_status_name(job->status),
+		 job->attempts, job->err_code[0] ? ": " : "", job->err_code);
+	job->pending_deliveries = 1;
+	(void)publish_result(p, job, true);
+}
+
+/* A result that failed for good is queued again: the offset must never move past it. */
+static void republish(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job)
+{
+	rd_kafka_headers_t *hdrs = NULL, *copy = NULL;
+	if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs)
+		copy = rd_kafka_headers_copy(hdrs);
+	rd_kafka_resp_err_t err =
+		produce(p, rd_kafka_topic_name(msg->rkt), msg->key, msg->key_len, msg->payload,
+			msg->len, RD_KAFKA_MSG_F_COPY, copy, job);
+	if (err) {
+		log_error("cannot queue result again: %s", rd_kafka_err2str(err));
+		atomic_store(&p->fatal, true);
+	}
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+	struct pipeline *p = opaque;
+	struct job *job = msg->_private;
+	(void)rk;
+	if (msg->err) {
+		log_warning("delivery to %s failed: %s; retrying", rd_kafka_topic_name(msg->rkt),
+			    rd_kafka_err2str(msg->err));
+		if (msg->err == RD_KAFKA_RESP_ERR__FATAL)
+			atomic_store(&p->fatal, true);
+		else
+			republish(p, msg, job);
+		return;
+	}
+	if (--job->pending_deliveries == 0)
+		job_settled(p, job);
+}
+
+/* ---- admission ---- */
+
+static bool add_reason_headers(rd_kafka_headers_t *h, const rd_kafka_message_t *msg,
+			       const char *reason)
+{
+	char num[32];
+	bool ok = rd_kafka_header_add(h, "chatprov-reject-reason", -1, reason, -1) == 0 &&
+		  rd_kafka_header_add(h, "chatprov-source-topic", -1,
+				      rd_kafka_topic_name(msg->rkt), -1) == 0;
+	snprintf(num, sizeof num, "%d", (int)msg->partition);
+	ok = ok && rd_kafka_header_add(h, "chatprov-source-partition", -1, num, -1) == 0;
+	snprintf(num, sizeof num, "%lld", (long long)msg->offset);
+	return ok && rd_kafka_header_add(h, "chatprov-source-offset", -1, num, -1) == 0;
+}
+
+/* The original message, byte for byte, with headers that say why it was rejected. */
+static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
+			const char *reason)
+{
+	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers)
+					     : rd_kafka_headers_new(4);
+	if (!h || !add_reason_headers(h, msg, reason)) {
+		if (h)
+			rd_kafka_headers_destroy(h);
+		return false;
+	}
+	for (;;) {
+		rd_kafka_resp_err_t err =
+			produce(p, p->cfg->kafka.dlq_topic, msg->key, msg->key_len, msg->payload,
+				msg->len, RD_KAFKA_MSG_F_COPY, h, job);
+		if (!err)
+			return true;
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			return false;
+		rd_kafka_poll(p->producer, 50);
+		h = job->headers ? rd_kafka_headers_copy(job->headers) : rd_kafka_headers_new(4);
+		if (!h || !add_reason_headers(h, msg, reason))
+			return false;
+	}
+}
+
+static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
+		   const char *reason)
+{
+	char id[256];
+	if (!job->rejected_id && event_peek_id(msg->payload, msg->len, id, sizeof id))
+		job->rejected_id = strdup(id);
+	job->status = JOB_REJECTED;
+	snprintf(job->err_code, sizeof job->err_code, "InvalidRequest");
+	snprintf(job->err_message, sizeof job->err_message, "%s", reason);
+	job->completed_wall_ms = cptime_wall_ms();
+	struct log_ctx ctx = {.request_id = job->rejected_id};
+	log_with(LOG_LVL_NOTICE, &ctx, "rejected %s [%d] @%lld: %s", rd_kafka_topic_name(msg->rkt),
+		 (int)msg->partition, (long long)msg->offset, reason);
+	bool dlq = p->cfg->kafka.dlq_topic[0] != '\0';
+	job->pending_deliveries = dlq ? 2 : 1;
+	if (dlq && !copy_to_dlq(p, msg, job, reason)) {
+		log_error("cannot queue DLQ copy");
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	pipeline_metrics_job_done(p->metrics, job);
+	(void)publish_result(p, job, false);
+}
+
+/* Turns a valid event into a queued job; false: rejected with reason. */
+static bool prepare(struct pipeline *p, struct job *job, char *reason, size_t cap)
+{
+	int tenant = cfg_tenant_index(p->cfg, job->ev->tenant);
+	if (tenant < 0) {
+		snprintf(reason, cap, "tenant: no profile named '%s' is configured",
+			 job->ev->tenant);
+		return false;
+	}
+	job->tenant = (size_t)tenant;
+	if (!graphreq_client_request_id(job->ev->id, job->client_request_id)) {
+		snprintf(reason, cap, "id: cannot derive client-request-id");
+		return false;
+	}
+	job->body = graphreq_chat_body(job->ev, p->bind_root);
+	if (!job->body) {
+		snprintf(reason, cap, "cannot build the Graph request body");
+		return false;
+	}
+	return true;
+}
+
+static void wake_a_worker(struct pipeline *p)
+{
+	worker_wakeup(p->workers[p->next_worker]);
+	p->next_worker = (p->next_worker + 1) % p->n_workers;
+}
+
+static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
+{
+	struct partition_state *ps = partition(p, msg->partition);
+	struct job *job = ps ? job_new(msg, ps->generation) : NULL;
+	if (!job) {
+		log_error("out of memory admitting an event");
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	if (!offtrack_begin(p->offsets, msg->partition, msg->offset)) {
+		log_error("offset tracker full at [%d] @%lld", (int)msg->partition,
+			  (long long)msg->offset);
+		job_free(job);
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	p->in_memory++;
+	pthread_mutex_lock(&p->counters_lock);
+	p->counters.consumed++;
+	pthread_mutex_unlock(&p->counters_lock);
+
+	char reason[512];
+	if (!event_decode(msg->payload, msg->len, &p->limits, &job->ev, reason, sizeof reason) ||
+	    !prepare(p, job, reason, sizeof reason)) {
+		if (job->ev && !job->rejected_id)
+			job->rejected_id = strdup(job->ev->id);
+		event_free(job->ev);
+		job->ev = NULL;
+		reject(p, msg, job, reason);
+		return;
+	}
+	int64_t now = cptime_mono_ms();
+	if (!sched_push(p->sched, job->tenant, job, now, now)) {
+		/* Cannot happen while in_memory <= max_queued; fail loudly rather than drop. */
+		log_error("scheduler refused an event: queue full");
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	wake_a_worker(p);
+}
+
+static void rewind_to(struct pipeline *p, const rd_kafka_message_t *msg)
+{
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+	if (!list)
+		return;
+	rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(msg->rkt), msg->partition)
+		->offset = msg->offset;
+	rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 1000);
+	if (error) {
+		log_error("cannot rewind [%d] to %lld: %s", (int)msg->partition,
+			  (long long)msg->offset, rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+		atomic_store(&p->fatal, true);
+	}
+	rd_kafka_topic_partition_list_destroy(list);
+}
+
+static void consume(struct pipeline *p, int timeout_ms)
+{
+	for (int i = 0; i < MESSAGES_PER_TURN; i++) {
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(p->consumer, i ? 0 : timeout_ms);
+		if (!msg)
+			return;
+		if (msg->err) {
+			if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				log_warning("consumer: %s", rd_kafka_message_errstr(msg));
+		} else if (p->draining) {
+			/* Dropped unread: its offset is never stored, so whoever owns the
+			 * partition next consumes it again. */
+		} else if (over_bound(p, 1.0)) {
+			/* Fetched just before the pause took effect: read it again later. */
+			rewind_to(p, msg);
+		} else if (is_input_topic(p, rd_kafka_topic_name(msg->rkt))) {
+			admit(p, msg);
+		}
+		rd_kafka_message_destroy(msg);
+	}
+}
+
+bool pipeline_poll(struct pipeline *p, int timeout_ms)
+{
+	apply_backpressure(p);
+	consume(p, timeout_ms);
+	rd_kafka_poll(p->producer, 0);
+	store_offsets(p);
+	char errstr[512];
+	if (rd_kafka_fatal_error(p->producer, errstr, sizeof errstr)) {
+		log_error("producer fatal error: %s", errstr);
+		return false;
+	}
+	return !atomic_load(&p->fatal);
+}
+
+/* ---- lifecycle ---- */
+
+static struct worker_policy policy_of(const struct cfg *cfg)
+{
+	return (struct worker_policy){
+		.retry = {.max_attempts = cfg->retry.max_attempts,
+			  .base_delay_ms = (int64_t)(cfg->retry.base_delay_s * 1000),
+			  .max_delay_ms = (int64_t)(cfg->retry.max_delay_s * 1000),
+			  .max_elapsed_ms = (int64_t)(cfg->retry.max_elapsed_s * 1000)},
+		.poll_interval_ms = (int64_t)(cfg->operations.poll_interval_s * 1000),
+		.op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000),
+		.group_chat_lookup = cfg->recovery.group_chat_lookup,
+	};
+}
+
+static struct sched_limits limits_of(const struct cfg *cfg)
+{
+	return (struct sched_limits){
+		.per_tenant_limit = cfg->tenants[0].limits.chat_creates_per_10s_per_tenant,
+		.global_limit = cfg->limits.chat_creates_per_10s_global,
+		.window_s = cfg->limits.window_s,
+	};
+}
+
+static bool create_scheduler(struct pipeline *p)
+{
+	struct sched_limits lim = limits_of(p->cfg);
+	if (!sched_new(&lim, p->cfg->kafka.max_queued, &p->sched))
+		return false;
+	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
+		size_t index;
+		const struct cfg_tenant *t = &p->cfg->tenants[i];
+		if (!sched_add_tenant(p->sched, t->name, t->limits.chat_creates_per_10s_per_tenant,
+				      &index) ||
+		    index != i)
+			return false;
+	}
+	return true;
+}
+
+bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipeline **out,
+		  char *err, size_t errcap)
+{
+	struct pipeline *p = calloc(1, sizeof *p);
+	if (!p) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	p->cfg = cfg;
+	p->registry = metrics;
+	pthread_mutex_init(&p->counters_lock, NULL);
+	p->limits = (struct event_limits){.max_message_bytes = cfg->kafka.max_message_bytes,
+					  .max_members = cfg->graph.max_members,
+					  .max_topic_length = cfg->graph.max_topic_length};
+	if (snprintf(p->bind_root, sizeof p->bind_root, "%s/%s", cfg->graph.graph_root,
+		     cfg->graph.api_version) >= (int)sizeof p->bind_root) {
+		snprintf(err, errcap, "graph root too long");
+		goto fail;
+	}
+	if (!offtrack_new(tracked_limit(p) + MESSAGES_PER_TURN, &p->offsets) || !create_scheduler(p)) {
+		snprintf(err, errcap, "out of memory");
+		goto fail;
+	}
+	p->metrics = pipeline_metrics_new(metrics, cfg);
+	if (metrics && !p->metrics) {
+		snprintf(err, errcap, "cannot register metrics");
+		goto fail;
+	}
+	if (!auth_new(cfg, &p->auth, err, errcap))
+		goto fail;
+	*out = p;
+	return true;
+fail:
+	pipeline_free(p);
+	return false;
+}
+
+static void on_token_change(void *arg)
+{
+	struct pipeline *p = arg;
+	for (unsigned i = 0; i < p->n_workers; i++)
+		worker_wakeup(p->workers[i]);
+}
+
+static bool start_workers(struct pipeline *p, char *err, size_t errcap)
+{
+	unsigned n = p->cfg->graph.workers;
+	if (n > MAX_WORKERS)
+		n = MAX_WORKERS;
+	for (unsigned i = 0; i < n; i++) {
+		unsigned share = p->cfg->graph.max_in_flight / n +
+				 (i < p->cfg->graph.max_in_flight % n ? 1 : 0);
+		struct worker_conf wc = {.cfg = p->cfg,
+					 .policy = policy_of(p->cfg),
+					 .max_in_flight = share ? share : 1,
+					 .sched = p->sched,
+					 .auth = p->auth,
+					 .metrics = p->metrics,
+					 .on_done = on_job_done,
+					 .arg = p};
+		if (!worker_new(&wc, &p->workers[i])) {
+			snprintf(err, errcap, "cannot create HTTP worker");
+			return false;
+		}
+		p->n_workers = i + 1;
+		if (!worker_start(p->workers[i])) {
+			snprintf(err, errcap, "cannot start HTTP worker thread");
+			return false;
+		}
+	}
+	return true;
+}
+
+bool pipeline_start(struct pipeline *p, char *err, size_t errcap)
+{
+	p->producer = kafka_producer_new(p->cfg, on_delivery, p, err, errcap);
+	if (!p->producer)
+		return false;
+	p->consumer = kafka_consumer_new(p->cfg, on_rebalance, p, err, errcap);
+	if (!p->consumer)
+		return false;
+	if (!start_workers(p, err, errcap))
+		return false;
+	auth_set_notify(p->auth, on_token_change, p);
+	if (!auth_start(p->auth)) {
+		snprintf(err, errcap, "cannot start the token thread");
+		return false;
+	}
+	return kafka_subscribe(p->consumer, p->cfg->kafka.input_topic, err, errcap);
+}
+
+bool pipeline_ready(struct pipeline *p)
+{
+	return p->group_joined && auth_profile_ready(p->auth, 0);
+}
+
+bool pipeline_progressing(struct pipeline *p, int64_t now, int64_t max_age_ms)
+{
+	for (unsigned i = 0; i < p->n_workers; i++)
+		if (now - worker_heartbeat_ms(p->workers[i]) > max_age_ms)
+			return false;
+	return true;
+}
+
+void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
+{
+	pthread_mutex_lock(&p->counters_lock);
+	*out = p->counters;
+	pthread_mutex_unlock(&p->counters_lock);
+	out->in_memory = p->in_memory;
+	out->paused = p->paused;
+	out->queued = sched_queued_total(p->sched);
+	out->active = 0;
+	for (unsigned i = 0; i < p->n_workers; i++)
+		out->active += worker_active(p->workers[i]);
+}
+
+bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)
+{
+	struct sched_limits lim = limits_of(new_cfg);
+	if (new_cfg->n_tenants != p->cfg->n_tenants)
+		return false;
+	if (!auth_reload(p->auth, new_cfg))
+		return false;
+	sched_set_limits(p->sched, &lim);
+	for (size_t i = 0; i < new_cfg->n_tenants; i++)
+		sched_set_tenant_limit(p->sched, i,
+				       new_cfg->tenants[i].limits.chat_creates_per_10s_per_tenant);
+	struct worker_policy policy = policy_of(new_cfg);
+	for (unsigned i = 0; i < p->n_workers; i++)
+		worker_set_policy(p->workers[i], &policy);
+	return true;
+}
+
+void pipeline_begin_drain(struct pipeline *p)
+{
+	if (p->draining)
+		return;
+	p->draining = true;
+	set_paused(p, true);
+	for (unsigned i = 0; i < p->n_workers; i++)
+		worker_stop(p->workers[i]);
+}
+
+/* Jobs that were never finished go away without a result: their offsets stay uncommitted. */
+static void drop_unfinished(struct pipeline *p, struct job **jobs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		job_free(jobs[i]);
+		p->in_memory--;
+	}
+}
+
+static void join_workers(struct pipeline *p)
+{
+	size_t handed_back = 0;
+	for (unsigned i = 0; i < p->n_workers; i++) {
+		struct job **jobs;
+		size_t n = worker_join(p->workers[i], &jobs);
+		drop_unfinished(p, jobs, n);
+		handed_back += n;
+		free(jobs);
+	}
+	void *queued[256];
+	size_t n;
+	while ((n = sched_drain(p->sched, queued, CP_ARRAY_LEN(queued))) > 0) {
+		drop_unfinished(p, (struct job **)queued, n);
+		handed_back += n;
+	}
+	if (handed_back)
+		log_notice("handed back %zu unfinished requests to the group", handed_back);
+	p->workers_joined = true;
+}
+
+bool pipeline_drained(struct pipeline *p)
+{
+	if (!p->draining)
+		return false;
+	if (!p->workers_joined) {
+		for (unsigned i = 0; i < p->n_workers; i++)
+			if (!worker_exited(p->workers[i]))
+				return false;
+		join_workers(p);
+	}
+	return p->in_memory == 0;
+}
+
+void pipeline_finish(struct pipeline *p)
+{
+	if (!p->consumer)
+		return;
+	if (!p->workers_joined) {
+		for (unsigned i = 0; i < p->n_workers; i++)
+			worker_stop(p->workers[i]);
+		join_workers(p);
+	}
+	rd_kafka_flush(p->producer, 10 * 1000);
+	store_offsets(p);
+	rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, NULL, 0);
+	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+		log_warning("final commit failed: %s", rd_kafka_err2str(err));
+	err = rd_kafka_consumer_close(p->consumer);
+	if (err)
+		log_warning("leaving the consumer group: %s", rd_kafka_err2str(err));
+	rd_kafka_destroy(p->consumer);
+	p->consumer = NULL;
+}
+
+void pipeline_free(struct pipeline *p)
+{
+	if (!p)
+		return;
+	for (unsigned i = 0; i < p->n_workers; i++)
+		worker_free(p->workers[i]);
+	p->n_workers = 0;
+	if (p->consumer)
+		rd_kafka_destroy(p->consumer);
+	if (p->producer) {
+		rd_kafka_flush(p->producer, 1000);
+		rd_kafka_destroy(p->producer);
+	}
+	auth_free(p->auth);
+	if (p->sched) {
+		void *queued[256];
+		size_t n;
+		while ((n = sched_drain(p->sched, queued, CP_ARRAY_LEN(queued))) > 0)
+			for (size_t i = 0; i < n; i++)
+				job_free(queued[i]);
+		sched_free(p->sched);
+	}
+	offtrack_free(p->offsets);
+	pipeline_metrics_free(p->metrics);
+	free(p->parts);
+	pthread_mutex_destroy(&p->counters_lock);
+	free(p);
+}

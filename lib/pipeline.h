@@ -1,0 +1,63 @@
+/*
+ * pipeline.h - the daemon's engine: Kafka in, scheduler, HTTP workers, results out.
+ *
+ * The thread that calls pipeline_poll is the Kafka thread: it consumes, decodes and
+ * validates events, answers invalid ones at once, queues valid ones for the workers,
+ * handles delivery reports and stores offsets. Everything else runs in worker threads,
+ * the auth refresh thread and librdkafka's own threads.
+ */
+#ifndef CHATPROV_PIPELINE_H
+#define CHATPROV_PIPELINE_H
+
+#include "cfg.h"
+#include "common.h"
+#include "metrics.h"
+
+struct pipeline;
+
+/* Live counters, for STATUS= and metrics. */
+struct pipeline_counters {
+	uint64_t consumed, succeeded, failed, rejected;
+	size_t in_memory; /* jobs between consumption and acknowledged result */
+	size_t queued;    /* waiting in the scheduler */
+	size_t active;    /* in workers: transfers, operation polls, waiting for a token */
+	bool paused;
+};
+
+/* cfg must outlive the pipeline (or be replaced through pipeline_reload). metrics may be NULL. */
+bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipeline **out,
+		  char *err, size_t errcap) CP_MUSTCHECK;
+
+/* Creates the Kafka handles, starts the token thread and the workers, subscribes. */
+bool pipeline_start(struct pipeline *p, char *err, size_t errcap) CP_MUSTCHECK;
+
+/*
+ * One turn of the Kafka thread's loop; waits at most timeout_ms for a message.
+ * Returns false on a fatal error (the producer lost its idempotence guarantee, or a
+ * result could not be queued): the process must exit non-zero without committing more.
+ */
+bool pipeline_poll(struct pipeline *p, int timeout_ms) CP_MUSTCHECK;
+
+/* Kafka reachable, group joined, a token held for the default profile. */
+bool pipeline_ready(struct pipeline *p);
+
+/* Workers looped recently: the watchdog's evidence of progress. */
+bool pipeline_progressing(struct pipeline *p, int64_t now_mono_ms, int64_t max_age_ms);
+
+void pipeline_counters(struct pipeline *p, struct pipeline_counters *out);
+
+/* SIGHUP: applies the reloadable parts of new_cfg (limits, retry, operations, credentials). */
+bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg) CP_MUSTCHECK;
+
+/* Stops consuming and asks the workers to finish what they have in flight. */
+void pipeline_begin_drain(struct pipeline *p);
+
+/* True once every in-flight job is finished or handed back and every result acknowledged. */
+bool pipeline_drained(struct pipeline *p);
+
+/* Stores and commits the final offsets, leaves the group, flushes the producer. */
+void pipeline_finish(struct pipeline *p);
+
+void pipeline_free(struct pipeline *p);
+
+#endif

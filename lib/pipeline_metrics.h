@@ -1,0 +1,42 @@
+/*
+ * pipeline_metrics.h - the daemon's Prometheus series (chatprov_*), registered once and
+ * updated through pre-resolved handles so that the hot path is one atomic operation.
+ *
+ * Every function accepts a NULL pipeline_metrics (metrics disabled) and does nothing.
+ */
+#ifndef CHATPROV_PIPELINE_METRICS_H
+#define CHATPROV_PIPELINE_METRICS_H
+
+#include "cfg.h"
+#include "common.h"
+#include "job.h"
+#include "metrics.h"
+
+struct pipeline_metrics;
+
+/* NULL when registry is NULL or on failure (the caller tells the two apart). */
+struct pipeline_metrics *pipeline_metrics_new(struct metrics *registry, const struct cfg *cfg);
+void pipeline_metrics_free(struct pipeline_metrics *pm);
+
+/* A final outcome: chatprov_requests_total{status} and the end-to-end latency. */
+void pipeline_metrics_job_done(struct pipeline_metrics *pm, const struct job *job);
+/* A transient failure that will be retried. */
+void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant);
+/* One Graph answer (status 0: no HTTP answer) and how long it took. */
+void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
+				     double seconds);
+
+/* Gauges refreshed before each scrape. */
+struct pipeline_metrics_tenant {
+	size_t queued;
+	double current_rate_per_s;
+	double token_expires_in_s; /* negative: no token */
+	uint64_t token_refreshes, token_failures;
+};
+void pipeline_metrics_tenant_gauges(struct pipeline_metrics *pm, size_t tenant,
+				    const struct pipeline_metrics_tenant *t);
+void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory,
+				     size_t active, bool paused);
+void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_t lag);
+
+#endif

@@ -1,0 +1,831 @@
+/* worker.c - one libcurl multi loop per thread: POST /chats and operation polls. */
+#include "worker.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cptime.h"
+#include "graphreq.h"
+#include "graphresp.h"
+#include "log.h"
+#include "pipeline_metrics.h"
+
+#define TOKEN_MAX AUTH_TOKEN_BUF
+#define HEADER_VALUE_MAX 2048
+/* A 404 right after a 202 means Graph has not published the operation yet. */
+#define OP_NOT_FOUND_GRACE_MS (30 * 1000)
+#define LOOP_IDLE_MS 500
+
+enum xfer_kind { XFER_POST, XFER_POLL };
+
+/* One HTTP exchange in flight. Lives from start_transfer to finish_transfer. */
+struct xfer {
+	struct worker *w;
+	struct job *job;
+	enum xfer_kind kind;
+	CURL *easy;
+	struct curl_slist *headers;
+	char *token; /* the bearer token sent, for auth_invalidate on 401 */
+	char *resp;
+	size_t resp_len, resp_cap, resp_limit;
+	bool resp_overflow;
+	int64_t started_mono_ms;
+	char request_id[64];
+	char location[JOB_URL_MAX];
+	char retry_after[64];
+	char errbuf[CURL_ERROR_SIZE];
+};
+
+/* Jobs waiting for a time: operation polls. A binary min-heap on job->next_poll_mono_ms. */
+struct job_heap {
+	struct job **items;
+	size_t len, cap;
+};
+
+struct worker {
+	struct worker_conf conf;
+	pthread_t thread;
+	bool started;
+	CURLM *multi;
+	char version_root[JOB_URL_MAX]; /* where requests go: {base_url}/{version} */
+	char bind_root[JOB_URL_MAX];    /* what bodies name: {graph_root}/{version} */
+	char chats_url[JOB_URL_MAX];
+
+	pthread_mutex_t lock; /* guards policy and stop flag */
+	struct worker_policy policy;
+	bool stopping;
+
+	struct job_heap polls;
+	struct job **parked; /* waiting for a token of their tenant */
+	size_t n_parked, cap_parked;
+	size_t in_flight;
+	uint64_t rng;
+	char *token_buf;
+	atomic_llong heartbeat_ms;
+	atomic_size_t active;
+	atomic_bool exited;
+};
+
+/* ---- small containers ---- */
+
+static bool heap_push(struct job_heap *h, struct job *job)
+{
+	if (h->len == h->cap) {
+		size_t cap = h->cap ? h->cap * 2 : 64;
+		struct job **items = realloc(h->items, cap * sizeof *items);
+		if (!items)
+			return false;
+		h->items = items;
+		h->cap = cap;
+	}
+	size_t i = h->len++;
+	while (i > 0) {
+		size_t parent = (i - 1) / 2;
+		if (h->items[parent]->next_poll_mono_ms <= job->next_poll_mono_ms)
+			break;
+		h->items[i] = h->items[parent];
+		i = parent;
+	}
+	h->items[i] = job;
+	return true;
+}
+
+static struct job *heap_pop(struct job_heap *h)
+{
+	struct job *top = h->items[0];
+	struct job *last = h->items[--h->len];
+	size_t i = 0;
+	for (;;) {
+		size_t child = 2 * i + 1;
+		if (child >= h->len)
+			break;
+		if (child + 1 < h->len &&
+		    h->items[child + 1]->next_poll_mono_ms < h->items[child]->next_poll_mono_ms)
+			child++;
+		if (last->next_poll_mono_ms <= h->items[child]->next_poll_mono_ms)
+			break;
+		h->items[i] = h->items[child];
+		i = child;
+	}
+	if (h->len)
+		h->items[i] = last;
+	return top;
+}
+
+static bool park_job(struct worker *w, struct job *job)
+{
+	if (w->n_parked == w->cap_parked) {
+		size_t cap = w->cap_parked ? w->cap_parked * 2 : 16;
+		struct job **p = realloc(w->parked, cap * sizeof *p);
+		if (!p)
+			return false;
+		w->parked = p;
+		w->cap_parked = cap;
+	}
+	w->parked[w->n_parked++] = job;
+	return true;
+}
+
+static void update_active(struct worker *w)
+{
+	atomic_store(&w->active, w->in_flight + w->polls.len + w->n_parked);
+}
+
+static struct worker_policy current_policy(struct worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	struct worker_policy p = w->policy;
+	pthread_mutex_unlock(&w->lock);
+	return p;
+}
+
+static bool is_stopping(struct worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	bool s = w->stopping;
+	pthread_mutex_unlock(&w->lock);
+	return s;
+}
+
+/* ---- outcomes ---- */
+
+static void log_ctx_of(const struct job *job, const struct xfer *x, struct log_ctx *ctx)
+{
+	*ctx = (struct log_ctx){
+		.request_id = job->ev ? job->ev->id : NULL,
+		.chat_id = job->chat_id[0] ? job->chat_id : NULL,
+		.graph_request_id = x && x->request_id[0] ? x->request_id : NULL,
+		.client_request_id = job->client_request_id,
+		.tenant = job->ev ? job->ev->tenant : NULL,
+	};
+}
+
+static void finish_job(struct worker *w, struct job *job)
+{
+	job->completed_wall_ms = cptime_wall_ms();
+	pipeline_metrics_job_done(w->conf.metrics, job);
+	w->conf.on_done(job, w->conf.arg);
+}
+
+/* Backs a job off and queues it again, or fails it when the retry budget is spent. */
+static void retry_or_fail(struct worker *w, struct job *job, long http_status, const char *code,
+			  const char *message)
+{
+	struct worker_policy p = current_policy(w);
+	int64_t now = cptime_mono_ms();
+	job->transient_failures++;
+	int64_t delay = retry_backoff_ms(&p.retry, job->transient_failures, &w->rng);
+	if (!retry_may_retry(&p.retry, job->transient_failures, job->first_attempt_mono_ms, now,
+			     delay)) {
+		job_fail(job, http_status, code, message, true);
+		finish_job(w, job);
+		return;
+	}
+	pipeline_metrics_retry(w->conf.metrics, job->tenant);
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
+		job_fail(job, http_status, "QueueFull", "scheduler queue full on retry", true);
+		finish_job(w, job);
+	}
+}
+
+/* A job that must wait for a poll at `at`; fails it if that is past its deadline. */
+static void schedule_poll(struct worker *w, struct job *job, int64_t at)
+{
+	if (at > job->op_deadline_mono_ms) {
+		job_fail(job, job->http_status, "OperationTimeout",
+			 "the async operation did not finish before [operations] timeout_s", true);
+		snprintf(job->op_status, sizeof job->op_status, "%s",
+			 job->op_status[0] ? job->op_status : "notStarted");
+		finish_job(w, job);
+		return;
+	}
+	job->next_poll_mono_ms = at;
+	if (!heap_push(&w->polls, job)) {
+		job_fail(job, job->http_status, "OutOfMemory", "cannot queue operation poll", true);
+		finish_job(w, job);
+	}
+}
+
+static int64_t retry_after_ms(const struct xfer *x, int64_t fallback_ms)
+{
+	int64_t delay;
+	if (x->retry_after[0] &&
+	    graphresp_parse_retry_after(x->retry_after, cptime_wall_ms(), &delay))
+		return delay;
+	return fallback_ms;
+}
+
+static void fail_from_graph_error(struct job *job, const struct xfer *x, long status,
+				  bool retryable)
+{
+	struct graphresp_error ge;
+	char message[JOB_ERR_MSG_MAX];
+	if (x->resp && graphresp_parse_error(x->resp, x->resp_len, &ge)) {
+		job_fail(job, status, ge.code, ge.message, retryable);
+		return;
+	}
+	snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
+	job_fail(job, status, "HttpError", message, retryable);
+}
+
+/* ---- POST /chats answers ---- */
+
+static void on_created(struct worker *w, struct job *job, struct xfer *x)
+{
+	struct graphresp_chat chat;
+	char err[256];
+	if (!graphresp_parse_chat(x->resp ? x->resp : "", x->resp_len, &chat, err, sizeof err)) {
+		/* The chat exists but we cannot say which: never create it again blindly. */
+		job_fail(job, 201, "InvalidResponse", err, false);
+		finish_job(w, job);
+		return;
+	}
+	job->status = JOB_SUCCEEDED;
+	snprintf(job->chat_id, sizeof job->chat_id, "%s", chat.id);
+	snprintf(job->chat_web_url, sizeof job->chat_web_url, "%s", chat.web_url);
+	snprintf(job->chat_created, sizeof job->chat_created, "%s", chat.created);
+	finish_job(w, job);
+}
+
+static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
+{
+	struct worker_policy p = current_policy(w);
+	if (!x->location[0] || !graphreq_resolve_location(w->version_root, x->location,
+							  job->op_url, sizeof job->op_url)) {
+		job_fail(job, 202, "InvalidLocation",
+			 "202 Accepted without a usable Location on this Graph host", false);
+		finish_job(w, job);
+		return;
+	}
+	int64_t now = cptime_mono_ms();
+	job->phase = JOB_PHASE_POLL;
+	job->op_started_mono_ms = now;
+	job->op_deadline_mono_ms = now + p.op_timeout_ms;
+	int64_t wait = retry_after_ms(x, p.poll_interval_ms);
+	schedule_poll(w, job, now + (wait > p.poll_interval_ms ? wait : p.poll_interval_ms));
+}
+
+static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+			   long status)
+{
+	int64_t now = cptime_mono_ms();
+	enum retry_class cls = retry_classify(status, (int)rc);
+	struct log_ctx ctx;
+	log_ctx_of(job, x, &ctx);
+	switch (cls) {
+	case RETRY_SUCCESS:
+		if (status == 202)
+			on_accepted(w, job, x);
+		else
+			on_created(w, job, x);
+		return;
+	case RETRY_THROTTLED: {
+		int64_t wait = retry_after_ms(x, -1);
+		sched_on_result(w->conf.sched, job->tenant, SCHED_THROTTLED, wait, now);
+		log_with(LOG_LVL_INFO, &ctx, "throttled by Graph (429), Retry-After %s",
+			 x->retry_after[0] ? x->retry_after : "absent");
+		if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+			job_fail(job, 429, "QueueFull", "scheduler queue full on retry", true);
+			finish_job(w, job);
+		}
+		return;
+	}
+	case RETRY_AUTH:
+		auth_invalidate(w->conf.auth, job->tenant, x->token);
+		if (!job->auth_retried) {
+			job->auth_retried = true;
+			if (sched_requeue(w->conf.sched, job->tenant, job, now, now))
+				return;
+		}
+		fail_from_graph_error(job, x, status, false);
+		finish_job(w, job);
+		return;
+	case RETRY_TRANSIENT: {
+		char message[JOB_ERR_MSG_MAX];
+		if (rc != CURLE_OK)
+			snprintf(message, sizeof message, "%s", x->errbuf[0] ? x->errbuf
+									 : curl_easy_strerror(rc));
+		else
+			snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
+		log_with(LOG_LVL_INFO, &ctx, "transient failure: %s", message);
+		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, 0, now);
+		retry_or_fail(w, job, status, rc != CURLE_OK ? "TransportError" : "ServiceUnavailable",
+			      message);
+		return;
+	}
+	case RETRY_PERMANENT:
+		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
+		fail_from_graph_error(job, x, status, false);
+		log_with(LOG_LVL_NOTICE, &ctx, "Graph refused the chat: %s (HTTP %ld)",
+			 job->err_code, status);
+		finish_job(w, job);
+		return;
+	}
+}
+
+/* ---- operation poll answers ---- */
+
+static void on_operation(struct worker *w, struct job *job, struct xfer *x)
+{
+	struct worker_policy p = current_policy(w);
+	struct graphresp_operation op;
+	char err[256];
+	int64_t now = cptime_mono_ms();
+	if (!graphresp_parse_operation(x->resp ? x->resp : "", x->resp_len, &op, err,
+				       sizeof err)) {
+		schedule_poll(w, job, now + p.poll_interval_ms);
+		return;
+	}
+	snprintf(job->op_id, sizeof job->op_id, "%s", op.id);
+	snprintf(job->op_status, sizeof job->op_status, "%s", op.status_text);
+	job->op_attempts = op.attempts_count;
+	switch (op.status) {
+	case GRAPHRESP_OP_SUCCEEDED:
+		job->status = JOB_SUCCEEDED;
+		snprintf(job->chat_id, sizeof job->chat_id, "%s", op.target_resource_id);
+		finish_job(w, job);
+		return;
+	case GRAPHRESP_OP_FAILED:
+		job_fail(job, job->http_status, op.error_code[0] ? op.error_code : "OperationFailed",
+			 op.error_message[0] ? op.error_message : "the async operation failed",
+			 false);
+		finish_job(w, job);
+		return;
+	default: {
+		int64_t wait = retry_after_ms(x, p.poll_interval_ms);
+		schedule_poll(w, job, now + (wait > p.poll_interval_ms ? wait : p.poll_interval_ms));
+		return;
+	}
+	}
+}
+
+static void on_poll_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+			   long status)
+{
+	struct worker_policy p = current_policy(w);
+	int64_t now = cptime_mono_ms();
+	if (rc == CURLE_OK && status == 200) {
+		on_operation(w, job, x);
+		return;
+	}
+	if (rc == CURLE_OK && status == 401)
+		auth_invalidate(w->conf.auth, job->tenant, x->token);
+	bool fresh_404 = status == 404 && now - job->op_started_mono_ms < OP_NOT_FOUND_GRACE_MS;
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (rc == CURLE_OK && status >= 400 && cls == RETRY_PERMANENT && !fresh_404) {
+		fail_from_graph_error(job, x, status, false);
+		finish_job(w, job);
+		return;
+	}
+	/* Throttled, transient, 401 or a young 404: poll again later, within the deadline. */
+	int64_t wait = retry_after_ms(x, p.poll_interval_ms);
+	if (fresh_404 || cls == RETRY_AUTH)
+		wait = retry_after_ms(x, 1000);
+	schedule_poll(w, job, now + wait);
+}
+
+/* ---- transfers ---- */
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct xfer *x = arg;
+	size_t n = size * nmemb;
+	if (x->resp_len + n > x->resp_limit) {
+		x->resp_overflow = true;
+		return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
+	}
+	if (x->resp_len + n + 1 > x->resp_cap) {
+		size_t cap = x->resp_cap ? x->resp_cap : 1024;
+		while (cap < x->resp_len + n + 1)
+			cap *= 2;
+		char *p = realloc(x->resp, cap);
+		if (!p)
+			return 0;
+		x->resp = p;
+		x->resp_cap = cap;
+	}
+	memcpy(x->resp + x->resp_len, data, n);
+	x->resp_len += n;
+	x->resp[x->resp_len] = '\0';
+	return n;
+}
+
+/* Copies a header's value (trimmed) when its name matches. */
+static bool take_header(const char *line, size_t len, const char *name, char *out, size_t cap)
+{
+	size_t nlen = strlen(name);
+	if (len <= nlen || strncasecmp(line, name, nlen) != 0 || line[nlen] != ':')
+		return false;
+	const char *v = line + nlen + 1;
+	const char *end = line + len;
+	while (v < end && (*v == ' ' || *v == '\t'))
+		v++;
+	while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+		end--;
+	size_t vlen = (size_t)(end - v);
+	if (vlen >= cap)
+		vlen = 0; /* too long to be trusted: treat as absent */
+	memcpy(out, v, vlen);
+	out[vlen] = '\0';
+	return true;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct xfer *x = arg;
+	size_t n = size * nmemb;
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+		/* A new response (after 100 Continue): forget the previous one's headers. */
+		x->request_id[0] = x->location[0] = x->retry_after[0] = '\0';
+		return n;
+	}
+	if (!take_header(data, n, "request-id", x->request_id, sizeof x->request_id) &&
+	    !take_header(data, n, "location", x->location, sizeof x->location))
+		(void)take_header(data, n, "retry-after", x->retry_after, sizeof x->retry_after);
+	return n;
+}
+
+/* Appends "Name: value" to a header list; the line is wiped once curl has copied it. */
+static bool add_header(struct curl_slist **list, const char *name, const char *value)
+{
+	char line[TOKEN_MAX + 64];
+	if (snprintf(line, sizeof line, "%s: %s", name, value) >= (int)sizeof line)
+		return false;
+	struct curl_slist *n = curl_slist_append(*list, line);
+	explicit_bzero(line, sizeof line);
+	if (!n)
+		return false;
+	*list = n;
+	return true;
+}
+
+static void xfer_free(struct xfer *x)
+{
+	if (!x)
+		return;
+	if (x->easy)
+		curl_easy_cleanup(x->easy);
+	/* The Authorization line holds the token: wipe every header line before freeing. */
+	for (struct curl_slist *h = x->headers; h; h = h->next)
+		explicit_bzero(h->data, strlen(h->data));
+	curl_slist_free_all(x->headers);
+	if (x->token) {
+		explicit_bzero(x->token, strlen(x->token));
+		free(x->token);
+	}
+	free(x->resp);
+	free(x);
+}
+
+static bool xfer_headers(struct xfer *x, const char *token)
+{
+	char bearer[TOKEN_MAX + 8];
+	struct job *job = x->job;
+	if (snprintf(bearer, sizeof bearer, "Bearer %s", token) >= (int)sizeof bearer)
+		return false;
+	bool ok = add_header(&x->headers, "Authorization", bearer) &&
+		  add_header(&x->headers, "client-request-id", job->client_request_id) &&
+		  add_header(&x->headers, "return-client-request-id", "true") &&
+		  add_header(&x->headers, "Accept", "application/json") &&
+		  add_header(&x->headers, "User-Agent", "chatprovd/" CHATPROV_VERSION);
+	explicit_bzero(bearer, sizeof bearer);
+	if (!ok)
+		return false;
+	if (x->kind == XFER_POST) {
+		if (!add_header(&x->headers, "Content-Type", "application/json"))
+			return false;
+		/* "Expect:" with no value stops curl's 100-continue round trip on HTTP/1.1. */
+		struct curl_slist *n = curl_slist_append(x->headers, "Expect:");
+		if (!n)
+			return false;
+		x->headers = n;
+		return true;
+	}
+	return add_header(&x->headers, "Prefer", "include-unknown-enum-members");
+}
+
+static bool xfer_setup(struct worker *w, struct xfer *x)
+{
+	const struct cfg *cfg = w->conf.cfg;
+	CURL *e = x->easy;
+	bool ok = curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_URL,
+				   x->kind == XFER_POST ? w->chats_url : x->job->op_url) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_WRITEDATA, x) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_HEADERDATA, x) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+				   (long)(cfg->graph.request_timeout_s * 1000)) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+				   (long)(cfg->graph.connect_timeout_s * 1000)) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS) ==
+			  CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http") == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK;
+	if (ok && cfg->graph.ca_file[0])
+		ok = curl_easy_setopt(e, CURLOPT_CAINFO, cfg->graph.ca_file) == CURLE_OK;
+	if (ok && x->kind == XFER_POST)
+		ok = curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->job->body) == CURLE_OK &&
+		     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(x->job->body)) ==
+			     CURLE_OK;
+	return ok;
+}
+
+/* Starts a POST or a poll for job with token. false: the job was not started. */
+static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kind,
+			   const char *token)
+{
+	struct xfer *x = calloc(1, sizeof *x);
+	if (!x)
+		return false;
+	x->w = w;
+	x->job = job;
+	x->kind = kind;
+	x->resp_limit = w->conf.cfg->graph.max_response_bytes;
+	x->started_mono_ms = cptime_mono_ms();
+	x->token = strdup(token);
+	x->easy = curl_easy_init();
+	if (!x->token || !x->easy || !xfer_headers(x, token) || !xfer_setup(w, x))
+		goto fail;
+	if (curl_multi_add_handle(w->multi, x->easy) != CURLM_OK)
+		goto fail;
+	w->in_flight++;
+	if (kind == XFER_POST) {
+		job->attempts++;
+		if (!job->first_attempt_mono_ms)
+			job->first_attempt_mono_ms = x->started_mono_ms;
+	}
+	return true;
+fail:
+	xfer_free(x);
+	return false;
+}
+
+/* Gets the tenant's token and starts the job's next exchange, or parks it. */
+static void launch(struct worker *w, struct job *job, enum xfer_kind kind)
+{
+	int64_t expires;
+	enum auth_status st = auth_get_token(w->conf.auth, job->tenant, w->token_buf, TOKEN_MAX,
+					     &expires);
+	if (st != AUTH_OK) {
+		/* Pending or failing credentials hold the job; nothing fails for a token. */
+		if (!park_job(w, job)) {
+			job_fail(job, 0, "OutOfMemory", "cannot park job", true);
+			finish_job(w, job);
+		}
+		return;
+	}
+	bool ok = start_transfer(w, job, kind, w->token_buf);
+	explicit_bzero(w->token_buf, strlen(w->token_buf));
+	if (!ok) {
+		job_fail(job, 0, "InternalError", "cannot start HTTP transfer", true);
+		finish_job(w, job);
+	}
+}
+
+static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
+{
+	struct xfer *x = NULL;
+	long status = 0;
+	curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
+	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_multi_remove_handle(w->multi, easy);
+	w->in_flight--;
+	struct job *job = x->job;
+	if (x->resp_overflow) {
+		rc = CURLE_OK;
+		x->resp_len = 0;
+		snprintf(x->errbuf, sizeof x->errbuf, "response body over max_response_bytes");
+	}
+	pipeline_metrics_graph_response(w->conf.metrics, job->tenant, status,
+					(cptime_mono_ms() - x->started_mono_ms) / 1000.0);
+	if (rc == CURLE_OK)
+		job->http_status = status;
+	if (x->request_id[0])
+		snprintf(job->graph_request_id, sizeof job->graph_request_id, "%s",
+			 x->request_id);
+	if (x->kind == XFER_POST)
+		on_post_answer(w, job, x, rc, rc == CURLE_OK ? status : 0);
+	else
+		on_poll_answer(w, job, x, rc, rc == CURLE_OK ? status : 0);
+	xfer_free(x);
+}
+
+/* ---- the loop ---- */
+
+static unsigned capacity(const struct worker *w)
+{
+	return w->in_flight >= w->conf.max_in_flight ? 0
+						      : w->conf.max_in_flight - (unsigned)w->in_flight;
+}
+
+static void admit_parked(struct worker *w)
+{
+	size_t n = w->n_parked;
+	struct job **jobs = w->parked;
+	w->parked = NULL;
+	w->n_parked = w->cap_parked = 0;
+	for (size_t i = 0; i < n; i++)
+		launch(w, jobs[i], jobs[i]->phase == JOB_PHASE_POLL ? XFER_POLL : XFER_POST);
+	free(jobs);
+}
+
+/* Starts due polls and scheduled POSTs; returns the next time anything is due. */
+static int64_t admit_work(struct worker *w, int64_t now)
+{
+	int64_t wake = now + LOOP_IDLE_MS;
+	if (w->n_parked)
+		admit_parked(w);
+	while (w->polls.len && capacity(w) && w->polls.items[0]->next_poll_mono_ms <= now)
+		launch(w, heap_pop(&w->polls), XFER_POLL);
+	if (w->polls.len && w->polls.items[0]->next_poll_mono_ms < wake)
+		wake = w->polls.items[0]->next_poll_mono_ms;
+	while (capacity(w)) {
+		void *job;
+		size_t tenant;
+		int64_t at = 0;
+		enum sched_take_status st = sched_take(w->conf.sched, now, &job, &tenant, &at);
+		if (st == SCHED_WAIT && at < wake)
+			wake = at;
+		if (st != SCHED_TAKEN)
+			break;
+		launch(w, job, XFER_POST);
+	}
+	return wake;
+}
+
+static void reap_transfers(struct worker *w)
+{
+	int queued;
+	CURLMsg *msg;
+	while ((msg = curl_multi_info_read(w->multi, &queued)) != NULL) {
+		if (msg->msg == CURLMSG_DONE)
+			finish_transfer(w, msg->easy_handle, msg->data.result);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	for (;;) {
+		int64_t now = cptime_mono_ms();
+		atomic_store(&w->heartbeat_ms, now);
+		bool stopping = is_stopping(w);
+		if (stopping && w->in_flight == 0)
+			break;
+		int64_t wake = stopping ? now + LOOP_IDLE_MS : admit_work(w, now);
+		update_active(w);
+		int running;
+		curl_multi_perform(w->multi, &running);
+		reap_transfers(w);
+		int64_t timeout = wake - cptime_mono_ms();
+		if (timeout < 0)
+			timeout = 0;
+		if (timeout > LOOP_IDLE_MS)
+			timeout = LOOP_IDLE_MS;
+		curl_multi_poll(w->multi, NULL, 0, (int)timeout, NULL);
+	}
+	update_active(w);
+	atomic_store(&w->exited, true);
+	return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static bool build_roots(struct worker *w)
+{
+	const struct cfg *cfg = w->conf.cfg;
+	return snprintf(w->version_root, sizeof w->version_root, "%s/%s", cfg->graph.base_url,
+			cfg->graph.api_version) < (int)sizeof w->version_root &&
+	       snprintf(w->bind_root, sizeof w->bind_root, "%s/%s", cfg->graph.graph_root,
+			cfg->graph.api_version) < (int)sizeof w->bind_root &&
+	       snprintf(w->chats_url, sizeof w->chats_url, "%s/chats", w->version_root) <
+		       (int)sizeof w->chats_url;
+}
+
+bool worker_new(const struct worker_conf *conf, struct worker **out)
+{
+	struct worker *w = calloc(1, sizeof *w);
+	if (!w)
+		return false;
+	w->conf = *conf;
+	w->policy = conf->policy;
+	w->rng = (uint64_t)cptime_wall_ms() ^ (uint64_t)(uintptr_t)w;
+	if (pthread_mutex_init(&w->lock, NULL) != 0) {
+		free(w);
+		return false;
+	}
+	w->token_buf = calloc(1, TOKEN_MAX);
+	w->multi = curl_multi_init();
+	if (!w->token_buf || !w->multi || !build_roots(w))
+		goto fail;
+	if (curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)conf->max_in_flight) !=
+		    CURLM_OK ||
+	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
+		goto fail;
+	*out = w;
+	return true;
+fail:
+	worker_free(w);
+	return false;
+}
+
+bool worker_start(struct worker *w)
+{
+	if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+		return false;
+	w->started = true;
+	return true;
+}
+
+void worker_wakeup(struct worker *w)
+{
+	curl_multi_wakeup(w->multi);
+}
+
+void worker_set_policy(struct worker *w, const struct worker_policy *policy)
+{
+	pthread_mutex_lock(&w->lock);
+	w->policy = *policy;
+	pthread_mutex_unlock(&w->lock);
+	worker_wakeup(w);
+}
+
+void worker_stop(struct worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	w->stopping = true;
+	pthread_mutex_unlock(&w->lock);
+	worker_wakeup(w);
+}
+
+size_t worker_join(struct worker *w, struct job ***jobs)
+{
+	if (w->started) {
+		pthread_join(w->thread, NULL);
+		w->started = false;
+	}
+	size_t n = w->polls.len + w->n_parked;
+	*jobs = NULL;
+	if (n == 0)
+		return 0;
+	struct job **list = malloc(n * sizeof *list);
+	if (!list)
+		return 0;
+	size_t k = 0;
+	for (size_t i = 0; i < w->polls.len; i++)
+		list[k++] = w->polls.items[i];
+	for (size_t i = 0; i < w->n_parked; i++)
+		list[k++] = w->parked[i];
+	w->polls.len = w->n_parked = 0;
+	update_active(w);
+	*jobs = list;
+	return k;
+}
+
+void worker_free(struct worker *w)
+{
+	if (!w)
+		return;
+	if (w->started)
+		worker_stop(w);
+	struct job **rest;
+	size_t n = worker_join(w, &rest);
+	for (size_t i = 0; i < n; i++)
+		job_free(rest[i]);
+	free(rest);
+	if (w->multi)
+		curl_multi_cleanup(w->multi);
+	free(w->polls.items);
+	free(w->parked);
+	free(w->token_buf);
+	pthread_mutex_destroy(&w->lock);
+	free(w);
+}
+
+int64_t worker_heartbeat_ms(const struct worker *w)
+{
+	return atomic_load(&w->heartbeat_ms);
+}
+
+bool worker_exited(const struct worker *w)
+{
+	return atomic_load(&w->exited);
+}
+
+size_t worker_active(const struct worker *w)
+{
+	return atomic_load(&w->active);
+}
