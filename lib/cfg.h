@@ -16,6 +16,7 @@
 #define CFG_VALUE_MAX 1024
 #define CFG_MAX_TENANTS 64
 #define CFG_MAX_RDKAFKA 128
+#define CFG_SECRET_MAX 8192 /* largest secret or token file cfg_read_secret_file accepts */
 
 enum cfg_cloud { CFG_CLOUD_GLOBAL, CFG_CLOUD_USGOV, CFG_CLOUD_USGOVDOD, CFG_CLOUD_CHINA };
 enum cfg_assertion_alg { CFG_ALG_PS256, CFG_ALG_RS256 };
@@ -136,13 +137,30 @@ void cfg_free(struct cfg *cfg);
 bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *errbuf,
 		     size_t errcap) CP_MUSTCHECK;
 
+/*
+ * Reads a secret-bearing file (client secret, federated token): at most CFG_SECRET_MAX bytes,
+ * trailing newlines stripped, must not be empty. Error messages name the path, never the
+ * content.
+ */
+bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf, size_t errcap)
+	CP_MUSTCHECK;
+
 /* Index of the profile an event's "tenant" names (NULL/"" = default = 0); -1 if unknown. */
 int cfg_tenant_index(const struct cfg *cfg, const char *name);
 
 /* Writes the effective configuration as INI, secrets masked (for --check-config). */
 void cfg_dump(const struct cfg *cfg, FILE *out);
 
-/* Names of keys whose change needs a restart rather than SIGHUP, comma separated. */
+/*
+ * --check-config: loads path, prints the effective configuration to out (0) or the error to
+ * err (1). Returns the exit status.
+ */
+int cfg_check(const char *path, FILE *out, FILE *err);
+
+/*
+ * Names of keys whose change needs a restart rather than SIGHUP, comma separated, as
+ * "section.key" (and "librdkafka" for any [librdkafka] change); "" when a reload suffices.
+ */
 void cfg_restart_needed(const struct cfg *old_cfg, const struct cfg *new_cfg, char *buf,
 			size_t cap);
 
