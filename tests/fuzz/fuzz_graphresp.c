@@ -1,0 +1,44 @@
+/*
+ * fuzz_graphresp.c - every Graph response parser on the same input: chat, operation,
+ * error and lookup. Properties: no crash, and every string field filled is terminated
+ * within its record.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graphresp.h"
+
+#define FUZZ_MAX_INPUT (64 * 1024)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define TERMINATED(f) (memchr((f), '\0', sizeof(f)) != NULL)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size > FUZZ_MAX_INPUT)
+		return 0;
+	const char *body = (const char *)data;
+	char err[128];
+	struct graphresp_chat chat;
+	if (graphresp_parse_chat(body, size, &chat, err, sizeof err) &&
+	    (!chat.id[0] || !TERMINATED(chat.web_url) || !TERMINATED(chat.topic)))
+		abort();
+	struct graphresp_operation op;
+	if (graphresp_parse_operation(body, size, &op, err, sizeof err) &&
+	    (!TERMINATED(op.status_text) || !TERMINATED(op.error_message) || op.attempts_count < 0))
+		abort();
+	struct graphresp_error ge;
+	if (graphresp_parse_error(body, size, &ge) && (!ge.code[0] || !TERMINATED(ge.message)))
+		abort();
+	static const char *const ids[] = {"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca",
+					  "alex@contoso.com"};
+	struct graphresp_lookup_query q = {.topic = "Welcome", .user_ids = ids, .n_user_ids = 2,
+					   .created_after_ms = 0};
+	struct graphresp_lookup_result r;
+	if (graphresp_parse_lookup(body, size, &q, &r, err, sizeof err) &&
+	    (r.found != (r.matches > 0) || (r.found && !r.chat.id[0])))
+		abort();
+	return 0;
+}
