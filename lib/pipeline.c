@@ -52,8 +52,11 @@ struct pipeline {
 	size_t n_parts;
 	uint64_t next_generation;
 
-	size_t in_memory; /* jobs consumed and not yet acknowledged */
-	bool paused, draining, workers_joined, group_joined;
+	/* Jobs consumed and not yet acknowledged. Written by the Kafka thread only; atomic
+	 * because the metrics thread reads it. */
+	atomic_size_t in_memory;
+	atomic_bool paused;
+	bool draining, workers_joined, group_joined;
 	atomic_bool fatal;
 	struct pipeline_counters counters;
 	pthread_mutex_t counters_lock;
@@ -597,6 +600,56 @@ fail:
 	return false;
 }
 
+/* Consumer lag of every assigned partition, from librdkafka's cached watermarks. */
+static void collect_lag(struct pipeline *p)
+{
+	rd_kafka_topic_partition_list_t *assigned = NULL;
+	if (!p->consumer || rd_kafka_assignment(p->consumer, &assigned) != 0)
+		return;
+	if (rd_kafka_position(p->consumer, assigned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+		for (int i = 0; i < assigned->cnt; i++) {
+			rd_kafka_topic_partition_t *tp = &assigned->elems[i];
+			int64_t low, high;
+			if (rd_kafka_get_watermark_offsets(p->consumer, tp->topic, tp->partition,
+							   &low, &high) != 0 ||
+			    high < 0)
+				continue;
+			int64_t pos = tp->offset >= 0 ? tp->offset : low;
+			pipeline_metrics_lag(p->metrics, tp->partition, high > pos ? high - pos : 0);
+		}
+	}
+	rd_kafka_topic_partition_list_destroy(assigned);
+}
+
+/* Runs on the metrics HTTP thread before each scrape: every source here is thread-safe. */
+static void collect_metrics(struct metrics *m, void *arg)
+{
+	struct pipeline *p = arg;
+	(void)m;
+	int64_t now_wall = cptime_wall_ms();
+	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
+		struct sched_tenant_stats ss;
+		struct auth_stats as;
+		if (!sched_tenant_stats(p->sched, i, &ss))
+			continue;
+		auth_get_stats(p->auth, i, &as);
+		struct pipeline_metrics_tenant t = {
+			.queued = ss.queued,
+			.current_rate_per_s = ss.current_rate / p->cfg->limits.window_s,
+			.token_expires_in_s = as.expires_epoch_ms
+						      ? (double)(as.expires_epoch_ms - now_wall) / 1000
+						      : -1,
+			.token_refreshes = as.refreshes,
+			.token_failures = as.failures,
+		};
+		pipeline_metrics_tenant_gauges(p->metrics, i, &t);
+	}
+	struct pipeline_counters c;
+	pipeline_counters(p, &c);
+	pipeline_metrics_process_gauges(p->metrics, c.in_memory, c.active, c.paused);
+	collect_lag(p);
+}
+
 static void on_token_change(void *arg)
 {
 	struct pipeline *p = arg;
@@ -644,6 +697,8 @@ bool pipeline_start(struct pipeline *p, char *err, size_t errcap)
 	if (!start_workers(p, err, errcap))
 		return false;
 	auth_set_notify(p->auth, on_token_change, p);
+	if (p->registry)
+		metrics_set_collect_cb(p->registry, collect_metrics, p);
 	if (!auth_start(p->auth)) {
 		snprintf(err, errcap, "cannot start the token thread");
 		return false;
@@ -751,6 +806,8 @@ void pipeline_finish(struct pipeline *p)
 {
 	if (!p->consumer)
 		return;
+	if (p->registry)
+		metrics_set_collect_cb(p->registry, NULL, NULL);
 	if (!p->workers_joined) {
 		for (unsigned i = 0; i < p->n_workers; i++)
 			worker_stop(p->workers[i]);
@@ -772,6 +829,8 @@ void pipeline_free(struct pipeline *p)
 {
 	if (!p)
 		return;
+	if (p->registry)
+		metrics_set_collect_cb(p->registry, NULL, NULL);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_free(p->workers[i]);
 	p->n_workers = 0;
