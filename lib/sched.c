@@ -1,0 +1,698 @@
+/*
+ * sched.c - token buckets, AIMD, Retry-After blocks and per-tenant queues behind one mutex.
+ *
+ * Data layout: queued jobs live in one node pool (indexes, free list). A node is either in its
+ * tenant's ready FIFO (a singly linked list through the pool) or in the one delayed min-heap
+ * (ordered by not-before time). Tenants with a non-empty ready FIFO sit in a min-heap keyed by
+ * the time they may next send, max(token time, Retry-After block, when they last sent or became
+ * ready), ties broken by a sequence number: the longest-waiting eligible tenant goes first.
+ * A tenant's key only changes on its own events (push, take, result, limit change) because
+ * buckets refill linearly, so the heap stays valid as time passes.
+ */
+#include "sched.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* AIMD constants; docs/scheduling.md explains the choice. */
+#define SCHED_MD_FACTOR 0.5       /* rate multiplier on a 429 */
+#define SCHED_FLOOR_FRACTION 0.05 /* the rate never drops below this share of the limit */
+#ifndef SCHED_AI_FAST
+#define SCHED_AI_FAST 0.05 /* share of the limit given back per success, below the knee */
+#endif
+#ifndef SCHED_AI_SLOW
+#define SCHED_AI_SLOW 0.01 /* ... and at or above it: probing where the last 429 came */
+#endif
+#ifndef SCHED_KNEE
+#define SCHED_KNEE 0.7 /* the knee: this share of the rate that drew the last 429 */
+#endif
+
+#define NIL UINT32_MAX
+/* A bucket "holds a whole token" at 1 - EPS: absorbs rounding of the refill arithmetic. */
+#define TOKEN_EPS 1e-9
+/* Longest wait computed from a bucket (~30 years): keeps the arithmetic in range. */
+#define MAX_WAIT_MS 1000000000000LL
+
+struct bucket {
+	double tokens;
+	double cap;         /* burst: at least one whole token */
+	double rate_per_ms;
+	int64_t last_ms;    /* INT64_MIN: never refilled (starts full) */
+};
+
+struct node {
+	void *job;
+	int64_t not_before;
+	uint64_t seq;  /* ties in the delayed heap: push order */
+	uint32_t tenant;
+	uint32_t next; /* ready FIFO link, or free-list link */
+};
+
+struct tenant {
+	char *name;
+	double limit;   /* configured, per window */
+	double rate;    /* current (AIMD), per window */
+	bool uses_default;
+	struct bucket bucket;
+	int64_t blocked_until;
+	int64_t md_until; /* 429s before this belong to the episode already halved for */
+	double knee;      /* below it, recover fast; 0: no 429 seen yet */
+	uint32_t head, tail;
+	size_t ready, delayed;
+	size_t heap_pos;     /* position in the tenant heap; SIZE_MAX: not in it */
+	int64_t ready_since; /* when it last sent or became ready: round-robin order */
+	int64_t key;
+	uint64_t key_seq;
+	uint64_t taken, succeeded, throttled, failed;
+};
+
+struct sched {
+	pthread_mutex_t lock;
+	struct sched_limits lim;
+	struct bucket global;
+	int64_t latest_now; /* the latest time any call brought: reloads apply from it */
+	uint64_t seq;
+
+	struct tenant *tenants;
+	size_t n_tenants, cap_tenants;
+	uint32_t *theap; /* tenant indexes */
+	size_t n_theap;
+
+	struct node *nodes;
+	size_t cap_nodes;
+	uint32_t free_head;
+	uint32_t *dheap; /* node indexes, capacity cap_nodes */
+	size_t n_dheap;
+
+	size_t max_queued, queued;
+	bool full_latched;
+};
+
+/* ---- buckets ---- */
+
+static double window_ms(const struct sched *s)
+{
+	return s->lim.window_s * 1000.0;
+}
+
+static void bucket_set(struct bucket *b, double per_window, double win_ms)
+{
+	b->rate_per_ms = per_window / win_ms;
+	b->cap = per_window > 1.0 ? per_window : 1.0;
+	if (b->tokens > b->cap)
+		b->tokens = b->cap;
+}
+
+static void bucket_refill(struct bucket *b, int64_t now)
+{
+	if (b->last_ms == INT64_MIN || now <= b->last_ms) {
+		if (b->last_ms == INT64_MIN)
+			b->last_ms = now;
+		return; /* first sight, or time standing still (or a caller's clock going back) */
+	}
+	b->tokens += (double)(now - b->last_ms) * b->rate_per_ms;
+	if (b->tokens > b->cap)
+		b->tokens = b->cap;
+	b->last_ms = now;
+}
+
+static bool bucket_has_token(const struct bucket *b)
+{
+	return b->tokens >= 1.0 - TOKEN_EPS;
+}
+
+/* The earliest time the bucket holds a whole token (INT64_MIN: it already does). */
+static int64_t bucket_token_time(const struct bucket *b)
+{
+	if (bucket_has_token(b) || b->last_ms == INT64_MIN)
+		return INT64_MIN;
+	double wait = ceil((1.0 - b->tokens) / b->rate_per_ms);
+	return b->last_ms + (wait < (double)MAX_WAIT_MS ? (int64_t)wait : MAX_WAIT_MS);
+}
+
+static int64_t max64(int64_t a, int64_t b)
+{
+	return a > b ? a : b;
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+	return a < b ? a : b;
+}
+
+static void see_time(struct sched *s, int64_t now)
+{
+	s->latest_now = max64(s->latest_now, now);
+}
+
+/* ---- the tenant heap ---- */
+
+static bool tenant_before(const struct sched *s, uint32_t a, uint32_t b)
+{
+	const struct tenant *x = &s->tenants[a], *y = &s->tenants[b];
+	return x->key < y->key || (x->key == y->key && x->key_seq < y->key_seq);
+}
+
+static void theap_place(struct sched *s, size_t pos, uint32_t t)
+{
+	s->theap[pos] = t;
+	s->tenants[t].heap_pos = pos;
+}
+
+static void theap_sift(struct sched *s, size_t pos)
+{
+	uint32_t t = s->theap[pos];
+	while (pos > 0 && tenant_before(s, t, s->theap[(pos - 1) / 2])) {
+		theap_place(s, pos, s->theap[(pos - 1) / 2]);
+		pos = (pos - 1) / 2;
+	}
+	for (;;) {
+		size_t c = 2 * pos + 1;
+		if (c >= s->n_theap)
+			break;
+		if (c + 1 < s->n_theap && tenant_before(s, s->theap[c + 1], s->theap[c]))
+			c++;
+		if (!tenant_before(s, s->theap[c], t))
+			break;
+		theap_place(s, pos, s->theap[c]);
+		pos = c;
+	}
+	theap_place(s, pos, t);
+}
+
+static void theap_remove(struct sched *s, uint32_t t)
+{
+	size_t pos = s->tenants[t].heap_pos;
+	s->tenants[t].heap_pos = SIZE_MAX;
+	uint32_t last = s->theap[--s->n_theap];
+	if (pos < s->n_theap) {
+		theap_place(s, pos, last);
+		theap_sift(s, pos);
+	}
+}
+
+/* Recomputes a tenant's key from its bucket and block; repositions it if it is queued. */
+static void tenant_rekey(struct sched *s, uint32_t t)
+{
+	struct tenant *tn = &s->tenants[t];
+	tn->key = max64(max64(bucket_token_time(&tn->bucket), tn->blocked_until), tn->ready_since);
+	if (tn->heap_pos != SIZE_MAX)
+		theap_sift(s, tn->heap_pos);
+}
+
+/* Starts a new round-robin turn for the tenant: it queues behind those already waiting. */
+static void tenant_new_turn(struct sched *s, uint32_t t, int64_t now)
+{
+	s->tenants[t].ready_since = now;
+	s->tenants[t].key_seq = s->seq++;
+	tenant_rekey(s, t);
+}
+
+/* ---- nodes, FIFOs and the delayed heap ---- */
+
+static bool node_before(const struct sched *s, uint32_t a, uint32_t b)
+{
+	const struct node *x = &s->nodes[a], *y = &s->nodes[b];
+	return x->not_before < y->not_before || (x->not_before == y->not_before && x->seq < y->seq);
+}
+
+static void dheap_push(struct sched *s, uint32_t n)
+{
+	size_t pos = s->n_dheap++;
+	while (pos > 0 && node_before(s, n, s->dheap[(pos - 1) / 2])) {
+		s->dheap[pos] = s->dheap[(pos - 1) / 2];
+		pos = (pos - 1) / 2;
+	}
+	s->dheap[pos] = n;
+}
+
+static uint32_t dheap_pop(struct sched *s)
+{
+	uint32_t top = s->dheap[0], n = s->dheap[--s->n_dheap];
+	size_t pos = 0;
+	for (;;) {
+		size_t c = 2 * pos + 1;
+		if (c >= s->n_dheap)
+			break;
+		if (c + 1 < s->n_dheap && node_before(s, s->dheap[c + 1], s->dheap[c]))
+			c++;
+		if (!node_before(s, s->dheap[c], n))
+			break;
+		s->dheap[pos] = s->dheap[c];
+		pos = c;
+	}
+	if (s->n_dheap)
+		s->dheap[pos] = n;
+	return top;
+}
+
+static void fifo_append(struct sched *s, uint32_t n, int64_t now)
+{
+	uint32_t t = s->nodes[n].tenant;
+	struct tenant *tn = &s->tenants[t];
+	s->nodes[n].next = NIL;
+	if (tn->ready++ == 0) {
+		tn->head = tn->tail = n;
+		tn->heap_pos = s->n_theap;
+		s->theap[s->n_theap++] = t;
+		tenant_new_turn(s, t, now);
+	} else {
+		s->nodes[tn->tail].next = n;
+		tn->tail = n;
+	}
+}
+
+static uint32_t fifo_pop(struct sched *s, uint32_t t)
+{
+	struct tenant *tn = &s->tenants[t];
+	uint32_t n = tn->head;
+	tn->head = s->nodes[n].next;
+	if (--tn->ready == 0) {
+		tn->head = tn->tail = NIL;
+		theap_remove(s, t);
+	}
+	return n;
+}
+
+/* Moves delayed jobs whose time has come to the tail of their tenant's ready FIFO. */
+static void promote_due(struct sched *s, int64_t now)
+{
+	while (s->n_dheap && s->nodes[s->dheap[0]].not_before <= now) {
+		uint32_t n = dheap_pop(s);
+		s->tenants[s->nodes[n].tenant].delayed--;
+		fifo_append(s, n, now);
+	}
+}
+
+static void node_release(struct sched *s, uint32_t n)
+{
+	s->nodes[n].job = NULL;
+	s->nodes[n].next = s->free_head;
+	s->free_head = n;
+	s->queued--;
+}
+
+/* Doubles the node pool (and the delayed heap with it): only requeues beyond max_queued. */
+static bool pool_grow(struct sched *s)
+{
+	size_t cap = s->cap_nodes * 2;
+	if (cap > (size_t)SCHED_MAX_QUEUED * 2)
+		return false;
+	struct node *nodes = realloc(s->nodes, cap * sizeof(*nodes));
+	if (!nodes)
+		return false;
+	s->nodes = nodes;
+	uint32_t *dheap = realloc(s->dheap, cap * sizeof(*dheap));
+	if (!dheap)
+		return false; /* the bigger node array is kept; the free list still fits the heap */
+	s->dheap = dheap;
+	for (size_t i = cap; i-- > s->cap_nodes;) {
+		s->nodes[i].next = s->free_head;
+		s->free_head = (uint32_t)i;
+	}
+	s->cap_nodes = cap;
+	return true;
+}
+
+/* ---- creation ---- */
+
+static bool limit_valid(double v)
+{
+	return isfinite(v) && v > 0 && v <= 1e9;
+}
+
+static bool limits_valid(const struct sched_limits *lim)
+{
+	return limit_valid(lim->per_tenant_limit) && limit_valid(lim->global_limit) &&
+	       limit_valid(lim->window_s) && lim->window_s <= 86400.0 * 366;
+}
+
+bool sched_new(const struct sched_limits *lim, size_t max_queued, struct sched **out)
+{
+	if (!limits_valid(lim) || max_queued == 0 || max_queued > SCHED_MAX_QUEUED)
+		return false;
+	struct sched *s = calloc(1, sizeof(*s));
+	if (!s)
+		return false;
+	/* calloc: pages of a large pool are only touched as the queue actually fills */
+	s->nodes = calloc(max_queued, sizeof(*s->nodes));
+	s->dheap = calloc(max_queued, sizeof(*s->dheap));
+	if (!s->nodes || !s->dheap || pthread_mutex_init(&s->lock, NULL) != 0)
+		goto fail;
+	s->lim = *lim;
+	s->max_queued = s->cap_nodes = max_queued;
+	s->free_head = NIL;
+	for (size_t i = max_queued; i-- > 0;) {
+		s->nodes[i].next = s->free_head;
+		s->free_head = (uint32_t)i;
+	}
+	s->global.last_ms = INT64_MIN;
+	bucket_set(&s->global, lim->global_limit, window_ms(s));
+	s->global.tokens = s->global.cap;
+	s->latest_now = INT64_MIN;
+	*out = s;
+	return true;
+fail:
+	free(s->nodes);
+	free(s->dheap);
+	free(s);
+	return false;
+}
+
+void sched_free(struct sched *s)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->n_tenants; i++)
+		free(s->tenants[i].name);
+	free(s->tenants);
+	free(s->theap);
+	free(s->nodes);
+	free(s->dheap);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+static bool tenants_reserve(struct sched *s)
+{
+	if (s->n_tenants < s->cap_tenants)
+		return true;
+	size_t cap = s->cap_tenants ? s->cap_tenants * 2 : 8;
+	struct tenant *t = realloc(s->tenants, cap * sizeof(*t));
+	if (!t)
+		return false;
+	s->tenants = t;
+	uint32_t *h = realloc(s->theap, cap * sizeof(*h));
+	if (!h)
+		return false; /* the larger tenant array is kept; capacity stays as it was */
+	s->theap = h;
+	s->cap_tenants = cap;
+	return true;
+}
+
+bool sched_add_tenant(struct sched *s, const char *name, double limit, size_t *index_out)
+{
+	if (!name || strnlen(name, SCHED_NAME_MAX) >= SCHED_NAME_MAX ||
+	    (limit > 0 && !limit_valid(limit)) || isnan(limit))
+		return false;
+	pthread_mutex_lock(&s->lock);
+	char *copy = NULL;
+	if (s->n_tenants >= SCHED_MAX_TENANTS || !tenants_reserve(s) || !(copy = strdup(name)))
+		goto fail;
+	struct tenant *tn = &s->tenants[s->n_tenants];
+	memset(tn, 0, sizeof(*tn));
+	tn->name = copy;
+	tn->uses_default = !(limit > 0);
+	tn->limit = tn->rate = tn->uses_default ? s->lim.per_tenant_limit : limit;
+	tn->bucket.last_ms = INT64_MIN;
+	bucket_set(&tn->bucket, tn->rate, window_ms(s));
+	tn->bucket.tokens = tn->bucket.cap;
+	tn->blocked_until = tn->md_until = tn->ready_since = INT64_MIN;
+	tn->head = tn->tail = NIL;
+	tn->heap_pos = SIZE_MAX;
+	*index_out = s->n_tenants++;
+	pthread_mutex_unlock(&s->lock);
+	return true;
+fail:
+	pthread_mutex_unlock(&s->lock);
+	free(copy);
+	return false;
+}
+
+/* ---- queueing ---- */
+
+static bool enqueue(struct sched *s, size_t tenant, void *job, int64_t not_before, int64_t now,
+		    bool bounded)
+{
+	bool ok = false;
+	pthread_mutex_lock(&s->lock);
+	see_time(s, now);
+	if (tenant >= s->n_tenants)
+		goto out;
+	if (bounded && s->queued >= s->max_queued) {
+		s->full_latched = true;
+		goto out;
+	}
+	if (s->free_head == NIL && !pool_grow(s))
+		goto out;
+	uint32_t n = s->free_head;
+	s->free_head = s->nodes[n].next;
+	s->nodes[n] = (struct node){.job = job, .not_before = not_before, .seq = s->seq++,
+				    .tenant = (uint32_t)tenant, .next = NIL};
+	if (++s->queued >= s->max_queued)
+		s->full_latched = true;
+	if (not_before <= now) {
+		fifo_append(s, n, now);
+	} else {
+		s->tenants[tenant].delayed++;
+		dheap_push(s, n);
+	}
+	ok = true;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return ok;
+}
+
+bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
+{
+	return enqueue(s, tenant, job, not_before_ms, now_ms, true);
+}
+
+bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
+		   int64_t now_ms)
+{
+	return enqueue(s, tenant, job, not_before_ms, now_ms, false);
+}
+
+/* ---- taking ---- */
+
+/* Hands out the head job of tenant t, spending a token of its bucket and of the global one. */
+static void take_from(struct sched *s, uint32_t t, int64_t now, void **job)
+{
+	struct tenant *tn = &s->tenants[t];
+	uint32_t n = fifo_pop(s, t);
+	*job = s->nodes[n].job;
+	node_release(s, n);
+	tn->bucket.tokens -= 1.0;
+	s->global.tokens -= 1.0;
+	tn->taken++;
+	if (tn->ready)
+		tenant_new_turn(s, t, now);
+}
+
+/* When the next job may leave: the tenant heap's top against the global bucket, or a delayed
+ * job's not-before (which may wake a tenant that is eligible sooner). */
+static int64_t wake_time(const struct sched *s)
+{
+	int64_t wake = s->n_dheap ? s->nodes[s->dheap[0]].not_before : INT64_MAX;
+	if (s->n_theap) {
+		int64_t ready = max64(s->tenants[s->theap[0]].key, bucket_token_time(&s->global));
+		wake = min64(wake, ready);
+	}
+	return wake;
+}
+
+enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, size_t *tenant,
+				  int64_t *wake_at_ms)
+{
+	pthread_mutex_lock(&s->lock);
+	see_time(s, now_ms);
+	promote_due(s, now_ms);
+	bucket_refill(&s->global, now_ms);
+	enum sched_take_status st = s->queued ? SCHED_WAIT : SCHED_EMPTY;
+	while (s->n_theap && bucket_has_token(&s->global)) {
+		uint32_t t = s->theap[0];
+		struct tenant *tn = &s->tenants[t];
+		if (tn->key > now_ms)
+			break;
+		bucket_refill(&tn->bucket, now_ms);
+		if (!bucket_has_token(&tn->bucket) || tn->blocked_until > now_ms) {
+			tenant_rekey(s, t); /* cannot happen with a true key; moves it past now */
+			continue;
+		}
+		take_from(s, t, now_ms, job);
+		*tenant = t;
+		st = SCHED_TAKEN;
+		break;
+	}
+	*wake_at_ms = st == SCHED_TAKEN ? now_ms : wake_time(s);
+	pthread_mutex_unlock(&s->lock);
+	return st;
+}
+
+/* ---- results: AIMD and blocks ---- */
+
+static void tenant_set_rate(struct sched *s, struct tenant *tn, double rate)
+{
+	double floor_rate = tn->limit * SCHED_FLOOR_FRACTION;
+	tn->rate = rate < floor_rate ? floor_rate : rate > tn->limit ? tn->limit : rate;
+	bucket_set(&tn->bucket, tn->rate, window_ms(s));
+}
+
+static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after, int64_t now)
+{
+	tn->throttled++;
+	tn->bucket.tokens = 0; /* the server says we are over: nothing saved up is real */
+	int64_t block = retry_after > 0 ? retry_after
+					: (int64_t)ceil(window_ms(s) / tn->limit);
+	if (now >= tn->md_until) {
+		tn->knee = tn->rate * SCHED_KNEE;
+		tenant_set_rate(s, tn, tn->rate * SCHED_MD_FACTOR);
+		tn->md_until = now + block;
+	}
+	tn->blocked_until = max64(tn->blocked_until, now + block);
+}
+
+void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
+		     int64_t retry_after_ms, int64_t now_ms)
+{
+	pthread_mutex_lock(&s->lock);
+	see_time(s, now_ms);
+	if (tenant >= s->n_tenants)
+		goto out;
+	struct tenant *tn = &s->tenants[tenant];
+	bucket_refill(&tn->bucket, now_ms); /* tokens earned so far count at the old rate */
+	switch (outcome) {
+	case SCHED_OK:
+		tn->succeeded++;
+		tenant_set_rate(s, tn, tn->rate + tn->limit * (tn->rate < tn->knee ? SCHED_AI_FAST
+										  : SCHED_AI_SLOW));
+		break;
+	case SCHED_THROTTLED:
+		on_throttled(s, tn, retry_after_ms, now_ms);
+		break;
+	case SCHED_FAILED_OTHER:
+		tn->failed++;
+		if (retry_after_ms > 0)
+			tn->blocked_until = max64(tn->blocked_until, now_ms + retry_after_ms);
+		break;
+	}
+	tenant_rekey(s, (uint32_t)tenant);
+out:
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- reload ---- */
+
+/* Applies a new configured limit (and the current window) keeping the AIMD position. */
+static void tenant_apply_limit(struct sched *s, uint32_t t, double limit)
+{
+	struct tenant *tn = &s->tenants[t];
+	double share = tn->rate / tn->limit;
+	tn->knee *= limit / tn->limit;
+	tn->limit = limit;
+	tenant_set_rate(s, tn, share * limit);
+	tenant_rekey(s, t);
+}
+
+bool sched_set_limits(struct sched *s, const struct sched_limits *lim)
+{
+	if (!limits_valid(lim))
+		return false;
+	pthread_mutex_lock(&s->lock);
+	int64_t now = s->latest_now;
+	if (now != INT64_MIN) {
+		bucket_refill(&s->global, now);
+		for (size_t i = 0; i < s->n_tenants; i++)
+			bucket_refill(&s->tenants[i].bucket, now);
+	}
+	s->lim = *lim;
+	bucket_set(&s->global, lim->global_limit, window_ms(s));
+	for (size_t i = 0; i < s->n_tenants; i++) {
+		struct tenant *tn = &s->tenants[i];
+		tenant_apply_limit(s, (uint32_t)i, tn->uses_default ? lim->per_tenant_limit : tn->limit);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return true;
+}
+
+bool sched_set_tenant_limit(struct sched *s, size_t tenant, double limit)
+{
+	if (isnan(limit) || (limit > 0 && !limit_valid(limit)))
+		return false;
+	pthread_mutex_lock(&s->lock);
+	bool ok = tenant < s->n_tenants;
+	if (ok) {
+		struct tenant *tn = &s->tenants[tenant];
+		if (s->latest_now != INT64_MIN)
+			bucket_refill(&tn->bucket, s->latest_now);
+		tn->uses_default = !(limit > 0);
+		tenant_apply_limit(s, (uint32_t)tenant,
+				   tn->uses_default ? s->lim.per_tenant_limit : limit);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return ok;
+}
+
+/* ---- drain and stats ---- */
+
+size_t sched_drain(struct sched *s, void **jobs, size_t cap)
+{
+	size_t k = 0;
+	pthread_mutex_lock(&s->lock);
+	while (k < cap && s->n_theap) {
+		uint32_t n = fifo_pop(s, s->theap[0]);
+		jobs[k++] = s->nodes[n].job;
+		node_release(s, n);
+	}
+	while (k < cap && s->n_dheap) {
+		uint32_t n = s->dheap[--s->n_dheap]; /* the last leaf: the heap stays valid */
+		s->tenants[s->nodes[n].tenant].delayed--;
+		jobs[k++] = s->nodes[n].job;
+		node_release(s, n);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return k;
+}
+
+size_t sched_queued_total(struct sched *s)
+{
+	pthread_mutex_lock(&s->lock);
+	size_t q = s->queued;
+	pthread_mutex_unlock(&s->lock);
+	return q;
+}
+
+bool sched_has_room(struct sched *s, double resume_fraction)
+{
+	pthread_mutex_lock(&s->lock);
+	if (s->full_latched && (double)s->queued <= resume_fraction * (double)s->max_queued)
+		s->full_latched = false;
+	bool room = !s->full_latched;
+	pthread_mutex_unlock(&s->lock);
+	return room;
+}
+
+size_t sched_tenant_count(struct sched *s)
+{
+	pthread_mutex_lock(&s->lock);
+	size_t n = s->n_tenants;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stats *out)
+{
+	pthread_mutex_lock(&s->lock);
+	bool ok = tenant < s->n_tenants;
+	if (ok) {
+		const struct tenant *tn = &s->tenants[tenant];
+		*out = (struct sched_tenant_stats){
+			.name = tn->name,
+			.queued = tn->ready + tn->delayed,
+			.ready = tn->ready,
+			.delayed = tn->delayed,
+			.configured_limit = tn->limit,
+			.current_rate = tn->rate,
+			.blocked_until_ms = tn->blocked_until,
+			.taken = tn->taken,
+			.succeeded = tn->succeeded,
+			.throttled = tn->throttled,
+			.failed = tn->failed,
+		};
+	}
+	pthread_mutex_unlock(&s->lock);
+	return ok;
+}

@@ -1,0 +1,135 @@
+/*
+ * sched.h - the scheduler in front of Graph POST /chats: per-tenant and global token buckets,
+ * AIMD on 429, Retry-After blocks, per-tenant queues with delayed (backoff) jobs, one bound.
+ *
+ * Pure logic: no I/O and no clocks. Every time is int64 milliseconds on one monotonic clock,
+ * passed in by the caller. Thread-safe: one internal mutex; the Kafka poll thread pushes, HTTP
+ * worker threads take and report results. Every operation is O(log n) in the number of queued
+ * jobs and tenants. Memory is allocated in sched_new (max_queued jobs, touched lazily), when a
+ * tenant is added, and only if requeued retries push the queue beyond max_queued.
+ *
+ * A job leaves (sched_take) only when all of these hold:
+ *   - its not-before time has passed (retries with backoff);
+ *   - its tenant is not blocked by a Retry-After (or the default block after a bare 429);
+ *   - its tenant's bucket holds a whole token (rate = current rate / window, burst = current
+ *     rate, at least one);
+ *   - the global bucket holds a whole token (rate = global_limit / window, burst = global_limit).
+ * Among tenants that may send, the one that has waited longest goes first (round-robin when the
+ * global bucket is the bottleneck); a blocked or empty-handed tenant never delays another.
+ *
+ * AIMD (see docs/scheduling.md): a tenant's current rate starts at its configured limit. On a
+ * 429 it halves (floor: 5% of the limit), its bucket empties, and it is blocked until now +
+ * Retry-After (absent: one token interval at the configured limit, window / limit); 429s
+ * arriving while that block is still in force do not halve again (they are the same episode:
+ * requests that were already in flight). Each success adds 5% of the configured limit back,
+ * up to the limit.
+ */
+#ifndef CHATPROV_SCHED_H
+#define CHATPROV_SCHED_H
+
+#include "common.h"
+
+/* Bounds on what sched_new / sched_add_tenant accept. */
+#define SCHED_MAX_TENANTS 4096
+#define SCHED_MAX_QUEUED (1u << 30)
+#define SCHED_NAME_MAX 256
+
+/* Requests allowed per window; e.g. Graph's 20 per tenant and 200 global per 10 s. */
+struct sched_limits {
+	double per_tenant_limit; /* default for tenants added with limit <= 0 */
+	double global_limit;     /* over all tenants */
+	double window_s;         /* length of the window in seconds */
+};
+
+enum sched_outcome {
+	SCHED_OK,           /* Graph accepted the request (201/202) */
+	SCHED_THROTTLED,    /* 429 */
+	SCHED_FAILED_OTHER, /* anything else; a Retry-After with it (503) still blocks the tenant */
+};
+
+enum sched_take_status {
+	SCHED_TAKEN, /* *job and *tenant are set; one token of each bucket is spent */
+	SCHED_WAIT,  /* jobs are queued but none may leave now; *wake_at_ms says when one may */
+	SCHED_EMPTY, /* nothing queued; *wake_at_ms = INT64_MAX */
+};
+
+struct sched_tenant_stats {
+	const char *name;          /* valid until sched_free */
+	size_t queued;             /* ready + delayed */
+	size_t ready;              /* not-before passed, waiting for tokens or a block */
+	size_t delayed;            /* waiting for their not-before time */
+	double configured_limit;   /* per window */
+	double current_rate;       /* per window, after AIMD */
+	int64_t blocked_until_ms;  /* Retry-After block; in the past when not blocked */
+	uint64_t taken, succeeded, throttled, failed;
+};
+
+struct sched;
+
+/*
+ * max_queued bounds what sched_push accepts (new work). False on invalid limits (not finite,
+ * <= 0), max_queued 0 or above SCHED_MAX_QUEUED, or out of memory.
+ */
+bool sched_new(const struct sched_limits *lim, size_t max_queued, struct sched **out) CP_MUSTCHECK;
+void sched_free(struct sched *s);
+
+/* Adds a tenant (limit <= 0: lim->per_tenant_limit); indexes are 0, 1, 2... in add order. */
+bool sched_add_tenant(struct sched *s, const char *name, double limit, size_t *index_out)
+	CP_MUSTCHECK;
+
+/*
+ * Queues new work. False (the job stays the caller's) if the tenant index is unknown or
+ * max_queued jobs are queued: the caller then pauses its Kafka partitions until
+ * sched_has_room says otherwise. not_before_ms <= now_ms means ready at once.
+ */
+bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
+	CP_MUSTCHECK;
+
+/*
+ * Queues a job that was taken again (a retry), typically with not_before = now + backoff.
+ * Not subject to max_queued, so a retry is never refused because new work filled the queue:
+ * the extra room is bounded by the jobs the caller holds outside the scheduler (its in-flight
+ * bound). False only for an unknown tenant or when memory runs out.
+ */
+bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
+		   int64_t now_ms) CP_MUSTCHECK;
+
+/* Takes the next job that may leave now; see enum sched_take_status. */
+enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, size_t *tenant,
+				  int64_t *wake_at_ms);
+
+/*
+ * Reports how a taken job's request ended. retry_after_ms: the server's Retry-After as a
+ * delay from now (<= 0: none). Drives AIMD and the tenant's block (see the top of this file).
+ */
+void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
+		     int64_t retry_after_ms, int64_t now_ms);
+
+/*
+ * SIGHUP reload. New limits apply from the latest time the scheduler was given (buckets are
+ * refilled at the old rates up to then); a tenant keeps its AIMD position as a fraction of its
+ * limit. sched_set_tenant_limit with limit <= 0 returns the tenant to the default. Invalid
+ * values (not finite, <= 0; the config validates them first) and unknown tenants change
+ * nothing: the return value says whether the change was applied.
+ */
+bool sched_set_limits(struct sched *s, const struct sched_limits *lim);
+bool sched_set_tenant_limit(struct sched *s, size_t tenant, double limit);
+
+/* Shutdown: removes up to cap queued jobs (ready and delayed) into jobs[]; call until 0. */
+size_t sched_drain(struct sched *s, void **jobs, size_t cap);
+
+/* Jobs queued over all tenants (pushed and requeued, ready and delayed). */
+size_t sched_queued_total(struct sched *s);
+
+/*
+ * Backpressure with hysteresis: becomes false when the queue reaches max_queued (or a push
+ * was refused), and true again only once it has drained to resume_fraction * max_queued
+ * (e.g. 0.5), so partitions are not paused and resumed on every single job.
+ */
+bool sched_has_room(struct sched *s, double resume_fraction);
+
+size_t sched_tenant_count(struct sched *s);
+bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stats *out)
+	CP_MUSTCHECK;
+
+#endif

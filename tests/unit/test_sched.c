@@ -1,0 +1,839 @@
+/* test_sched.c - scheduler: buckets, AIMD, blocks, fairness, bounds, and simulated servers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched.h"
+
+#define JOB(i) ((void *)(uintptr_t)((i) + 1))
+#define JOB_ID(p) ((size_t)(uintptr_t)(p) - 1)
+
+static struct sched *new_sched(double tenant_limit, double global_limit, double window_s,
+			       size_t max_queued)
+{
+	struct sched_limits lim = {tenant_limit, global_limit, window_s};
+	struct sched *s = NULL;
+	assert_true(sched_new(&lim, max_queued, &s));
+	return s;
+}
+
+static size_t add_tenant(struct sched *s, const char *name, double limit)
+{
+	size_t idx = SIZE_MAX;
+	assert_true(sched_add_tenant(s, name, limit, &idx));
+	return idx;
+}
+
+static void push_n(struct sched *s, size_t tenant, size_t first_id, size_t n, int64_t now)
+{
+	for (size_t i = 0; i < n; i++)
+		assert_true(sched_push(s, tenant, JOB(first_id + i), now, now));
+}
+
+static enum sched_take_status take(struct sched *s, int64_t now, size_t *id, size_t *tenant,
+				   int64_t *wake)
+{
+	void *job = NULL;
+	size_t t = SIZE_MAX;
+	int64_t w = -1;
+	enum sched_take_status st = sched_take(s, now, &job, &t, &w);
+	if (st == SCHED_TAKEN) {
+		assert_non_null(job);
+		if (id)
+			*id = JOB_ID(job);
+		if (tenant)
+			*tenant = t;
+	} else {
+		assert_true(w > now); /* a waiter never spins */
+	}
+	if (wake)
+		*wake = w;
+	return st;
+}
+
+static struct sched_tenant_stats stats_of(struct sched *s, size_t tenant)
+{
+	struct sched_tenant_stats st;
+	assert_true(sched_tenant_stats(s, tenant, &st));
+	return st;
+}
+
+/* ---- basic behaviour ---- */
+
+static void test_empty_and_errors(void **state)
+{
+	(void)state;
+	struct sched_limits bad[] = {{0, 10, 10}, {10, -1, 10}, {10, 10, 0}, {NAN, 10, 10},
+				     {10, INFINITY, 10}};
+	struct sched *s = NULL;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_false(sched_new(&bad[i], 10, &s));
+	struct sched_limits ok = {20, 200, 10};
+	assert_false(sched_new(&ok, 0, &s));
+	s = new_sched(20, 200, 10, 10);
+	size_t idx, id, t;
+	int64_t wake = 0;
+	void *job;
+	assert_int_equal(sched_take(s, 0, &job, &t, &wake), SCHED_EMPTY);
+	assert_true(wake == INT64_MAX);
+	assert_false(sched_add_tenant(s, NULL, 10, &idx));
+	assert_false(sched_add_tenant(s, "x", NAN, &idx));
+	assert_false(sched_add_tenant(s, "x", INFINITY, &idx));
+	char longname[SCHED_NAME_MAX + 1];
+	memset(longname, 'a', sizeof longname - 1);
+	longname[SCHED_NAME_MAX] = '\0';
+	assert_false(sched_add_tenant(s, longname, 10, &idx));
+	assert_int_equal(add_tenant(s, "default", 0), 0);
+	assert_int_equal(add_tenant(s, "other", 5), 1);
+	assert_int_equal(sched_tenant_count(s), 2);
+	assert_false(sched_push(s, 2, JOB(0), 0, 0)); /* unknown tenant */
+	assert_false(sched_requeue(s, 9, JOB(0), 0, 0));
+	struct sched_tenant_stats st;
+	assert_false(sched_tenant_stats(s, 2, &st));
+	assert_string_equal(stats_of(s, 1).name, "other");
+	assert_true(stats_of(s, 0).configured_limit == 20);
+	assert_true(stats_of(s, 1).configured_limit == 5);
+	sched_on_result(s, 7, SCHED_THROTTLED, 1000, 0); /* ignored */
+	push_n(s, 0, 0, 1, 0);
+	assert_int_equal(take(s, 0, &id, &t, NULL), SCHED_TAKEN);
+	assert_int_equal(id, 0);
+	assert_int_equal(t, 0);
+	sched_free(s);
+	sched_free(NULL);
+}
+
+static void test_bucket_burst_then_rate(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 2, 100); /* 20 per 2 s: one token per 100 ms */
+	size_t a = add_tenant(s, "a", 0);
+	push_n(s, a, 0, 30, 0);
+	size_t id;
+	int64_t wake;
+	for (size_t i = 0; i < 20; i++) {
+		assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+		assert_int_equal(id, i); /* FIFO */
+	}
+	assert_int_equal(take(s, 0, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 100);
+	assert_int_equal(take(s, 99, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 100);
+	assert_int_equal(take(s, 100, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(id, 20);
+	assert_int_equal(take(s, 100, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 200);
+	/* 450 ms later: 4.5 tokens, 4 whole ones */
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(take(s, 550, NULL, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 550, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 600);
+	/* time going backwards is treated as standing still */
+	assert_int_equal(take(s, 10, NULL, NULL, NULL), SCHED_WAIT);
+	/* the burst never exceeds the limit, however long the pause */
+	int n = 0;
+	while (take(s, 1000000, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 5); /* only 5 left in the queue */
+	push_n(s, a, 100, 30, 1000000);
+	n = 0;
+	while (take(s, 2000000, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 20);
+	assert_int_equal(sched_queued_total(s), 10);
+	assert_int_equal(stats_of(s, a).taken, 50);
+	sched_free(s);
+}
+
+static void test_delayed_jobs_do_not_block_ready(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 2, 100);
+	size_t a = add_tenant(s, "a", 0);
+	assert_true(sched_push(s, a, JOB(1), 5000, 0));
+	assert_true(sched_push(s, a, JOB(2), 3000, 0));
+	assert_true(sched_requeue(s, a, JOB(3), 3000, 0));
+	assert_true(sched_push(s, a, JOB(4), 0, 0));
+	assert_int_equal(stats_of(s, a).delayed, 3);
+	assert_int_equal(stats_of(s, a).ready, 1);
+	size_t id;
+	int64_t wake;
+	assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(id, 4);
+	assert_int_equal(take(s, 0, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 3000);
+	assert_int_equal(take(s, 2999, NULL, NULL, &wake), SCHED_WAIT);
+	/* due ones in not-before order, ties in push order */
+	assert_int_equal(take(s, 3000, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(id, 2);
+	assert_int_equal(take(s, 3000, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(id, 3);
+	assert_int_equal(take(s, 3000, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 5000);
+	assert_int_equal(take(s, 6000, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(id, 1);
+	sched_free(s);
+}
+
+/* ---- AIMD and Retry-After ---- */
+
+static void test_throttle_halves_blocks_and_recovers(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 2, 100);
+	size_t a = add_tenant(s, "a", 0);
+	push_n(s, a, 0, 50, 0);
+	sched_on_result(s, a, SCHED_THROTTLED, 3000, 0);
+	struct sched_tenant_stats st = stats_of(s, a);
+	assert_true(st.current_rate == 10);
+	assert_int_equal(st.blocked_until_ms, 3000);
+	assert_int_equal(st.throttled, 1);
+	int64_t wake;
+	assert_int_equal(take(s, 0, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 3000);
+	assert_int_equal(take(s, 2999, NULL, NULL, &wake), SCHED_WAIT);
+	/* 429s of requests already in flight: same episode, no second halving, block extended */
+	sched_on_result(s, a, SCHED_THROTTLED, 3500, 100);
+	st = stats_of(s, a);
+	assert_true(st.current_rate == 10);
+	assert_int_equal(st.blocked_until_ms, 3600);
+	assert_int_equal(take(s, 3599, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 3600);
+	/* the bucket was emptied at 100 ms and refills at 10 per 2 s, burst 10 */
+	int n = 0;
+	while (take(s, 3600, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 10);
+	/* after the block: a new 429 halves again, down to the 5% floor */
+	sched_on_result(s, a, SCHED_THROTTLED, 1000, 4000);
+	assert_true(stats_of(s, a).current_rate == 5);
+	for (int64_t t = 5000; t < 20000; t += 1000)
+		sched_on_result(s, a, SCHED_THROTTLED, 1000, t);
+	assert_true(stats_of(s, a).current_rate == 1); /* 5% of 20 */
+	/* additive increase at the floor (above the knee, 0.7 x 1.25): 1% of the limit */
+	sched_on_result(s, a, SCHED_OK, 0, 20000);
+	assert_true(fabs(stats_of(s, a).current_rate - 1.2) < 1e-9);
+	for (int i = 0; i < 30; i++)
+		sched_on_result(s, a, SCHED_OK, 0, 20000);
+	assert_true(fabs(stats_of(s, a).current_rate - 7.2) < 1e-9);
+	for (int i = 0; i < 200; i++)
+		sched_on_result(s, a, SCHED_OK, 0, 20000);
+	assert_true(stats_of(s, a).current_rate == 20); /* capped at the limit */
+	assert_int_equal(stats_of(s, a).succeeded, 231);
+	/* below the knee (0.7 x the rate that drew the 429) recovery is fast: 5% per success */
+	size_t b = add_tenant(s, "b", 0);
+	sched_on_result(s, b, SCHED_THROTTLED, 100, 0);
+	double want[] = {11, 12, 13, 14, 14.2, 14.4};
+	for (size_t i = 0; i < 6; i++) {
+		sched_on_result(s, b, SCHED_OK, 0, 200);
+		assert_true(fabs(stats_of(s, b).current_rate - want[i]) < 1e-9);
+	}
+	sched_free(s);
+}
+
+static void test_throttle_without_retry_after(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 10, 100);
+	size_t a = add_tenant(s, "a", 0);
+	push_n(s, a, 0, 5, 0);
+	sched_on_result(s, a, SCHED_THROTTLED, 0, 1000);
+	/* default block: one token interval at the configured limit, 10 s / 20 = 500 ms */
+	assert_int_equal(stats_of(s, a).blocked_until_ms, 1500);
+	int64_t wake;
+	assert_int_equal(take(s, 1000, NULL, NULL, &wake), SCHED_WAIT);
+	/* blocked until 1500, and the emptied bucket needs 1 token at 10 per 10 s: 2000 */
+	assert_int_equal(wake, 2000);
+	assert_int_equal(take(s, 2000, NULL, NULL, NULL), SCHED_TAKEN);
+	sched_free(s);
+}
+
+static void test_other_failure_with_retry_after_blocks_only(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 2, 100);
+	size_t a = add_tenant(s, "a", 0);
+	push_n(s, a, 0, 5, 0);
+	sched_on_result(s, a, SCHED_FAILED_OTHER, 0, 0);
+	assert_int_equal(take(s, 0, NULL, NULL, NULL), SCHED_TAKEN);
+	sched_on_result(s, a, SCHED_FAILED_OTHER, 2000, 0); /* 503 with Retry-After: 2 */
+	struct sched_tenant_stats st = stats_of(s, a);
+	assert_true(st.current_rate == 20);
+	assert_int_equal(st.failed, 2);
+	int64_t wake;
+	assert_int_equal(take(s, 1999, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 2000);
+	assert_int_equal(take(s, 2000, NULL, NULL, NULL), SCHED_TAKEN);
+	/* a 429 during a 503 block still halves: the episodes are different */
+	sched_on_result(s, a, SCHED_FAILED_OTHER, 5000, 2000);
+	sched_on_result(s, a, SCHED_THROTTLED, 1000, 2100);
+	assert_true(stats_of(s, a).current_rate == 10);
+	assert_int_equal(stats_of(s, a).blocked_until_ms, 7000);
+	sched_free(s);
+}
+
+/* ---- fairness and no head-of-line blocking ---- */
+
+static void test_blocked_tenant_does_not_delay_others(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 2, 1000);
+	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
+	push_n(s, a, 0, 200, 0);
+	push_n(s, b, 1000, 100, 0);
+	/* a: one request got a 429 with a long Retry-After; its backlog sits ahead of b's */
+	assert_int_equal(take(s, 0, NULL, NULL, NULL), SCHED_TAKEN);
+	sched_on_result(s, a, SCHED_THROTTLED, 60000, 0);
+	int64_t now = 0, last_b = -1;
+	size_t taken_b = 0, id, t;
+	while (now < 60000) {
+		int64_t wake;
+		if (take(s, now, &id, &t, &wake) == SCHED_TAKEN) {
+			assert_int_equal(t, b);
+			taken_b++;
+			last_b = now;
+			continue;
+		}
+		now = wake;
+	}
+	/* b at its own rate: 20 at once, then one per 100 ms */
+	assert_int_equal(taken_b, 100);
+	assert_int_equal(last_b, 8000);
+	assert_int_equal(take(s, 60000, &id, &t, NULL), SCHED_TAKEN);
+	assert_int_equal(t, a);
+	sched_free(s);
+}
+
+static void test_round_robin_when_global_is_the_bottleneck(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(100, 10, 2, 1000);
+	size_t t[3];
+	for (size_t i = 0; i < 3; i++) {
+		char name[8] = {(char)('a' + i), 0};
+		t[i] = add_tenant(s, name, 0);
+		push_n(s, t[i], i * 100, 30, 0);
+	}
+	int64_t now = 0;
+	size_t seq[60], n = 0, id, tn;
+	while (n < 60) {
+		int64_t wake;
+		if (take(s, now, &id, &tn, &wake) == SCHED_TAKEN)
+			seq[n++] = tn;
+		else
+			now = wake;
+	}
+	for (size_t i = 0; i + 2 < n; i += 3) {
+		bool seen[3] = {false, false, false};
+		for (size_t k = 0; k < 3; k++)
+			seen[seq[i + k]] = true;
+		assert_true(seen[0] && seen[1] && seen[2]);
+	}
+	/* 10 at once, then one per 200 ms: the 60th at 10 s */
+	assert_int_equal(now, 10000);
+	sched_free(s);
+}
+
+static void test_global_caps_the_sum(void **state)
+{
+	(void)state;
+	enum { TENANTS = 20 };
+	struct sched *s = new_sched(20, 50, 2, 10000);
+	for (size_t i = 0; i < TENANTS; i++) {
+		char name[16];
+		snprintf(name, sizeof name, "t%zu", i);
+		push_n(s, add_tenant(s, name, 0), i * 1000, 200, 0);
+	}
+	size_t per[TENANTS] = {0}, total = 0, id, tn;
+	int64_t now = 0;
+	while (now <= 20000) {
+		int64_t wake;
+		if (take(s, now, &id, &tn, &wake) == SCHED_TAKEN) {
+			per[tn]++;
+			total++;
+			sched_on_result(s, tn, SCHED_OK, 0, now);
+		} else {
+			now = wake;
+		}
+	}
+	/* burst 50, then 25 per second for 20 s */
+	assert_true(total <= 50 + 500 + 1);
+	assert_true(total >= 540);
+	size_t lo = SIZE_MAX, hi = 0;
+	for (size_t i = 0; i < TENANTS; i++) {
+		lo = per[i] < lo ? per[i] : lo;
+		hi = per[i] > hi ? per[i] : hi;
+	}
+	assert_true(hi - lo <= 1); /* round-robin: equal shares */
+	sched_free(s);
+}
+
+/* ---- bounds, drain, reload ---- */
+
+static void test_max_queued_and_hysteresis(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(1000, 1000, 1, 10);
+	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
+	assert_true(sched_has_room(s, 0.5));
+	push_n(s, a, 0, 6, 0);
+	for (size_t i = 0; i < 4; i++)
+		assert_true(sched_push(s, b, JOB(100 + i), 5000, 0)); /* delayed ones count too */
+	assert_false(sched_has_room(s, 0.5));
+	assert_false(sched_push(s, a, JOB(50), 0, 0));
+	assert_int_equal(sched_queued_total(s), 10);
+	assert_int_equal(stats_of(s, a).queued, 6);
+	assert_int_equal(stats_of(s, b).queued, 4);
+	size_t id;
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+	assert_false(sched_has_room(s, 0.5)); /* 6 > 5: still paused */
+	assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+	assert_true(sched_has_room(s, 0.5)); /* 5: resume */
+	assert_true(sched_has_room(s, 0.5));
+	push_n(s, a, 200, 5, 0);
+	assert_false(sched_has_room(s, 0.5));
+	/* retries of the 5 taken jobs are accepted beyond max_queued (the pool grows) */
+	for (size_t i = 0; i < 5; i++)
+		assert_true(sched_requeue(s, a, JOB(300 + i), 0, 0));
+	assert_int_equal(sched_queued_total(s), 15);
+	assert_false(sched_push(s, a, JOB(50), 0, 0));
+	void *jobs[32];
+	assert_int_equal(sched_drain(s, jobs, 32), 15);
+	assert_int_equal(sched_queued_total(s), 0);
+	assert_true(sched_has_room(s, 0.5));
+	sched_free(s);
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void test_drain_returns_everything(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(5, 100, 10, 1000);
+	size_t t0 = add_tenant(s, "a", 0), t1 = add_tenant(s, "b", 0);
+	push_n(s, t0, 0, 40, 0);
+	push_n(s, t1, 40, 30, 0);
+	for (size_t i = 0; i < 30; i++)
+		assert_true(sched_requeue(s, i % 2 ? t0 : t1, JOB(70 + i), 1000 + (int64_t)i, 0));
+	sched_on_result(s, t0, SCHED_THROTTLED, 100000, 0);
+	assert_int_equal(take(s, 0, NULL, NULL, NULL), SCHED_TAKEN); /* from b */
+	void *all[128];
+	size_t n = 0, k;
+	while ((k = sched_drain(s, all + n, 7)) > 0) {
+		assert_true(k <= 7);
+		n += k;
+	}
+	assert_int_equal(n, 99);
+	qsort(all, n, sizeof(all[0]), cmp_ptr);
+	for (size_t i = 1; i < n; i++)
+		assert_true(all[i] != all[i - 1]);
+	assert_int_equal(sched_queued_total(s), 0);
+	assert_int_equal(stats_of(s, t0).queued, 0);
+	assert_int_equal(stats_of(s, t1).queued, 0);
+	void *job;
+	size_t t;
+	int64_t wake;
+	assert_int_equal(sched_take(s, 200000, &job, &t, &wake), SCHED_EMPTY);
+	/* usable again after a drain */
+	push_n(s, t1, 500, 1, 200000);
+	assert_int_equal(take(s, 200000, NULL, NULL, NULL), SCHED_TAKEN);
+	sched_free(s);
+}
+
+static void test_reload_limits(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 2, 1000);
+	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 10);
+	push_n(s, a, 0, 100, 0);
+	while (take(s, 0, NULL, NULL, NULL) == SCHED_TAKEN)
+		;
+	sched_on_result(s, a, SCHED_THROTTLED, 1, 0); /* a at half its limit: 10 */
+	struct sched_limits lim = {40, 200, 2};
+	assert_true(sched_set_limits(s, &lim));
+	assert_true(stats_of(s, a).configured_limit == 40);
+	assert_true(stats_of(s, a).current_rate == 20); /* keeps its AIMD share */
+	assert_true(stats_of(s, b).configured_limit == 10); /* explicit limit stays */
+	/* from 0 tokens at 0 ms, 20 per 2 s: a token every 100 ms */
+	int64_t wake;
+	assert_int_equal(take(s, 50, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 100);
+	assert_true(sched_set_tenant_limit(s, b, 0)); /* back to the default */
+	assert_true(stats_of(s, b).configured_limit == 40);
+	assert_true(sched_set_tenant_limit(s, a, 4));
+	assert_true(stats_of(s, a).current_rate == 2);
+	assert_false(sched_set_tenant_limit(s, 5, 4));
+	assert_false(sched_set_tenant_limit(s, a, NAN));
+	struct sched_limits bad = {40, 0, 2};
+	assert_false(sched_set_limits(s, &bad));
+	/* a shorter window means a faster rate */
+	struct sched_limits fast = {40, 200, 0.2};
+	assert_true(sched_set_limits(s, &fast));
+	/* a had 0.5 tokens at 50 ms; now 2 per 200 ms: the next whole token at 100 ms */
+	assert_int_equal(take(s, 99, NULL, NULL, &wake), SCHED_WAIT);
+	assert_true(wake >= 100 && wake <= 101);
+	sched_free(s);
+}
+
+/* ---- threads ---- */
+
+enum { MT_JOBS = 20000, MT_TAKERS = 4, MT_TENANTS = 8 };
+
+struct mt {
+	struct sched *s;
+	atomic_int_fast64_t clock;
+	atomic_int taken_count[MT_JOBS];
+	atomic_size_t done;
+	atomic_bool pushing_done;
+};
+
+static void *mt_pusher(void *arg)
+{
+	struct mt *m = arg;
+	for (size_t i = 0; i < MT_JOBS; i++) {
+		int64_t now = atomic_fetch_add(&m->clock, 1);
+		while (!sched_push(m->s, i % MT_TENANTS, JOB(i), now + (int64_t)(i % 7), now))
+			now = atomic_fetch_add(&m->clock, 1);
+	}
+	atomic_store(&m->pushing_done, true);
+	return NULL;
+}
+
+static void *mt_taker(void *arg)
+{
+	struct mt *m = arg;
+	while (atomic_load(&m->done) < MT_JOBS) {
+		int64_t now = atomic_fetch_add(&m->clock, 1);
+		void *job;
+		size_t t;
+		int64_t wake;
+		if (sched_take(m->s, now, &job, &t, &wake) != SCHED_TAKEN)
+			continue;
+		atomic_fetch_add(&m->taken_count[JOB_ID(job)], 1);
+		sched_on_result(m->s, t, JOB_ID(job) % 97 ? SCHED_OK : SCHED_THROTTLED, 1, now);
+		atomic_fetch_add(&m->done, 1);
+	}
+	return NULL;
+}
+
+static void test_threads_take_each_job_once(void **state)
+{
+	(void)state;
+	static struct mt m;
+	memset(&m, 0, sizeof m);
+	m.s = new_sched(1e6, 1e7, 1, 512);
+	for (size_t i = 0; i < MT_TENANTS; i++) {
+		char name[16];
+		snprintf(name, sizeof name, "t%zu", i);
+		add_tenant(m.s, name, 0);
+	}
+	pthread_t pusher, takers[MT_TAKERS];
+	assert_int_equal(pthread_create(&pusher, NULL, mt_pusher, &m), 0);
+	for (int i = 0; i < MT_TAKERS; i++)
+		assert_int_equal(pthread_create(&takers[i], NULL, mt_taker, &m), 0);
+	pthread_join(pusher, NULL);
+	for (int i = 0; i < MT_TAKERS; i++)
+		pthread_join(takers[i], NULL);
+	for (size_t i = 0; i < MT_JOBS; i++)
+		assert_int_equal(atomic_load(&m.taken_count[i]), 1);
+	assert_int_equal(sched_queued_total(m.s), 0);
+	sched_free(m.s);
+}
+
+/* ---- a simulated Graph: per-tenant token bucket, latency, Retry-After, a virtual clock ---- */
+
+enum ra_mode { RA_EXACT_MS, RA_WHOLE_SECONDS, RA_ABSENT };
+
+enum { SIM_MAX_REQS = 1024 };
+
+/* Bounds for the half-limit simulation (see docs/scheduling.md for the measured figures). */
+#define SIM_HALF_MAX_429_PCT 10
+#define SIM_HALF_MIN_GOODPUT 0.9
+
+struct sim_req {
+	size_t id;
+	int64_t arrive, respond; /* at the server; back at the client */
+	bool arrived, throttled;
+	int64_t retry_after;
+};
+
+struct sim {
+	struct sched *s;
+	size_t tenant;
+	int64_t now;
+	/* server: limit per window, changing to limit_after at change_at */
+	double window_ms, limit, limit_after;
+	int64_t change_at;
+	enum ra_mode ra;
+	double tokens;
+	int64_t last_refill, advertised_until;
+	size_t arrivals, spurious_at; /* the spurious_at-th arrival gets a 429 regardless */
+	/* network */
+	int64_t latency, jitter;
+	uint64_t rng;
+	struct sim_req reqs[SIM_MAX_REQS];
+	size_t n_reqs;
+	/* the client's own record of the Retry-After windows it was told about */
+	int64_t client_block;
+	/* figures */
+	size_t remaining, sent, ok, throttled, client_violations, server_in_window;
+	int64_t last_ok;
+	size_t ok_after_settle;
+	int64_t settle_at;
+};
+
+static int64_t sim_latency(struct sim *m)
+{
+	m->rng = m->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+	return m->latency + (int64_t)((m->rng >> 33) % (uint64_t)(m->jitter + 1));
+}
+
+static double sim_rate(const struct sim *m, int64_t t)
+{
+	return (t < m->change_at ? m->limit : m->limit_after) / m->window_ms;
+}
+
+static void sim_refill(struct sim *m, int64_t t)
+{
+	if (m->last_refill < m->change_at && t > m->change_at) {
+		m->tokens += (double)(m->change_at - m->last_refill) * sim_rate(m, m->last_refill);
+		m->last_refill = m->change_at;
+	}
+	m->tokens += (double)(t - m->last_refill) * sim_rate(m, t);
+	double cap = t < m->change_at ? m->limit : m->limit_after;
+	if (m->tokens > cap)
+		m->tokens = cap;
+	m->last_refill = t;
+}
+
+/* The server's decision when a request arrives. */
+static void sim_arrive(struct sim *m, struct sim_req *r)
+{
+	r->arrived = true;
+	sim_refill(m, r->arrive);
+	if (r->arrive < m->advertised_until)
+		m->server_in_window++;
+	if (++m->arrivals != m->spurious_at && m->tokens >= 1.0) {
+		m->tokens -= 1.0;
+		return;
+	}
+	r->throttled = true;
+	double missing = m->tokens >= 1.0 ? 0.5 : 1.0 - m->tokens; /* a spurious one: 0.5 */
+	int64_t need = (int64_t)ceil(missing / sim_rate(m, r->arrive));
+	if (m->ra == RA_EXACT_MS)
+		r->retry_after = need;
+	else if (m->ra == RA_WHOLE_SECONDS)
+		r->retry_after = (need + 999) / 1000 * 1000;
+	if (r->retry_after > 0 && r->arrive + r->retry_after > m->advertised_until)
+		m->advertised_until = r->arrive + r->retry_after;
+}
+
+static void sim_respond(struct sim *m, size_t i)
+{
+	struct sim_req r = m->reqs[i];
+	m->reqs[i] = m->reqs[--m->n_reqs];
+	if (r.throttled) {
+		m->throttled++;
+		sched_on_result(m->s, m->tenant, SCHED_THROTTLED, r.retry_after, m->now);
+		if (m->now + r.retry_after > m->client_block)
+			m->client_block = m->now + r.retry_after;
+		assert_true(sched_requeue(m->s, m->tenant, JOB(r.id), m->now, m->now));
+		return;
+	}
+	m->ok++;
+	m->remaining--;
+	m->last_ok = m->now;
+	if (m->now >= m->settle_at)
+		m->ok_after_settle++;
+	sched_on_result(m->s, m->tenant, SCHED_OK, 0, m->now);
+}
+
+/* Handles every arrival and response due by now, in time order (arrivals first on ties). */
+static void sim_deliver(struct sim *m)
+{
+	for (;;) {
+		size_t best = SIZE_MAX;
+		int64_t best_t = INT64_MAX;
+		for (size_t i = 0; i < m->n_reqs; i++) {
+			int64_t t = m->reqs[i].arrived ? m->reqs[i].respond : m->reqs[i].arrive;
+			bool earlier = t < best_t || (t == best_t && !m->reqs[i].arrived);
+			if (t <= m->now && earlier) {
+				best = i;
+				best_t = t;
+			}
+		}
+		if (best == SIZE_MAX)
+			return;
+		if (!m->reqs[best].arrived)
+			sim_arrive(m, &m->reqs[best]);
+		else
+			sim_respond(m, best);
+	}
+}
+
+static void sim_send(struct sim *m, size_t id)
+{
+	assert_true(m->n_reqs < SIM_MAX_REQS);
+	if (m->now < m->client_block)
+		m->client_violations++;
+	m->sent++;
+	struct sim_req *r = &m->reqs[m->n_reqs++];
+	*r = (struct sim_req){.id = id, .arrive = m->now + sim_latency(m)};
+	r->respond = r->arrive + sim_latency(m);
+}
+
+static void sim_run(struct sim *m, int64_t deadline)
+{
+	while (m->remaining > 0 && m->now <= deadline) {
+		sim_deliver(m);
+		size_t id;
+		int64_t wake = INT64_MAX;
+		while (take(m->s, m->now, &id, NULL, &wake) == SCHED_TAKEN)
+			sim_send(m, id);
+		for (size_t i = 0; i < m->n_reqs; i++) {
+			int64_t t = m->reqs[i].arrived ? m->reqs[i].respond : m->reqs[i].arrive;
+			wake = t < wake ? t : wake;
+		}
+		assert_true(wake > m->now);
+		m->now = wake;
+	}
+}
+
+/* One tenant configured at `configured` per window; a backlog of `jobs`. */
+static void sim_init(struct sim *m, double configured, double server, double window_s,
+		     size_t jobs, enum ra_mode ra)
+{
+	memset(m, 0, sizeof(*m));
+	m->s = new_sched(configured, configured * 10, window_s, jobs + 16);
+	m->tenant = add_tenant(m->s, "sim", 0);
+	m->window_ms = window_s * 1000;
+	m->limit = m->limit_after = server;
+	m->tokens = server;
+	m->change_at = INT64_MAX;
+	m->ra = ra;
+	m->latency = 20;
+	m->jitter = 15;
+	m->rng = 12345;
+	m->remaining = jobs;
+	m->settle_at = INT64_MAX;
+	m->advertised_until = m->client_block = INT64_MIN;
+	push_n(m->s, m->tenant, 0, jobs, 0);
+}
+
+static void sim_report(const struct sim *m, const char *name, double limit_per_s)
+{
+	double goodput = (double)m->ok / ((double)m->last_ok / 1000.0);
+	print_message("%s: %zu ok in %.1f s: goodput %.2f/s = %.1f%% of %.1f/s; 429s %zu of %zu "
+		      "requests (%.1f%%); sent inside a known Retry-After %zu; arrived inside an "
+		      "advertised one %zu\n",
+		      name, m->ok, (double)m->last_ok / 1000.0, goodput,
+		      100.0 * goodput / limit_per_s, limit_per_s, m->throttled, m->sent,
+		      100.0 * (double)m->throttled / (double)m->sent, m->client_violations,
+		      m->server_in_window);
+}
+
+static void test_sim_server_limit_equals_configured(void **state)
+{
+	(void)state;
+	static struct sim m;
+	const enum ra_mode modes[] = {RA_EXACT_MS, RA_WHOLE_SECONDS, RA_ABSENT};
+	for (size_t i = 0; i < 3; i++) {
+		sim_init(&m, 20, 20, 2, 300, modes[i]); /* 20 per 2 s, as in the test */
+		sim_run(&m, 120000);
+		sim_report(&m, "equal limits", 10);
+		assert_int_equal(m.ok, 300);
+		assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >= 0.95 * 10);
+		assert_true(m.throttled * 100 <= 5 * m.sent);
+		assert_int_equal(m.client_violations, 0);
+		sched_free(m.s);
+	}
+	/* the benchmark's shape: 600 events, at most 2 429s per 100 chats */
+	sim_init(&m, 20, 20, 2, 600, RA_EXACT_MS);
+	sim_run(&m, 240000);
+	sim_report(&m, "equal limits, 600", 10);
+	assert_true(m.throttled * 100 <= 2 * m.ok);
+	sched_free(m.s);
+	/* one spurious 429 (a clock step, another client of the tenant): quick recovery */
+	sim_init(&m, 20, 20, 2, 300, RA_WHOLE_SECONDS);
+	m.spurious_at = 100;
+	sim_run(&m, 120000);
+	sim_report(&m, "equal limits, one spurious 429", 10);
+	assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >= 0.95 * 10);
+	assert_true(m.throttled * 100 <= 2 * m.ok);
+	assert_int_equal(m.client_violations, 0);
+	sched_free(m.s);
+}
+
+static void test_sim_server_limit_half(void **state)
+{
+	(void)state;
+	static struct sim m;
+	const enum ra_mode modes[] = {RA_EXACT_MS, RA_WHOLE_SECONDS, RA_ABSENT};
+	const char *names[] = {"half limit, Retry-After ms", "half limit, Retry-After s",
+			       "half limit, no Retry-After"};
+	for (size_t i = 0; i < 3; i++) {
+		sim_init(&m, 20, 10, 2, 300, modes[i]);
+		sim_run(&m, 300000);
+		sim_report(&m, names[i], 5);
+		assert_int_equal(m.ok, 300);
+		assert_int_equal(m.client_violations, 0);
+		/* bounded: the first burst, then about one 429 per AIMD cycle */
+		assert_true(m.throttled * 100 <= SIM_HALF_MAX_429_PCT * m.sent);
+		assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >= SIM_HALF_MIN_GOODPUT * 5);
+		sched_free(m.s);
+	}
+}
+
+static void test_sim_recovers_when_server_limit_returns(void **state)
+{
+	(void)state;
+	static struct sim m;
+	sim_init(&m, 20, 10, 2, 500, RA_EXACT_MS);
+	m.limit_after = 20;
+	m.change_at = 10000;
+	m.settle_at = 14000; /* two windows after the server's limit came back */
+	sim_run(&m, 300000);
+	double after = (double)m.ok_after_settle / ((double)(m.last_ok - m.settle_at) / 1000.0);
+	sim_report(&m, "half for 10 s, then full", 10);
+	print_message("after recovery: %.2f/s = %.1f%% of 10/s\n", after, after * 10);
+	assert_int_equal(m.ok, 500);
+	assert_int_equal(m.client_violations, 0);
+	assert_true(after >= 0.95 * 10);
+	sched_free(m.s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_empty_and_errors),
+		cmocka_unit_test(test_bucket_burst_then_rate),
+		cmocka_unit_test(test_delayed_jobs_do_not_block_ready),
+		cmocka_unit_test(test_throttle_halves_blocks_and_recovers),
+		cmocka_unit_test(test_throttle_without_retry_after),
+		cmocka_unit_test(test_other_failure_with_retry_after_blocks_only),
+		cmocka_unit_test(test_blocked_tenant_does_not_delay_others),
+		cmocka_unit_test(test_round_robin_when_global_is_the_bottleneck),
+		cmocka_unit_test(test_global_caps_the_sum),
+		cmocka_unit_test(test_max_queued_and_hysteresis),
+		cmocka_unit_test(test_drain_returns_everything),
+		cmocka_unit_test(test_reload_limits),
+		cmocka_unit_test(test_threads_take_each_job_once),
+		cmocka_unit_test(test_sim_server_limit_equals_configured),
+		cmocka_unit_test(test_sim_server_limit_half),
+		cmocka_unit_test(test_sim_recovers_when_server_limit_returns),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
