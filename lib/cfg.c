@@ -635,6 +635,10 @@ static bool rdkafka_check(struct load *ld, const char *key, const char *value, c
 		return false;
 	}
 	*res = rd_kafka_conf_set(ld->scratch, key, value, errstr, cap);
+	/* Some of librdkafka's messages end in a newline; ours are one line. */
+	size_t len = strlen(errstr);
+	while (len > 0 && isspace((unsigned char)errstr[len - 1]))
+		errstr[--len] = '\0';
 	return *res == RD_KAFKA_CONF_OK;
 }
 
