@@ -21,8 +21,11 @@
  * 429 it halves (floor: 5% of the limit), its bucket empties, and it is blocked until now +
  * Retry-After (absent: one token interval at the configured limit, window / limit); 429s
  * arriving while that block is still in force do not halve again (they are the same episode:
- * requests that were already in flight). Each success adds 5% of the configured limit back,
- * up to the limit.
+ * requests that were already in flight). Each success adds back 5% of the configured limit
+ * while the rate is below the knee (0.7 x the rate that drew the last 429), 1% above it, up to
+ * the limit: quick recovery from a spurious 429, careful probing near the server's real limit.
+ * A Retry-After is honoured from the moment the caller reports it: requests already in flight
+ * cannot be recalled, everything taken afterwards waits for the block to end.
  */
 #ifndef CHATPROV_SCHED_H
 #define CHATPROV_SCHED_H
