@@ -339,7 +339,7 @@ static bool host_is_linklocal(const char *host)
 static bool check_url(const struct cfg_key *k, const char *v, char *why, size_t cap)
 {
 	bool ok = false;
-	char *scheme = NULL, *host = NULL, *user = NULL, *frag = NULL;
+	char *scheme = NULL, *host = NULL, *user = NULL, *frag = NULL, *query = NULL;
 	CURLU *u = curl_url();
 	if (!u) {
 		snprintf(why, cap, "out of memory");
@@ -361,6 +361,13 @@ static bool check_url(const struct cfg_key *k, const char *v, char *why, size_t 
 		snprintf(why, cap, "URL must not contain user info or a fragment");
 		goto out;
 	}
+	/* Roots get paths appended, so a query would end up in the middle; IMDS may have one. */
+	if (!(k->flags & KF_LINKLOCAL) &&
+	    curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK) {
+		snprintf(why, cap, "URL must not contain a query (it is a root that paths are "
+				   "appended to)");
+		goto out;
+	}
 	if (strcmp(scheme, "http") == 0 && !host_is_loopback(host) &&
 	    !((k->flags & KF_LINKLOCAL) && host_is_linklocal(host))) {
 		snprintf(why, cap,
@@ -375,6 +382,7 @@ out:
 	curl_free(host);
 	curl_free(user);
 	curl_free(frag);
+	curl_free(query);
 	curl_url_cleanup(u);
 	return ok;
 }
@@ -958,11 +966,18 @@ static void apply_defaults(struct load *ld)
 	cfg->n_tenants = 1;
 }
 
+/* Does profile ti itself name a credential? ("managed_identity = no" or an empty path do not.) */
 static bool tenant_has_cred_key(const struct load *ld, size_t ti)
 {
-	for (size_t ki = 0; ki < N_TKEYS; ki++)
-		if ((tenant_keys[ki].flags & KF_CRED) && ld->torigin[ti][ki] != 0)
+	const struct cfg_tenant *t = &ld->cfg->tenants[ti];
+	for (size_t ki = 0; ki < N_TKEYS; ki++) {
+		const struct cfg_key *k = &tenant_keys[ki];
+		if (!(k->flags & KF_CRED) || ld->torigin[ti][ki] == 0)
+			continue;
+		const char *p = (const char *)t + k->offset;
+		if (k->type == CFG_T_BOOL ? *(const bool *)(const void *)p : p[0] != '\0')
 			return true;
+	}
 	return false;
 }
 
@@ -978,7 +993,8 @@ static void inherit_tenants(struct load *ld)
 		bool own_cred = tenant_has_cred_key(ld, ti);
 		for (size_t ki = 0; ki < N_TKEYS; ki++) {
 			const struct cfg_key *k = &tenant_keys[ki];
-			if (ld->torigin[ti][ki] != 0 || ((k->flags & KF_CRED) && own_cred))
+			bool cred = k->flags & KF_CRED;
+			if ((cred && own_cred) || (!cred && ld->torigin[ti][ki] != 0))
 				continue;
 			memcpy((char *)&cfg->tenants[ti] + k->offset,
 			       (char *)&cfg->tenants[0] + k->offset, k->size);

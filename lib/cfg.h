@@ -129,6 +129,7 @@ struct cfg {
  * Loads and validates a configuration file, then applies CHATPROV_<SECTION>_<KEY>
  * environment overrides. On failure errbuf holds one precise message ("file:line: ...").
  * The result is heap-allocated; release it with cfg_free.
+ * Not thread-safe against other users of libinih: it sets libinih's (process-wide) options.
  */
 bool cfg_load(const char *path, struct cfg **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
 void cfg_free(struct cfg *cfg);

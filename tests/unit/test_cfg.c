@@ -500,6 +500,9 @@ static void test_url_errors(void **state)
 		 "to a loopback host)");
 	load_err(MINIMAL "[graph]\nbase_url = https://u:p@example.com/\n",
 		 "%s:11: [graph] base_url: URL must not contain user info or a fragment");
+	load_err(MINIMAL "[graph]\nbase_url = https://graph.example.com/?x=1\n",
+		 "%s:11: [graph] base_url: URL must not contain a query (it is a root that paths "
+		 "are appended to)");
 	load_err(MINIMAL "[graph]\nbase_url = http://graph.example.com\n",
 		 "%s:11: [graph] base_url: 'http://graph.example.com': plain http is only "
 		 "allowed to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
@@ -736,6 +739,17 @@ static void test_tenants(void **state)
 	assert_int_equal(cfg_tenant_index(c, "Tail_spin.toys-1"), 2);
 	assert_int_equal(cfg_tenant_index(c, "FABRIKAM"), -1);
 	assert_int_equal(cfg_tenant_index(c, "contoso"), -1);
+	cfg_free(c);
+
+	/* "managed_identity = no" names no credential: the [auth] one is still inherited. */
+	c = load_ok(MINIMAL "[tenant.x]\ntenant_id = x\nmanaged_identity = no\nclient_secret_file =\n");
+	assert_int_equal(c->tenants[1].credential, CFG_CRED_SECRET);
+	assert_string_equal(c->tenants[1].client_secret_file, "/run/secret");
+	cfg_free(c);
+	c = load_ok(MINIMAL "[tenant.x]\nmanaged_identity = yes\n");
+	assert_int_equal(c->tenants[1].credential, CFG_CRED_MANAGED);
+	assert_string_equal(c->tenants[1].client_secret_file, "");
+	assert_string_equal(c->tenants[1].tenant_id, "contoso.onmicrosoft.com");
 	cfg_free(c);
 
 	setenv("CHATPROV_TENANT_TAIL_SPIN_TOYS_1_CLIENT_ID", "env-cid", 1);
