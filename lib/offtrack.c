@@ -17,10 +17,10 @@ struct ot_entry {
 struct ot_part {
 	struct ot_entry *ring;
 	size_t cap, head, count;
-	size_t in_flight;     /* entries not done */
-	int64_t last_begun;   /* -1: none yet */
-	int64_t next_commit;  /* highest contiguous done + 1; -1: nothing done yet */
-	int64_t reported;     /* last value offtrack_committable returned; -1: none */
+	size_t in_flight;    /* entries not done */
+	int64_t last_begun;  /* -1: none yet */
+	int64_t next_commit; /* highest contiguous done + 1; -1: nothing done yet */
+	int64_t reported;    /* last value offtrack_committable returned; -1: none */
 };
 
 struct offtrack {

@@ -50,8 +50,7 @@ bool offtrack_done(struct offtrack *t, int32_t partition, int64_t offset);
  * true (or since the partition was first begun); *next_offset = highest contiguous done
  * offset + 1. False when there is nothing new to store.
  */
-bool offtrack_committable(struct offtrack *t, int32_t partition, int64_t *next_offset)
-	CP_MUSTCHECK;
+bool offtrack_committable(struct offtrack *t, int32_t partition, int64_t *next_offset) CP_MUSTCHECK;
 
 /* Offsets begun and not done in a partition, and over all partitions. */
 size_t offtrack_in_flight(const struct offtrack *t, int32_t partition);

@@ -93,14 +93,14 @@ int64_t retry_backoff_ms(const struct retry_policy *p, unsigned attempt, uint64_
 }
 
 int64_t retry_next_delay_ms(const struct retry_policy *p, unsigned attempts_done,
-			    int64_t retry_after_ms, uint64_t *rng_state)
+                            int64_t retry_after_ms, uint64_t *rng_state)
 {
 	int64_t d = retry_backoff_ms(p, attempts_done, rng_state);
 	return retry_after_ms > d ? retry_after_ms : d;
 }
 
 bool retry_may_retry(const struct retry_policy *p, unsigned attempts_done, int64_t first_attempt_ms,
-		     int64_t now_ms, int64_t next_delay_ms)
+                     int64_t now_ms, int64_t next_delay_ms)
 {
 	unsigned max_attempts = p->max_attempts ? p->max_attempts : 1;
 	if (attempts_done >= max_attempts)
@@ -149,7 +149,8 @@ bool retry_parse_retry_after(const char *value, int64_t now_epoch_ms, int64_t *d
 		return false;
 	if (parse_seconds(value, delay_ms))
 		return true;
-	/* An HTTP-date starts with a day name; curl_getdate also knows RFC 850 and asctime forms. */
+	/* An HTTP-date starts with a day name; curl_getdate also knows RFC 850 and asctime forms.
+	 */
 	if ((*value < 'A' || *value > 'Z') && (*value < 'a' || *value > 'z'))
 		return false;
 	time_t when = curl_getdate(value, NULL);

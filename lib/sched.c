@@ -17,7 +17,7 @@
 #include <string.h>
 
 /* AIMD constants; docs/scheduling.md explains the choice. */
-#define SCHED_MD_FACTOR 0.5       /* rate multiplier on a 429 */
+#define SCHED_MD_FACTOR      0.5  /* rate multiplier on a 429 */
 #define SCHED_FLOOR_FRACTION 0.05 /* the rate never drops below this share of the limit */
 #ifndef SCHED_AI_FAST
 #define SCHED_AI_FAST 0.05 /* share of the limit given back per success, below the knee */
@@ -37,23 +37,23 @@
 
 struct bucket {
 	double tokens;
-	double cap;         /* burst: at least one whole token */
+	double cap; /* burst: at least one whole token */
 	double rate_per_ms;
-	int64_t last_ms;    /* INT64_MIN: never refilled (starts full) */
+	int64_t last_ms; /* INT64_MIN: never refilled (starts full) */
 };
 
 struct node {
 	void *job;
 	int64_t not_before;
-	uint64_t seq;  /* ties in the delayed heap: push order */
+	uint64_t seq; /* ties in the delayed heap: push order */
 	uint32_t tenant;
 	uint32_t next; /* ready FIFO link, or free-list link */
 };
 
 struct tenant {
 	char *name;
-	double limit;   /* configured, per window */
-	double rate;    /* current (AIMD), per window */
+	double limit; /* configured, per window */
+	double rate;  /* current (AIMD), per window */
 	bool uses_default;
 	struct bucket bucket;
 	int64_t blocked_until;
@@ -424,7 +424,7 @@ fail:
 /* ---- queueing ---- */
 
 static bool enqueue(struct sched *s, size_t tenant, void *job, int64_t not_before, int64_t now,
-		    bool bounded)
+                    bool bounded)
 {
 	bool ok = false;
 	pthread_mutex_lock(&s->lock);
@@ -439,8 +439,11 @@ static bool enqueue(struct sched *s, size_t tenant, void *job, int64_t not_befor
 		goto out;
 	uint32_t n = s->free_head;
 	s->free_head = s->nodes[n].next;
-	s->nodes[n] = (struct node){.job = job, .not_before = not_before, .seq = s->seq++,
-				    .tenant = (uint32_t)tenant, .next = NIL};
+	s->nodes[n] = (struct node){.job = job,
+	                            .not_before = not_before,
+	                            .seq = s->seq++,
+	                            .tenant = (uint32_t)tenant,
+	                            .next = NIL};
 	if (++s->queued >= s->max_queued)
 		s->full_latched = true;
 	if (not_before <= now) {
@@ -460,8 +463,7 @@ bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms
 	return enqueue(s, tenant, job, not_before_ms, now_ms, true);
 }
 
-bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
-		   int64_t now_ms)
+bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
 {
 	return enqueue(s, tenant, job, not_before_ms, now_ms, false);
 }
@@ -495,7 +497,7 @@ static int64_t wake_time(const struct sched *s)
 }
 
 enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, size_t *tenant,
-				  int64_t *wake_at_ms)
+                                  int64_t *wake_at_ms)
 {
 	pthread_mutex_lock(&s->lock);
 	see_time(s, now_ms);
@@ -535,8 +537,7 @@ static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after
 {
 	tn->throttled++;
 	tn->bucket.tokens = 0; /* the server says we are over: nothing saved up is real */
-	int64_t block = retry_after > 0 ? retry_after
-					: (int64_t)ceil(window_ms(s) / tn->limit);
+	int64_t block = retry_after > 0 ? retry_after : (int64_t)ceil(window_ms(s) / tn->limit);
 	if (now >= tn->md_until) {
 		tn->knee = tn->rate * SCHED_KNEE;
 		tenant_set_rate(s, tn, tn->rate * SCHED_MD_FACTOR);
@@ -546,7 +547,7 @@ static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after
 }
 
 void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
-		     int64_t retry_after_ms, int64_t now_ms)
+                     int64_t retry_after_ms, int64_t now_ms)
 {
 	pthread_mutex_lock(&s->lock);
 	see_time(s, now_ms);
@@ -557,8 +558,9 @@ void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
 	switch (outcome) {
 	case SCHED_OK:
 		tn->succeeded++;
-		tenant_set_rate(s, tn, tn->rate + tn->limit * (tn->rate < tn->knee ? SCHED_AI_FAST
-										  : SCHED_AI_SLOW));
+		tenant_set_rate(
+		    s, tn,
+		    tn->rate + tn->limit * (tn->rate < tn->knee ? SCHED_AI_FAST : SCHED_AI_SLOW));
 		break;
 	case SCHED_THROTTLED:
 		on_throttled(s, tn, retry_after_ms, now_ms);
@@ -602,7 +604,8 @@ bool sched_set_limits(struct sched *s, const struct sched_limits *lim)
 	bucket_set(&s->global, lim->global_limit, window_ms(s));
 	for (size_t i = 0; i < s->n_tenants; i++) {
 		struct tenant *tn = &s->tenants[i];
-		tenant_apply_limit(s, (uint32_t)i, tn->uses_default ? lim->per_tenant_limit : tn->limit);
+		tenant_apply_limit(s, (uint32_t)i,
+		                   tn->uses_default ? lim->per_tenant_limit : tn->limit);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return true;
@@ -620,7 +623,7 @@ bool sched_set_tenant_limit(struct sched *s, size_t tenant, double limit)
 			bucket_refill(&tn->bucket, s->latest_now);
 		tn->uses_default = !(limit > 0);
 		tenant_apply_limit(s, (uint32_t)tenant,
-				   tn->uses_default ? s->lim.per_tenant_limit : limit);
+		                   tn->uses_default ? s->lim.per_tenant_limit : limit);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return ok;
@@ -680,17 +683,17 @@ bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stat
 	if (ok) {
 		const struct tenant *tn = &s->tenants[tenant];
 		*out = (struct sched_tenant_stats){
-			.name = tn->name,
-			.queued = tn->ready + tn->delayed,
-			.ready = tn->ready,
-			.delayed = tn->delayed,
-			.configured_limit = tn->limit,
-			.current_rate = tn->rate,
-			.blocked_until_ms = tn->blocked_until,
-			.taken = tn->taken,
-			.succeeded = tn->succeeded,
-			.throttled = tn->throttled,
-			.failed = tn->failed,
+		    .name = tn->name,
+		    .queued = tn->ready + tn->delayed,
+		    .ready = tn->ready,
+		    .delayed = tn->delayed,
+		    .configured_limit = tn->limit,
+		    .current_rate = tn->rate,
+		    .blocked_until_ms = tn->blocked_until,
+		    .taken = tn->taken,
+		    .succeeded = tn->succeeded,
+		    .throttled = tn->throttled,
+		    .failed = tn->failed,
 		};
 	}
 	pthread_mutex_unlock(&s->lock);

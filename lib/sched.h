@@ -34,8 +34,8 @@
 
 /* Bounds on what sched_new / sched_add_tenant accept. */
 #define SCHED_MAX_TENANTS 4096
-#define SCHED_MAX_QUEUED (1u << 30)
-#define SCHED_NAME_MAX 256
+#define SCHED_MAX_QUEUED  (1u << 30)
+#define SCHED_NAME_MAX    256
 
 /* Requests allowed per window; e.g. Graph's 20 per tenant and 200 global per 10 s. */
 struct sched_limits {
@@ -57,13 +57,13 @@ enum sched_take_status {
 };
 
 struct sched_tenant_stats {
-	const char *name;          /* valid until sched_free */
-	size_t queued;             /* ready + delayed */
-	size_t ready;              /* not-before passed, waiting for tokens or a block */
-	size_t delayed;            /* waiting for their not-before time */
-	double configured_limit;   /* per window */
-	double current_rate;       /* per window, after AIMD */
-	int64_t blocked_until_ms;  /* Retry-After block; in the past when not blocked */
+	const char *name;         /* valid until sched_free */
+	size_t queued;            /* ready + delayed */
+	size_t ready;             /* not-before passed, waiting for tokens or a block */
+	size_t delayed;           /* waiting for their not-before time */
+	double configured_limit;  /* per window */
+	double current_rate;      /* per window, after AIMD */
+	int64_t blocked_until_ms; /* Retry-After block; in the past when not blocked */
 	uint64_t taken, succeeded, throttled, failed;
 };
 
@@ -77,16 +77,16 @@ bool sched_new(const struct sched_limits *lim, size_t max_queued, struct sched *
 void sched_free(struct sched *s);
 
 /* Adds a tenant (limit <= 0: lim->per_tenant_limit); indexes are 0, 1, 2... in add order. */
-bool sched_add_tenant(struct sched *s, const char *name, double limit, size_t *index_out)
-	CP_MUSTCHECK;
+bool sched_add_tenant(struct sched *s, const char *name, double limit,
+                      size_t *index_out) CP_MUSTCHECK;
 
 /*
  * Queues new work. False (the job stays the caller's) if the tenant index is unknown or
  * max_queued jobs are queued: the caller then pauses its Kafka partitions until
  * sched_has_room says otherwise. not_before_ms <= now_ms means ready at once.
  */
-bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
-	CP_MUSTCHECK;
+bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
+                int64_t now_ms) CP_MUSTCHECK;
 
 /*
  * Queues a job that was taken again (a retry), typically with not_before = now + backoff.
@@ -95,18 +95,18 @@ bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms
  * bound). False only for an unknown tenant or when memory runs out.
  */
 bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
-		   int64_t now_ms) CP_MUSTCHECK;
+                   int64_t now_ms) CP_MUSTCHECK;
 
 /* Takes the next job that may leave now; see enum sched_take_status. */
 enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, size_t *tenant,
-				  int64_t *wake_at_ms);
+                                  int64_t *wake_at_ms);
 
 /*
  * Reports how a taken job's request ended. retry_after_ms: the server's Retry-After as a
  * delay from now (<= 0: none). Drives AIMD and the tenant's block (see the top of this file).
  */
 void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
-		     int64_t retry_after_ms, int64_t now_ms);
+                     int64_t retry_after_ms, int64_t now_ms);
 
 /*
  * SIGHUP reload. New limits apply from the latest time the scheduler was given (buckets are
@@ -132,7 +132,7 @@ size_t sched_queued_total(struct sched *s);
 bool sched_has_room(struct sched *s, double resume_fraction);
 
 size_t sched_tenant_count(struct sched *s);
-bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stats *out)
-	CP_MUSTCHECK;
+bool sched_tenant_stats(struct sched *s, size_t tenant,
+                        struct sched_tenant_stats *out) CP_MUSTCHECK;
 
 #endif

@@ -64,8 +64,8 @@ static void test_gaps(void **state)
 	const int64_t offs[] = {100, 101, 250, 251, 252, 1000, 5000, 5001};
 	for (size_t i = 0; i < 8; i++)
 		assert_true(offtrack_begin(t, 3, offs[i]));
-	assert_false(offtrack_done(t, 3, 102)); /* in a gap: never begun */
-	assert_false(offtrack_done(t, 3, 4));   /* below everything tracked */
+	assert_false(offtrack_done(t, 3, 102));  /* in a gap: never begun */
+	assert_false(offtrack_done(t, 3, 4));    /* below everything tracked */
 	assert_false(offtrack_done(t, 3, 6000)); /* above everything begun */
 	assert_true(offtrack_done(t, 3, 5000));
 	assert_true(offtrack_done(t, 3, 251));
@@ -249,7 +249,7 @@ static void run_large(int64_t stride)
 	assert_int_equal(must_commit(t, 7), last + 1);
 	assert_int_equal(offtrack_tracked_total(t), 0);
 	print_message("100000 random-order done() with stride %lld: %.1f ms\n", (long long)stride,
-		      ms);
+	              ms);
 	assert_true(ms < 2000); /* generous for sanitizers; O(n^2) would take minutes */
 	offtrack_free(t);
 	free(order);
@@ -289,13 +289,13 @@ static void test_stuck_head_then_release(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_in_order_and_out_of_order),
-		cmocka_unit_test(test_gaps),
-		cmocka_unit_test(test_errors_and_bounds),
-		cmocka_unit_test(test_drop_partition),
-		cmocka_unit_test(test_property_random_order),
-		cmocka_unit_test(test_large_random_order),
-		cmocka_unit_test(test_stuck_head_then_release),
+	    cmocka_unit_test(test_in_order_and_out_of_order),
+	    cmocka_unit_test(test_gaps),
+	    cmocka_unit_test(test_errors_and_bounds),
+	    cmocka_unit_test(test_drop_partition),
+	    cmocka_unit_test(test_property_random_order),
+	    cmocka_unit_test(test_large_random_order),
+	    cmocka_unit_test(test_stuck_head_then_release),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

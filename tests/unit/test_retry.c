@@ -17,48 +17,48 @@ static void test_classify_table(void **state)
 		int curl;
 		enum retry_class want;
 	} cases[] = {
-		{200, CURLE_OK, RETRY_SUCCESS},
-		{201, CURLE_OK, RETRY_SUCCESS},
-		{202, CURLE_OK, RETRY_SUCCESS},
-		{204, CURLE_OK, RETRY_SUCCESS},
-		{299, CURLE_OK, RETRY_SUCCESS},
-		{429, CURLE_OK, RETRY_THROTTLED},
-		{401, CURLE_OK, RETRY_AUTH},
-		{408, CURLE_OK, RETRY_TRANSIENT},
-		{500, CURLE_OK, RETRY_TRANSIENT},
-		{502, CURLE_OK, RETRY_TRANSIENT},
-		{503, CURLE_OK, RETRY_TRANSIENT},
-		{504, CURLE_OK, RETRY_TRANSIENT},
-		{0, CURLE_OK, RETRY_TRANSIENT},
-		{400, CURLE_OK, RETRY_PERMANENT},
-		{403, CURLE_OK, RETRY_PERMANENT},
-		{404, CURLE_OK, RETRY_PERMANENT},
-		{409, CURLE_OK, RETRY_PERMANENT},
-		{413, CURLE_OK, RETRY_PERMANENT},
-		{501, CURLE_OK, RETRY_PERMANENT},
-		{505, CURLE_OK, RETRY_PERMANENT},
-		{301, CURLE_OK, RETRY_PERMANENT},
-		{100, CURLE_OK, RETRY_PERMANENT},
-		{0, CURLE_COULDNT_CONNECT, RETRY_TRANSIENT},
-		{0, CURLE_OPERATION_TIMEDOUT, RETRY_TRANSIENT},
-		{0, CURLE_RECV_ERROR, RETRY_TRANSIENT},
-		{0, CURLE_SEND_ERROR, RETRY_TRANSIENT},
-		{0, CURLE_GOT_NOTHING, RETRY_TRANSIENT},
-		{0, CURLE_COULDNT_RESOLVE_HOST, RETRY_TRANSIENT},
-		{0, CURLE_SSL_CONNECT_ERROR, RETRY_TRANSIENT},
-		{0, CURLE_HTTP2_STREAM, RETRY_TRANSIENT},
-		/* a status seen before the transfer broke does not make it a success */
-		{200, CURLE_PARTIAL_FILE, RETRY_TRANSIENT},
-		{0, CURLE_URL_MALFORMAT, RETRY_PERMANENT},
-		{0, CURLE_UNSUPPORTED_PROTOCOL, RETRY_PERMANENT},
-		{0, CURLE_BAD_FUNCTION_ARGUMENT, RETRY_PERMANENT},
+	    {200, CURLE_OK, RETRY_SUCCESS},
+	    {201, CURLE_OK, RETRY_SUCCESS},
+	    {202, CURLE_OK, RETRY_SUCCESS},
+	    {204, CURLE_OK, RETRY_SUCCESS},
+	    {299, CURLE_OK, RETRY_SUCCESS},
+	    {429, CURLE_OK, RETRY_THROTTLED},
+	    {401, CURLE_OK, RETRY_AUTH},
+	    {408, CURLE_OK, RETRY_TRANSIENT},
+	    {500, CURLE_OK, RETRY_TRANSIENT},
+	    {502, CURLE_OK, RETRY_TRANSIENT},
+	    {503, CURLE_OK, RETRY_TRANSIENT},
+	    {504, CURLE_OK, RETRY_TRANSIENT},
+	    {0, CURLE_OK, RETRY_TRANSIENT},
+	    {400, CURLE_OK, RETRY_PERMANENT},
+	    {403, CURLE_OK, RETRY_PERMANENT},
+	    {404, CURLE_OK, RETRY_PERMANENT},
+	    {409, CURLE_OK, RETRY_PERMANENT},
+	    {413, CURLE_OK, RETRY_PERMANENT},
+	    {501, CURLE_OK, RETRY_PERMANENT},
+	    {505, CURLE_OK, RETRY_PERMANENT},
+	    {301, CURLE_OK, RETRY_PERMANENT},
+	    {100, CURLE_OK, RETRY_PERMANENT},
+	    {0, CURLE_COULDNT_CONNECT, RETRY_TRANSIENT},
+	    {0, CURLE_OPERATION_TIMEDOUT, RETRY_TRANSIENT},
+	    {0, CURLE_RECV_ERROR, RETRY_TRANSIENT},
+	    {0, CURLE_SEND_ERROR, RETRY_TRANSIENT},
+	    {0, CURLE_GOT_NOTHING, RETRY_TRANSIENT},
+	    {0, CURLE_COULDNT_RESOLVE_HOST, RETRY_TRANSIENT},
+	    {0, CURLE_SSL_CONNECT_ERROR, RETRY_TRANSIENT},
+	    {0, CURLE_HTTP2_STREAM, RETRY_TRANSIENT},
+	    /* a status seen before the transfer broke does not make it a success */
+	    {200, CURLE_PARTIAL_FILE, RETRY_TRANSIENT},
+	    {0, CURLE_URL_MALFORMAT, RETRY_PERMANENT},
+	    {0, CURLE_UNSUPPORTED_PROTOCOL, RETRY_PERMANENT},
+	    {0, CURLE_BAD_FUNCTION_ARGUMENT, RETRY_PERMANENT},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		enum retry_class got = retry_classify(cases[i].status, cases[i].curl);
 		if (got != cases[i].want)
 			fail_msg("status %ld curl %d: got %s want %s", cases[i].status,
-				 cases[i].curl, retry_class_name(got),
-				 retry_class_name(cases[i].want));
+			         cases[i].curl, retry_class_name(got),
+			         retry_class_name(cases[i].want));
 	}
 	assert_string_equal(retry_class_name(RETRY_THROTTLED), "throttled");
 }
@@ -67,9 +67,9 @@ static void test_backoff_bounds_and_mean(void **state)
 {
 	(void)state;
 	struct retry_policy p = {.max_attempts = 10,
-				 .base_delay_ms = 100,
-				 .max_delay_ms = 5000,
-				 .max_elapsed_ms = 60000};
+	                         .base_delay_ms = 100,
+	                         .max_delay_ms = 5000,
+	                         .max_elapsed_ms = 60000};
 	uint64_t rng = 42;
 	const int64_t caps[] = {100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000};
 	for (unsigned attempt = 1; attempt <= 9; attempt++) {
@@ -134,10 +134,8 @@ static void test_next_delay_honours_retry_after(void **state)
 static void test_may_retry_limits(void **state)
 {
 	(void)state;
-	struct retry_policy p = {.max_attempts = 3,
-				 .base_delay_ms = 100,
-				 .max_delay_ms = 1000,
-				 .max_elapsed_ms = 10000};
+	struct retry_policy p = {
+	    .max_attempts = 3, .base_delay_ms = 100, .max_delay_ms = 1000, .max_elapsed_ms = 10000};
 	assert_true(retry_may_retry(&p, 1, 0, 0, 100));
 	assert_true(retry_may_retry(&p, 2, 0, 0, 100));
 	assert_false(retry_may_retry(&p, 3, 0, 0, 100));
@@ -176,8 +174,20 @@ static void test_parse_retry_after(void **state)
 	assert_true(retry_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now + 60000, &d));
 	assert_int_equal(d, 0);
 	d = 77;
-	const char *bad[] = {"", " ", "-1", "+3", "1e3", "0x10", "inf", "nan", "3s", "3 4",
-			     "1.2.3", "soon", "Wed, 99 Foo 2015", NULL};
+	const char *bad[] = {"",
+	                     " ",
+	                     "-1",
+	                     "+3",
+	                     "1e3",
+	                     "0x10",
+	                     "inf",
+	                     "nan",
+	                     "3s",
+	                     "3 4",
+	                     "1.2.3",
+	                     "soon",
+	                     "Wed, 99 Foo 2015",
+	                     NULL};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		if (retry_parse_retry_after(bad[i], 0, &d))
 			fail_msg("accepted \"%s\"", bad[i] ? bad[i] : "(null)");
@@ -188,12 +198,12 @@ static void test_parse_retry_after(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_classify_table),
-		cmocka_unit_test(test_backoff_bounds_and_mean),
-		cmocka_unit_test(test_backoff_edges),
-		cmocka_unit_test(test_next_delay_honours_retry_after),
-		cmocka_unit_test(test_may_retry_limits),
-		cmocka_unit_test(test_parse_retry_after),
+	    cmocka_unit_test(test_classify_table),
+	    cmocka_unit_test(test_backoff_bounds_and_mean),
+	    cmocka_unit_test(test_backoff_edges),
+	    cmocka_unit_test(test_next_delay_honours_retry_after),
+	    cmocka_unit_test(test_may_retry_limits),
+	    cmocka_unit_test(test_parse_retry_after),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,11 +14,11 @@
 
 #include "sched.h"
 
-#define JOB(i) ((void *)(uintptr_t)((i) + 1))
-#define JOB_ID(p) ((size_t)(uintptr_t)(p) - 1)
+#define JOB(i)    ((void *)(uintptr_t)((i) + 1))
+#define JOB_ID(p) ((size_t)(uintptr_t)(p)-1)
 
 static struct sched *new_sched(double tenant_limit, double global_limit, double window_s,
-			       size_t max_queued)
+                               size_t max_queued)
 {
 	struct sched_limits lim = {tenant_limit, global_limit, window_s};
 	struct sched *s = NULL;
@@ -40,7 +40,7 @@ static void push_n(struct sched *s, size_t tenant, size_t first_id, size_t n, in
 }
 
 static enum sched_take_status take(struct sched *s, int64_t now, size_t *id, size_t *tenant,
-				   int64_t *wake)
+                                   int64_t *wake)
 {
 	void *job = NULL;
 	size_t t = SIZE_MAX;
@@ -72,8 +72,8 @@ static struct sched_tenant_stats stats_of(struct sched *s, size_t tenant)
 static void test_empty_and_errors(void **state)
 {
 	(void)state;
-	struct sched_limits bad[] = {{0, 10, 10}, {10, -1, 10}, {10, 10, 0}, {NAN, 10, 10},
-				     {10, INFINITY, 10}};
+	struct sched_limits bad[] = {
+	    {0, 10, 10}, {10, -1, 10}, {10, 10, 0}, {NAN, 10, 10}, {10, INFINITY, 10}};
 	struct sched *s = NULL;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_false(sched_new(&bad[i], 10, &s));
@@ -465,7 +465,7 @@ static void test_reload_limits(void **state)
 	struct sched_limits lim = {40, 200, 2};
 	assert_true(sched_set_limits(s, &lim));
 	assert_true(stats_of(s, a).configured_limit == 40);
-	assert_true(stats_of(s, a).current_rate == 20); /* keeps its AIMD share */
+	assert_true(stats_of(s, a).current_rate == 20);     /* keeps its AIMD share */
 	assert_true(stats_of(s, b).configured_limit == 10); /* explicit limit stays */
 	/* from 0 tokens at 0 ms, 20 per 2 s: a token every 100 ms */
 	int64_t wake;
@@ -713,8 +713,8 @@ static void sim_run(struct sim *m, int64_t deadline)
 }
 
 /* One tenant configured at `configured` per window; a backlog of `jobs`. */
-static void sim_init(struct sim *m, double configured, double server, double window_s,
-		     size_t jobs, enum ra_mode ra)
+static void sim_init(struct sim *m, double configured, double server, double window_s, size_t jobs,
+                     enum ra_mode ra)
 {
 	memset(m, 0, sizeof(*m));
 	m->s = new_sched(configured, configured * 10, window_s, jobs + 16);
@@ -737,12 +737,12 @@ static void sim_report(const struct sim *m, const char *name, double limit_per_s
 {
 	double goodput = (double)m->ok / ((double)m->last_ok / 1000.0);
 	print_message("%s: %zu ok in %.1f s: goodput %.2f/s = %.1f%% of %.1f/s; 429s %zu of %zu "
-		      "requests (%.1f%%); sent inside a known Retry-After %zu; arrived inside an "
-		      "advertised one %zu\n",
-		      name, m->ok, (double)m->last_ok / 1000.0, goodput,
-		      100.0 * goodput / limit_per_s, limit_per_s, m->throttled, m->sent,
-		      100.0 * (double)m->throttled / (double)m->sent, m->client_violations,
-		      m->server_in_window);
+	              "requests (%.1f%%); sent inside a known Retry-After %zu; arrived inside an "
+	              "advertised one %zu\n",
+	              name, m->ok, (double)m->last_ok / 1000.0, goodput,
+	              100.0 * goodput / limit_per_s, limit_per_s, m->throttled, m->sent,
+	              100.0 * (double)m->throttled / (double)m->sent, m->client_violations,
+	              m->server_in_window);
 }
 
 static void test_sim_server_limit_equals_configured(void **state)
@@ -783,7 +783,7 @@ static void test_sim_server_limit_half(void **state)
 	static struct sim m;
 	const enum ra_mode modes[] = {RA_EXACT_MS, RA_WHOLE_SECONDS, RA_ABSENT};
 	const char *names[] = {"half limit, Retry-After ms", "half limit, Retry-After s",
-			       "half limit, no Retry-After"};
+	                       "half limit, no Retry-After"};
 	for (size_t i = 0; i < 3; i++) {
 		sim_init(&m, 20, 10, 2, 300, modes[i]);
 		sim_run(&m, 300000);
@@ -792,7 +792,8 @@ static void test_sim_server_limit_half(void **state)
 		assert_int_equal(m.client_violations, 0);
 		/* bounded: the first burst, then about one 429 per AIMD cycle */
 		assert_true(m.throttled * 100 <= SIM_HALF_MAX_429_PCT * m.sent);
-		assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >= SIM_HALF_MIN_GOODPUT * 5);
+		assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >=
+		            SIM_HALF_MIN_GOODPUT * 5);
 		sched_free(m.s);
 	}
 }
@@ -818,22 +819,22 @@ static void test_sim_recovers_when_server_limit_returns(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_empty_and_errors),
-		cmocka_unit_test(test_bucket_burst_then_rate),
-		cmocka_unit_test(test_delayed_jobs_do_not_block_ready),
-		cmocka_unit_test(test_throttle_halves_blocks_and_recovers),
-		cmocka_unit_test(test_throttle_without_retry_after),
-		cmocka_unit_test(test_other_failure_with_retry_after_blocks_only),
-		cmocka_unit_test(test_blocked_tenant_does_not_delay_others),
-		cmocka_unit_test(test_round_robin_when_global_is_the_bottleneck),
-		cmocka_unit_test(test_global_caps_the_sum),
-		cmocka_unit_test(test_max_queued_and_hysteresis),
-		cmocka_unit_test(test_drain_returns_everything),
-		cmocka_unit_test(test_reload_limits),
-		cmocka_unit_test(test_threads_take_each_job_once),
-		cmocka_unit_test(test_sim_server_limit_equals_configured),
-		cmocka_unit_test(test_sim_server_limit_half),
-		cmocka_unit_test(test_sim_recovers_when_server_limit_returns),
+	    cmocka_unit_test(test_empty_and_errors),
+	    cmocka_unit_test(test_bucket_burst_then_rate),
+	    cmocka_unit_test(test_delayed_jobs_do_not_block_ready),
+	    cmocka_unit_test(test_throttle_halves_blocks_and_recovers),
+	    cmocka_unit_test(test_throttle_without_retry_after),
+	    cmocka_unit_test(test_other_failure_with_retry_after_blocks_only),
+	    cmocka_unit_test(test_blocked_tenant_does_not_delay_others),
+	    cmocka_unit_test(test_round_robin_when_global_is_the_bottleneck),
+	    cmocka_unit_test(test_global_caps_the_sum),
+	    cmocka_unit_test(test_max_queued_and_hysteresis),
+	    cmocka_unit_test(test_drain_returns_everything),
+	    cmocka_unit_test(test_reload_limits),
+	    cmocka_unit_test(test_threads_take_each_job_once),
+	    cmocka_unit_test(test_sim_server_limit_equals_configured),
+	    cmocka_unit_test(test_sim_server_limit_half),
+	    cmocka_unit_test(test_sim_recovers_when_server_limit_returns),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
