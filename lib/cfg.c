@@ -32,7 +32,7 @@ extern char **environ;
 
 /* Longest accepted line; inih's own default (200) is too short for paths and URLs. */
 #define CFG_LINE_MAX 4096
-#define ENV_PREFIX "CHATPROV_"
+#define ENV_PREFIX   "CHATPROV_"
 
 /* ---- cloud presets ---------------------------------------------------------------------- */
 
@@ -41,6 +41,7 @@ struct cloud_preset {
 	const char *authority;
 };
 
+/* clang-format off */
 static const struct cloud_preset clouds[] = {
 	[CFG_CLOUD_GLOBAL] = {"https://graph.microsoft.com", "https://login.microsoftonline.com"},
 	[CFG_CLOUD_USGOV] = {"https://graph.microsoft.us", "https://login.microsoftonline.us"},
@@ -48,13 +49,14 @@ static const struct cloud_preset clouds[] = {
 	[CFG_CLOUD_CHINA] = {"https://microsoftgraph.chinacloudapi.cn",
 			     "https://login.chinacloudapi.cn"},
 };
+/* clang-format on */
 
 /* ---- the key table ---------------------------------------------------------------------- */
 
 enum cfg_type {
 	CFG_T_STRING,
 	CFG_T_BOOL,
-	CFG_T_UINT,   /* unsigned or size_t, by the field's size */
+	CFG_T_UINT, /* unsigned or size_t, by the field's size */
 	CFG_T_DOUBLE,
 	CFG_T_ENUM,   /* stored as the index into choices (an enum field) */
 	CFG_T_CHOICE, /* stored as the chosen text (a char array) */
@@ -64,11 +66,11 @@ enum cfg_type {
 };
 
 /* Flags of a key. */
-#define KF_RELOAD 0x01   /* may change on SIGHUP */
-#define KF_REQUIRED 0x02 /* must end up non-empty */
-#define KF_TOPIC 0x04    /* a Kafka topic name */
+#define KF_RELOAD    0x01 /* may change on SIGHUP */
+#define KF_REQUIRED  0x02 /* must end up non-empty */
+#define KF_TOPIC     0x04 /* a Kafka topic name */
 #define KF_LINKLOCAL 0x08 /* a URL that may use plain http to a link-local host (IMDS) */
-#define KF_CRED 0x10     /* one of the credential-kind keys of a profile */
+#define KF_CRED      0x10 /* one of the credential-kind keys of a profile */
 
 struct cfg_key {
 	const char *section;
@@ -86,6 +88,7 @@ static const char *const version_names[] = {"v1.0", "beta", NULL};
 static const char *const alg_names[] = {"PS256", "RS256", NULL};
 static const char *const level_names[] = {"error", "warning", "notice", "info", "debug", NULL};
 
+/* clang-format off */
 #define G(f) offsetof(struct cfg, f), sizeof(((struct cfg *)0)->f)
 #define T(f) offsetof(struct cfg_tenant, f), sizeof(((struct cfg_tenant *)0)->f)
 #define STR(s, k, def, fl, f) {s, k, CFG_T_STRING, def, 0, 0, fl, G(f), NULL}
@@ -164,17 +167,19 @@ static const struct cfg_key tenant_keys[] = {
 	{"limits", "chat_creates_per_10s_per_tenant", CFG_T_DOUBLE, "20", 0.1, 10000, KF_RELOAD,
 	 T(limits.chat_creates_per_10s_per_tenant), NULL},
 };
+/* clang-format on */
 #define N_TKEYS CP_ARRAY_LEN(tenant_keys)
 
-static const char *const known_sections[] = {"kafka",  "librdkafka", "graph",      "auth",
-					     "limits", "operations", "retry",      "recovery",
-					     "metrics", "log"};
+static const char *const known_sections[] = {"kafka",   "librdkafka", "graph", "auth",
+                                             "limits",  "operations", "retry", "recovery",
+                                             "metrics", "log"};
 
 /* librdkafka properties whose values are secrets: masked by cfg_dump. */
 static bool rdkafka_key_is_secret(const char *key)
 {
-	return strstr(key, "password") || strstr(key, "secret") || strcmp(key, "ssl.key.pem") == 0 ||
-	       strcmp(key, "sasl.oauthbearer.config") == 0 || strcmp(key, "ssl_key") == 0;
+	return strstr(key, "password") || strstr(key, "secret") ||
+	       strcmp(key, "ssl.key.pem") == 0 || strcmp(key, "sasl.oauthbearer.config") == 0 ||
+	       strcmp(key, "ssl_key") == 0;
 }
 
 /* ---- load state ------------------------------------------------------------------------- */
@@ -187,9 +192,9 @@ struct load {
 	const char *path;
 	char dir[CFG_VALUE_MAX]; /* the file's directory: base of relative paths */
 	FILE *f;
-	int lineno;        /* line inih is working on (counted by our reader) */
-	int long_line;     /* first line longer than CFG_LINE_MAX, 0 = none */
-	int err_line;      /* line of the stored error; 0 when it has none */
+	int lineno;    /* line inih is working on (counted by our reader) */
+	int long_line; /* first line longer than CFG_LINE_MAX, 0 = none */
+	int err_line;  /* line of the stored error; 0 when it has none */
 	bool failed;
 	char *err;
 	size_t errcap;
@@ -218,7 +223,7 @@ static void fail(struct load *ld, int line, const char *fmt, ...)
 static void env_name(char *buf, size_t cap, const char *a, const char *b, const char *c)
 {
 	snprintf(buf, cap, ENV_PREFIX "%s%s%s%s%s", a, b ? "_" : "", b ? b : "", c ? "_" : "",
-		 c ? c : "");
+	         c ? c : "");
 	for (char *p = buf; *p; p++) {
 		if (*p == '.' || *p == '-')
 			*p = '_';
@@ -237,7 +242,7 @@ static void tenant_key_env(const struct cfg *cfg, size_t ti, size_t ki, char *bu
 }
 
 static void origin_text(const struct load *ld, int origin, const char *envvar, char *buf,
-			size_t cap)
+                        size_t cap)
 {
 	if (origin > 0)
 		snprintf(buf, cap, "%s:%d", ld->path, origin);
@@ -269,16 +274,15 @@ static bool parse_bool(const char *v, bool *out)
 	return false;
 }
 
-static bool parse_number(const struct cfg_key *k, const char *v, double *out, char *why,
-			 size_t cap)
+static bool parse_number(const struct cfg_key *k, const char *v, double *out, char *why, size_t cap)
 {
 	/* strtod alone would take "inf", "nan", hex and leading blanks. */
 	bool integer = k->type == CFG_T_UINT;
 	const char *mag = v[0] == '-' ? v + 1 : v;
 	size_t len = strlen(mag);
 	bool valid = integer ? len > 0 && strspn(mag, "0123456789") == len
-			     : strspn(mag, "0123456789.eE+-") == len &&
-				       (isdigit((unsigned char)mag[0]) || mag[0] == '.');
+	                     : strspn(mag, "0123456789.eE+-") == len &&
+	                           (isdigit((unsigned char)mag[0]) || mag[0] == '.');
 	char *end = NULL;
 	double d = 0;
 	if (valid && integer) {
@@ -349,7 +353,7 @@ static bool check_url(const struct cfg_key *k, const char *v, char *why, size_t 
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
 		snprintf(why, cap, "'%s' is not a valid URL (expected https://host[:port][/path])",
-			 v);
+		         v);
 		goto out;
 	}
 	if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0) {
@@ -364,16 +368,17 @@ static bool check_url(const struct cfg_key *k, const char *v, char *why, size_t 
 	/* Roots get paths appended, so a query would end up in the middle; IMDS may have one. */
 	if (!(k->flags & KF_LINKLOCAL) &&
 	    curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK) {
-		snprintf(why, cap, "URL must not contain a query (it is a root that paths are "
-				   "appended to)");
+		snprintf(why, cap,
+		         "URL must not contain a query (it is a root that paths are "
+		         "appended to)");
 		goto out;
 	}
 	if (strcmp(scheme, "http") == 0 && !host_is_loopback(host) &&
 	    !((k->flags & KF_LINKLOCAL) && host_is_linklocal(host))) {
 		snprintf(why, cap,
-			 "'%s': plain http is only allowed to loopback hosts (127.0.0.0/8, "
-			 "localhost, [::1]); use https",
-			 v);
+		         "'%s': plain http is only allowed to loopback hosts (127.0.0.0/8, "
+		         "localhost, [::1]); use https",
+		         v);
 		goto out;
 	}
 	ok = true;
@@ -405,7 +410,8 @@ static bool check_listen(const char *v, char *why, size_t cap)
 		port = strtol(colon + 1, &end, 10);
 	}
 	if (!host_ok || !end || *end != '\0' || errno || port < 1 || port > 65535) {
-		snprintf(why, cap, "'%s' is not host:port (e.g. 127.0.0.1:9464; empty disables)", v);
+		snprintf(why, cap, "'%s' is not host:port (e.g. 127.0.0.1:9464; empty disables)",
+		         v);
 		return false;
 	}
 	return true;
@@ -415,11 +421,12 @@ static bool check_listen(const char *v, char *why, size_t cap)
 static bool check_topic(const char *v, char *why, size_t cap)
 {
 	size_t len = strlen(v);
-	if (len > 249 || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				   "0123456789._-") != len ||
+	if (len > 249 ||
+	    strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	              "0123456789._-") != len ||
 	    strcmp(v, ".") == 0 || strcmp(v, "..") == 0) {
 		snprintf(why, cap,
-			 "'%s' is not a valid Kafka topic name ([A-Za-z0-9._-], at most 249)", v);
+		         "'%s' is not a valid Kafka topic name ([A-Za-z0-9._-], at most 249)", v);
 		return false;
 	}
 	return true;
@@ -437,7 +444,7 @@ static bool store_text(const char *v, void *dst, size_t size, char *why, size_t 
 }
 
 static bool store_path(const struct load *ld, const char *v, void *dst, size_t size, char *why,
-		       size_t cap)
+                       size_t cap)
 {
 	char buf[CFG_VALUE_MAX * 2];
 	if (v[0] == '\0' || v[0] == '/' || ld->dir[0] == '\0')
@@ -448,7 +455,7 @@ static bool store_path(const struct load *ld, const char *v, void *dst, size_t s
 }
 
 static bool store_url(const struct cfg_key *k, const char *v, void *dst, size_t size, char *why,
-		      size_t cap)
+                      size_t cap)
 {
 	if (v[0] == '\0') {
 		if (k->flags & KF_LINKLOCAL) {
@@ -481,7 +488,7 @@ static bool store_uint(const struct cfg_key *k, double d, void *dst)
 
 /* Parses v as key k and stores it into the record at base. why gets the reason on failure. */
 static bool set_value(const struct load *ld, const struct cfg_key *k, void *base, const char *v,
-		      char *why, size_t cap)
+                      char *why, size_t cap)
 {
 	void *dst = (char *)base + k->offset;
 	double d;
@@ -502,8 +509,8 @@ static bool set_value(const struct load *ld, const struct cfg_key *k, void *base
 		return store_text(v, dst, k->size, why, cap);
 	case CFG_T_BOOL:
 		if (!parse_bool(v, &b)) {
-			snprintf(why, cap, "'%s' is not a boolean (yes/no, true/false, on/off, 1/0)",
-				 v);
+			snprintf(why, cap,
+			         "'%s' is not a boolean (yes/no, true/false, on/off, 1/0)", v);
 			return false;
 		}
 		memcpy(dst, &b, sizeof(b));
@@ -536,7 +543,7 @@ static bool set_value(const struct load *ld, const struct cfg_key *k, void *base
 /* ---- pass 1: the file ------------------------------------------------------------------- */
 
 static const struct cfg_key *find_key(const struct cfg_key *tab, size_t n, const char *section,
-				      const char *key, size_t *idx)
+                                      const char *key, size_t *idx)
 {
 	for (size_t i = 0; i < n; i++) {
 		if ((!section || strcmp(tab[i].section, section) == 0) &&
@@ -553,7 +560,7 @@ static bool tenant_name_ok(const char *name)
 	size_t len = strlen(name);
 	return len >= 1 && len <= 63 &&
 	       strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") ==
-		       len &&
+	           len &&
 	       strcmp(name, "default") != 0;
 }
 
@@ -596,7 +603,7 @@ static int tenant_slot(struct load *ld, const char *name, int line)
 }
 
 static bool set_tenant_key(struct load *ld, size_t ti, size_t ki, const char *section,
-			   const char *value, int line)
+                           const char *value, int line)
 {
 	char why[CP_ERRSTR_SIZE];
 	int *origin = &ld->torigin[ti][ki];
@@ -633,12 +640,12 @@ static bool set_global_key(struct load *ld, size_t ki, const char *value, int li
 
 /* Checks one [librdkafka] pair with librdkafka itself; errstr is librdkafka's text. */
 static bool rdkafka_check(struct load *ld, const char *key, const char *value, char *errstr,
-			  size_t cap, rd_kafka_conf_res_t *res)
+                          size_t cap, rd_kafka_conf_res_t *res)
 {
 	if (strcmp(key, "bootstrap.servers") == 0 || strcmp(key, "metadata.broker.list") == 0 ||
 	    strcmp(key, "group.id") == 0) {
 		snprintf(errstr, cap, "set by chatprovd from [kafka] %s",
-			 key[0] == 'g' ? "group_id" : "brokers");
+		         key[0] == 'g' ? "group_id" : "brokers");
 		*res = RD_KAFKA_CONF_INVALID;
 		return false;
 	}
@@ -660,7 +667,7 @@ static const struct cfg_rdkafka_entry *rdkafka_find(const struct cfg *cfg, const
 
 /* Adds or replaces an entry; origin is "file:line" or "env NAME". */
 static bool rdkafka_put(struct load *ld, const char *key, const char *value, const char *origin,
-			int line)
+                        int line)
 {
 	struct cfg *cfg = ld->cfg;
 	struct cfg_rdkafka_entry *e = NULL;
@@ -713,7 +720,7 @@ static bool section_known(const char *section)
 }
 
 static bool on_tenant_pair(struct load *ld, const char *section, const char *name,
-			   const char *value, int line)
+                           const char *value, int line)
 {
 	size_t ki, gi;
 	int ti = tenant_slot(ld, section + strlen("tenant."), line);
@@ -731,7 +738,7 @@ static bool on_tenant_pair(struct load *ld, const char *section, const char *nam
 }
 
 static bool on_pair(struct load *ld, const char *section, const char *name, const char *value,
-		    int line)
+                    int line)
 {
 	size_t ki;
 	if (section[0] == '\0') {
@@ -863,7 +870,7 @@ static bool env_librdkafka(struct load *ld, const char *var, const char *rest, c
 }
 
 static bool env_apply(struct load *ld, const struct cfg_key *k, void *base, int *origin,
-		      const char *var, const char *section, const char *value)
+                      const char *var, const char *section, const char *value)
 {
 	char why[CP_ERRSTR_SIZE];
 	if (!set_value(ld, k, base, value, why, sizeof(why))) {
@@ -884,7 +891,7 @@ static bool env_one(struct load *ld, const char *var, const char *value, bool *h
 		env_name(name, sizeof(name), global_keys[i].section, global_keys[i].key, NULL);
 		if (strcmp(name, var) == 0)
 			return env_apply(ld, &global_keys[i], cfg, &ld->gorigin[i], var,
-					 global_keys[i].section, value);
+			                 global_keys[i].section, value);
 	}
 	for (size_t ti = 0; ti < cfg->n_tenants; ti++) {
 		for (size_t ki = 0; ki < N_TKEYS; ki++) {
@@ -895,9 +902,9 @@ static bool env_one(struct load *ld, const char *var, const char *value, bool *h
 				snprintf(section, sizeof(section), "%s", tenant_keys[ki].section);
 			else
 				snprintf(section, sizeof(section), "tenant.%s",
-					 cfg->tenants[ti].name);
+				         cfg->tenants[ti].name);
 			return env_apply(ld, &tenant_keys[ki], &cfg->tenants[ti],
-					 &ld->torigin[ti][ki], var, section, value);
+			                 &ld->torigin[ti][ki], var, section, value);
 		}
 	}
 	*hit = false;
@@ -1036,7 +1043,8 @@ static bool resolve_credential(struct load *ld, size_t ti)
 	tenant_section(ld->cfg, ti, sec, sizeof(sec));
 	if (t->certificate_file[0] != t->private_key_file[0] &&
 	    (!t->certificate_file[0] || !t->private_key_file[0])) {
-		const char *given = t->certificate_file[0] ? "certificate_file" : "private_key_file";
+		const char *given =
+		    t->certificate_file[0] ? "certificate_file" : "private_key_file";
 		tenant_origin(ld, ti, tkey_index(given), at, sizeof(at));
 		fail(ld, 0, "%s: %s %s needs both certificate_file and private_key_file", at, sec,
 		     given);
@@ -1072,16 +1080,16 @@ static bool resolve_credential(struct load *ld, size_t ti)
 			return false;
 		}
 		int len = snprintf(t->client_secret_file, sizeof(t->client_secret_file),
-				   "%s/graph-client-secret", dir);
+		                   "%s/graph-client-secret", dir);
 		if (len < 0 || (size_t)len >= sizeof(t->client_secret_file)) {
 			fail(ld, 0, "%s: %s: CREDENTIALS_DIRECTORY is too long", ld->path, sec);
 			return false;
 		}
 	}
-	t->credential = t->client_secret_file[0]	 ? CFG_CRED_SECRET
-			: t->certificate_file[0]	 ? CFG_CRED_CERTIFICATE
-			: t->federated_token_file[0] ? CFG_CRED_FEDERATED
-						     : CFG_CRED_MANAGED;
+	t->credential = t->client_secret_file[0]     ? CFG_CRED_SECRET
+	                : t->certificate_file[0]     ? CFG_CRED_CERTIFICATE
+	                : t->federated_token_file[0] ? CFG_CRED_FEDERATED
+	                                             : CFG_CRED_MANAGED;
 	return true;
 }
 
@@ -1102,7 +1110,7 @@ static bool finish_tenant(struct load *ld, size_t ti)
 	}
 	if (!t->authority_url[0])
 		snprintf(t->authority_url, sizeof(t->authority_url), "%s",
-			 clouds[ld->cfg->graph.cloud].authority);
+		         clouds[ld->cfg->graph.cloud].authority);
 	return true;
 }
 
@@ -1121,7 +1129,7 @@ static bool check_required(struct load *ld)
 }
 
 static void global_origin(const struct load *ld, const char *section, const char *key, char *buf,
-			  size_t cap)
+                          size_t cap)
 {
 	size_t ki = 0;
 	char var[CFG_NAME_MAX * 4];
@@ -1170,9 +1178,10 @@ static bool finish(struct load *ld)
 		return false;
 	if (!cfg->kafka.state_topic[0]) {
 		int len = snprintf(cfg->kafka.state_topic, sizeof(cfg->kafka.state_topic),
-				   "%s.state", cfg->kafka.input_topic);
+		                   "%s.state", cfg->kafka.input_topic);
 		if (len < 0 || (size_t)len > 249) {
-			fail(ld, 0, "%s: [kafka] input_topic too long to derive state_topic from it",
+			fail(ld, 0,
+			     "%s: [kafka] input_topic too long to derive state_topic from it",
 			     ld->path);
 			return false;
 		}
@@ -1281,7 +1290,7 @@ bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf,
 	}
 	if (len > CFG_SECRET_MAX) {
 		snprintf(errbuf, errcap, "%s: secret file is larger than %d bytes", path,
-			 CFG_SECRET_MAX);
+		         CFG_SECRET_MAX);
 		goto fail;
 	}
 	while (len > 0 && (tmp[len - 1] == '\n' || tmp[len - 1] == '\r'))
@@ -1295,7 +1304,8 @@ bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf,
 		goto fail;
 	}
 	if (len >= cap) {
-		snprintf(errbuf, errcap, "%s: secret does not fit the buffer (%zu bytes)", path, cap);
+		snprintf(errbuf, errcap, "%s: secret does not fit the buffer (%zu bytes)", path,
+		         cap);
 		goto fail;
 	}
 	memcpy(buf, tmp, len);
@@ -1311,7 +1321,7 @@ fail:
 }
 
 bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *errbuf,
-		     size_t errcap)
+                     size_t errcap)
 {
 	if (tenant->credential != CFG_CRED_SECRET || !tenant->client_secret_file[0]) {
 		snprintf(errbuf, errcap, "tenant profile '%s' has no client secret", tenant->name);
@@ -1363,7 +1373,8 @@ static void dump_tenant(const struct cfg *cfg, size_t ti, FILE *out)
 		if (ti == 0 && strcmp(k->section, "auth") != 0)
 			continue;
 		if (strcmp(k->key, "client_secret_file") == 0 && t->client_secret_file[0]) {
-			/* The path is not the secret; say so, so nobody goes looking for it here. */
+			/* The path is not the secret; say so, so nobody goes looking for it here.
+			 */
 			fprintf(out, "; secret: <from file %s>\n", t->client_secret_file);
 		}
 		dump_value(k, t, out);
@@ -1380,14 +1391,15 @@ static void dump_section(const struct cfg *cfg, const char *section, FILE *out)
 		dump_tenant(cfg, 0, out);
 	if (strcmp(section, "limits") == 0)
 		dump_value(&tenant_keys[tkey_index("chat_creates_per_10s_per_tenant")],
-			   &cfg->tenants[0], out);
+		           &cfg->tenants[0], out);
 	if (strcmp(section, "graph") == 0)
-		fprintf(out, "; graph root %s, scope %s\n", cfg->graph.graph_root, cfg->graph.scope);
+		fprintf(out, "; graph root %s, scope %s\n", cfg->graph.graph_root,
+		        cfg->graph.scope);
 	if (strcmp(section, "librdkafka") == 0) {
 		for (size_t i = 0; i < cfg->n_rdkafka; i++) {
 			const struct cfg_rdkafka_entry *e = &cfg->rdkafka[i];
 			fprintf(out, "%s = %s\n", e->key,
-				rdkafka_key_is_secret(e->key) ? "********" : e->value);
+			        rdkafka_key_is_secret(e->key) ? "********" : e->value);
 		}
 	}
 }
@@ -1395,7 +1407,7 @@ static void dump_section(const struct cfg *cfg, const char *section, FILE *out)
 void cfg_dump(const struct cfg *cfg, FILE *out)
 {
 	fprintf(out, "; effective configuration of %s (defaults included, secrets masked)\n",
-		cfg->path);
+	        cfg->path);
 	for (size_t i = 0; i < CP_ARRAY_LEN(known_sections); i++)
 		dump_section(cfg, known_sections[i], out);
 	for (size_t ti = 1; ti < cfg->n_tenants; ti++) {
@@ -1446,8 +1458,7 @@ static bool rdkafka_differs(const struct cfg *a, const struct cfg *b)
 	return false;
 }
 
-void cfg_restart_needed(const struct cfg *old_cfg, const struct cfg *new_cfg, char *buf,
-			size_t cap)
+void cfg_restart_needed(const struct cfg *old_cfg, const struct cfg *new_cfg, char *buf, size_t cap)
 {
 	size_t len = 0;
 	if (cap == 0)
@@ -1457,8 +1468,8 @@ void cfg_restart_needed(const struct cfg *old_cfg, const struct cfg *new_cfg, ch
 		const struct cfg_key *k = &global_keys[i];
 		if ((k->flags & KF_RELOAD) || !key_differs(k, old_cfg, new_cfg))
 			continue;
-		int n = snprintf(buf + len, cap - len, "%s%s.%s", len ? "," : "", k->section,
-				 k->key);
+		int n =
+		    snprintf(buf + len, cap - len, "%s%s.%s", len ? "," : "", k->section, k->key);
 		if (n < 0 || (size_t)n >= cap - len)
 			return;
 		len += (size_t)n;

@@ -12,11 +12,11 @@
 
 #include "common.h"
 
-#define CFG_NAME_MAX 64
-#define CFG_VALUE_MAX 1024
+#define CFG_NAME_MAX    64
+#define CFG_VALUE_MAX   1024
 #define CFG_MAX_TENANTS 64
 #define CFG_MAX_RDKAFKA 128
-#define CFG_SECRET_MAX 8192 /* largest secret or token file cfg_read_secret_file accepts */
+#define CFG_SECRET_MAX  8192 /* largest secret or token file cfg_read_secret_file accepts */
 
 enum cfg_cloud { CFG_CLOUD_GLOBAL, CFG_CLOUD_USGOV, CFG_CLOUD_USGOVDOD, CFG_CLOUD_CHINA };
 enum cfg_assertion_alg { CFG_ALG_PS256, CFG_ALG_RS256 };
@@ -44,7 +44,7 @@ struct cfg_tenant {
 	enum cfg_assertion_alg assertion_alg;
 	char federated_token_file[CFG_VALUE_MAX];
 	bool managed_identity;
-	char imds_url[CFG_VALUE_MAX]; /* full IMDS token URL */
+	char imds_url[CFG_VALUE_MAX];      /* full IMDS token URL */
 	char authority_url[CFG_VALUE_MAX]; /* login root, e.g. https://login.microsoftonline.com */
 	struct cfg_limits limits;
 };
@@ -79,7 +79,7 @@ struct cfg {
 		char base_url[CFG_VALUE_MAX];   /* where requests go: base_url or graph_root */
 		char api_version[16];           /* "v1.0" | "beta" */
 		char ca_file[CFG_VALUE_MAX];
-		char scope[CFG_VALUE_MAX];      /* the cloud's ".default" scope */
+		char scope[CFG_VALUE_MAX]; /* the cloud's ".default" scope */
 		unsigned max_in_flight;
 		unsigned workers;
 		double request_timeout_s;
@@ -89,7 +89,7 @@ struct cfg {
 		size_t max_response_bytes;
 	} graph;
 
-	/* tenants[0] is [auth] ("default"); tenants[1..] the [tenant.NAME] sections in file order. */
+	/* tenants[0] is [auth] ("default"); tenants[1..] are [tenant.NAME] in file order. */
 	size_t n_tenants;
 	struct cfg_tenant tenants[CFG_MAX_TENANTS];
 	double token_refresh_ahead_s;
@@ -136,15 +136,15 @@ void cfg_free(struct cfg *cfg);
 
 /* Reads a profile's client secret (file or systemd credential) into buf; never logged. */
 bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *errbuf,
-		     size_t errcap) CP_MUSTCHECK;
+                     size_t errcap) CP_MUSTCHECK;
 
 /*
  * Reads a secret-bearing file (client secret, federated token): at most CFG_SECRET_MAX bytes,
  * trailing newlines stripped, must not be empty. Error messages name the path, never the
  * content.
  */
-bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf, size_t errcap)
-	CP_MUSTCHECK;
+bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf,
+                          size_t errcap) CP_MUSTCHECK;
 
 /* Index of the profile an event's "tenant" names (NULL/"" = default = 0); -1 if unknown. */
 int cfg_tenant_index(const struct cfg *cfg, const char *name);
@@ -163,6 +163,6 @@ int cfg_check(const char *path, FILE *out, FILE *err);
  * "section.key" (and "librdkafka" for any [librdkafka] change); "" when a reload suffices.
  */
 void cfg_restart_needed(const struct cfg *old_cfg, const struct cfg *new_cfg, char *buf,
-			size_t cap);
+                        size_t cap);
 
 #endif

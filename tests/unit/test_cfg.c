@@ -18,26 +18,26 @@
 #include "cfg.h"
 
 /* Nine lines: errors appended to it are on line 10 and later. */
-#define MINIMAL                                                                                \
-	"[kafka]\n"                                                                            \
-	"brokers = 127.0.0.1:9092\n"                                                           \
-	"group_id = chatprovd\n"                                                               \
-	"input_topic = chat.requests\n"                                                        \
-	"output_topic = chat.results\n"                                                        \
-	"[auth]\n"                                                                             \
-	"tenant_id = contoso.onmicrosoft.com\n"                                                \
-	"client_id = 00000000-0000-0000-0000-000000000000\n"                                   \
+#define MINIMAL                                                                                    \
+	"[kafka]\n"                                                                                \
+	"brokers = 127.0.0.1:9092\n"                                                               \
+	"group_id = chatprovd\n"                                                                   \
+	"input_topic = chat.requests\n"                                                            \
+	"output_topic = chat.results\n"                                                            \
+	"[auth]\n"                                                                                 \
+	"tenant_id = contoso.onmicrosoft.com\n"                                                    \
+	"client_id = 00000000-0000-0000-0000-000000000000\n"                                       \
 	"client_secret_file = /run/secret\n"
 
 /* MINIMAL without a credential (eight lines). */
-#define NOCRED                                                                                 \
-	"[kafka]\n"                                                                            \
-	"brokers = b:9092\n"                                                                   \
-	"group_id = g\n"                                                                       \
-	"input_topic = in\n"                                                                   \
-	"output_topic = out\n"                                                                 \
-	"[auth]\n"                                                                             \
-	"tenant_id = t\n"                                                                      \
+#define NOCRED                                                                                     \
+	"[kafka]\n"                                                                                \
+	"brokers = b:9092\n"                                                                       \
+	"group_id = g\n"                                                                           \
+	"input_topic = in\n"                                                                       \
+	"output_topic = out\n"                                                                     \
+	"[auth]\n"                                                                                 \
+	"tenant_id = t\n"                                                                          \
 	"client_id = c\n"
 
 static char tmpdir[] = "/tmp/test_cfg.XXXXXX";
@@ -198,60 +198,59 @@ static void test_minimal_defaults(void **state)
 	cfg_free(c);
 }
 
-static const char all_keys[] =
-	"; every key, none at its default\n"
-	"[kafka]\n"
-	"brokers = k1:9092,k2:9092\n"
-	"group_id = grp\n"
-	"input_topic = in-topic\n"
-	"output_topic = out_topic\n"
-	"dlq_topic = dlq\n"
-	"state_topic = st\n"
-	"max_message_bytes = 2048\n"
-	"max_queued = 5\n"
-	"[librdkafka]\n"
-	"security.protocol = ssl\n"
-	"client.id = chatprov-test   ; inline comment\n"
-	"[graph]\n"
-	"cloud = usgov\n"
-	"base_url = http://127.0.0.1:8080/\n"
-	"api_version = beta\n"
-	"ca_file = /etc/ca.pem\n"
-	"max_in_flight = 10000\n"
-	"workers = 16\n"
-	"request_timeout_s = 1.5\n"
-	"connect_timeout_s = 120\n"
-	"max_members = 2\n"
-	"max_topic_length = 1\n"
-	"max_response_bytes = 4096\n"
-	"[auth]\n"
-	"tenant_id = tid\n"
-	"client_id = cid\n"
-	"certificate_file = /c.pem\n"
-	"private_key_file = /k.pem\n"
-	"assertion_alg = RS256\n"
-	"imds_url = http://localhost:1234/imds\n"
-	"authority_url = https://login.example.test/base\n"
-	"refresh_ahead_s = 0\n"
-	"[limits]\n"
-	"chat_creates_per_10s_per_tenant = 0.1\n"
-	"chat_creates_per_10s_global = 100000\n"
-	"window_s = 0.5\n"
-	"[operations]\n"
-	"poll_interval_s = 0.05\n"
-	"timeout_s = 86400\n"
-	"[retry]\n"
-	"max_attempts = 100\n"
-	"base_delay_s = 0.001\n"
-	"max_delay_s = 3600\n"
-	"max_elapsed_s = 1\n"
-	"[recovery]\n"
-	"group_chat_lookup = off\n"
-	"state_retention_s = 60\n"
-	"[metrics]\n"
-	"listen = [::1]:1\n"
-	"[log]\n"
-	"level = debug\n";
+static const char all_keys[] = "; every key, none at its default\n"
+                               "[kafka]\n"
+                               "brokers = k1:9092,k2:9092\n"
+                               "group_id = grp\n"
+                               "input_topic = in-topic\n"
+                               "output_topic = out_topic\n"
+                               "dlq_topic = dlq\n"
+                               "state_topic = st\n"
+                               "max_message_bytes = 2048\n"
+                               "max_queued = 5\n"
+                               "[librdkafka]\n"
+                               "security.protocol = ssl\n"
+                               "client.id = chatprov-test   ; inline comment\n"
+                               "[graph]\n"
+                               "cloud = usgov\n"
+                               "base_url = http://127.0.0.1:8080/\n"
+                               "api_version = beta\n"
+                               "ca_file = /etc/ca.pem\n"
+                               "max_in_flight = 10000\n"
+                               "workers = 16\n"
+                               "request_timeout_s = 1.5\n"
+                               "connect_timeout_s = 120\n"
+                               "max_members = 2\n"
+                               "max_topic_length = 1\n"
+                               "max_response_bytes = 4096\n"
+                               "[auth]\n"
+                               "tenant_id = tid\n"
+                               "client_id = cid\n"
+                               "certificate_file = /c.pem\n"
+                               "private_key_file = /k.pem\n"
+                               "assertion_alg = RS256\n"
+                               "imds_url = http://localhost:1234/imds\n"
+                               "authority_url = https://login.example.test/base\n"
+                               "refresh_ahead_s = 0\n"
+                               "[limits]\n"
+                               "chat_creates_per_10s_per_tenant = 0.1\n"
+                               "chat_creates_per_10s_global = 100000\n"
+                               "window_s = 0.5\n"
+                               "[operations]\n"
+                               "poll_interval_s = 0.05\n"
+                               "timeout_s = 86400\n"
+                               "[retry]\n"
+                               "max_attempts = 100\n"
+                               "base_delay_s = 0.001\n"
+                               "max_delay_s = 3600\n"
+                               "max_elapsed_s = 1\n"
+                               "[recovery]\n"
+                               "group_chat_lookup = off\n"
+                               "state_retention_s = 60\n"
+                               "[metrics]\n"
+                               "listen = [::1]:1\n"
+                               "[log]\n"
+                               "level = debug\n";
 
 static void test_all_keys(void **state)
 {
@@ -320,7 +319,7 @@ static void test_other_credentials(void **state)
 	cfg_free(c);
 	/* Managed identity needs no client_id (system-assigned identity). */
 	c = load_ok("[kafka]\nbrokers=b\ngroup_id=g\ninput_topic=i\noutput_topic=o\n"
-		    "[auth]\ntenant_id=t\nmanaged_identity=yes\n");
+	            "[auth]\ntenant_id=t\nmanaged_identity=yes\n");
 	assert_int_equal(c->tenants[0].credential, CFG_CRED_MANAGED);
 	assert_true(c->tenants[0].managed_identity);
 	assert_string_equal(c->tenants[0].client_id, "");
@@ -330,7 +329,8 @@ static void test_other_credentials(void **state)
 	static const char *const no[] = {"no", "false", "0", "off", "NO", "Off"};
 	char text[512];
 	for (size_t i = 0; i < 6; i++) {
-		snprintf(text, sizeof(text), MINIMAL "[recovery]\ngroup_chat_lookup = %s\n", yes[i]);
+		snprintf(text, sizeof(text), MINIMAL "[recovery]\ngroup_chat_lookup = %s\n",
+		         yes[i]);
 		c = load_ok(text);
 		assert_true(c->recovery.group_chat_lookup);
 		cfg_free(c);
@@ -349,19 +349,19 @@ static void test_cloud_presets(void **state)
 		enum cfg_cloud cloud;
 		const char *root, *authority;
 	} want[] = {
-		{"global", CFG_CLOUD_GLOBAL, "https://graph.microsoft.com",
-		 "https://login.microsoftonline.com"},
-		{"usgov", CFG_CLOUD_USGOV, "https://graph.microsoft.us",
-		 "https://login.microsoftonline.us"},
-		{"usgovdod", CFG_CLOUD_USGOVDOD, "https://dod-graph.microsoft.us",
-		 "https://login.microsoftonline.us"},
-		{"china", CFG_CLOUD_CHINA, "https://microsoftgraph.chinacloudapi.cn",
-		 "https://login.chinacloudapi.cn"},
+	    {"global", CFG_CLOUD_GLOBAL, "https://graph.microsoft.com",
+	     "https://login.microsoftonline.com"},
+	    {"usgov", CFG_CLOUD_USGOV, "https://graph.microsoft.us",
+	     "https://login.microsoftonline.us"},
+	    {"usgovdod", CFG_CLOUD_USGOVDOD, "https://dod-graph.microsoft.us",
+	     "https://login.microsoftonline.us"},
+	    {"china", CFG_CLOUD_CHINA, "https://microsoftgraph.chinacloudapi.cn",
+	     "https://login.chinacloudapi.cn"},
 	};
 	char text[1024], scope[256];
 	for (size_t i = 0; i < 4; i++) {
-		snprintf(text, sizeof(text), MINIMAL "[tenant.x]\ntenant_id=x\n[graph]\ncloud = %s\n",
-			 want[i].name);
+		snprintf(text, sizeof(text),
+		         MINIMAL "[tenant.x]\ntenant_id=x\n[graph]\ncloud = %s\n", want[i].name);
 		struct cfg *c = load_ok(text);
 		snprintf(scope, sizeof(scope), "%s/.default", want[i].root);
 		assert_int_equal(c->graph.cloud, want[i].cloud);
@@ -377,8 +377,9 @@ static void test_cloud_presets(void **state)
 static void test_reroute_keeps_scope(void **state)
 {
 	(void)state;
-	struct cfg *c = load_ok(MINIMAL "authority_url = http://127.0.0.1:9000/\n"
-					"[graph]\ncloud = china\nbase_url = https://proxy.example:8443/graph\n");
+	struct cfg *c = load_ok(
+	    MINIMAL "authority_url = http://127.0.0.1:9000/\n"
+	            "[graph]\ncloud = china\nbase_url = https://proxy.example:8443/graph\n");
 	assert_string_equal(c->graph.base_url, "https://proxy.example:8443/graph");
 	assert_string_equal(c->graph.graph_root, "https://microsoftgraph.chinacloudapi.cn");
 	assert_string_equal(c->graph.scope, "https://microsoftgraph.chinacloudapi.cn/.default");
@@ -400,21 +401,20 @@ static void test_syntax_errors(void **state)
 	(void)state;
 	load_err(MINIMAL "[nope]\nx = 1\n", "%s:11: unknown section [nope]");
 	load_err(MINIMAL "[kafka]\nbrokerz = x\n", "%s:11: unknown key 'brokerz' in [kafka]");
-	load_err(MINIMAL "brokers = again\n",
-		 "%s:10: unknown key 'brokers' in [auth]");
+	load_err(MINIMAL "brokers = again\n", "%s:10: unknown key 'brokers' in [auth]");
 	load_err(MINIMAL "[kafka]\nbrokers = again\n",
-		 "%s:11: duplicate key 'brokers' in [kafka] (first set at line 2)");
+	         "%s:11: duplicate key 'brokers' in [kafka] (first set at line 2)");
 	load_err(MINIMAL "client_id = again\n",
-		 "%s:10: duplicate key 'client_id' in [auth] (first set at line 8)");
+	         "%s:10: duplicate key 'client_id' in [auth] (first set at line 8)");
 	load_err("x = 1\n" MINIMAL, "%s:1: key 'x' outside of any [section]");
 	load_err(MINIMAL "[kafka\n", "%s:10: syntax error (expected '[section]' or 'key = value')");
 	load_err(MINIMAL "just words\n",
-		 "%s:10: syntax error (expected '[section]' or 'key = value')");
+	         "%s:10: syntax error (expected '[section]' or 'key = value')");
 	/* An indented line is not a continuation of the previous value. */
 	load_err(MINIMAL "  more\n", "%s:10: syntax error (expected '[section]' or 'key = value')");
 	/* The first error wins, whichever of inih and the table finds it. */
 	load_err(MINIMAL "oops\n[kafka]\nfoo = 1\n",
-		 "%s:10: syntax error (expected '[section]' or 'key = value')");
+	         "%s:10: syntax error (expected '[section]' or 'key = value')");
 	load_err(MINIMAL "[kafka]\nfoo = 1\noops\n", "%s:11: unknown key 'foo' in [kafka]");
 	char text[12000];
 	char longv[5000];
@@ -437,98 +437,99 @@ static void test_value_errors(void **state)
 {
 	(void)state;
 	load_err(MINIMAL "[kafka]\nmax_queued = lots\n",
-		 "%s:11: [kafka] max_queued: 'lots' is not a whole number");
+	         "%s:11: [kafka] max_queued: 'lots' is not a whole number");
 	load_err(MINIMAL "[kafka]\nmax_queued = 1.5\n",
-		 "%s:11: [kafka] max_queued: '1.5' is not a whole number");
+	         "%s:11: [kafka] max_queued: '1.5' is not a whole number");
 	load_err(MINIMAL "[kafka]\nmax_queued = 0x10\n",
-		 "%s:11: [kafka] max_queued: '0x10' is not a whole number");
+	         "%s:11: [kafka] max_queued: '0x10' is not a whole number");
 	load_err(MINIMAL "[kafka]\nmax_queued =\n",
-		 "%s:11: [kafka] max_queued: '' is not a whole number");
+	         "%s:11: [kafka] max_queued: '' is not a whole number");
 	load_err(MINIMAL "[kafka]\nmax_queued = 0\n",
-		 "%s:11: [kafka] max_queued: '0' is out of range (1..1000000)");
+	         "%s:11: [kafka] max_queued: '0' is out of range (1..1000000)");
 	load_err(MINIMAL "[kafka]\nmax_queued = -1\n",
-		 "%s:11: [kafka] max_queued: '-1' is out of range (1..1000000)");
+	         "%s:11: [kafka] max_queued: '-1' is out of range (1..1000000)");
 	load_err(MINIMAL "[kafka]\nmax_queued = 1000001\n",
-		 "%s:11: [kafka] max_queued: '1000001' is out of range (1..1000000)");
+	         "%s:11: [kafka] max_queued: '1000001' is out of range (1..1000000)");
 	load_err(MINIMAL "[kafka]\nmax_queued = 99999999999999999999999\n",
-		 "%s:11: [kafka] max_queued: '99999999999999999999999' is out of range "
-		 "(1..1000000)");
+	         "%s:11: [kafka] max_queued: '99999999999999999999999' is out of range "
+	         "(1..1000000)");
 	load_err(MINIMAL "[operations]\npoll_interval_s = 0.01\n",
-		 "%s:11: [operations] poll_interval_s: '0.01' is out of range (0.05..3600)");
+	         "%s:11: [operations] poll_interval_s: '0.01' is out of range (0.05..3600)");
 	load_err(MINIMAL "[operations]\ntimeout_s = 86400.5\n",
-		 "%s:11: [operations] timeout_s: '86400.5' is out of range (1..86400)");
+	         "%s:11: [operations] timeout_s: '86400.5' is out of range (1..86400)");
 	load_err(MINIMAL "[retry]\nbase_delay_s = nan\n",
-		 "%s:11: [retry] base_delay_s: 'nan' is not a number");
+	         "%s:11: [retry] base_delay_s: 'nan' is not a number");
 	load_err(MINIMAL "[retry]\nbase_delay_s = inf\n",
-		 "%s:11: [retry] base_delay_s: 'inf' is not a number");
+	         "%s:11: [retry] base_delay_s: 'inf' is not a number");
 	load_err(MINIMAL "[retry]\nbase_delay_s = 1..2\n",
-		 "%s:11: [retry] base_delay_s: '1..2' is not a number");
+	         "%s:11: [retry] base_delay_s: '1..2' is not a number");
 	load_err(MINIMAL "[retry]\nmax_elapsed_s = 1e9\n",
-		 "%s:11: [retry] max_elapsed_s: '1e9' is out of range (1..86400)");
+	         "%s:11: [retry] max_elapsed_s: '1e9' is out of range (1..86400)");
 	load_err(MINIMAL "[limits]\nchat_creates_per_10s_per_tenant = 0\n",
-		 "%s:11: [limits] chat_creates_per_10s_per_tenant: '0' is out of range "
-		 "(0.1..10000)");
+	         "%s:11: [limits] chat_creates_per_10s_per_tenant: '0' is out of range "
+	         "(0.1..10000)");
 	load_err(MINIMAL "[graph]\nworkers = 17\n",
-		 "%s:11: [graph] workers: '17' is out of range (1..16)");
+	         "%s:11: [graph] workers: '17' is out of range (1..16)");
 	load_err(MINIMAL "[recovery]\ngroup_chat_lookup = maybe\n",
-		 "%s:11: [recovery] group_chat_lookup: 'maybe' is not a boolean (yes/no, "
-		 "true/false, on/off, 1/0)");
-	load_err(MINIMAL "managed_identity = 2\n",
-		 "%s:10: [auth] managed_identity: '2' is not a boolean (yes/no, true/false, on/off, "
-		 "1/0)");
+	         "%s:11: [recovery] group_chat_lookup: 'maybe' is not a boolean (yes/no, "
+	         "true/false, on/off, 1/0)");
+	load_err(
+	    MINIMAL "managed_identity = 2\n",
+	    "%s:10: [auth] managed_identity: '2' is not a boolean (yes/no, true/false, on/off, "
+	    "1/0)");
 	load_err(MINIMAL "[graph]\ncloud = mars\n",
-		 "%s:11: [graph] cloud: 'mars' is not one of global|usgov|usgovdod|china");
+	         "%s:11: [graph] cloud: 'mars' is not one of global|usgov|usgovdod|china");
 	load_err(MINIMAL "[graph]\napi_version = v2\n",
-		 "%s:11: [graph] api_version: 'v2' is not one of v1.0|beta");
+	         "%s:11: [graph] api_version: 'v2' is not one of v1.0|beta");
 	load_err(MINIMAL "assertion_alg = ES256\n",
-		 "%s:10: [auth] assertion_alg: 'ES256' is not one of PS256|RS256");
+	         "%s:10: [auth] assertion_alg: 'ES256' is not one of PS256|RS256");
 	load_err(MINIMAL "[log]\nlevel = loud\n",
-		 "%s:11: [log] level: 'loud' is not one of error|warning|notice|info|debug");
+	         "%s:11: [log] level: 'loud' is not one of error|warning|notice|info|debug");
 	load_err(MINIMAL "[kafka]\ndlq_topic = bad topic\n",
-		 "%s:11: [kafka] dlq_topic: 'bad topic' is not a valid Kafka topic name "
-		 "([A-Za-z0-9._-], at most 249)");
+	         "%s:11: [kafka] dlq_topic: 'bad topic' is not a valid Kafka topic name "
+	         "([A-Za-z0-9._-], at most 249)");
 }
 
 static void test_url_errors(void **state)
 {
 	(void)state;
 	load_err(MINIMAL "[graph]\nbase_url = not a url\n",
-		 "%s:11: [graph] base_url: 'not a url' is not a valid URL (expected "
-		 "https://host[:port][/path])");
+	         "%s:11: [graph] base_url: 'not a url' is not a valid URL (expected "
+	         "https://host[:port][/path])");
 	load_err(MINIMAL "[graph]\nbase_url = ftp://example.com/\n",
-		 "%s:11: [graph] base_url: 'ftp://example.com/': scheme must be https (or http "
-		 "to a loopback host)");
+	         "%s:11: [graph] base_url: 'ftp://example.com/': scheme must be https (or http "
+	         "to a loopback host)");
 	load_err(MINIMAL "[graph]\nbase_url = https://u:p@example.com/\n",
-		 "%s:11: [graph] base_url: URL must not contain user info or a fragment");
+	         "%s:11: [graph] base_url: URL must not contain user info or a fragment");
 	load_err(MINIMAL "[graph]\nbase_url = https://graph.example.com/?x=1\n",
-		 "%s:11: [graph] base_url: URL must not contain a query (it is a root that paths "
-		 "are appended to)");
+	         "%s:11: [graph] base_url: URL must not contain a query (it is a root that paths "
+	         "are appended to)");
 	load_err(MINIMAL "[graph]\nbase_url = http://graph.example.com\n",
-		 "%s:11: [graph] base_url: 'http://graph.example.com': plain http is only "
-		 "allowed to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
+	         "%s:11: [graph] base_url: 'http://graph.example.com': plain http is only "
+	         "allowed to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
 	load_err(MINIMAL "authority_url = http://10.0.0.1/\n",
-		 "%s:10: [auth] authority_url: 'http://10.0.0.1/': plain http is only allowed to "
-		 "loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
+	         "%s:10: [auth] authority_url: 'http://10.0.0.1/': plain http is only allowed to "
+	         "loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
 	/* IMDS is link-local and plain http by nature; other URLs may not use that. */
 	load_err(MINIMAL "authority_url = http://169.254.169.254/\n",
-		 "%s:10: [auth] authority_url: 'http://169.254.169.254/': plain http is only "
-		 "allowed to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
+	         "%s:10: [auth] authority_url: 'http://169.254.169.254/': plain http is only "
+	         "allowed to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
 	load_err(MINIMAL "imds_url = http://imds.example.com/\n",
-		 "%s:10: [auth] imds_url: 'http://imds.example.com/': plain http is only allowed "
-		 "to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
+	         "%s:10: [auth] imds_url: 'http://imds.example.com/': plain http is only allowed "
+	         "to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
 	load_err(MINIMAL "imds_url =\n", "%s:10: [auth] imds_url: must not be empty");
 	load_err(MINIMAL "[metrics]\nlisten = 9464\n",
-		 "%s:11: [metrics] listen: '9464' is not host:port (e.g. 127.0.0.1:9464; empty "
-		 "disables)");
+	         "%s:11: [metrics] listen: '9464' is not host:port (e.g. 127.0.0.1:9464; empty "
+	         "disables)");
 	load_err(MINIMAL "[metrics]\nlisten = :9464\n",
-		 "%s:11: [metrics] listen: ':9464' is not host:port (e.g. 127.0.0.1:9464; empty "
-		 "disables)");
+	         "%s:11: [metrics] listen: ':9464' is not host:port (e.g. 127.0.0.1:9464; empty "
+	         "disables)");
 	load_err(MINIMAL "[metrics]\nlisten = localhost:65536\n",
-		 "%s:11: [metrics] listen: 'localhost:65536' is not host:port (e.g. "
-		 "127.0.0.1:9464; empty disables)");
+	         "%s:11: [metrics] listen: 'localhost:65536' is not host:port (e.g. "
+	         "127.0.0.1:9464; empty disables)");
 	load_err(MINIMAL "[metrics]\nlisten = ::1:80\n",
-		 "%s:11: [metrics] listen: '::1:80' is not host:port (e.g. 127.0.0.1:9464; empty "
-		 "disables)");
+	         "%s:11: [metrics] listen: '::1:80' is not host:port (e.g. 127.0.0.1:9464; empty "
+	         "disables)");
 	struct cfg *c = load_ok(MINIMAL "[metrics]\nlisten =\n");
 	assert_string_equal(c->metrics.listen, "");
 	cfg_free(c);
@@ -541,45 +542,45 @@ static void test_required_and_cross(void **state)
 {
 	(void)state;
 	load_err("[kafka]\ngroup_id = g\ninput_topic = i\noutput_topic = o\n",
-		 "%s: missing required key 'brokers' in [kafka]");
+	         "%s: missing required key 'brokers' in [kafka]");
 	load_err("[kafka]\nbrokers = b\ninput_topic = i\noutput_topic = o\n",
-		 "%s: missing required key 'group_id' in [kafka]");
+	         "%s: missing required key 'group_id' in [kafka]");
 	load_err("[kafka]\nbrokers = b\ngroup_id = g\noutput_topic = o\n",
-		 "%s: missing required key 'input_topic' in [kafka]");
+	         "%s: missing required key 'input_topic' in [kafka]");
 	load_err("[kafka]\nbrokers = b\ngroup_id = g\ninput_topic = i\n",
-		 "%s: missing required key 'output_topic' in [kafka]");
+	         "%s: missing required key 'output_topic' in [kafka]");
 	load_err("[kafka]\nbrokers=b\ngroup_id=g\ninput_topic=i\noutput_topic=o\n[auth]\n"
-		 "client_id=c\nclient_secret_file=/s\n",
-		 "%s: missing required key 'tenant_id' in [auth]");
+	         "client_id=c\nclient_secret_file=/s\n",
+	         "%s: missing required key 'tenant_id' in [auth]");
 	load_err("[kafka]\nbrokers=b\ngroup_id=g\ninput_topic=i\noutput_topic=o\n[auth]\n"
-		 "tenant_id=t\nclient_secret_file=/s\n",
-		 "%s: missing required key 'client_id' in [auth]");
+	         "tenant_id=t\nclient_secret_file=/s\n",
+	         "%s: missing required key 'client_id' in [auth]");
 	load_err(NOCRED, "%s: [auth]: no credential configured (set client_secret_file, "
-			 "certificate_file + private_key_file, federated_token_file or "
-			 "managed_identity = yes; or run with a systemd credential "
-			 "graph-client-secret)");
+	                 "certificate_file + private_key_file, federated_token_file or "
+	                 "managed_identity = yes; or run with a systemd credential "
+	                 "graph-client-secret)");
 	load_err(MINIMAL "federated_token_file = /t\n",
-		 "%s:10: [auth] has more than one credential: client_secret_file and "
-		 "federated_token_file (choose one)");
+	         "%s:10: [auth] has more than one credential: client_secret_file and "
+	         "federated_token_file (choose one)");
 	load_err(NOCRED "managed_identity = yes\ncertificate_file = /c\nprivate_key_file = /k\n",
-		 "%s:10: [auth] has more than one credential: certificate_file and "
-		 "managed_identity (choose one)");
+	         "%s:10: [auth] has more than one credential: certificate_file and "
+	         "managed_identity (choose one)");
 	load_err(NOCRED "certificate_file = /c\n",
-		 "%s:9: [auth] certificate_file needs both certificate_file and private_key_file");
+	         "%s:9: [auth] certificate_file needs both certificate_file and private_key_file");
 	load_err(NOCRED "private_key_file = /k\n",
-		 "%s:9: [auth] private_key_file needs both certificate_file and private_key_file");
+	         "%s:9: [auth] private_key_file needs both certificate_file and private_key_file");
 	load_err(MINIMAL "[kafka]\nstate_topic = chat.results\n",
-		 "%s:4: [kafka] input_topic, output_topic, state_topic and dlq_topic must be "
-		 "different topics");
+	         "%s:4: [kafka] input_topic, output_topic, state_topic and dlq_topic must be "
+	         "different topics");
 	load_err(MINIMAL "[kafka]\ndlq_topic = chat.requests\n",
-		 "%s:4: [kafka] input_topic, output_topic, state_topic and dlq_topic must be "
-		 "different topics");
+	         "%s:4: [kafka] input_topic, output_topic, state_topic and dlq_topic must be "
+	         "different topics");
 	load_err(MINIMAL "[retry]\nbase_delay_s = 30\nmax_delay_s = 20\n",
-		 "%s:11: [retry] base_delay_s (30) must not exceed max_delay_s (20)");
+	         "%s:11: [retry] base_delay_s (30) must not exceed max_delay_s (20)");
 	load_err(MINIMAL "[operations]\npoll_interval_s = 60\ntimeout_s = 30\n",
-		 "%s:11: [operations] poll_interval_s (60) must not exceed timeout_s (30)");
+	         "%s:11: [operations] poll_interval_s (60) must not exceed timeout_s (30)");
 	load_err(MINIMAL "[kafka]\ninput_topic = again\n",
-		 "%s:11: duplicate key 'input_topic' in [kafka] (first set at line 4)");
+	         "%s:11: duplicate key 'input_topic' in [kafka] (first set at line 4)");
 }
 
 static void test_missing_file(void **state)
@@ -590,7 +591,7 @@ static void test_missing_file(void **state)
 	assert_false(cfg_load("/nonexistent/chatprovd.conf", &c, err, sizeof(err)));
 	assert_null(c);
 	assert_string_equal(err, "/nonexistent/chatprovd.conf: cannot open: No such file or "
-				 "directory");
+	                         "directory");
 	assert_false(cfg_load(tmpdir, &c, err, sizeof(err)));
 	assert_non_null(strstr(err, ": is a directory"));
 }
@@ -599,20 +600,20 @@ static void test_librdkafka(void **state)
 {
 	(void)state;
 	load_err(MINIMAL "[librdkafka]\nno.such.property = 1\n",
-		 "%s:11: [librdkafka] no.such.property: No such configuration property: "
-		 "\"no.such.property\"");
+	         "%s:11: [librdkafka] no.such.property: No such configuration property: "
+	         "\"no.such.property\"");
 	load_err(MINIMAL "[librdkafka]\nsecurity.protocol = carrier-pigeon\n",
-		 "%s:11: [librdkafka] security.protocol: Invalid value \"carrier-pigeon\" for "
-		 "configuration property \"security.protocol\"");
+	         "%s:11: [librdkafka] security.protocol: Invalid value \"carrier-pigeon\" for "
+	         "configuration property \"security.protocol\"");
 	load_err(MINIMAL "[librdkafka]\nsocket.timeout.ms = 1\n",
-		 "%s:11: [librdkafka] socket.timeout.ms: Configuration property "
-		 "\"socket.timeout.ms\" value 1 is outside allowed range 10..300000");
+	         "%s:11: [librdkafka] socket.timeout.ms: Configuration property "
+	         "\"socket.timeout.ms\" value 1 is outside allowed range 10..300000");
 	load_err(MINIMAL "[librdkafka]\nlinger.ms = 5\nlinger.ms = 6\n",
-		 "%s:12: duplicate key 'linger.ms' in [librdkafka] (first set at %s:11)");
+	         "%s:12: duplicate key 'linger.ms' in [librdkafka] (first set at %s:11)");
 	load_err(MINIMAL "[librdkafka]\nbootstrap.servers = x:1\n",
-		 "%s:11: [librdkafka] bootstrap.servers: set by chatprovd from [kafka] brokers");
+	         "%s:11: [librdkafka] bootstrap.servers: set by chatprovd from [kafka] brokers");
 	load_err(MINIMAL "[librdkafka]\ngroup.id = x\n",
-		 "%s:11: [librdkafka] group.id: set by chatprovd from [kafka] group_id");
+	         "%s:11: [librdkafka] group.id: set by chatprovd from [kafka] group_id");
 }
 
 static void test_env_overrides(void **state)
@@ -651,7 +652,7 @@ static void test_env_overrides(void **state)
 	/* The environment can supply a required key the file lacks. */
 	setenv("CHATPROV_KAFKA_OUTPUT_TOPIC", "from-env", 1);
 	c = load_ok("[kafka]\nbrokers=b\ngroup_id=g\ninput_topic=i\n[auth]\ntenant_id=t\n"
-		    "client_id=c\nclient_secret_file=/s\n");
+	            "client_id=c\nclient_secret_file=/s\n");
 	assert_string_equal(c->kafka.output_topic, "from-env");
 	cfg_free(c);
 	unsetenv("CHATPROV_KAFKA_OUTPUT_TOPIC");
@@ -671,50 +672,51 @@ static void test_env_errors(void **state)
 {
 	(void)state;
 	env_err("CHATPROV_RETRY_MAX_ATTEMPTS", "0", MINIMAL,
-		"env CHATPROV_RETRY_MAX_ATTEMPTS: [retry] max_attempts: '0' is out of range "
-		"(1..100)");
-	env_err("CHATPROV_GRAPH_BASE_URL", "http://example.com", MINIMAL,
-		"env CHATPROV_GRAPH_BASE_URL: [graph] base_url: 'http://example.com': plain http is "
-		"only allowed to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
+	        "env CHATPROV_RETRY_MAX_ATTEMPTS: [retry] max_attempts: '0' is out of range "
+	        "(1..100)");
+	env_err(
+	    "CHATPROV_GRAPH_BASE_URL", "http://example.com", MINIMAL,
+	    "env CHATPROV_GRAPH_BASE_URL: [graph] base_url: 'http://example.com': plain http is "
+	    "only allowed to loopback hosts (127.0.0.0/8, localhost, [::1]); use https");
 	env_err("CHATPROV_RECOVERY_GROUP_CHAT_LOOKUP", "perhaps", MINIMAL,
-		"env CHATPROV_RECOVERY_GROUP_CHAT_LOOKUP: [recovery] group_chat_lookup: 'perhaps' "
-		"is not a boolean (yes/no, true/false, on/off, 1/0)");
+	        "env CHATPROV_RECOVERY_GROUP_CHAT_LOOKUP: [recovery] group_chat_lookup: 'perhaps' "
+	        "is not a boolean (yes/no, true/false, on/off, 1/0)");
 	env_err("CHATPROV_KAFKA_BROKRS", "x", MINIMAL,
-		"env CHATPROV_KAFKA_BROKRS: matches no configuration key "
-		"(CHATPROV_TENANT_<NAME>_<KEY> needs an existing [tenant.NAME] section)");
+	        "env CHATPROV_KAFKA_BROKRS: matches no configuration key "
+	        "(CHATPROV_TENANT_<NAME>_<KEY> needs an existing [tenant.NAME] section)");
 	env_err("CHATPROV_TENANT_NOPE_CLIENT_ID", "x", MINIMAL,
-		"env CHATPROV_TENANT_NOPE_CLIENT_ID: matches no configuration key "
-		"(CHATPROV_TENANT_<NAME>_<KEY> needs an existing [tenant.NAME] section)");
+	        "env CHATPROV_TENANT_NOPE_CLIENT_ID: matches no configuration key "
+	        "(CHATPROV_TENANT_<NAME>_<KEY> needs an existing [tenant.NAME] section)");
 	env_err("CHATPROV_LIBRDKAFKA_NO_SUCH", "1", MINIMAL,
-		"env CHATPROV_LIBRDKAFKA_NO_SUCH: [librdkafka] no.such: No such configuration "
-		"property: \"no.such\" (a property whose name has '_' can only be overridden when "
-		"it is in the file)");
+	        "env CHATPROV_LIBRDKAFKA_NO_SUCH: [librdkafka] no.such: No such configuration "
+	        "property: \"no.such\" (a property whose name has '_' can only be overridden when "
+	        "it is in the file)");
 	env_err("CHATPROV_LIBRDKAFKA_ACKS", "some", MINIMAL,
-		"env CHATPROV_LIBRDKAFKA_ACKS: [librdkafka] acks: Invalid value for "
-		"configuration property \"request.required.acks\"");
+	        "env CHATPROV_LIBRDKAFKA_ACKS: [librdkafka] acks: Invalid value for "
+	        "configuration property \"request.required.acks\"");
 	env_err("CHATPROV_LOG_LEVEL", "", MINIMAL,
-		"env CHATPROV_LOG_LEVEL: [log] level: '' is not one of "
-		"error|warning|notice|info|debug");
+	        "env CHATPROV_LOG_LEVEL: [log] level: '' is not one of "
+	        "error|warning|notice|info|debug");
 	env_err("CHATPROV_TENANT_FAB_X_CLIENT_ID", "", MINIMAL "[tenant.fab-x]\nclient_id = c2\n",
-		"%s: missing required key 'client_id' in [tenant.fab-x]");
+	        "%s: missing required key 'client_id' in [tenant.fab-x]");
 	/* An env value that is itself fine still meets the cross-key rules. */
 	env_err("CHATPROV_AUTH_FEDERATED_TOKEN_FILE", "/tok", MINIMAL,
-		"env CHATPROV_AUTH_FEDERATED_TOKEN_FILE: [auth] has more than one credential: "
-		"client_secret_file and federated_token_file (choose one)");
+	        "env CHATPROV_AUTH_FEDERATED_TOKEN_FILE: [auth] has more than one credential: "
+	        "client_secret_file and federated_token_file (choose one)");
 }
 
 static void test_tenants(void **state)
 {
 	(void)state;
 	struct cfg *c = load_ok(MINIMAL "authority_url = https://login.example.test\n"
-					"assertion_alg = RS256\n"
-					"[limits]\nchat_creates_per_10s_per_tenant = 15\n"
-					"[tenant.fabrikam]\n"
-					"tenant_id = fabrikam.onmicrosoft.com\n"
-					"certificate_file = /f.crt\nprivate_key_file = /f.key\n"
-					"chat_creates_per_10s_per_tenant = 5\n"
-					"[tenant.Tail_spin.toys-1]\n"
-					"tenant_id = tailspin\n");
+	                                "assertion_alg = RS256\n"
+	                                "[limits]\nchat_creates_per_10s_per_tenant = 15\n"
+	                                "[tenant.fabrikam]\n"
+	                                "tenant_id = fabrikam.onmicrosoft.com\n"
+	                                "certificate_file = /f.crt\nprivate_key_file = /f.key\n"
+	                                "chat_creates_per_10s_per_tenant = 5\n"
+	                                "[tenant.Tail_spin.toys-1]\n"
+	                                "tenant_id = tailspin\n");
 	assert_int_equal(c->n_tenants, 3);
 	const struct cfg_tenant *f = &c->tenants[1], *t = &c->tenants[2];
 	assert_string_equal(f->name, "fabrikam");
@@ -742,7 +744,8 @@ static void test_tenants(void **state)
 	cfg_free(c);
 
 	/* "managed_identity = no" names no credential: the [auth] one is still inherited. */
-	c = load_ok(MINIMAL "[tenant.x]\ntenant_id = x\nmanaged_identity = no\nclient_secret_file =\n");
+	c = load_ok(MINIMAL
+	            "[tenant.x]\ntenant_id = x\nmanaged_identity = no\nclient_secret_file =\n");
 	assert_int_equal(c->tenants[1].credential, CFG_CRED_SECRET);
 	assert_string_equal(c->tenants[1].client_secret_file, "/run/secret");
 	cfg_free(c);
@@ -764,39 +767,39 @@ static void test_tenant_errors(void **state)
 {
 	(void)state;
 	load_err(MINIMAL "[tenant.default]\ntenant_id = x\n",
-		 "%s:11: bad tenant profile name 'default' in [tenant.default] (1-63 of "
-		 "[A-Za-z0-9_.-]; 'default' is reserved)");
+	         "%s:11: bad tenant profile name 'default' in [tenant.default] (1-63 of "
+	         "[A-Za-z0-9_.-]; 'default' is reserved)");
 	load_err(MINIMAL "[tenant.a b]\ntenant_id = x\n",
-		 "%s:11: bad tenant profile name 'a b' in [tenant.a b] (1-63 of [A-Za-z0-9_.-]; "
-		 "'default' is reserved)");
+	         "%s:11: bad tenant profile name 'a b' in [tenant.a b] (1-63 of [A-Za-z0-9_.-]; "
+	         "'default' is reserved)");
 	load_err(MINIMAL "[tenant.]\ntenant_id = x\n",
-		 "%s:11: bad tenant profile name '' in [tenant.] (1-63 of [A-Za-z0-9_.-]; "
-		 "'default' is reserved)");
+	         "%s:11: bad tenant profile name '' in [tenant.] (1-63 of [A-Za-z0-9_.-]; "
+	         "'default' is reserved)");
 	load_err(MINIMAL "[tenant.a.b]\ntenant_id = x\n[tenant.a-b]\ntenant_id = y\n",
-		 "%s:13: tenant profiles 'a.b' and 'a-b' have the same environment variable name "
-		 "CHATPROV_TENANT_A_B_*");
+	         "%s:13: tenant profiles 'a.b' and 'a-b' have the same environment variable name "
+	         "CHATPROV_TENANT_A_B_*");
 	load_err(MINIMAL "[tenant.x]\nrefresh_ahead_s = 1\n",
-		 "%s:11: unknown key 'refresh_ahead_s' in [tenant.x] (it is global: set it in "
-		 "[auth])");
+	         "%s:11: unknown key 'refresh_ahead_s' in [tenant.x] (it is global: set it in "
+	         "[auth])");
 	load_err(MINIMAL "[tenant.x]\nwindow_s = 1\n",
-		 "%s:11: unknown key 'window_s' in [tenant.x] (it is global: set it in [limits])");
+	         "%s:11: unknown key 'window_s' in [tenant.x] (it is global: set it in [limits])");
 	load_err(MINIMAL "[tenant.x]\nbogus = 1\n", "%s:11: unknown key 'bogus' in [tenant.x]");
 	load_err(MINIMAL "[tenant.x]\ntenant_id = a\ntenant_id = b\n",
-		 "%s:12: duplicate key 'tenant_id' in [tenant.x] (first set at line 11)");
+	         "%s:12: duplicate key 'tenant_id' in [tenant.x] (first set at line 11)");
 	load_err(MINIMAL "[tenant.x]\ncertificate_file = /c\n",
-		 "%s:11: [tenant.x] certificate_file needs both certificate_file and "
-		 "private_key_file");
+	         "%s:11: [tenant.x] certificate_file needs both certificate_file and "
+	         "private_key_file");
 	load_err(MINIMAL "[tenant.x]\nmanaged_identity = yes\nfederated_token_file = /t\n",
-		 "%s:12: [tenant.x] has more than one credential: federated_token_file and "
-		 "managed_identity (choose one)");
+	         "%s:12: [tenant.x] has more than one credential: federated_token_file and "
+	         "managed_identity (choose one)");
 	load_err(MINIMAL "[tenant.x]\nchat_creates_per_10s_per_tenant = 10001\n",
-		 "%s:11: [tenant.x] chat_creates_per_10s_per_tenant: '10001' is out of range "
-		 "(0.1..10000)");
+	         "%s:11: [tenant.x] chat_creates_per_10s_per_tenant: '10001' is out of range "
+	         "(0.1..10000)");
 	char text[8192];
 	size_t len = (size_t)snprintf(text, sizeof(text), "%s", MINIMAL);
 	for (int i = 0; i < CFG_MAX_TENANTS; i++)
-		len += (size_t)snprintf(text + len, sizeof(text) - len, "[tenant.t%d]\nclient_id=c\n",
-					i);
+		len += (size_t)snprintf(text + len, sizeof(text) - len,
+		                        "[tenant.t%d]\nclient_id=c\n", i);
 	load_err(text, "%s:137: too many tenant profiles (at most 63)");
 }
 
@@ -807,9 +810,9 @@ static void test_credentials_directory(void **state)
 	struct cfg *c = load_ok(NOCRED "[tenant.x]\ntenant_id = x\n");
 	assert_int_equal(c->tenants[0].credential, CFG_CRED_SECRET);
 	assert_string_equal(c->tenants[0].client_secret_file,
-			    "/run/credentials/chatprovd.service/graph-client-secret");
+	                    "/run/credentials/chatprovd.service/graph-client-secret");
 	assert_string_equal(c->tenants[1].client_secret_file,
-			    "/run/credentials/chatprovd.service/graph-client-secret");
+	                    "/run/credentials/chatprovd.service/graph-client-secret");
 	cfg_free(c);
 	/* An explicit credential wins over the systemd credential. */
 	c = load_ok(NOCRED "federated_token_file = /tok\n");
@@ -818,16 +821,17 @@ static void test_credentials_directory(void **state)
 	cfg_free(c);
 	setenv("CREDENTIALS_DIRECTORY", "", 1);
 	load_err(NOCRED, "%s: [auth]: no credential configured (set client_secret_file, "
-			 "certificate_file + private_key_file, federated_token_file or "
-			 "managed_identity = yes; or run with a systemd credential "
-			 "graph-client-secret)");
+	                 "certificate_file + private_key_file, federated_token_file or "
+	                 "managed_identity = yes; or run with a systemd credential "
+	                 "graph-client-secret)");
 	unsetenv("CREDENTIALS_DIRECTORY");
 }
 
 static void test_relative_paths(void **state)
 {
 	(void)state;
-	struct cfg *c = load_ok(NOCRED "client_secret_file = secret.txt\n[graph]\nca_file = ca/x.pem\n");
+	struct cfg *c =
+	    load_ok(NOCRED "client_secret_file = secret.txt\n[graph]\nca_file = ca/x.pem\n");
 	char want[512];
 	snprintf(want, sizeof(want), "%s/secret.txt", tmpdir);
 	assert_string_equal(c->tenants[0].client_secret_file, want);
@@ -867,7 +871,7 @@ static void test_read_secret(void **state)
 	read_secret_err("\n\n", 2, sizeof(buf), "secret file is empty");
 	read_secret_err(SECRET, strlen(SECRET), 8, "secret does not fit the buffer (8 bytes)");
 	read_secret_err(SECRET "\0x", strlen(SECRET) + 2, sizeof(buf),
-			"secret file contains a NUL byte");
+	                "secret file contains a NUL byte");
 	static char big[CFG_SECRET_MAX + 1];
 	memset(big, 'x', sizeof(big));
 	read_secret_err(big, sizeof(big), sizeof(buf), "secret file is larger than 8192 bytes");
@@ -881,7 +885,7 @@ static void test_read_secret(void **state)
 	assert_false(cfg_read_secret(&t, buf, sizeof(buf), err, sizeof(err)));
 	char want[CP_ERRSTR_SIZE];
 	snprintf(want, sizeof(want), "%s/missing: cannot read secret: No such file or directory",
-		 tmpdir);
+	         tmpdir);
 	assert_string_equal(err, want);
 	assert_false(cfg_read_secret_file(tmpdir, buf, sizeof(buf), err, sizeof(err)));
 	assert_non_null(strstr(err, "secret is not a regular file"));
@@ -906,8 +910,8 @@ static void test_dump(void **state)
 {
 	(void)state;
 	struct cfg *c = load_ok(MINIMAL "[librdkafka]\nsasl.password = " SECRET "\n"
-					"ssl.key.password = " SECRET "\nlinger.ms = 3\n"
-					"[tenant.x]\ntenant_id = x\n");
+	                                "ssl.key.password = " SECRET "\nlinger.ms = 3\n"
+	                                "[tenant.x]\ntenant_id = x\n");
 	char *text = dump_to_string(c);
 	assert_null(strstr(text, SECRET));
 	assert_non_null(strstr(text, "sasl.password = ********\n"));
@@ -943,20 +947,20 @@ static void test_restart_needed(void **state)
 	char buf[512];
 	struct cfg *a = load_ok(MINIMAL);
 	struct cfg *b = load_ok(MINIMAL "[log]\nlevel = debug\n[retry]\nmax_attempts = 3\n"
-					"[limits]\nwindow_s = 1\n[operations]\ntimeout_s = 99\n"
-					"[tenant.x]\ntenant_id = x\n");
+	                                "[limits]\nwindow_s = 1\n[operations]\ntimeout_s = 99\n"
+	                                "[tenant.x]\ntenant_id = x\n");
 	cfg_restart_needed(a, b, buf, sizeof(buf));
 	assert_string_equal(buf, "");
 	cfg_free(b);
 	b = load_ok(MINIMAL "[kafka]\nmax_queued = 5\n[graph]\ncloud = china\nworkers = 2\n"
-			    "max_in_flight = 9\n[metrics]\nlisten = 127.0.0.1:1\n"
-			    "[librdkafka]\nlinger.ms = 1\n[log]\nlevel = error\n");
+	                    "max_in_flight = 9\n[metrics]\nlisten = 127.0.0.1:1\n"
+	                    "[librdkafka]\nlinger.ms = 1\n[log]\nlevel = error\n");
 	cfg_restart_needed(a, b, buf, sizeof(buf));
 	assert_string_equal(buf, "kafka.max_queued,graph.cloud,graph.base_url,graph.max_in_flight,"
-				 "graph.workers,metrics.listen,librdkafka");
+	                         "graph.workers,metrics.listen,librdkafka");
 	cfg_restart_needed(b, a, buf, sizeof(buf));
 	assert_string_equal(buf, "kafka.max_queued,graph.cloud,graph.base_url,graph.max_in_flight,"
-				 "graph.workers,metrics.listen,librdkafka");
+	                         "graph.workers,metrics.listen,librdkafka");
 	cfg_restart_needed(a, b, buf, 12);
 	assert_true(strlen(buf) < 12);
 	cfg_free(b);
@@ -1049,29 +1053,29 @@ static void test_every_key_documented(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_minimal_defaults),
-		cmocka_unit_test(test_all_keys),
-		cmocka_unit_test(test_other_credentials),
-		cmocka_unit_test(test_cloud_presets),
-		cmocka_unit_test(test_reroute_keeps_scope),
-		cmocka_unit_test(test_syntax_errors),
-		cmocka_unit_test(test_value_errors),
-		cmocka_unit_test(test_url_errors),
-		cmocka_unit_test(test_required_and_cross),
-		cmocka_unit_test(test_missing_file),
-		cmocka_unit_test(test_librdkafka),
-		cmocka_unit_test(test_env_overrides),
-		cmocka_unit_test(test_env_errors),
-		cmocka_unit_test(test_tenants),
-		cmocka_unit_test(test_tenant_errors),
-		cmocka_unit_test(test_credentials_directory),
-		cmocka_unit_test(test_relative_paths),
-		cmocka_unit_test(test_read_secret),
-		cmocka_unit_test(test_dump),
-		cmocka_unit_test(test_restart_needed),
-		cmocka_unit_test(test_check),
-		cmocka_unit_test(test_example_config),
-		cmocka_unit_test(test_every_key_documented),
+	    cmocka_unit_test(test_minimal_defaults),
+	    cmocka_unit_test(test_all_keys),
+	    cmocka_unit_test(test_other_credentials),
+	    cmocka_unit_test(test_cloud_presets),
+	    cmocka_unit_test(test_reroute_keeps_scope),
+	    cmocka_unit_test(test_syntax_errors),
+	    cmocka_unit_test(test_value_errors),
+	    cmocka_unit_test(test_url_errors),
+	    cmocka_unit_test(test_required_and_cross),
+	    cmocka_unit_test(test_missing_file),
+	    cmocka_unit_test(test_librdkafka),
+	    cmocka_unit_test(test_env_overrides),
+	    cmocka_unit_test(test_env_errors),
+	    cmocka_unit_test(test_tenants),
+	    cmocka_unit_test(test_tenant_errors),
+	    cmocka_unit_test(test_credentials_directory),
+	    cmocka_unit_test(test_relative_paths),
+	    cmocka_unit_test(test_read_secret),
+	    cmocka_unit_test(test_dump),
+	    cmocka_unit_test(test_restart_needed),
+	    cmocka_unit_test(test_check),
+	    cmocka_unit_test(test_example_config),
+	    cmocka_unit_test(test_every_key_documented),
 	};
 	return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
