@@ -313,10 +313,16 @@ static bool retry_after_date(const char *s, int64_t now_ms, int64_t *delay_ms)
 	time_t t = curl_getdate(s, NULL);
 	if (t == (time_t)-1)
 		return false;
-	int64_t when = (int64_t)t * 1000 - now_ms;
-	if (when < 0)
-		when = 0;
-	*delay_ms = when > GRAPHRESP_MAX_RETRY_AFTER_MS ? GRAPHRESP_MAX_RETRY_AFTER_MS : when;
+	/* Years far ahead are valid dates: compare in seconds first so nothing overflows. */
+	int64_t when_ms, delta_s = (int64_t)t - now_ms / 1000;
+	if (delta_s > GRAPHRESP_MAX_RETRY_AFTER_MS / 1000 + 1) {
+		*delay_ms = GRAPHRESP_MAX_RETRY_AFTER_MS;
+		return true;
+	}
+	if (delta_s < -1 || __builtin_mul_overflow((int64_t)t, 1000, &when_ms) ||
+	    __builtin_sub_overflow(when_ms, now_ms, &when_ms) || when_ms < 0)
+		when_ms = 0;
+	*delay_ms = when_ms > GRAPHRESP_MAX_RETRY_AFTER_MS ? GRAPHRESP_MAX_RETRY_AFTER_MS : when_ms;
 	return true;
 }
 
