@@ -109,6 +109,7 @@ static void emit_stderr(enum log_level level, const struct log_ctx *ctx, const c
 	fprintf(stderr, "%s\n", line);
 }
 
+CP_PRINTF(3, 0)
 static void log_v(enum log_level level, const struct log_ctx *ctx, const char *fmt, va_list ap)
 {
 	if ((int)level > atomic_load(&current_level))
