@@ -25,6 +25,8 @@ struct command {
 
 static void reply_ok(char *reply, size_t size, const char *fmt, ...) CP_PRINTF(3, 4);
 static void reply_err(char *reply, size_t size, const char *fmt, ...) CP_PRINTF(3, 4);
+static void reply_vfmt(char *reply, size_t size, const char *prefix, const char *fmt,
+		       va_list ap) CP_PRINTF(4, 0);
 
 static void reply_vfmt(char *reply, size_t size, const char *prefix, const char *fmt,
 		       va_list ap)
