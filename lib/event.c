@@ -14,9 +14,9 @@
 /* json-c nesting limit: a valid event is 4 levels deep; 32 leaves room for unknown fields. */
 #define EVENT_JSON_DEPTH 32
 /* Microsoft's UPN limits: 64 characters before the @, 48 after, 113 in all. */
-#define UPN_LOCAL_MAX 64
+#define UPN_LOCAL_MAX  64
 #define UPN_DOMAIN_MAX 48
-#define UPN_MAX 113
+#define UPN_MAX        113
 
 enum field { FIELD_ABSENT, FIELD_OK, FIELD_BAD };
 
@@ -43,9 +43,9 @@ static bool reject(struct dctx *c, const char *fmt, ...)
 struct event_limits event_limits_default(void)
 {
 	struct event_limits l = {
-		.max_message_bytes = EVENT_DEFAULT_MAX_MESSAGE_BYTES,
-		.max_members = EVENT_DEFAULT_MAX_MEMBERS,
-		.max_topic_length = EVENT_DEFAULT_MAX_TOPIC_LENGTH,
+	    .max_message_bytes = EVENT_DEFAULT_MAX_MESSAGE_BYTES,
+	    .max_members = EVENT_DEFAULT_MAX_MEMBERS,
+	    .max_topic_length = EVENT_DEFAULT_MAX_TOPIC_LENGTH,
 	};
 	return l;
 }
@@ -176,7 +176,7 @@ static bool is_tenant_name(const char *s, size_t len)
  * when allow_null).
  */
 static enum field get_string(struct dctx *c, json_object *obj, const char *key, const char *path,
-			     bool allow_null, const char **s, size_t *len)
+                             bool allow_null, const char **s, size_t *len)
 {
 	json_object *v;
 	if (!json_object_object_get_ex(obj, key, &v))
@@ -240,7 +240,7 @@ static bool decode_tenant(struct dctx *c, json_object *root, struct event_reques
 	}
 	if (!is_tenant_name(s, len))
 		return reject(c, "tenant: must be 1..%d characters of A-Z a-z 0-9 _ . -",
-			      EVENT_TENANT_MAX);
+		              EVENT_TENANT_MAX);
 	ev->tenant = dup_or_oom(c, s);
 	return ev->tenant != NULL;
 }
@@ -353,16 +353,16 @@ static bool check_member_count(struct dctx *c, const struct event_request *ev)
 {
 	if (ev->chat_type == EVENT_CHAT_ONE_ON_ONE && ev->n_members != 2)
 		return reject(c, "members: a oneOnOne chat needs exactly 2 members, got %zu",
-			      ev->n_members);
+		              ev->n_members);
 	if (ev->chat_type == EVENT_CHAT_GROUP && ev->n_members < 2)
 		return reject(c, "members: a group chat needs at least 2 members, got %zu",
-			      ev->n_members);
+		              ev->n_members);
 	/* Graph ids are case-insensitive, so "Alex@x.com" and "alex@x.com" are one user. */
 	for (size_t i = 1; i < ev->n_members; i++) {
 		for (size_t j = 0; j < i; j++) {
 			if (strcasecmp(ev->members[i].user_id, ev->members[j].user_id) == 0)
 				return reject(c, "members[%zu].userId: duplicate of members[%zu]",
-					      i, j);
+				              i, j);
 		}
 	}
 	return true;
@@ -438,7 +438,7 @@ static json_object *parse_json(struct dctx *c, const char *buf, size_t len)
 		return reject(c, "invalid JSON at offset %zu: unexpected end of input", len), NULL;
 	if (!root)
 		return reject(c, "invalid JSON at offset %zu: %s", end,
-			      json_tokener_error_desc(jerr)),
+		              json_tokener_error_desc(jerr)),
 		       NULL;
 	while (end < len && strchr(" \t\r\n", buf[end]))
 		end++;
@@ -450,7 +450,7 @@ static json_object *parse_json(struct dctx *c, const char *buf, size_t len)
 }
 
 bool event_decode(const void *buf, size_t len, const struct event_limits *lim,
-		  struct event_request **out, char *reason, size_t reason_cap)
+                  struct event_request **out, char *reason, size_t reason_cap)
 {
 	struct event_limits deflim = event_limits_default();
 	struct dctx c = {.lim = lim ? lim : &deflim, .reason = reason, .cap = reason_cap};

@@ -14,15 +14,15 @@
 
 /* Fixed by the contract. */
 #define EVENT_ID_MAX_CHARS 200
-#define EVENT_TENANT_MAX 63
+#define EVENT_TENANT_MAX   63
 /* Defaults of the configurable limits. */
 #define EVENT_DEFAULT_MAX_MESSAGE_BYTES ((size_t)1 << 20)
-#define EVENT_DEFAULT_MAX_MEMBERS 250
-#define EVENT_DEFAULT_MAX_TOPIC_LENGTH 250
+#define EVENT_DEFAULT_MAX_MEMBERS       250
+#define EVENT_DEFAULT_MAX_TOPIC_LENGTH  250
 /* Hard ceilings: limits above these are clamped (the JSON nesting limit is fixed at 32). */
 #define EVENT_HARD_MAX_MESSAGE_BYTES ((size_t)64 << 20)
-#define EVENT_HARD_MAX_MEMBERS 10000
-#define EVENT_HARD_MAX_TOPIC_LENGTH 4096
+#define EVENT_HARD_MAX_MEMBERS       10000
+#define EVENT_HARD_MAX_TOPIC_LENGTH  4096
 /* Size a caller should give event_decode's reason buffer. */
 #define EVENT_REASON_SIZE 256
 
@@ -59,7 +59,7 @@ struct event_limits event_limits_default(void);
  * Out of memory is reported as a failure with reason "out of memory".
  */
 bool event_decode(const void *buf, size_t len, const struct event_limits *lim,
-		  struct event_request **out, char *reason, size_t reason_cap) CP_MUSTCHECK;
+                  struct event_request **out, char *reason, size_t reason_cap) CP_MUSTCHECK;
 
 void event_free(struct event_request *ev);
 

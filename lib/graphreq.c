@@ -12,9 +12,8 @@
 #include <strings.h>
 
 /* GRAPHREQ_CLIENT_REQUEST_NS as bytes. */
-static const unsigned char client_request_ns[16] = {0xe9, 0x49, 0xfd, 0x02, 0x0f, 0x89,
-						    0x5c, 0x91, 0xa6, 0x57, 0x04, 0x36,
-						    0x13, 0xfb, 0x51, 0xa9};
+static const unsigned char client_request_ns[16] = {0xe9, 0x49, 0xfd, 0x02, 0x0f, 0x89, 0x5c, 0x91,
+                                                    0xa6, 0x57, 0x04, 0x36, 0x13, 0xfb, 0x51, 0xa9};
 
 /* A bounded output buffer: the first write that does not fit marks it failed. */
 struct sbuf {
@@ -125,7 +124,7 @@ static json_object *member_json(const struct event_member *m, const char *bind_r
 	if (!graphreq_user_bind_url(bind_root, m->user_id, url, sizeof url))
 		goto fail;
 	if (!obj_add(o, "@odata.type",
-		     json_object_new_string("#microsoft.graph.aadUserConversationMember")))
+	             json_object_new_string("#microsoft.graph.aadUserConversationMember")))
 		goto fail;
 	bool ok = obj_add(o, "roles", roles);
 	roles = NULL;
@@ -183,8 +182,8 @@ char *graphreq_chat_body(const struct event_request *ev, const char *bind_root)
 		goto fail;
 	if (ev->app_id && !add_app(root, ev, bind_root))
 		goto fail;
-	const char *s = json_object_to_json_string_ext(
-		root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	const char *s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
+	                                                         JSON_C_TO_STRING_NOSLASHESCAPE);
 	if (s)
 		text = strdup(s);
 fail:
@@ -306,7 +305,7 @@ fail:
 }
 
 bool graphreq_resolve_location(const char *version_root, const char *location, char *out,
-			       size_t cap)
+                               size_t cap)
 {
 	struct sbuf b;
 	sb_init(&b, out, cap);
@@ -328,7 +327,7 @@ bool graphreq_resolve_location(const char *version_root, const char *location, c
 }
 
 bool graphreq_lookup_url(const char *version_root, const char *owner_user_id, const char *topic,
-			 char *out, size_t cap)
+                         char *out, size_t cap)
 {
 	struct sbuf b;
 	sb_init(&b, out, cap);

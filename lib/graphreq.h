@@ -34,7 +34,7 @@ char *graphreq_chat_body(const struct event_request *ev, const char *bind_root) 
  * False when user_id is empty or the result does not fit cap.
  */
 bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out,
-			    size_t cap) CP_MUSTCHECK;
+                            size_t cap) CP_MUSTCHECK;
 
 /* The client-request-id of an event: lower-case UUIDv5 of event_id in the namespace above. */
 bool graphreq_client_request_id(const char *event_id, char out[37]) CP_MUSTCHECK;
@@ -49,7 +49,7 @@ bool graphreq_client_request_id(const char *event_id, char out[37]) CP_MUSTCHECK
  * GRAPHREQ_URL_MAX.
  */
 bool graphreq_resolve_location(const char *version_root, const char *location, char *out,
-			       size_t cap) CP_MUSTCHECK;
+                               size_t cap) CP_MUSTCHECK;
 
 /*
  * The crash-recovery query for a group chat: "{version_root}/users('{owner}')/chats?
@@ -57,6 +57,6 @@ bool graphreq_resolve_location(const char *version_root, const char *location, c
  * literals and percent-encoded.
  */
 bool graphreq_lookup_url(const char *version_root, const char *owner_user_id, const char *topic,
-			 char *out, size_t cap) CP_MUSTCHECK;
+                         char *out, size_t cap) CP_MUSTCHECK;
 
 #endif

@@ -31,8 +31,7 @@ static bool fail_msg(char *err, size_t errcap, const char *fmt, ...)
 }
 
 /* Parses a whole body as one JSON object, refusing oversized bodies and trailing data. */
-static json_object *parse_object(const char *body, size_t len, size_t max, char *err,
-				 size_t errcap)
+static json_object *parse_object(const char *body, size_t len, size_t max, char *err, size_t errcap)
 {
 	if (!body || len == 0)
 		return fail_msg(err, errcap, "empty body"), NULL;
@@ -50,8 +49,8 @@ static json_object *parse_object(const char *body, size_t len, size_t max, char 
 	json_tokener_free(tok);
 	if (!root)
 		return fail_msg(err, errcap, "invalid JSON at offset %zu: %s", end,
-				jerr == json_tokener_continue ? "unexpected end of input"
-							      : json_tokener_error_desc(jerr)),
+		                jerr == json_tokener_continue ? "unexpected end of input"
+		                                              : json_tokener_error_desc(jerr)),
 		       NULL;
 	while (end < len && strchr(" \t\r\n", body[end]))
 		end++;
@@ -99,7 +98,7 @@ static enum copy copy_text(json_object *obj, const char *key, char *dst, size_t 
 
 /* Optional fields: a wrong type is an error, a value that does not fit is dropped. */
 static bool optional_str(json_object *obj, const char *key, char *dst, size_t cap, char *err,
-			 size_t errcap)
+                         size_t errcap)
 {
 	enum copy r = copy_str(obj, key, dst, cap);
 	if (r == COPY_BAD_TYPE)
@@ -110,7 +109,7 @@ static bool optional_str(json_object *obj, const char *key, char *dst, size_t ca
 }
 
 static bool required_str(json_object *obj, const char *key, char *dst, size_t cap, char *err,
-			 size_t errcap)
+                         size_t errcap)
 {
 	switch (copy_str(obj, key, dst, cap)) {
 	case COPY_ABSENT:
@@ -140,13 +139,12 @@ static bool chat_from_json(json_object *o, struct graphresp_chat *out, char *err
 	out->has_topic = t == COPY_OK;
 	return optional_str(o, "chatType", out->chat_type, sizeof out->chat_type, err, errcap) &&
 	       optional_str(o, "webUrl", out->web_url, sizeof out->web_url, err, errcap) &&
-	       optional_str(o, "createdDateTime", out->created, sizeof out->created, err,
-			    errcap) &&
+	       optional_str(o, "createdDateTime", out->created, sizeof out->created, err, errcap) &&
 	       optional_str(o, "tenantId", out->tenant_id, sizeof out->tenant_id, err, errcap);
 }
 
 bool graphresp_parse_chat(const char *body, size_t len, struct graphresp_chat *out, char *err,
-			  size_t errcap)
+                          size_t errcap)
 {
 	memset(out, 0, sizeof *out);
 	json_object *root = parse_object(body, len, GRAPHRESP_MAX_BODY, err, errcap);
@@ -163,9 +161,9 @@ static enum graphresp_op_status op_status(const char *s)
 		const char *name;
 		enum graphresp_op_status st;
 	} map[] = {{"notStarted", GRAPHRESP_OP_NOT_STARTED},
-		   {"inProgress", GRAPHRESP_OP_IN_PROGRESS},
-		   {"succeeded", GRAPHRESP_OP_SUCCEEDED},
-		   {"failed", GRAPHRESP_OP_FAILED}};
+	           {"inProgress", GRAPHRESP_OP_IN_PROGRESS},
+	           {"succeeded", GRAPHRESP_OP_SUCCEEDED},
+	           {"failed", GRAPHRESP_OP_FAILED}};
 	for (size_t i = 0; i < CP_ARRAY_LEN(map); i++) {
 		if (strcmp(s, map[i].name) == 0)
 			return map[i].st;
@@ -197,14 +195,13 @@ static bool op_error(json_object *o, struct graphresp_operation *out, char *err,
 	if (!json_object_is_type(e, json_type_object))
 		return fail_msg(err, errcap, "error: not an object");
 	if (copy_text(e, "code", out->error_code, sizeof out->error_code) == COPY_BAD_TYPE ||
-	    copy_text(e, "message", out->error_message, sizeof out->error_message) ==
-		    COPY_BAD_TYPE)
+	    copy_text(e, "message", out->error_message, sizeof out->error_message) == COPY_BAD_TYPE)
 		return fail_msg(err, errcap, "error: code and message must be strings");
 	return true;
 }
 
 bool graphresp_parse_operation(const char *body, size_t len, struct graphresp_operation *out,
-			       char *err, size_t errcap)
+                               char *err, size_t errcap)
 {
 	bool ok = false;
 	memset(out, 0, sizeof *out);
@@ -219,9 +216,9 @@ bool graphresp_parse_operation(const char *body, size_t len, struct graphresp_op
 	snprintf(out->status_text, sizeof out->status_text, "%.31s", status);
 	if (!optional_str(root, "id", out->id, sizeof out->id, err, errcap) ||
 	    !optional_str(root, "targetResourceId", out->target_resource_id,
-			  sizeof out->target_resource_id, err, errcap) ||
+	                  sizeof out->target_resource_id, err, errcap) ||
 	    !optional_str(root, "targetResourceLocation", out->target_resource_location,
-			  sizeof out->target_resource_location, err, errcap) ||
+	                  sizeof out->target_resource_location, err, errcap) ||
 	    !op_attempts(root, &out->attempts_count, err, errcap) ||
 	    !op_error(root, out, err, errcap))
 		goto fail;
@@ -474,7 +471,7 @@ static bool members_match(json_object *chat, const struct graphresp_lookup_query
 
 /* Whether chat is the one the query describes; *created_ms set when it is. */
 static bool chat_matches(json_object *chat, const struct graphresp_lookup_query *q,
-			 int64_t *created_ms)
+                         int64_t *created_ms)
 {
 	json_object *v;
 	if (!json_object_is_type(chat, json_type_object))
@@ -497,7 +494,7 @@ static bool chat_matches(json_object *chat, const struct graphresp_lookup_query 
 }
 
 static bool lookup_page(json_object *root, const struct graphresp_lookup_query *q,
-			struct graphresp_lookup_result *out, char *err, size_t errcap)
+                        struct graphresp_lookup_result *out, char *err, size_t errcap)
 {
 	json_object *arr;
 	struct graphresp_chat chat;
@@ -505,14 +502,12 @@ static bool lookup_page(json_object *root, const struct graphresp_lookup_query *
 	if (!json_object_object_get_ex(root, "value", &arr) ||
 	    !json_object_is_type(arr, json_type_array))
 		return fail_msg(err, errcap, "value: missing or not an array");
-	if (copy_str(root, "@odata.nextLink", out->next_link, sizeof out->next_link) >
-	    COPY_OK)
+	if (copy_str(root, "@odata.nextLink", out->next_link, sizeof out->next_link) > COPY_OK)
 		return fail_msg(err, errcap, "@odata.nextLink: not a string or too long");
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		json_object *c = json_object_array_get_idx(arr, i);
 		int64_t created;
-		if (!chat_matches(c, q, &created) ||
-		    !chat_from_json(c, &chat, cerr, sizeof cerr))
+		if (!chat_matches(c, q, &created) || !chat_from_json(c, &chat, cerr, sizeof cerr))
 			continue;
 		out->matches++;
 		if (!out->found || created < out->created_ms) {
@@ -525,7 +520,7 @@ static bool lookup_page(json_object *root, const struct graphresp_lookup_query *
 }
 
 bool graphresp_parse_lookup(const char *body, size_t len, const struct graphresp_lookup_query *q,
-			    struct graphresp_lookup_result *out, char *err, size_t errcap)
+                            struct graphresp_lookup_result *out, char *err, size_t errcap)
 {
 	memset(out, 0, sizeof *out);
 	if (!q || !q->topic || (q->n_user_ids && !q->user_ids))

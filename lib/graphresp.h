@@ -31,7 +31,7 @@ struct graphresp_chat {
 
 /* A chat resource (the body of a 201). False with err on anything unusable. */
 bool graphresp_parse_chat(const char *body, size_t len, struct graphresp_chat *out, char *err,
-			  size_t errcap) CP_MUSTCHECK;
+                          size_t errcap) CP_MUSTCHECK;
 
 enum graphresp_op_status {
 	GRAPHRESP_OP_NOT_STARTED,
@@ -54,7 +54,7 @@ struct graphresp_operation {
 
 /* A teamsAsyncOperation. "status" is required. */
 bool graphresp_parse_operation(const char *body, size_t len, struct graphresp_operation *out,
-			       char *err, size_t errcap) CP_MUSTCHECK;
+                               char *err, size_t errcap) CP_MUSTCHECK;
 
 struct graphresp_error {
 	char code[128];
@@ -72,7 +72,7 @@ bool graphresp_parse_error(const char *body, size_t len, struct graphresp_error 
  * GRAPHRESP_MAX_RETRY_AFTER_MS are capped to it. Negative numbers and garbage: false.
  */
 bool graphresp_parse_retry_after(const char *value, int64_t now_epoch_ms,
-				 int64_t *delay_ms) CP_MUSTCHECK;
+                                 int64_t *delay_ms) CP_MUSTCHECK;
 
 /*
  * Crash recovery: after a group-chat POST with an unknown outcome, the daemon lists
@@ -101,8 +101,8 @@ struct graphresp_lookup_result {
 
 /* One page of the lookup. False with err if the page is unusable. */
 bool graphresp_parse_lookup(const char *body, size_t len, const struct graphresp_lookup_query *q,
-			    struct graphresp_lookup_result *out, char *err,
-			    size_t errcap) CP_MUSTCHECK;
+                            struct graphresp_lookup_result *out, char *err,
+                            size_t errcap) CP_MUSTCHECK;
 
 /* "2020-12-04T23:11:16.175Z" (RFC 3339, any offset) to epoch milliseconds. */
 bool graphresp_parse_datetime(const char *s, int64_t *epoch_ms) CP_MUSTCHECK;

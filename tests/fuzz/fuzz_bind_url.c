@@ -38,8 +38,8 @@ static bool decode_literal(const char *x, size_t n, char *out)
 				return false;
 			out[o++] = (char)(unhex(x[i + 1]) * 16 + unhex(x[i + 2]));
 			i += 2;
-		} else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-			   strchr("-._~@", c)) {
+		} else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+		           (c >= '0' && c <= '9') || strchr("-._~@", c)) {
 			out[o++] = c;
 		} else {
 			return false;
@@ -62,8 +62,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t cap = 3 * size + 64, rl = strlen(root);
 	if (graphreq_user_bind_url(root, id, url, cap)) {
 		size_t ul = strlen(url);
-		if (ul < rl + 10 || memcmp(url, root, rl) != 0 || memcmp(url + rl, "/users('", 8) != 0 ||
-		    memcmp(url + ul - 2, "')", 2) != 0)
+		if (ul < rl + 10 || memcmp(url, root, rl) != 0 ||
+		    memcmp(url + rl, "/users('", 8) != 0 || memcmp(url + ul - 2, "')", 2) != 0)
 			abort();
 		if (!decode_literal(url + rl + 8, ul - rl - 10, dec) || strcmp(dec, id) != 0)
 			abort();

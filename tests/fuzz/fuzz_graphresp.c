@@ -33,9 +33,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (graphresp_parse_error(body, size, &ge) && (!ge.code[0] || !TERMINATED(ge.message)))
 		abort();
 	static const char *const ids[] = {"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca",
-					  "alex@contoso.com"};
-	struct graphresp_lookup_query q = {.topic = "Welcome", .user_ids = ids, .n_user_ids = 2,
-					   .created_after_ms = 0};
+	                                  "alex@contoso.com"};
+	struct graphresp_lookup_query q = {
+	    .topic = "Welcome", .user_ids = ids, .n_user_ids = 2, .created_after_ms = 0};
 	struct graphresp_lookup_result r;
 	if (graphresp_parse_lookup(body, size, &q, &r, err, sizeof err) &&
 	    (r.found != (r.matches > 0) || (r.found && !r.chat.id[0])))

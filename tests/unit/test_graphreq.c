@@ -16,52 +16,77 @@
 #include "event.h"
 #include "graphreq.h"
 
-#define ROOT "https://graph.microsoft.com/beta"
-#define AAD "\"@odata.type\":\"#microsoft.graph.aadUserConversationMember\""
+#define ROOT     "https://graph.microsoft.com/beta"
+#define AAD      "\"@odata.type\":\"#microsoft.graph.aadUserConversationMember\""
 #define OWNER(u) "{" AAD ",\"roles\":[\"owner\"],\"user@odata.bind\":\"" ROOT "/users('" u "')\"}"
 #define GUEST(u) "{" AAD ",\"roles\":[\"guest\"],\"user@odata.bind\":\"" ROOT "/users('" u "')\"}"
 
 /* Request bodies of Microsoft's create-chat examples 1-6, as documented. */
-static const char *const doc_body[] = {
-	"{\"chatType\":\"oneOnOne\",\"members\":[" OWNER("8b081ef6-4792-4def-b2c9-c363a1bf41d5")
-	"," OWNER("82af01c5-f7cc-4a2e-a728-3a5df21afd9d") "]}",
-	"{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":["
-	OWNER("8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-e555fd399c6f")
-	"," OWNER("3626a173-f2bc-4883-bcf7-01514c3bfb82") "]}",
-	"{\"chatType\":\"oneOnOne\",\"members\":[" OWNER("8b081ef6-4792-4def-b2c9-c363a1bf41d5")
-	"," OWNER("82af01c5-f7cc-4a2e-a728-3a5df21afd9d") "],\"installedApps\":[{\"teamsApp@odata.bind\":"
-	"\"" ROOT "/appCatalogs/teamsApps/05F59CEC-A742-4A50-A62E-202A57E478A4\"}]}",
-	"{\"chatType\":\"oneOnOne\",\"members\":[" OWNER("jacob@contoso.com") ","
-	OWNER("alex@contoso.com") "]}",
-	"{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":["
-	OWNER("8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-e555fd399c6f")
-	"," GUEST("8ba98gf6-7fc2-4eb2-c7f2-aef9f21fd98g") "]}",
-	"{\"chatType\":\"oneOnOne\",\"members\":[" OWNER("8b081ef6-4792-4def-b2c9-c363a1bf41d5")
-	",{" AAD ",\"roles\":[\"owner\"],\"user@odata.bind\":\"" ROOT "/users('82af01c5-f7cc-4a2e-"
-	"a728-3a5df21afd9d')\",\"tenantId\":\"4dc1fe35-8ac6-4f0d-904a-7ebcd364bea1\"}]}",
+static const char *const doc_body[] =
+    {
+        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
+            "8b081ef6-4792-4def-b2c9-c363a1bf41d5") "," OWNER("82af01c5-f7cc-4a2e-a728-"
+                                                              "3a5df21afd9d") "]}",
+        "{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[" OWNER(
+            "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-"
+                                                              "e555fd399c6f") "," OWNER("3626a173-"
+                                                                                        "f2bc-4883-"
+                                                                                        "bcf7-"
+                                                                                        "01514c3bfb"
+                                                                                        "82") "]}",
+        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
+            "8b081ef6-4792-4def-b2c9-c363a1bf41d5") "," OWNER("82af01c5-f7cc-4a2e-a728-"
+                                                              "3a5df21afd9d") "],\"installedApps\":"
+                                                                              "[{\"teamsApp@odata."
+                                                                              "bind\":"
+                                                                              "\"" ROOT
+                                                                              "/appCatalogs/"
+                                                                              "teamsApps/"
+                                                                              "05F59CEC-A742-4A50-"
+                                                                              "A62E-202A57E478A4\"}"
+                                                                              "]}",
+        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER("jacob@contoso.com") "," OWNER(
+            "alex@contoso.com") "]}",
+        "{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[" OWNER(
+            "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-"
+                                                              "e555fd399c6f") "," GUEST("8ba98gf6-"
+                                                                                        "7fc2-4eb2-"
+                                                                                        "c7f2-"
+                                                                                        "aef9f21fd9"
+                                                                                        "8g") "]}",
+        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
+            "8b081ef6-4792-4def-b2c9-c363a1bf41d5") ",{" AAD ",\"roles\":[\"owner\"],\"user@odata."
+                                                             "bind\":\"" ROOT
+                                                    "/users('82af01c5-f7cc-4a2e-"
+                                                    "a728-3a5df21afd9d')\",\"tenantId\":\"4dc1fe35-"
+                                                    "8ac6-4f0d-904a-7ebcd364bea1\"}]}",
 };
 
 /* The same six requests as chatprov.request.v1 events. */
 static const char *const doc_event[] = {
-	"{\"id\":\"ex1\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"8b081ef6-4792-4def-b2c9-"
-	"c363a1bf41d5\"},{\"userId\":\"82af01c5-f7cc-4a2e-a728-3a5df21afd9d\"}]}",
-	"{\"id\":\"ex2\",\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[{\"userId\":"
-	"\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca\"},{\"userId\":\"82fe7758-5bb3-4f0d-a43f-e555fd399c6f\"},"
-	"{\"userId\":\"3626a173-f2bc-4883-bcf7-01514c3bfb82\",\"roles\":[\"owner\"]}]}",
-	"{\"id\":\"ex3\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"8b081ef6-4792-4def-b2c9-"
-	"c363a1bf41d5\"},{\"userId\":\"82af01c5-f7cc-4a2e-a728-3a5df21afd9d\"}],\"installedApps\":["
-	"\"05F59CEC-A742-4A50-A62E-202A57E478A4\"]}",
-	"{\"id\":\"ex4\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"jacob@contoso.com\"},"
-	"{\"userId\":\"alex@contoso.com\"}]}",
-	"{\"id\":\"ex5\",\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[{\"userId\":"
-	"\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca\"},{\"userId\":\"82fe7758-5bb3-4f0d-a43f-e555fd399c6f\"},"
-	"{\"userId\":\"8ba98gf6-7fc2-4eb2-c7f2-aef9f21fd98g\",\"roles\":[\"guest\"]}]}",
-	"{\"id\":\"ex6\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"8b081ef6-4792-4def-b2c9-"
-	"c363a1bf41d5\"},{\"userId\":\"82af01c5-f7cc-4a2e-a728-3a5df21afd9d\",\"tenantId\":\"4dc1fe35-"
-	"8ac6-4f0d-904a-7ebcd364bea1\"}]}",
+    "{\"id\":\"ex1\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"8b081ef6-4792-4def-b2c9-"
+    "c363a1bf41d5\"},{\"userId\":\"82af01c5-f7cc-4a2e-a728-3a5df21afd9d\"}]}",
+    "{\"id\":\"ex2\",\"chatType\":\"group\",\"topic\":\"Group chat "
+    "title\",\"members\":[{\"userId\":"
+    "\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca\"},{\"userId\":\"82fe7758-5bb3-4f0d-a43f-"
+    "e555fd399c6f\"},"
+    "{\"userId\":\"3626a173-f2bc-4883-bcf7-01514c3bfb82\",\"roles\":[\"owner\"]}]}",
+    "{\"id\":\"ex3\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"8b081ef6-4792-4def-b2c9-"
+    "c363a1bf41d5\"},{\"userId\":\"82af01c5-f7cc-4a2e-a728-3a5df21afd9d\"}],\"installedApps\":["
+    "\"05F59CEC-A742-4A50-A62E-202A57E478A4\"]}",
+    "{\"id\":\"ex4\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"jacob@contoso.com\"},"
+    "{\"userId\":\"alex@contoso.com\"}]}",
+    "{\"id\":\"ex5\",\"chatType\":\"group\",\"topic\":\"Group chat "
+    "title\",\"members\":[{\"userId\":"
+    "\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca\"},{\"userId\":\"82fe7758-5bb3-4f0d-a43f-"
+    "e555fd399c6f\"},"
+    "{\"userId\":\"8ba98gf6-7fc2-4eb2-c7f2-aef9f21fd98g\",\"roles\":[\"guest\"]}]}",
+    "{\"id\":\"ex6\",\"chatType\":\"oneOnOne\",\"members\":[{\"userId\":\"8b081ef6-4792-4def-b2c9-"
+    "c363a1bf41d5\"},{\"userId\":\"82af01c5-f7cc-4a2e-a728-3a5df21afd9d\",\"tenantId\":\"4dc1fe35-"
+    "8ac6-4f0d-904a-7ebcd364bea1\"}]}",
 };
 
-#define BAD_GUEST "8ba98gf6-7fc2-4eb2-c7f2-aef9f21fd98g"
+#define BAD_GUEST  "8ba98gf6-7fc2-4eb2-c7f2-aef9f21fd98g"
 #define GOOD_GUEST "8ba98af6-7fc2-4eb2-a7f2-aef9f21fd98a"
 
 static char *replace(const char *s, const char *from, const char *to)
@@ -115,8 +140,8 @@ static void test_example5_guest(void **state)
 	struct event_request *ev;
 	char reason[EVENT_REASON_SIZE];
 	struct event_limits l = event_limits_default();
-	assert_false(event_decode(doc_event[4], strlen(doc_event[4]), &l, &ev, reason,
-				  sizeof reason));
+	assert_false(
+	    event_decode(doc_event[4], strlen(doc_event[4]), &l, &ev, reason, sizeof reason));
 	assert_string_equal(reason, "members[2].userId: not a GUID or user principal name");
 	char *event = replace(doc_event[4], BAD_GUEST, GOOD_GUEST);
 	char *body = replace(doc_body[4], BAD_GUEST, GOOD_GUEST);
@@ -129,21 +154,23 @@ static void test_example5_guest(void **state)
 static void test_body_json_escaping(void **state)
 {
 	(void)state;
-	struct event_member m[2] = {{.user_id = "o'brien@contoso.com"},
-				    {.user_id = "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca", .guest = true}};
-	struct event_request ev = {.id = "x", .chat_type = EVENT_CHAT_GROUP,
-				   .topic = "say \"hi\" \\ </script> \xc3\xa9", .n_members = 2,
-				   .members = m};
+	struct event_member m[2] = {
+	    {.user_id = "o'brien@contoso.com"},
+	    {.user_id = "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca", .guest = true}};
+	struct event_request ev = {.id = "x",
+	                           .chat_type = EVENT_CHAT_GROUP,
+	                           .topic = "say \"hi\" \\ </script> \xc3\xa9",
+	                           .n_members = 2,
+	                           .members = m};
 	char *body = graphreq_chat_body(&ev, ROOT "/");
 	assert_non_null(body);
 	json_object *o = json_tokener_parse(body), *v;
 	assert_non_null(o);
 	assert_true(json_object_object_get_ex(o, "topic", &v));
 	assert_string_equal(json_object_get_string(v), ev.topic);
-	json_object *mem = json_object_array_get_idx(
-		json_object_object_get(o, "members"), 0);
+	json_object *mem = json_object_array_get_idx(json_object_object_get(o, "members"), 0);
 	assert_string_equal(json_object_get_string(json_object_object_get(mem, "user@odata.bind")),
-			    ROOT "/users('o''brien@contoso.com')");
+	                    ROOT "/users('o''brien@contoso.com')");
 	json_object_put(o);
 	free(body);
 	/* oneOnOne never carries a topic, even if a caller left one set. */
@@ -180,8 +207,10 @@ static void check_bind_property(const char *root, const char *user_id, const cha
 			decoded[n++] = (char)(unhex(p[1]) * 16 + unhex(p[2]));
 			p += 2;
 		} else {
-			assert_non_null(strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-					       "0123456789-._~@", *p));
+			assert_non_null(
+			    strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+			           "0123456789-._~@",
+			           *p));
 			decoded[n++] = *p;
 		}
 	}
@@ -195,16 +224,16 @@ static void test_bind_url_escaping(void **state)
 	static const struct {
 		const char *id, *x;
 	} cases[] = {
-		{"8b081ef6-4792-4def-b2c9-c363a1bf41d5", "8b081ef6-4792-4def-b2c9-c363a1bf41d5"},
-		{"jacob@contoso.com", "jacob@contoso.com"},
-		{"o'brien@contoso.com", "o''brien@contoso.com"},
-		{"a')/../../chats?x=1#", "a''%29%2F..%2F..%2Fchats%3Fx%3D1%23"},
-		{"\"q\"(p)", "%22q%22%28p%29"},
-		{"100%", "100%25"},
-		{"a\r\nHost: evil", "a%0D%0AHost%3A%20evil"},
-		{"j\xc3\xa9r\xc3\xb4me", "j%C3%A9r%C3%B4me"},
-		{"a\\b+c", "a%5Cb%2Bc"},
-		{"''", "''''"},
+	    {"8b081ef6-4792-4def-b2c9-c363a1bf41d5", "8b081ef6-4792-4def-b2c9-c363a1bf41d5"},
+	    {"jacob@contoso.com", "jacob@contoso.com"},
+	    {"o'brien@contoso.com", "o''brien@contoso.com"},
+	    {"a')/../../chats?x=1#", "a''%29%2F..%2F..%2Fchats%3Fx%3D1%23"},
+	    {"\"q\"(p)", "%22q%22%28p%29"},
+	    {"100%", "100%25"},
+	    {"a\r\nHost: evil", "a%0D%0AHost%3A%20evil"},
+	    {"j\xc3\xa9r\xc3\xb4me", "j%C3%A9r%C3%B4me"},
+	    {"a\\b+c", "a%5Cb%2Bc"},
+	    {"''", "''''"},
 	};
 	char url[1024], want[1024];
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -228,11 +257,14 @@ static void test_client_request_id(void **state)
 	static const struct {
 		const char *name, *uuid;
 	} v[] = {
-		{"hr-2026-000123", "abaa1329-b418-5b70-9af6-9c5c44f701fb"},
-		{"a", "f1822b70-cb8b-56d0-8edc-e717fc382c74"},
-		{"", "c91de75b-a24c-5b4f-90bf-dbed581cc80c"},
-		{"\xc3\x9c" "n\xc3\xaf" "code-\xe2\x9c\x93", "0d8d9590-c1e6-56ec-bdca-b86cbca44194"},
-		{"o'brien", "36a6c5ec-9de4-58dc-b6a6-196f1c8256be"},
+	    {"hr-2026-000123", "abaa1329-b418-5b70-9af6-9c5c44f701fb"},
+	    {"a", "f1822b70-cb8b-56d0-8edc-e717fc382c74"},
+	    {"", "c91de75b-a24c-5b4f-90bf-dbed581cc80c"},
+	    {"\xc3\x9c"
+	     "n\xc3\xaf"
+	     "code-\xe2\x9c\x93",
+	     "0d8d9590-c1e6-56ec-bdca-b86cbca44194"},
+	    {"o'brien", "36a6c5ec-9de4-58dc-b6a6-196f1c8256be"},
 	};
 	char out[37];
 	for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
@@ -242,9 +274,10 @@ static void test_client_request_id(void **state)
 	assert_string_equal(GRAPHREQ_CLIENT_REQUEST_NS, "e949fd02-0f89-5c91-a657-043613fb51a9");
 }
 
-#define OPLOC                                                                                  \
-	"/chats('19:82fe7758-5bb3-4f0d-a43f-e555fd399c6f_bfb5bb25-3a8d-487d-9828-7875ced51a30@unq." \
-	"gbl.spaces')/operations('2432b57b-0abd-43db-aa7b-16eadd115d34-861f06db-0208-4815-b67a-"    \
+#define OPLOC                                                                                      \
+	"/chats('19:82fe7758-5bb3-4f0d-a43f-e555fd399c6f_bfb5bb25-3a8d-487d-9828-7875ced51a30@"    \
+	"unq."                                                                                     \
+	"gbl.spaces')/operations('2432b57b-0abd-43db-aa7b-16eadd115d34-861f06db-0208-4815-b67a-"   \
 	"965df0d28b7f-10adc8a6-60db-42e2-9761-e56a7e4c7bc9')"
 
 static void test_location(void **state)
@@ -253,38 +286,37 @@ static void test_location(void **state)
 	static const struct {
 		const char *root, *loc, *want; /* want NULL: refused */
 	} cases[] = {
-		{ROOT, OPLOC, ROOT OPLOC},
-		{ROOT "/", OPLOC, ROOT OPLOC},
-		{ROOT, "https://graph.microsoft.com/beta/chats('a')/operations('b')",
-		 ROOT "/chats('a')/operations('b')"},
-		{ROOT, "HTTPS://GRAPH.microsoft.com:443/beta/chats('a')?x=1",
-		 ROOT "/chats('a')?x=1"},
-		{"http://127.0.0.1:8080/v1.0", "http://127.0.0.1:8080/v1.0/chats('a')/operations('b')",
-		 "http://127.0.0.1:8080/v1.0/chats('a')/operations('b')"},
-		{ROOT, "https://evil.example/beta/chats('a')", NULL},
-		{ROOT, "https://graph.microsoft.com.evil.example/beta/chats('a')", NULL},
-		{ROOT, "https://graph.microsoft.com@evil.example/beta/chats('a')", NULL},
-		{ROOT, "https://user@graph.microsoft.com/beta/chats('a')", NULL},
-		{ROOT, "http://graph.microsoft.com/beta/chats('a')", NULL},
-		{ROOT, "https://graph.microsoft.com:8443/beta/chats('a')", NULL},
-		{ROOT, "https://graph.microsoft.com/v1.0/chats('a')", NULL},
-		{ROOT, "https://graph.microsoft.com/betax/chats('a')", NULL},
-		{ROOT, "https://graph.microsoft.com/beta", NULL},
-		{ROOT, "https://graph.microsoft.com/beta//evil.example/x", NULL},
-		{ROOT, "//evil.example/beta/chats('a')", NULL},
-		{ROOT, "/chats('a')\r\nHost: evil.example", NULL},
-		{ROOT, "/chats('a')\n", NULL},
-		{ROOT, "/chats('a') x", NULL},
-		{ROOT, "/chats/../../x", NULL},
-		{ROOT, "/chats/%2e%2E/x", NULL},
-		{ROOT, "/chats\\..\\x", NULL},
-		{ROOT, "/\\evil.example/x", NULL},
-		{ROOT, "/chats('a')#frag", NULL},
-		{ROOT, "/chats('\xc3\xa9')", NULL},
-		{ROOT, "chats('a')", NULL},
-		{ROOT, "ftp://graph.microsoft.com/beta/chats", NULL},
-		{ROOT, "javascript:alert(1)", NULL},
-		{ROOT, "", NULL},
+	    {ROOT, OPLOC, ROOT OPLOC},
+	    {ROOT "/", OPLOC, ROOT OPLOC},
+	    {ROOT, "https://graph.microsoft.com/beta/chats('a')/operations('b')",
+	     ROOT "/chats('a')/operations('b')"},
+	    {ROOT, "HTTPS://GRAPH.microsoft.com:443/beta/chats('a')?x=1", ROOT "/chats('a')?x=1"},
+	    {"http://127.0.0.1:8080/v1.0", "http://127.0.0.1:8080/v1.0/chats('a')/operations('b')",
+	     "http://127.0.0.1:8080/v1.0/chats('a')/operations('b')"},
+	    {ROOT, "https://evil.example/beta/chats('a')", NULL},
+	    {ROOT, "https://graph.microsoft.com.evil.example/beta/chats('a')", NULL},
+	    {ROOT, "https://graph.microsoft.com@evil.example/beta/chats('a')", NULL},
+	    {ROOT, "https://user@graph.microsoft.com/beta/chats('a')", NULL},
+	    {ROOT, "http://graph.microsoft.com/beta/chats('a')", NULL},
+	    {ROOT, "https://graph.microsoft.com:8443/beta/chats('a')", NULL},
+	    {ROOT, "https://graph.microsoft.com/v1.0/chats('a')", NULL},
+	    {ROOT, "https://graph.microsoft.com/betax/chats('a')", NULL},
+	    {ROOT, "https://graph.microsoft.com/beta", NULL},
+	    {ROOT, "https://graph.microsoft.com/beta//evil.example/x", NULL},
+	    {ROOT, "//evil.example/beta/chats('a')", NULL},
+	    {ROOT, "/chats('a')\r\nHost: evil.example", NULL},
+	    {ROOT, "/chats('a')\n", NULL},
+	    {ROOT, "/chats('a') x", NULL},
+	    {ROOT, "/chats/../../x", NULL},
+	    {ROOT, "/chats/%2e%2E/x", NULL},
+	    {ROOT, "/chats\\..\\x", NULL},
+	    {ROOT, "/\\evil.example/x", NULL},
+	    {ROOT, "/chats('a')#frag", NULL},
+	    {ROOT, "/chats('\xc3\xa9')", NULL},
+	    {ROOT, "chats('a')", NULL},
+	    {ROOT, "ftp://graph.microsoft.com/beta/chats", NULL},
+	    {ROOT, "javascript:alert(1)", NULL},
+	    {ROOT, "", NULL},
 	};
 	char out[GRAPHREQ_URL_MAX + 1];
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -309,10 +341,10 @@ static void test_lookup_url(void **state)
 	(void)state;
 	char out[1024];
 	assert_true(graphreq_lookup_url(ROOT, "o'brien@contoso.com",
-					"Welcome, Jane & 'co' 100% #1/\xc3\xa9", out, sizeof out));
+	                                "Welcome, Jane & 'co' 100% #1/\xc3\xa9", out, sizeof out));
 	assert_string_equal(out, ROOT "/users('o''brien@contoso.com')/chats?$filter=topic%20eq%20"
-				    "'Welcome%2C%20Jane%20%26%20''co''%20100%25%20%231%2F%C3%A9'"
-				    "&$expand=members");
+	                              "'Welcome%2C%20Jane%20%26%20''co''%20100%25%20%231%2F%C3%A9'"
+	                              "&$expand=members");
 	assert_false(graphreq_lookup_url(ROOT, "", "t", out, sizeof out));
 	assert_false(graphreq_lookup_url(ROOT, "a@b.com", "t", out, 30));
 }
@@ -320,10 +352,10 @@ static void test_lookup_url(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_documented_bodies), cmocka_unit_test(test_example5_guest),
-		cmocka_unit_test(test_body_json_escaping), cmocka_unit_test(test_bind_url_escaping),
-		cmocka_unit_test(test_client_request_id), cmocka_unit_test(test_location),
-		cmocka_unit_test(test_lookup_url),
+	    cmocka_unit_test(test_documented_bodies),  cmocka_unit_test(test_example5_guest),
+	    cmocka_unit_test(test_body_json_escaping), cmocka_unit_test(test_bind_url_escaping),
+	    cmocka_unit_test(test_client_request_id),  cmocka_unit_test(test_location),
+	    cmocka_unit_test(test_lookup_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,17 +16,17 @@
 
 /* Microsoft's documented 201 bodies (examples 2 and 6). */
 static const char chat_group[] =
-	"{\"@odata.context\":\"https://graph.microsoft.com/beta/$metadata#chats/$entity\","
-	"\"id\":\"19:1c5b01696d2e4a179c292bc9cf04e63b@thread.v2\",\"topic\":\"Group chat title\","
-	"\"createdDateTime\":\"2020-12-04T23:11:16.175Z\",\"lastUpdatedDateTime\":"
-	"\"2020-12-04T23:11:16.175Z\",\"chatType\":\"group\",\"webUrl\":\"https://teams.microsoft."
-	"com/l/chat/19%3A1c5b01696d2e4a179c292bc9cf04e63b@thread.v2/0?tenantId=b33cbe9f-8ebe-4f2a-"
-	"912b-7e2a427f477f\",\"tenantId\":\"b33cbe9f-8ebe-4f2a-912b-7e2a427f477f\"}";
+    "{\"@odata.context\":\"https://graph.microsoft.com/beta/$metadata#chats/$entity\","
+    "\"id\":\"19:1c5b01696d2e4a179c292bc9cf04e63b@thread.v2\",\"topic\":\"Group chat title\","
+    "\"createdDateTime\":\"2020-12-04T23:11:16.175Z\",\"lastUpdatedDateTime\":"
+    "\"2020-12-04T23:11:16.175Z\",\"chatType\":\"group\",\"webUrl\":\"https://teams.microsoft."
+    "com/l/chat/19%3A1c5b01696d2e4a179c292bc9cf04e63b@thread.v2/0?tenantId=b33cbe9f-8ebe-4f2a-"
+    "912b-7e2a427f477f\",\"tenantId\":\"b33cbe9f-8ebe-4f2a-912b-7e2a427f477f\"}";
 static const char chat_one[] =
-	"{\n \"@odata.context\": \"https://graph.microsoft.com/v1.0/$metadata#chats/$entity\",\n"
-	" \"id\": \"19:82af01c5-f7cc-4a2e-a728-3a5df21afd9d_8b081ef6-4792-4def-b2c9-c363a1bf41d5@unq."
-	"gbl.spaces\",\n \"topic\": null,\n \"createdDateTime\": \"2020-12-04T23:10:28.51Z\",\n"
-	" \"lastUpdatedDateTime\": \"2020-12-04T23:10:28.51Z\",\n \"chatType\": \"oneOnOne\"\n}\n";
+    "{\n \"@odata.context\": \"https://graph.microsoft.com/v1.0/$metadata#chats/$entity\",\n"
+    " \"id\": \"19:82af01c5-f7cc-4a2e-a728-3a5df21afd9d_8b081ef6-4792-4def-b2c9-c363a1bf41d5@unq."
+    "gbl.spaces\",\n \"topic\": null,\n \"createdDateTime\": \"2020-12-04T23:10:28.51Z\",\n"
+    " \"lastUpdatedDateTime\": \"2020-12-04T23:10:28.51Z\",\n \"chatType\": \"oneOnOne\"\n}\n";
 
 static char *repeat(char c, size_t n)
 {
@@ -76,20 +76,20 @@ static void test_chat_invalid(void **state)
 	static const struct {
 		const char *body, *err;
 	} cases[] = {
-		{"", "empty body"},
-		{"{\"id\":\"19:a\"", "invalid JSON at offset 12: unexpected end of input"},
-		{"{\"id\":\"19:a\"} {}", "invalid JSON at offset 14"},
-		{"[{\"id\":\"19:a\"}]", "body is not one JSON object"},
-		{"\"19:a\"", "body is not one JSON object"},
-		{"{\"topic\":\"x\"}", "id: missing"},
-		{"{\"id\":null}", "id: missing"},
-		{"{\"id\":19}", "id: not a string"},
-		{"{\"id\":\"\"}", "id: empty"},
-		{"{\"id\":\"a\\u0000b\"}", "id: longer than 255 bytes"},
-		{"{\"id\":\"19:a\",\"topic\":5}", "topic: not a string"},
-		{"{\"id\":\"19:a\",\"webUrl\":[]}", "webUrl: not a string"},
-		{"{\"id\":\"19:a\",\"chatType\":{}}", "chatType: not a string"},
-		{"{\"id\":\"19:\xff\"}", "invalid JSON at offset"},
+	    {"", "empty body"},
+	    {"{\"id\":\"19:a\"", "invalid JSON at offset 12: unexpected end of input"},
+	    {"{\"id\":\"19:a\"} {}", "invalid JSON at offset 14"},
+	    {"[{\"id\":\"19:a\"}]", "body is not one JSON object"},
+	    {"\"19:a\"", "body is not one JSON object"},
+	    {"{\"topic\":\"x\"}", "id: missing"},
+	    {"{\"id\":null}", "id: missing"},
+	    {"{\"id\":19}", "id: not a string"},
+	    {"{\"id\":\"\"}", "id: empty"},
+	    {"{\"id\":\"a\\u0000b\"}", "id: longer than 255 bytes"},
+	    {"{\"id\":\"19:a\",\"topic\":5}", "topic: not a string"},
+	    {"{\"id\":\"19:a\",\"webUrl\":[]}", "webUrl: not a string"},
+	    {"{\"id\":\"19:a\",\"chatType\":{}}", "chatType: not a string"},
+	    {"{\"id\":\"19:\xff\"}", "invalid JSON at offset"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
 		expect_chat_error(cases[i].body, strlen(cases[i].body), cases[i].err);
@@ -139,10 +139,10 @@ static void test_operation(void **state)
 	struct graphresp_operation op;
 	char err[256];
 	const char *ok = "{\"id\":\"2432b57b-0abd\",\"operationType\":\"createChat\","
-			 "\"createdDateTime\":\"2021-01-11T19:24:17Z\",\"status\":\"succeeded\","
-			 "\"lastActionDateTime\":\"2021-01-11T19:24:19Z\",\"attemptsCount\":1,"
-			 "\"targetResourceId\":\"19:a@unq.gbl.spaces\",\"targetResourceLocation\":"
-			 "\"/chats('19:a@unq.gbl.spaces')\",\"error\":null}";
+	                 "\"createdDateTime\":\"2021-01-11T19:24:17Z\",\"status\":\"succeeded\","
+	                 "\"lastActionDateTime\":\"2021-01-11T19:24:19Z\",\"attemptsCount\":1,"
+	                 "\"targetResourceId\":\"19:a@unq.gbl.spaces\",\"targetResourceLocation\":"
+	                 "\"/chats('19:a@unq.gbl.spaces')\",\"error\":null}";
 	assert_true(graphresp_parse_operation(ok, strlen(ok), &op, err, sizeof err));
 	assert_int_equal(op.status, GRAPHRESP_OP_SUCCEEDED);
 	assert_string_equal(op.status_text, "succeeded");
@@ -156,10 +156,10 @@ static void test_operation(void **state)
 		const char *status;
 		enum graphresp_op_status want;
 	} st[] = {{"notStarted", GRAPHRESP_OP_NOT_STARTED},
-		  {"inProgress", GRAPHRESP_OP_IN_PROGRESS},
-		  {"failed", GRAPHRESP_OP_FAILED},
-		  {"unknownFutureValue", GRAPHRESP_OP_UNKNOWN},
-		  {"Succeeded", GRAPHRESP_OP_UNKNOWN}};
+	          {"inProgress", GRAPHRESP_OP_IN_PROGRESS},
+	          {"failed", GRAPHRESP_OP_FAILED},
+	          {"unknownFutureValue", GRAPHRESP_OP_UNKNOWN},
+	          {"Succeeded", GRAPHRESP_OP_UNKNOWN}};
 	char body[512];
 	for (size_t i = 0; i < sizeof st / sizeof st[0]; i++) {
 		snprintf(body, sizeof body, "{\"status\":\"%s\"}", st[i].status);
@@ -169,7 +169,7 @@ static void test_operation(void **state)
 		assert_int_equal(op.attempts_count, 0);
 	}
 	const char *failed = "{\"status\":\"failed\",\"attemptsCount\":3,\"error\":{\"code\":"
-			     "\"BadRequest\",\"message\":\"Member not found\"}}";
+	                     "\"BadRequest\",\"message\":\"Member not found\"}}";
 	assert_true(graphresp_parse_operation(failed, strlen(failed), &op, err, sizeof err));
 	assert_int_equal(op.status, GRAPHRESP_OP_FAILED);
 	assert_int_equal(op.attempts_count, 3);
@@ -183,22 +183,23 @@ static void test_operation_invalid(void **state)
 	static const struct {
 		const char *body, *err;
 	} cases[] = {
-		{"{\"id\":\"x\"}", "status: missing"},
-		{"{\"status\":1}", "status: not a string"},
-		{"{\"status\":\"\"}", "status: empty"},
-		{"{\"status\":\"succeeded\",\"attemptsCount\":\"1\"}", "attemptsCount: not an integer"},
-		{"{\"status\":\"succeeded\",\"attemptsCount\":-1}", "attemptsCount: out of range"},
-		{"{\"status\":\"succeeded\",\"attemptsCount\":1e300}", "attemptsCount: not an integer"},
-		{"{\"status\":\"failed\",\"error\":\"boom\"}", "error: not an object"},
-		{"{\"status\":\"failed\",\"error\":{\"code\":5}}", "error: code and message"},
-		{"{\"status\":\"succeeded\",\"targetResourceId\":[]}", "targetResourceId: not a string"},
-		{"{\"status\":\"succ", "invalid JSON"},
+	    {"{\"id\":\"x\"}", "status: missing"},
+	    {"{\"status\":1}", "status: not a string"},
+	    {"{\"status\":\"\"}", "status: empty"},
+	    {"{\"status\":\"succeeded\",\"attemptsCount\":\"1\"}", "attemptsCount: not an integer"},
+	    {"{\"status\":\"succeeded\",\"attemptsCount\":-1}", "attemptsCount: out of range"},
+	    {"{\"status\":\"succeeded\",\"attemptsCount\":1e300}", "attemptsCount: not an integer"},
+	    {"{\"status\":\"failed\",\"error\":\"boom\"}", "error: not an object"},
+	    {"{\"status\":\"failed\",\"error\":{\"code\":5}}", "error: code and message"},
+	    {"{\"status\":\"succeeded\",\"targetResourceId\":[]}",
+	     "targetResourceId: not a string"},
+	    {"{\"status\":\"succ", "invalid JSON"},
 	};
 	struct graphresp_operation op;
 	char err[256];
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		assert_false(graphresp_parse_operation(cases[i].body, strlen(cases[i].body), &op, err,
-						       sizeof err));
+		assert_false(graphresp_parse_operation(cases[i].body, strlen(cases[i].body), &op,
+		                                       err, sizeof err));
 		if (strncmp(err, cases[i].err, strlen(cases[i].err)) != 0)
 			fail_msg("case %zu: \"%s\"", i, err);
 	}
@@ -216,8 +217,8 @@ static void test_error_body(void **state)
 	(void)state;
 	struct graphresp_error e;
 	const char *body = "{\"error\":{\"code\":\"Forbidden\",\"message\":\"Missing role "
-			   "Chat.Create\",\"innerError\":{\"date\":\"2021-01-11T19:24:17\","
-			   "\"request-id\":\"a1b2c3\",\"client-request-id\":\"d4e5\"}}}";
+	                   "Chat.Create\",\"innerError\":{\"date\":\"2021-01-11T19:24:17\","
+	                   "\"request-id\":\"a1b2c3\",\"client-request-id\":\"d4e5\"}}}";
 	assert_true(graphresp_parse_error(body, strlen(body), &e));
 	assert_string_equal(e.code, "Forbidden");
 	assert_string_equal(e.message, "Missing role Chat.Create");
@@ -226,10 +227,15 @@ static void test_error_body(void **state)
 	assert_true(graphresp_parse_error(bare, strlen(bare), &e));
 	assert_string_equal(e.message, "");
 	assert_string_equal(e.request_id, "");
-	static const char *const bad[] = {"", "{}", "{\"error\":\"x\"}", "{\"error\":{}}",
-					  "{\"error\":{\"code\":1}}", "{\"error\":{\"code\":\"\"}}",
-					  "{\"error\":{\"code\":\"X\",\"message\":{}}}",
-					  "<html>503</html>", "{\"error\":{\"code\":\"X\""};
+	static const char *const bad[] = {"",
+	                                  "{}",
+	                                  "{\"error\":\"x\"}",
+	                                  "{\"error\":{}}",
+	                                  "{\"error\":{\"code\":1}}",
+	                                  "{\"error\":{\"code\":\"\"}}",
+	                                  "{\"error\":{\"code\":\"X\",\"message\":{}}}",
+	                                  "<html>503</html>",
+	                                  "{\"error\":{\"code\":\"X\""};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		if (graphresp_parse_error(bad[i], strlen(bad[i]), &e))
 			fail_msg("accepted %s", bad[i]);
@@ -258,45 +264,45 @@ static void test_retry_after(void **state)
 		const char *v;
 		int64_t now, want; /* want -1: refused */
 	} cases[] = {
-		{"120", 0, 120000},
-		{"0", 0, 0},
-		{"2.128", 0, 2128},
-		{"2.1", 0, 2100},
-		{"2.1281", 0, 2129},
-		{"2.1280000", 0, 2128},
-		{" 5\t", 0, 5000},
-		{"86400", 0, 86400000},
-		{"86401", 0, 86400000},
-		{"99999999999999999999999999", 0, 86400000},
-		{"31536000", 0, 86400000},
-		{"Sun, 06 Nov 1994 08:49:37 GMT", T1994 - 10000, 10000},
-		{"Sunday, 06-Nov-94 08:49:37 GMT", T1994 - 1500, 1500},
-		{"Sun Nov  6 08:49:37 1994", T1994 - 60000, 60000},
-		{"Sun, 06 Nov 1994 08:49:37 GMT", T1994 + 5000, 0},
-		{"Mon, 06 Nov 1995 08:49:37 GMT", T1994, 86400000},
-		{"Sun Nov  6 08:49:37 1994000123", T1994, 86400000}, /* fuzz: overflowed */
-		{"-1", 0, -1},
-		{"", 0, -1},
-		{"   ", 0, -1},
-		{"abc", 0, -1},
-		{"1e3", 0, -1},
-		{"2.", 0, -1},
-		{".5", 0, -1},
-		{"5s", 0, -1},
-		{"0x10", 0, -1},
-		{"+5", 0, -1},
-		{"5 5", 0, -1},
-		{"Sun, 06 Nov 1994", 0, -1},
-		{"Sun, 06 Nov 1994 08:49:37 GMT; x", 0, -1},
-		{"Sun, 06 Nov 1994 08:49:37 GMT\r\nX: y", 0, -1},
-		{"Foo, 99 Bar 1994 08:49:37 GMT", 0, -1},
+	    {"120", 0, 120000},
+	    {"0", 0, 0},
+	    {"2.128", 0, 2128},
+	    {"2.1", 0, 2100},
+	    {"2.1281", 0, 2129},
+	    {"2.1280000", 0, 2128},
+	    {" 5\t", 0, 5000},
+	    {"86400", 0, 86400000},
+	    {"86401", 0, 86400000},
+	    {"99999999999999999999999999", 0, 86400000},
+	    {"31536000", 0, 86400000},
+	    {"Sun, 06 Nov 1994 08:49:37 GMT", T1994 - 10000, 10000},
+	    {"Sunday, 06-Nov-94 08:49:37 GMT", T1994 - 1500, 1500},
+	    {"Sun Nov  6 08:49:37 1994", T1994 - 60000, 60000},
+	    {"Sun, 06 Nov 1994 08:49:37 GMT", T1994 + 5000, 0},
+	    {"Mon, 06 Nov 1995 08:49:37 GMT", T1994, 86400000},
+	    {"Sun Nov  6 08:49:37 1994000123", T1994, 86400000}, /* fuzz: overflowed */
+	    {"-1", 0, -1},
+	    {"", 0, -1},
+	    {"   ", 0, -1},
+	    {"abc", 0, -1},
+	    {"1e3", 0, -1},
+	    {"2.", 0, -1},
+	    {".5", 0, -1},
+	    {"5s", 0, -1},
+	    {"0x10", 0, -1},
+	    {"+5", 0, -1},
+	    {"5 5", 0, -1},
+	    {"Sun, 06 Nov 1994", 0, -1},
+	    {"Sun, 06 Nov 1994 08:49:37 GMT; x", 0, -1},
+	    {"Sun, 06 Nov 1994 08:49:37 GMT\r\nX: y", 0, -1},
+	    {"Foo, 99 Bar 1994 08:49:37 GMT", 0, -1},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		int64_t d = -7;
 		bool ok = graphresp_parse_retry_after(cases[i].v, cases[i].now, &d);
 		if (ok != (cases[i].want >= 0) || (ok && d != cases[i].want))
 			fail_msg("case %zu \"%s\": ok=%d delay=%lld", i, cases[i].v, ok,
-				 (long long)d);
+			         (long long)d);
 	}
 	int64_t d;
 	assert_false(graphresp_parse_retry_after(NULL, 0, &d));
@@ -314,51 +320,62 @@ static void test_datetime(void **state)
 	assert_int_equal(ms, 1607123428510LL);
 	assert_true(graphresp_parse_datetime("1994-11-06T08:49:37Z", &ms));
 	assert_int_equal(ms, T1994);
-	static const char *const bad[] = {"", "2020-12-04", "2020-13-04T00:00:00Z",
-					  "2020-02-30T00:00:00Z", "2020-12-04T24:00:00Z",
-					  "2020-12-04T23:11:16", "2020-12-04T23:11:16.Z",
-					  "2020-12-04T23:11:16Zx", "2020-12-04 23:11:16Z"};
+	static const char *const bad[] = {"",
+	                                  "2020-12-04",
+	                                  "2020-13-04T00:00:00Z",
+	                                  "2020-02-30T00:00:00Z",
+	                                  "2020-12-04T24:00:00Z",
+	                                  "2020-12-04T23:11:16",
+	                                  "2020-12-04T23:11:16.Z",
+	                                  "2020-12-04T23:11:16Zx",
+	                                  "2020-12-04 23:11:16Z"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
 		assert_false(graphresp_parse_datetime(bad[i], &ms));
 }
 
-#define G1 "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca"
-#define G3 "3626a173-f2bc-4883-bcf7-01514c3bfb82"
+#define G1              "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca"
+#define G3              "3626a173-f2bc-4883-bcf7-01514c3bfb82"
 #define MEM(uid, email) "{\"userId\":\"" uid "\",\"email\":" email "}"
-#define CHAT(id, topic, created, members)                                                      \
-	"{\"id\":\"" id "\",\"topic\":\"" topic "\",\"chatType\":\"group\",\"createdDateTime\":\"" \
-	created "\",\"members\":[" members "]}"
+#define CHAT(id, topic, created, members)                                                          \
+	"{\"id\":\"" id "\",\"topic\":\"" topic                                                    \
+	"\",\"chatType\":\"group\",\"createdDateTime\":\"" created "\",\"members\":[" members "]}"
 
 static void test_lookup(void **state)
 {
 	(void)state;
-	const char *body =
-		"{\"@odata.nextLink\":\"https://graph.microsoft.com/v1.0/users('x')/chats?$skiptoken=a\","
-		"\"value\":["
-		/* too old */
-		CHAT("19:old@thread.v2", "Welcome, Jane", "2026-11-26T09:00:00Z",
-		     MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001", "\"alex@contoso.com\"")
-		     "," MEM(G3, "null")) ","
-		/* an extra member */
-		CHAT("19:extra@thread.v2", "Welcome, Jane", "2026-11-26T10:00:01Z",
-		     MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001", "\"alex@contoso.com\"")
-		     "," MEM(G3, "null") "," MEM("bbbbbbbb-0000-0000-0000-000000000001", "null")) ","
-		/* another topic */
-		CHAT("19:topic@thread.v2", "Welcome, Jane!", "2026-11-26T10:00:01Z",
-		     MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001", "\"alex@contoso.com\"")
-		     "," MEM(G3, "null")) ","
-		/* the match, members in another order, one known by e-mail, case differs */
-		CHAT("19:ours@thread.v2", "Welcome, Jane", "2026-11-26T10:00:02.5Z",
-		     MEM(G3, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001", "\"Alex@Contoso.com\"")
-		     "," MEM("8C0A1A67-50CE-4114-BB6C-DA9C5DBCF6CA", "null")) ","
-		/* a later duplicate */
-		CHAT("19:later@thread.v2", "Welcome, Jane", "2026-11-26T10:05:00Z",
-		     MEM(G3, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001", "\"alex@contoso.com\"")
-		     "," MEM(G1, "null")) ","
-		"\"junk\",{\"id\":5}]}";
+	const char *body = "{\"@odata.nextLink\":\"https://graph.microsoft.com/v1.0/users('x')/"
+	                   "chats?$skiptoken=a\","
+	                   "\"value\":["
+	    /* too old */
+	    CHAT("19:old@thread.v2", "Welcome, Jane", "2026-11-26T09:00:00Z",
+	         MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001",
+	                                 "\"alex@contoso.com\"") "," MEM(G3, "null")) ","
+	    /* an extra member */
+	    CHAT("19:extra@thread.v2", "Welcome, Jane", "2026-11-26T10:00:01Z",
+	         MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001", "\"alex@contoso."
+	                                                                         "com\"") "," MEM(
+	             G3, "null") "," MEM("bbbbbbbb-0000-0000-0000-000000000001", "null")) ","
+	    /* another topic */
+	    CHAT("19:topic@thread.v2", "Welcome, Jane!", "2026-11-26T10:00:01Z",
+	         MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001",
+	                                 "\"alex@contoso.com\"") "," MEM(G3, "null")) ","
+	    /* the match, members in another order, one known by e-mail, case differs */
+	    CHAT("19:ours@thread.v2", "Welcome, Jane", "2026-11-26T10:00:02.5Z",
+	         MEM(G3, "null") "," MEM(
+	             "aaaaaaaa-0000-0000-0000-000000000001",
+	             "\"Alex@Contoso.com\"") "," MEM("8C0A1A67-50CE-4114-BB6C-DA9C5DBCF6CA",
+	                                             "null")) ","
+	    /* a later duplicate */
+	    CHAT("19:later@thread.v2", "Welcome, Jane", "2026-11-26T10:05:00Z",
+	         MEM(G3, "null") "," MEM(
+	             "aaaaaaaa-0000-0000-0000-000000000001",
+	             "\"alex@contoso.com\"") "," MEM(G1, "null")) ","
+	                                                          "\"junk\",{\"id\":5}]}";
 	const char *ids[] = {G1, "alex@contoso.com", G3};
-	struct graphresp_lookup_query q = {.topic = "Welcome, Jane", .user_ids = ids,
-					   .n_user_ids = 3, .created_after_ms = 1795687200000LL};
+	struct graphresp_lookup_query q = {.topic = "Welcome, Jane",
+	                                   .user_ids = ids,
+	                                   .n_user_ids = 3,
+	                                   .created_after_ms = 1795687200000LL};
 	struct graphresp_lookup_result r;
 	char err[256];
 	assert_true(graphresp_parse_lookup(body, strlen(body), &q, &r, err, sizeof err));
@@ -367,7 +384,7 @@ static void test_lookup(void **state)
 	assert_string_equal(r.chat.id, "19:ours@thread.v2");
 	assert_int_equal(r.created_ms, 1795687202500LL);
 	assert_string_equal(r.next_link,
-			    "https://graph.microsoft.com/v1.0/users('x')/chats?$skiptoken=a");
+	                    "https://graph.microsoft.com/v1.0/users('x')/chats?$skiptoken=a");
 
 	const char *none = "{\"value\":[]}";
 	assert_true(graphresp_parse_lookup(none, strlen(none), &q, &r, err, sizeof err));
@@ -375,10 +392,11 @@ static void test_lookup(void **state)
 	assert_int_equal(r.matches, 0);
 	assert_string_equal(r.next_link, "");
 
-	static const char *const bad[] = {"{}", "{\"value\":{}}", "{\"value\":[],\"@odata.nextLink\":1}",
-					  "{\"value\":[", "[]"};
+	static const char *const bad[] = {
+	    "{}", "{\"value\":{}}", "{\"value\":[],\"@odata.nextLink\":1}", "{\"value\":[", "[]"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-		assert_false(graphresp_parse_lookup(bad[i], strlen(bad[i]), &q, &r, err, sizeof err));
+		assert_false(
+		    graphresp_parse_lookup(bad[i], strlen(bad[i]), &q, &r, err, sizeof err));
 	q.topic = NULL;
 	assert_false(graphresp_parse_lookup(none, strlen(none), &q, &r, err, sizeof err));
 }
@@ -386,11 +404,15 @@ static void test_lookup(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_chat_valid),	   cmocka_unit_test(test_chat_invalid),
-		cmocka_unit_test(test_oversized_and_deep), cmocka_unit_test(test_operation),
-		cmocka_unit_test(test_operation_invalid),  cmocka_unit_test(test_error_body),
-		cmocka_unit_test(test_retry_after),	   cmocka_unit_test(test_datetime),
-		cmocka_unit_test(test_lookup),
+	    cmocka_unit_test(test_chat_valid),
+	    cmocka_unit_test(test_chat_invalid),
+	    cmocka_unit_test(test_oversized_and_deep),
+	    cmocka_unit_test(test_operation),
+	    cmocka_unit_test(test_operation_invalid),
+	    cmocka_unit_test(test_error_body),
+	    cmocka_unit_test(test_retry_after),
+	    cmocka_unit_test(test_datetime),
+	    cmocka_unit_test(test_lookup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
