@@ -54,8 +54,9 @@ struct event_limits {
 struct event_limits event_limits_default(void);
 
 /*
- * Decodes and validates one message value. On success *out is a new request (release with
- * event_free). On failure *out is NULL and reason holds why (truncated to reason_cap).
+ * Decodes and validates one message value (lim NULL: the defaults). On success *out is a
+ * new request (release with event_free). On failure *out is NULL and reason holds why
+ * (truncated to reason_cap).
  * Out of memory is reported as a failure with reason "out of memory".
  */
 bool event_decode(const void *buf, size_t len, const struct event_limits *lim,
