@@ -70,8 +70,9 @@ def chat_body(chat_type, users, topic=None, apps=(), version="v1.0"):
 
 
 class GraphSim:
-    def __init__(self, path=None):
+    def __init__(self, path=None, ssl_context=None):
         self.path = path or binary()
+        self.ssl_context = ssl_context  # for https (--tls-cert/--tls-key)
         self.proc = None
         self.url = None
         self._cfg = None
@@ -120,7 +121,11 @@ class GraphSim:
     # --- HTTP -------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, token=None, timeout=10.0):
         u = urllib.parse.urlsplit(self.url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        if u.scheme == "https":
+            conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = "Bearer " + token

@@ -4,6 +4,9 @@ import http.client
 import json
 import re
 import socket
+import ssl
+import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -258,3 +261,24 @@ def test_sigterm_with_suspended_requests_exits_zero(tok, sim):
     assert time.monotonic() - t0 < 3
     t.join()
     assert outcome  # answered early or closed: either way not left hanging
+
+
+def test_tls():
+    d = tempfile.mkdtemp()
+    key, cert = d + "/key.pem", d + "/cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.create_default_context(cafile=cert)
+    s = GraphSim(ssl_context=ctx).start(args=["--tls-cert", cert, "--tls-key", key])
+    try:
+        assert s.url.startswith("https://127.0.0.1:")
+        tok = s.token()
+        assert s.post_chat(group(), tok).status == 201
+        with pytest.raises(ssl.SSLError):
+            u = urllib.parse.urlsplit(s.url)
+            c = http.client.HTTPSConnection(u.hostname, u.port, timeout=5,
+                                            context=ssl.create_default_context())
+            c.request("GET", "/_sim/health")
+    finally:
+        assert s.stop() == 0
