@@ -13,8 +13,8 @@ GROUP_ID = re.compile(r"^19:[0-9a-f]{32}@thread\.v2$")
 
 @pytest.fixture
 def sim():
-    s = GraphSim().start(config={"operation_in_progress_after_s": 0.2,
-                                 "operation_done_after_s": 0.4})
+    s = GraphSim().start(config={"operation_in_progress_after_s": 0.5,
+                                 "operation_done_after_s": 1.0})
     yield s
     assert s.stop() == 0
 
@@ -241,12 +241,12 @@ def test_operation_lifecycle(sim, tok):
     assert op["targetResourceLocation"] == "/chats('%s')" % chat_id
     assert op["attemptsCount"] == 1 and op["id"] == op_id
     assert sim.ledger()["chats"] == []  # not yet
-    time.sleep(0.25)
+    time.sleep(0.6)
     op = sim.request("GET", "/v1.0/chats/%s/operations/%s" % (chat_id, op_id),
                      token=tok).json()
     assert op["status"] == "inProgress" and op["operationType"] == "unknownFutureValue"
     assert sim.ledger()["chats"] == []
-    time.sleep(0.2)
+    time.sleep(0.5)
     op = sim.request("GET", "/v1.0/chats('%s')/operations('%s')" % (chat_id, op_id),
                      token=tok).json()
     assert op["status"] == "succeeded"

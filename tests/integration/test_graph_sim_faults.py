@@ -41,7 +41,7 @@ def test_throttle_exact_limit_then_refill(sim, tok):
     r = sim.post_chat(group(), tok)
     assert r.status == 429 and r.json()["error"]["code"] == "TooManyRequests"
     assert r.headers["retry-after"] == "1"
-    time.sleep(0.45)  # refill 5/s: two tokens after 0.4 s
+    time.sleep(0.5)  # refill 5/s: 2.5 tokens, so exactly two more pass
     codes = [sim.post_chat(group(), tok).status for _ in range(3)]
     assert codes == [201, 201, 429]
     led = sim.ledger()
@@ -148,7 +148,7 @@ def test_hang_does_not_block_others(sim, tok):
         raw_post(sim, tok, timeout=0.3)
     # While it hangs, other requests are served at once.
     assert sim.request("GET", "/_sim/health").status == 200
-    assert time.monotonic() - t0 < 0.6
+    assert time.monotonic() - t0 < 0.9
     with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
         raw_post(sim, tok, timeout=3)  # closed without an answer after hang_s
     assert time.monotonic() - t0 >= 1.2
