@@ -18,17 +18,21 @@
 static struct lh_table *tokens; /* value -> struct gs_token, under gs.mu */
 
 static const char *const graph_scopes[] = {
-	"https://graph.microsoft.com/.default",
-	"https://graph.microsoft.us/.default",
-	"https://dod-graph.microsoft.us/.default",
-	"https://microsoftgraph.chinacloudapi.cn/.default",
+    "https://graph.microsoft.com/.default",
+    "https://graph.microsoft.us/.default",
+    "https://dod-graph.microsoft.us/.default",
+    "https://microsoftgraph.chinacloudapi.cn/.default",
 };
 
 static const char *const mi_resources[] = {
-	"https://graph.microsoft.com/",		"https://graph.microsoft.com",
-	"https://graph.microsoft.us/",		"https://graph.microsoft.us",
-	"https://dod-graph.microsoft.us/",	"https://dod-graph.microsoft.us",
-	"https://microsoftgraph.chinacloudapi.cn/", "https://microsoftgraph.chinacloudapi.cn",
+    "https://graph.microsoft.com/",
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.us/",
+    "https://graph.microsoft.us",
+    "https://dod-graph.microsoft.us/",
+    "https://dod-graph.microsoft.us",
+    "https://microsoftgraph.chinacloudapi.cn/",
+    "https://microsoftgraph.chinacloudapi.cn",
 };
 
 static void token_free(struct lh_entry *e)
@@ -67,7 +71,7 @@ static void purge_expired_locked(int64_t now)
 
 /* Under the lock: stores a new token and returns it. */
 static const struct gs_token *issue_locked(const char *tenant, const char *guid, int64_t now,
-					   double lifetime_s)
+                                           double lifetime_s)
 {
 	struct gs_token *t = calloc(1, sizeof(*t));
 	if (!t)
@@ -89,9 +93,9 @@ fail:
 
 /* Entra's error shape; counts the failure by AADSTS code. Called under the lock. */
 static void entra_error(const struct gs_req *q, struct gs_reply *r, unsigned status,
-			const char *error, int code, const char *fmt, ...) CP_PRINTF(6, 7);
+                        const char *error, int code, const char *fmt, ...) CP_PRINTF(6, 7);
 static void entra_error(const struct gs_req *q, struct gs_reply *r, unsigned status,
-			const char *error, int code, const char *fmt, ...)
+                        const char *error, int code, const char *fmt, ...)
 {
 	char msg[600], desc[900], ts[32], corr[GS_GUID_LEN + 1];
 	va_list ap;
@@ -103,9 +107,9 @@ static void entra_error(const struct gs_req *q, struct gs_reply *r, unsigned sta
 	ts[19] = 'Z';
 	ts[20] = '\0';
 	snprintf(corr, sizeof(corr), "%s",
-		 q->crid && gs_is_guid(q->crid) ? q->crid : r->request_id);
+	         q->crid && gs_is_guid(q->crid) ? q->crid : r->request_id);
 	snprintf(desc, sizeof(desc), "AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s",
-		 code, msg, r->request_id, corr, ts);
+	         code, msg, r->request_id, corr, ts);
 	json_object *o = json_object_new_object();
 	json_object_object_add(o, "error", json_object_new_string(error));
 	json_object_object_add(o, "error_description", json_object_new_string(desc));
@@ -116,7 +120,7 @@ static void entra_error(const struct gs_req *q, struct gs_reply *r, unsigned sta
 	json_object_object_add(o, "trace_id", json_object_new_string(r->request_id));
 	json_object_object_add(o, "correlation_id", json_object_new_string(corr));
 	json_object_object_add(o, "error_uri",
-			       json_object_new_string("https://login.microsoftonline.com/error"));
+	                       json_object_new_string("https://login.microsoftonline.com/error"));
 	gs_reply_json(r, status, o);
 	gs_ledger_failure_locked(code);
 }
@@ -151,33 +155,34 @@ static int check_credential(const struct gs_req *q, struct gs_reply *r, const st
 	int kind = -1;
 	if (!assertion)
 		return -1;
-	bool has_secret = gs_form_get(q->body, q->body_len, "client_secret", secret, sizeof(secret));
-	bool has_type = gs_form_get(q->body, q->body_len, "client_assertion_type", atype,
-				    sizeof(atype));
-	bool has_assert = gs_form_get(q->body, q->body_len, "client_assertion", assertion,
-				      FORM_VALUE_MAX);
+	bool has_secret =
+	    gs_form_get(q->body, q->body_len, "client_secret", secret, sizeof(secret));
+	bool has_type =
+	    gs_form_get(q->body, q->body_len, "client_assertion_type", atype, sizeof(atype));
+	bool has_assert =
+	    gs_form_get(q->body, q->body_len, "client_assertion", assertion, FORM_VALUE_MAX);
 	if (has_secret) {
 		if (c->secret && strcmp(secret, c->secret) == 0)
 			kind = GS_G_SECRET;
 		else
 			entra_error(q, r, 401, "invalid_client", 7000215,
-				    "Invalid client secret provided. Ensure the secret being sent "
-				    "in the request is the client secret value, not the client "
-				    "secret ID, for a secret added to app '%s'.",
-				    c->client_id);
+			            "Invalid client secret provided. Ensure the secret being sent "
+			            "in the request is the client secret value, not the client "
+			            "secret ID, for a secret added to app '%s'.",
+			            c->client_id);
 		goto out;
 	}
 	if (!has_assert) {
 		entra_error(q, r, 401, "invalid_client", 7000216,
-			    "'client_assertion', 'client_secret' or 'request' is required for the "
-			    "'client_credentials' grant type.");
+		            "'client_assertion', 'client_secret' or 'request' is required for the "
+		            "'client_credentials' grant type.");
 		goto out;
 	}
 	if (!has_type ||
 	    strcmp(atype, "urn:ietf:params:oauth:client-assertion-type:jwt-bearer") != 0) {
 		entra_error(q, r, 400, "invalid_request", 50027,
-			    "Invalid client_assertion_type; expected "
-			    "'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.");
+		            "Invalid client_assertion_type; expected "
+		            "'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.");
 		goto out;
 	}
 	char msg[300] = "";
@@ -187,11 +192,11 @@ static int check_credential(const struct gs_req *q, struct gs_reply *r, const st
 		code = 0, kind = GS_G_FEDERATED;
 	else if (!c->cert_key)
 		code = 700027, snprintf(msg, sizeof(msg),
-					"Client assertion failed signature validation: no "
-					"certificate or federated credential matches.");
+		                        "Client assertion failed signature validation: no "
+		                        "certificate or federated credential matches.");
 	else
 		code = gs_jwt_verify_locked(c, assertion, q->path, q->wall_ms / 1000, msg,
-					    sizeof(msg));
+		                            sizeof(msg));
 	if (code == 0)
 		kind = kind < 0 ? GS_G_CERT : kind;
 	else
@@ -208,59 +213,59 @@ static void token_locked(const struct gs_req *q, struct gs_reply *r, const char 
 	const char *canonical = NULL, *guid = NULL;
 	if (strcmp(q->method, "POST") != 0) {
 		entra_error(q, r, 405, "invalid_request", 900561,
-			    "The endpoint only accepts POST requests. Received a %s request.",
-			    q->method);
+		            "The endpoint only accepts POST requests. Received a %s request.",
+		            q->method);
 		return;
 	}
 	if (gs_roll(gs.k.token_fault_503_rate)) {
 		entra_error(q, r, 503, "temporarily_unavailable", 90033,
-			    "A transient error has occurred. Please try again.");
+		            "A transient error has occurred. Please try again.");
 		if (gs_retry_after_value(gs.k.fault_503_retry_after_s, ra, sizeof(ra)))
 			gs_reply_header(r, "Retry-After", "%s", ra);
 		return;
 	}
 	if (!gs_knobs_tenant_known(&gs.k, tenant, &canonical, &guid)) {
 		entra_error(q, r, 400, "invalid_request", 90002,
-			    "Tenant '%s' not found. Check to make sure you have the correct tenant "
-			    "ID and are signing into the correct cloud.",
-			    tenant);
+		            "Tenant '%s' not found. Check to make sure you have the correct tenant "
+		            "ID and are signing into the correct cloud.",
+		            tenant);
 		return;
 	}
 	if (!gs_form_get(q->body, q->body_len, "grant_type", grant, sizeof(grant))) {
 		entra_error(q, r, 400, "invalid_request", 900144,
-			    "The request body must contain the following parameter: "
-			    "'grant_type'.");
+		            "The request body must contain the following parameter: "
+		            "'grant_type'.");
 		return;
 	}
 	if (strcmp(grant, "client_credentials") != 0) {
 		entra_error(q, r, 400, "unsupported_grant_type", 70003,
-			    "The app requested an unsupported grant type '%s'.", grant);
+		            "The app requested an unsupported grant type '%s'.", grant);
 		return;
 	}
 	if (!gs_form_get(q->body, q->body_len, "client_id", client_id, sizeof(client_id))) {
 		entra_error(q, r, 400, "invalid_request", 900144,
-			    "The request body must contain the following parameter: 'client_id'.");
+		            "The request body must contain the following parameter: 'client_id'.");
 		return;
 	}
 	const struct gs_client *c = gs_knobs_client(&gs.k, tenant, client_id);
 	if (!c) {
 		entra_error(q, r, 400, "unauthorized_client", 700016,
-			    "Application with identifier '%s' was not found in the directory "
-			    "'%s'. This can happen if the application has not been installed by "
-			    "the administrator of the tenant.",
-			    client_id, tenant);
+		            "Application with identifier '%s' was not found in the directory "
+		            "'%s'. This can happen if the application has not been installed by "
+		            "the administrator of the tenant.",
+		            client_id, tenant);
 		return;
 	}
 	if (!gs_form_get(q->body, q->body_len, "scope", scope, sizeof(scope))) {
 		entra_error(q, r, 400, "invalid_request", 900144,
-			    "The request body must contain the following parameter: 'scope'.");
+		            "The request body must contain the following parameter: 'scope'.");
 		return;
 	}
 	if (!scope_ok(scope, gs.k.expected_scope)) {
 		entra_error(q, r, 400, "invalid_scope", 70011,
-			    "The provided value for the input parameter 'scope' is not valid. The "
-			    "scope %s is not valid.",
-			    scope);
+		            "The provided value for the input parameter 'scope' is not valid. The "
+		            "scope %s is not valid.",
+		            scope);
 		return;
 	}
 	int kind = check_credential(q, r, c);
@@ -304,7 +309,7 @@ static bool mi_resource_ok(const char *res)
 
 /* IMDS answers with every value as a string, unlike the v2.0 endpoint. */
 static void mi_reply(struct gs_reply *r, const struct gs_token *t, const char *client_id,
-		     const char *resource, double lifetime_s, int64_t wall_ms)
+                     const char *resource, double lifetime_s, int64_t wall_ms)
 {
 	char buf[32];
 	int64_t now_s = wall_ms / 1000;
@@ -337,12 +342,14 @@ static void mi_locked(const struct gs_req *q, struct gs_reply *r)
 	else if (!meta || strcasecmp(meta, "true") != 0)
 		mi_error(r, 400, "invalid_request", "Required metadata header not specified");
 	else if (!ver || !*ver)
-		mi_error(r, 400, "invalid_request", "Required query variable 'api-version' is missing");
+		mi_error(r, 400, "invalid_request",
+		         "Required query variable 'api-version' is missing");
 	else if (!res || !*res)
-		mi_error(r, 400, "invalid_request", "Required query variable 'resource' is missing");
+		mi_error(r, 400, "invalid_request",
+		         "Required query variable 'resource' is missing");
 	else if (!mi_resource_ok(res))
 		mi_error(r, 400, "invalid_resource",
-			 "AADSTS500011: The resource principal was not found in the tenant.");
+		         "AADSTS500011: The resource principal was not found in the tenant.");
 	else if (cid && strcasecmp(cid, mi_id) != 0)
 		mi_error(r, 400, "invalid_request", "Identity not found");
 	else if (gs_roll(gs.k.token_fault_503_rate)) {
@@ -351,7 +358,7 @@ static void mi_locked(const struct gs_req *q, struct gs_reply *r)
 			gs_reply_header(r, "Retry-After", "%s", ra);
 	} else {
 		const struct gs_token *t =
-			issue_locked(c->tenant, c->tenant_guid, q->mono_ms, gs.k.token_lifetime_s);
+		    issue_locked(c->tenant, c->tenant_guid, q->mono_ms, gs.k.token_lifetime_s);
 		if (!t) {
 			mi_error(r, 500, "server_error", "out of memory");
 			return;
@@ -374,9 +381,10 @@ void gs_handle_mi(const struct gs_req *q, struct gs_reply *r)
 static void unauthorized(const struct gs_req *q, struct gs_reply *r, const char *msg)
 {
 	gs_reply_graph_error(r, q, 401, "InvalidAuthenticationToken", "%s", msg);
-	gs_reply_header(r, "WWW-Authenticate",
-			"Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/"
-			"common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"");
+	gs_reply_header(
+	    r, "WWW-Authenticate",
+	    "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/"
+	    "common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"");
 }
 
 const struct gs_token *gs_auth_bearer_locked(const struct gs_req *q, struct gs_reply *r)

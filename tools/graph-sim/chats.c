@@ -123,7 +123,7 @@ static bool assign_id(struct gs_chat *c)
 {
 	if (c->group) {
 		snprintf(c->id, sizeof(c->id), "19:%016llx%016llx@thread.v2",
-			 (unsigned long long)gs_rand_u64(), (unsigned long long)gs_rand_u64());
+		         (unsigned long long)gs_rand_u64(), (unsigned long long)gs_rand_u64());
 		return true;
 	}
 	const char *a = c->m[0].guid, *b = c->m[1].guid;
@@ -192,13 +192,13 @@ static void add_graph_headers(const struct gs_req *q, struct gs_reply *r)
 	gs_reply_header(r, "request-id", "%s", r->request_id);
 	gs_reply_header(r, "client-request-id", "%s", q->crid ? q->crid : r->request_id);
 	gs_reply_header(r, "x-ms-ags-diagnostic",
-			"{\"ServerInfo\":{\"DataCenter\":\"Sim\",\"Slice\":\"E\",\"Ring\":\"1\","
-			"\"ScaleUnit\":\"000\",\"RoleInstance\":\"graph-sim\"}}");
+	                "{\"ServerInfo\":{\"DataCenter\":\"Sim\",\"Slice\":\"E\",\"Ring\":\"1\","
+	                "\"ScaleUnit\":\"000\",\"RoleInstance\":\"graph-sim\"}}");
 	gs_reply_header(r, "Strict-Transport-Security", "max-age=31536000");
 }
 
-static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c, const char *version,
-			  bool context, bool members)
+static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c,
+                                 const char *version, bool context, bool members)
 {
 	char buf[512], t[32];
 	json_object *o = json_object_new_object();
@@ -213,9 +213,10 @@ static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c
 	gs_fmt_time(c->created_wall, t, sizeof(t));
 	json_object_object_add(o, "createdDateTime", json_object_new_string(t));
 	json_object_object_add(o, "lastUpdatedDateTime", json_object_new_string(t));
-	json_object_object_add(o, "chatType", json_object_new_string(c->group ? "group" : "oneOnOne"));
+	json_object_object_add(o, "chatType",
+	                       json_object_new_string(c->group ? "group" : "oneOnOne"));
 	snprintf(buf, sizeof(buf), "https://teams.microsoft.com/l/chat/19%%3A%s/0?tenantId=%s",
-		 c->id + 3, c->tenant_guid);
+	         c->id + 3, c->tenant_guid);
 	json_object_object_add(o, "webUrl", json_object_new_string(buf));
 	json_object_object_add(o, "tenantId", json_object_new_string(c->tenant_guid));
 	if (!members)
@@ -225,8 +226,8 @@ static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c
 		const struct gs_member *m = &c->m[i];
 		json_object *mo = json_object_new_object();
 		json_object_object_add(
-			mo, "@odata.type",
-			json_object_new_string("#microsoft.graph.aadUserConversationMember"));
+		    mo, "@odata.type",
+		    json_object_new_string("#microsoft.graph.aadUserConversationMember"));
 		snprintf(buf, sizeof(buf), "%s##%s", c->id, m->guid);
 		json_object_object_add(mo, "id", json_object_new_string(buf));
 		json_object *roles = json_object_new_array();
@@ -234,12 +235,12 @@ static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c
 		json_object_object_add(mo, "roles", roles);
 		json_object_object_add(mo, "displayName", NULL);
 		json_object_object_add(mo, "userId", json_object_new_string(m->guid));
-		json_object_object_add(mo, "email", strchr(m->user_id, '@')
-							    ? json_object_new_string(m->user_id)
-							    : NULL);
-		json_object_object_add(mo, "tenantId",
-				       json_object_new_string(m->tenant_id[0] ? m->tenant_id
-									      : c->tenant_guid));
+		json_object_object_add(mo, "email",
+		                       strchr(m->user_id, '@') ? json_object_new_string(m->user_id)
+		                                               : NULL);
+		json_object_object_add(
+		    mo, "tenantId",
+		    json_object_new_string(m->tenant_id[0] ? m->tenant_id : c->tenant_guid));
 		json_object_array_add(arr, mo);
 	}
 	json_object_object_add(o, "members", arr);
@@ -255,7 +256,7 @@ static void record_post(const struct gs_req *q, int status, const char *fault)
 
 /* 429 or 503 with Retry-After in the configured form; remembers it for violations. */
 static void retry_reply(const struct gs_req *q, struct gs_reply *r, const char *tenant,
-			unsigned status, const char *code, const char *msg, double seconds)
+                        unsigned status, const char *code, const char *msg, double seconds)
 {
 	char ra[32];
 	gs_reply_graph_error(r, q, status, code, "%s", msg);
@@ -263,12 +264,13 @@ static void retry_reply(const struct gs_req *q, struct gs_reply *r, const char *
 		return;
 	gs_reply_header(r, "Retry-After", "%s", ra);
 	if (tenant)
-		gs_throttle_note_retry_locked(tenant, q->mono_ms + (int64_t)(strtod(ra, NULL) * 1000));
+		gs_throttle_note_retry_locked(tenant,
+		                              q->mono_ms + (int64_t)(strtod(ra, NULL) * 1000));
 }
 
 /* Injected faults shared by POST /chats and the operation GET; true if one fired. */
 static bool inject_fault_locked(const struct gs_req *q, struct gs_reply *r, const char *tenant,
-				bool note_retry)
+                                bool note_retry)
 {
 	const struct gs_knobs *k = &gs.k;
 	if (gs_roll(k->fault_reset_rate)) {
@@ -280,13 +282,13 @@ static bool inject_fault_locked(const struct gs_req *q, struct gs_reply *r, cons
 		r->delay_ms += (int64_t)(k->hang_s * 1000);
 	} else if (gs_roll(k->fault_503_rate)) {
 		retry_reply(q, r, note_retry ? tenant : NULL, 503, "ServiceNotAvailable",
-			    "The service is temporarily unavailable. Please retry later.",
-			    k->fault_503_retry_after_s);
+		            "The service is temporarily unavailable. Please retry later.",
+		            k->fault_503_retry_after_s);
 	} else if (gs_roll(k->fault_504_rate)) {
 		gs_reply_graph_error(r, q, 504, "GatewayTimeout", "The gateway timed out.");
 	} else if (gs_roll(k->fault_500_rate)) {
 		gs_reply_graph_error(r, q, 500, "InternalServerError",
-				     "An internal server error occurred.");
+		                     "An internal server error occurred.");
 	} else {
 		return false;
 	}
@@ -341,12 +343,12 @@ static void reply_202(const struct gs_req *q, struct gs_reply *r, struct gs_chat
 	r->status = 202;
 	bool foreign = gs.k.hostile == GS_H_FOREIGN_LOCATION && gs_roll(gs.k.hostile_rate);
 	gs_reply_header(r, "Location", "%s/chats('%s')/operations('%s')",
-			foreign ? "https://graph.attacker.example/v1.0" : "", o->chat_id, o->id);
+	                foreign ? "https://graph.attacker.example/v1.0" : "", o->chat_id, o->id);
 }
 
 /* 201 with the chat, or one of the hostile variants of it. */
 static void reply_201(const struct gs_req *q, struct gs_reply *r, const struct gs_chat *c,
-		      const char *version)
+                      const char *version)
 {
 	enum gs_hostile h = gs_roll(gs.k.hostile_rate) ? gs.k.hostile : GS_H_NONE;
 	json_object *o = gs_chat_json(q, c, version, true, false);
@@ -354,7 +356,7 @@ static void reply_201(const struct gs_req *q, struct gs_reply *r, const struct g
 		json_object_object_del(o, "id");
 	gs_reply_json(r, 201, o);
 	r->content_type = "application/json;odata.metadata=minimal;odata.streaming=true;"
-			  "IEEE754Compatible=false;charset=utf-8";
+	                  "IEEE754Compatible=false;charset=utf-8";
 	if (h == GS_H_INVALID_JSON && r->len > 20)
 		r->len = r->len / 2;
 	else if (h == GS_H_OVERSIZED_BODY)
@@ -376,7 +378,7 @@ static bool front_door_locked(const struct gs_req *q, struct gs_reply *r, const 
 	}
 	if (!gs_throttle_admit_locked(tenant, q->mono_ms, &wait)) {
 		retry_reply(q, r, tenant, 429, "TooManyRequests",
-			    "Too many requests. Rate limit has been exceeded; retry later.", wait);
+		            "Too many requests. Rate limit has been exceeded; retry later.", wait);
 		record_post(q, 429, NULL);
 		return false;
 	}
@@ -388,7 +390,7 @@ static bool front_door_locked(const struct gs_req *q, struct gs_reply *r, const 
 }
 
 static void post_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
-			struct gs_chat *c, const struct gs_graph_err *err)
+                        struct gs_chat *c, const struct gs_graph_err *err)
 {
 	const struct gs_token *t = gs_auth_bearer_locked(q, r);
 	if (!t || !front_door_locked(q, r, t->tenant))
@@ -402,8 +404,8 @@ static void post_locked(const struct gs_req *q, struct gs_reply *r, const char *
 		if (gs_strlist_has(&gs.k.unknown_users, c->m[i].user_id, true) ||
 		    gs_strlist_has(&gs.k.unknown_users, c->m[i].guid, true)) {
 			gs_reply_graph_error(r, q, 404, "NotFound",
-					     "User '%s' was not found in the directory.",
-					     c->m[i].user_id);
+			                     "User '%s' was not found in the directory.",
+			                     c->m[i].user_id);
 			record_post(q, 404, NULL);
 			goto out;
 		}
@@ -470,12 +472,12 @@ static json_object *op_json(const struct gs_req *q, const struct op *o, const ch
 	char origin[256];
 	gs_req_origin(q, origin, sizeof(origin));
 	snprintf(buf, sizeof(buf), "%s/%s/$metadata#chats('%s')/operations/$entity", origin,
-		 version, o->chat_id);
+	         version, o->chat_id);
 	json_object_object_add(j, "@odata.context", json_object_new_string(buf));
 	json_object_object_add(j, "id", json_object_new_string(o->id));
-	json_object_object_add(j, "operationType",
-			       json_object_new_string(unknown_enums ? "createChat"
-								    : "unknownFutureValue"));
+	json_object_object_add(
+	    j, "operationType",
+	    json_object_new_string(unknown_enums ? "createChat" : "unknownFutureValue"));
 	gs_fmt_time(o->created_wall, t, sizeof(t));
 	json_object_object_add(j, "createdDateTime", json_object_new_string(t));
 	json_object_object_add(j, "status", json_object_new_string(status));
@@ -490,14 +492,14 @@ static json_object *op_json(const struct gs_req *q, const struct op *o, const ch
 		err = json_object_new_object();
 		json_object_object_add(err, "code", json_object_new_string("InternalServerError"));
 		json_object_object_add(err, "message",
-				       json_object_new_string("The chat could not be created."));
+		                       json_object_new_string("The chat could not be created."));
 	}
 	json_object_object_add(j, "error", err);
 	return j;
 }
 
 static void op_get_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
-			  const char *tenant, const char *chat_id, const char *op_id)
+                          const char *tenant, const char *chat_id, const char *op_id)
 {
 	void *v;
 	if (inject_fault_locked(q, r, tenant, false))
@@ -583,7 +585,7 @@ static bool parse_clause(const char **pp, struct clause *c)
 	else if (strcmp(field, "chatType") == 0 && strcmp(op, "eq") == 0)
 		c->field = F_TYPE;
 	else if (strcmp(field, "createdDateTime") == 0 &&
-		 (!strcmp(op, "ge") || !strcmp(op, "gt") || !strcmp(op, "le") || !strcmp(op, "lt")))
+	         (!strcmp(op, "ge") || !strcmp(op, "gt") || !strcmp(op, "le") || !strcmp(op, "lt")))
 		c->field = F_CREATED;
 	else
 		return false;
@@ -618,7 +620,7 @@ static bool clause_match(const struct clause *c, const struct gs_chat *chat)
 		return strcmp(c->str, chat->group ? "group" : "oneOnOne") == 0;
 	case F_CREATED:
 		return c->op[0] == 'g' ? (c->op[1] == 'e' ? t >= c->ms : t > c->ms)
-					: (c->op[1] == 'e' ? t <= c->ms : t < c->ms);
+		                       : (c->op[1] == 'e' ? t <= c->ms : t < c->ms);
 	}
 	return false;
 }
@@ -633,7 +635,7 @@ static bool has_member(const struct gs_chat *c, const char *user)
 
 /* GET /chats and GET /users/{id}/chats: the tenant's chats (of that member). */
 static void list_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
-			const char *tenant, const char *user)
+                        const char *tenant, const char *user)
 {
 	struct clause cl[FILTER_MAX];
 	const char *filter = gs_req_arg(q, "$filter");
@@ -641,9 +643,9 @@ static void list_locked(const struct gs_req *q, struct gs_reply *r, const char *
 	int ncl = filter && *filter ? parse_filter(filter, cl) : 0;
 	if (ncl < 0) {
 		gs_reply_graph_error(r, q, 400, "BadRequest",
-				     "Unsupported $filter '%s' (supported: topic eq, chatType eq, "
-				     "createdDateTime ge|gt|le|lt, joined by and).",
-				     filter);
+		                     "Unsupported $filter '%s' (supported: topic eq, chatType eq, "
+		                     "createdDateTime ge|gt|le|lt, joined by and).",
+		                     filter);
 		return;
 	}
 	settle_locked(q->mono_ms);
@@ -654,21 +656,23 @@ static void list_locked(const struct gs_req *q, struct gs_reply *r, const char *
 		for (int k = 0; ok && k < ncl; k++)
 			ok = clause_match(&cl[k], c);
 		if (ok)
-			json_object_array_add(arr, gs_chat_json(q, c, version, false,
-								expand && strstr(expand, "members")));
+			json_object_array_add(arr,
+			                      gs_chat_json(q, c, version, false,
+			                                   expand && strstr(expand, "members")));
 	}
 	char origin[256], buf[400];
 	gs_req_origin(q, origin, sizeof(origin));
 	snprintf(buf, sizeof(buf), "%s/%s/$metadata#chats", origin, version);
 	json_object *o = json_object_new_object();
 	json_object_object_add(o, "@odata.context", json_object_new_string(buf));
-	json_object_object_add(o, "@odata.count", json_object_new_int((int)json_object_array_length(arr)));
+	json_object_object_add(o, "@odata.count",
+	                       json_object_new_int((int)json_object_array_length(arr)));
 	json_object_object_add(o, "value", arr);
 	gs_reply_json(r, 200, o);
 }
 
 static void chat_get_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
-			    const char *tenant, const char *id)
+                            const char *tenant, const char *id)
 {
 	void *v;
 	const char *expand = gs_req_arg(q, "$expand");
@@ -678,7 +682,8 @@ static void chat_get_locked(const struct gs_req *q, struct gs_reply *r, const ch
 		gs_reply_graph_error(r, q, 404, "NotFound", "Chat '%s' was not found.", id);
 		return;
 	}
-	gs_reply_json(r, 200, gs_chat_json(q, c, version, true, expand && strstr(expand, "members")));
+	gs_reply_json(r, 200,
+	              gs_chat_json(q, c, version, true, expand && strstr(expand, "members")));
 }
 
 /* A key segment: ('literal') with '' escapes, or /segment. */
@@ -717,7 +722,7 @@ static bool take_key(const char **pp, char *out, size_t cap)
 
 /* Dispatches a Graph path (after the version) for an authenticated request. */
 static void graph_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
-			 const char *rest, const struct gs_token *t)
+                         const char *rest, const struct gs_token *t)
 {
 	char a[GS_ID_MAX * 2], b[GS_ID_MAX * 2];
 	bool get = strcmp(q->method, "GET") == 0;
@@ -735,8 +740,8 @@ static void graph_locked(const struct gs_req *q, struct gs_reply *r, const char 
 				chat_get_locked(q, r, version, t->tenant, a);
 				return;
 			}
-			if (strncmp(p, "/operations", 11) == 0 && (p += 11, take_key(&p, b, sizeof(b))) &&
-			    !*p && get) {
+			if (strncmp(p, "/operations", 11) == 0 &&
+			    (p += 11, take_key(&p, b, sizeof(b))) && !*p && get) {
 				r->route = GS_R_OP_GET;
 				op_get_locked(q, r, version, t->tenant, a, b);
 				return;
@@ -751,7 +756,8 @@ static void graph_locked(const struct gs_req *q, struct gs_reply *r, const char 
 		}
 	}
 	gs_reply_graph_error(r, q, get ? 400 : 405, get ? "BadRequest" : "Request_BadRequest",
-			     "Resource not found for the segment '%s' (method %s).", rest, q->method);
+	                     "Resource not found for the segment '%s' (method %s).", rest,
+	                     q->method);
 }
 
 void gs_handle_graph(const struct gs_req *q, struct gs_reply *r, const char *path)
@@ -797,19 +803,21 @@ json_object *gs_chats_ledger_locked(void)
 		json_object *j = json_object_new_object();
 		json_object_object_add(j, "id", json_object_new_string(c->id));
 		json_object_object_add(j, "chatType",
-				       json_object_new_string(c->group ? "group" : "oneOnOne"));
-		json_object_object_add(j, "topic", c->topic ? json_object_new_string(c->topic) : NULL);
+		                       json_object_new_string(c->group ? "group" : "oneOnOne"));
+		json_object_object_add(j, "topic",
+		                       c->topic ? json_object_new_string(c->topic) : NULL);
 		json_object *ms = json_object_new_array();
 		for (size_t k = 0; k < c->nm; k++) {
 			json_object *m = json_object_new_object(), *roles = json_object_new_array();
-			json_object_object_add(m, "userId", json_object_new_string(c->m[k].user_id));
-			json_object_array_add(roles, json_object_new_string(c->m[k].guest ? "guest"
-											  : "owner"));
+			json_object_object_add(m, "userId",
+			                       json_object_new_string(c->m[k].user_id));
+			json_object_array_add(
+			    roles, json_object_new_string(c->m[k].guest ? "guest" : "owner"));
 			json_object_object_add(m, "roles", roles);
 			json_object_object_add(m, "tenantId",
-					       c->m[k].tenant_id[0]
-						       ? json_object_new_string(c->m[k].tenant_id)
-						       : NULL);
+			                       c->m[k].tenant_id[0]
+			                           ? json_object_new_string(c->m[k].tenant_id)
+			                           : NULL);
 			json_object_array_add(ms, m);
 		}
 		json_object_object_add(j, "members", ms);
@@ -818,7 +826,7 @@ json_object *gs_chats_ledger_locked(void)
 			json_object_array_add(apps, json_object_new_string(c->apps[k]));
 		json_object_object_add(j, "installedApps", apps);
 		json_object_object_add(j, "clientRequestId",
-				       c->crid[0] ? json_object_new_string(c->crid) : NULL);
+		                       c->crid[0] ? json_object_new_string(c->crid) : NULL);
 		json_object_object_add(j, "tenant", json_object_new_string(c->tenant));
 		json_object_object_add(j, "createdAt", json_object_new_int64(c->created_wall));
 		json_object_object_add(j, "body", json_tokener_parse(c->body));
@@ -829,17 +837,18 @@ json_object *gs_chats_ledger_locked(void)
 	for (size_t i = 0; i < posts.n; i++) {
 		json_object *j = json_object_new_object();
 		json_object_object_add(j, "clientRequestId",
-				       posts.v[i].crid[0] ? json_object_new_string(posts.v[i].crid)
-							  : NULL);
+		                       posts.v[i].crid[0] ? json_object_new_string(posts.v[i].crid)
+		                                          : NULL);
 		json_object_object_add(j, "status", json_object_new_int(posts.v[i].status));
 		if (posts.v[i].fault)
-			json_object_object_add(j, "fault", json_object_new_string(posts.v[i].fault));
+			json_object_object_add(j, "fault",
+			                       json_object_new_string(posts.v[i].fault));
 		json_object_object_add(j, "at", json_object_new_int64(posts.v[i].at));
 		json_object_array_add(arr, j);
 	}
 	json_object_object_add(o, "chat_posts", arr);
 	json_object_object_add(o, "duplicate_group_chats",
-			       json_object_new_int64((int64_t)duplicate_group_chats));
+	                       json_object_new_int64((int64_t)duplicate_group_chats));
 	return o;
 }
 
@@ -852,7 +861,8 @@ json_object *gs_ops_ledger_locked(void)
 		json_object *j = json_object_new_object(), *polls = json_object_new_array();
 		json_object_object_add(j, "id", json_object_new_string(o->id));
 		json_object_object_add(j, "chatId", json_object_new_string(o->chat_id));
-		json_object_object_add(j, "status", json_object_new_string(op_status(o, now, NULL)));
+		json_object_object_add(j, "status",
+		                       json_object_new_string(op_status(o, now, NULL)));
 		for (size_t k = 0; k < o->npolls; k++)
 			json_object_array_add(polls, json_object_new_int64(o->polls[k]));
 		json_object_object_add(j, "polls", polls);

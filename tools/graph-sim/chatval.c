@@ -31,7 +31,7 @@ static bool bad(struct gs_graph_err *e, const char *fmt, ...)
 }
 
 static bool only_keys(json_object *o, const char *const *keys, size_t n, const char *type,
-		      struct gs_graph_err *e)
+                      struct gs_graph_err *e)
 {
 	json_object_object_foreach(o, key, val)
 	{
@@ -40,10 +40,11 @@ static bool only_keys(json_object *o, const char *const *keys, size_t n, const c
 		for (size_t i = 0; i < n; i++)
 			ok |= strcmp(key, keys[i]) == 0;
 		if (!ok)
-			return bad(e,
-				   "The property '%s' does not exist on type '%s'. Make sure to only "
-				   "use property names that are defined by the type.",
-				   key, type);
+			return bad(
+			    e,
+			    "The property '%s' does not exist on type '%s'. Make sure to only "
+			    "use property names that are defined by the type.",
+			    key, type);
 	}
 	return true;
 }
@@ -53,7 +54,7 @@ static bool only_keys(json_object *o, const char *const *keys, size_t n, const c
  * NULL when the URL does not have that shape).
  */
 static const char *bind_tail(const char *url, const char *version, const char *what, char *buf,
-			     size_t cap)
+                             size_t cap)
 {
 	const char *p;
 	if (strncmp(url, "https://", 8) == 0)
@@ -89,16 +90,17 @@ static bool upn_ok(const char *s)
 
 /* users('<OData literal>') -> the id, validated, into m. */
 static bool member_user(const char *bind, const char *version, struct gs_member *m,
-			struct gs_graph_err *e)
+                        struct gs_graph_err *e)
 {
 	char buf[1024], id[512];
 	size_t n = 0;
 	const char *lit = bind_tail(bind, version, "users('", buf, sizeof(buf));
 	size_t len = lit ? strlen(lit) : 0;
 	if (!lit || len < 2 || strcmp(lit + len - 2, "')") != 0)
-		return bad(e, "Invalid bind property value '%s': expected "
-			      "https://graph.microsoft.com/%s/users('{id}').",
-			   bind, version);
+		return bad(e,
+		           "Invalid bind property value '%s': expected "
+		           "https://graph.microsoft.com/%s/users('{id}').",
+		           bind, version);
 	size_t end = len - 2; /* the literal's content ends before "')" */
 	for (size_t i = 0; i < end; i++) {
 		if (n + 1 >= sizeof(id))
@@ -125,22 +127,21 @@ static bool member_user(const char *bind, const char *version, struct gs_member 
 }
 
 static bool parse_member(json_object *o, const char *version, struct gs_member *m,
-			 struct gs_graph_err *e)
+                         struct gs_graph_err *e)
 {
 	static const char *const keys[] = {"@odata.type", "roles", "user@odata.bind", "tenantId"};
 	json_object *v;
 	if (!json_object_is_type(o, json_type_object))
 		return bad(e, "Each member must be an object.");
-	if (!only_keys(o, keys, CP_ARRAY_LEN(keys), "microsoft.graph.aadUserConversationMember",
-		       e))
+	if (!only_keys(o, keys, CP_ARRAY_LEN(keys), "microsoft.graph.aadUserConversationMember", e))
 		return false;
 	if (!json_object_object_get_ex(o, "@odata.type", &v) ||
 	    !json_object_is_type(v, json_type_string) ||
 	    strcmp(json_object_get_string(v), "#microsoft.graph.aadUserConversationMember") != 0)
 		return bad(e, "Each member needs \"@odata.type\": "
-			      "\"#microsoft.graph.aadUserConversationMember\".");
-	if (!json_object_object_get_ex(o, "roles", &v) || !json_object_is_type(v, json_type_array) ||
-	    json_object_array_length(v) != 1 ||
+		              "\"#microsoft.graph.aadUserConversationMember\".");
+	if (!json_object_object_get_ex(o, "roles", &v) ||
+	    !json_object_is_type(v, json_type_array) || json_object_array_length(v) != 1 ||
 	    !json_object_is_type(json_object_array_get_idx(v, 0), json_type_string))
 		return bad(e, "Each member must have roles [\"owner\"] or [\"guest\"].");
 	const char *role = json_object_get_string(json_object_array_get_idx(v, 0));
@@ -160,7 +161,7 @@ static bool parse_member(json_object *o, const char *version, struct gs_member *
 }
 
 static bool parse_members(json_object *arr, const char *version, struct gs_chat *c,
-			  struct gs_graph_err *e)
+                          struct gs_graph_err *e)
 {
 	if (!arr || !json_object_is_type(arr, json_type_array) ||
 	    json_object_array_length(arr) == 0)
@@ -170,7 +171,7 @@ static bool parse_members(json_object *arr, const char *version, struct gs_chat 
 		return bad(e, "A oneOnOne chat must have exactly 2 members, got %zu.", n);
 	if (c->group && (n < 2 || n > GS_MEMBERS_MAX))
 		return bad(e, "A group chat must have 2 to %d members, got %zu.", GS_MEMBERS_MAX,
-			   n);
+		           n);
 	c->m = calloc(n, sizeof(*c->m));
 	if (!c->m)
 		return bad(e, "Out of memory.");
@@ -186,7 +187,7 @@ static bool parse_members(json_object *arr, const char *version, struct gs_chat 
 }
 
 static bool parse_apps(json_object *arr, const char *version, struct gs_chat *c,
-		       struct gs_graph_err *e)
+                       struct gs_graph_err *e)
 {
 	static const char *const keys[] = {"teamsApp@odata.bind"};
 	char buf[1024];
@@ -202,24 +203,25 @@ static bool parse_apps(json_object *arr, const char *version, struct gs_chat *c,
 	    !only_keys(o, keys, 1, "microsoft.graph.teamsAppInstallation", e))
 		return e->status ? false : bad(e, "Each installedApps entry must be an object.");
 	const char *app = json_object_object_get_ex(o, "teamsApp@odata.bind", &v) &&
-					  json_object_is_type(v, json_type_string)
-				  ? bind_tail(json_object_get_string(v), version,
-					      "appCatalogs/teamsApps/", buf, sizeof(buf))
-				  : NULL;
+	                          json_object_is_type(v, json_type_string)
+	                      ? bind_tail(json_object_get_string(v), version,
+	                                  "appCatalogs/teamsApps/", buf, sizeof(buf))
+	                      : NULL;
 	if (!app || !gs_is_guid(app))
-		return bad(e, "Invalid teamsApp@odata.bind: expected "
-			      "https://graph.microsoft.com/%s/appCatalogs/teamsApps/{app id GUID}.",
-			   version);
+		return bad(e,
+		           "Invalid teamsApp@odata.bind: expected "
+		           "https://graph.microsoft.com/%s/appCatalogs/teamsApps/{app id GUID}.",
+		           version);
 	snprintf(c->apps[0], sizeof(c->apps[0]), "%s", app);
 	c->napps = 1;
 	return true;
 }
 
 static bool parse_top(json_object *o, const char *version, struct gs_chat *c,
-		      struct gs_graph_err *e)
+                      struct gs_graph_err *e)
 {
 	static const char *const keys[] = {"@odata.type", "chatType", "topic", "members",
-					   "installedApps"};
+	                                   "installedApps"};
 	json_object *v;
 	if (!only_keys(o, keys, CP_ARRAY_LEN(keys), "microsoft.graph.chat", e))
 		return false;
@@ -227,13 +229,15 @@ static bool parse_top(json_object *o, const char *version, struct gs_chat *c,
 	    (!json_object_is_type(v, json_type_string) ||
 	     strcmp(json_object_get_string(v), "#microsoft.graph.chat") != 0))
 		return bad(e, "Invalid @odata.type: expected #microsoft.graph.chat.");
-	if (!json_object_object_get_ex(o, "chatType", &v) || !json_object_is_type(v, json_type_string))
+	if (!json_object_object_get_ex(o, "chatType", &v) ||
+	    !json_object_is_type(v, json_type_string))
 		return bad(e, "The chatType property is required.");
 	const char *type = json_object_get_string(v);
 	if (strcmp(type, "group") != 0 && strcmp(type, "oneOnOne") != 0)
-		return bad(e, "Cannot convert the literal '%s' to the expected type "
-			      "'microsoft.graph.chatType'.",
-			   type);
+		return bad(e,
+		           "Cannot convert the literal '%s' to the expected type "
+		           "'microsoft.graph.chatType'.",
+		           type);
 	c->group = type[0] == 'g';
 	if (json_object_object_get_ex(o, "topic", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_string))
@@ -248,13 +252,13 @@ static bool parse_top(json_object *o, const char *version, struct gs_chat *c,
 	json_object_object_get_ex(o, "members", &members);
 	if (!parse_members(members, version, c, e))
 		return false;
-	if (json_object_object_get_ex(o, "installedApps", &v) && !json_object_is_type(v, json_type_null))
+	if (json_object_object_get_ex(o, "installedApps", &v) &&
+	    !json_object_is_type(v, json_type_null))
 		return parse_apps(v, version, c, e);
 	return true;
 }
 
-struct gs_chat *gs_chat_parse(const struct gs_req *q, const char *version,
-			      struct gs_graph_err *e)
+struct gs_chat *gs_chat_parse(const struct gs_req *q, const char *version, struct gs_graph_err *e)
 {
 	const char *ct = gs_req_header(q, "Content-Type");
 	json_tokener *tok = NULL;

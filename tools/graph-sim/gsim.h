@@ -17,11 +17,11 @@
 
 #include "../../lib/common.h" /* not via -I: lib/sched.h would shadow <sched.h> */
 
-#define GS_BODY_MAX (1024 * 1024) /* request bodies above this are refused with 413 */
-#define GS_GUID_LEN 36
-#define GS_ID_MAX 160	    /* chat ids, operation ids */
-#define GS_CRID_MAX 128	    /* client-request-id values kept */
-#define GS_REPLY_HDRS 12
+#define GS_BODY_MAX    (1024 * 1024) /* request bodies above this are refused with 413 */
+#define GS_GUID_LEN    36
+#define GS_ID_MAX      160 /* chat ids, operation ids */
+#define GS_CRID_MAX    128 /* client-request-id values kept */
+#define GS_REPLY_HDRS  12
 #define GS_MEMBERS_MAX 250 /* Teams' group chat size limit */
 
 /* Routes, for the ledger's request counts. */
@@ -39,7 +39,7 @@ enum gs_route {
 
 /* Pseudo-statuses for requests answered without a status line. */
 #define GS_ST_RESET 0
-#define GS_ST_HANG 1
+#define GS_ST_HANG  1
 
 enum gs_retry_mode { GS_RA_INTEGER, GS_RA_FRACTIONAL, GS_RA_ABSENT };
 
@@ -62,14 +62,14 @@ struct gs_strlist {
 
 /* A registered application (service principal) of one tenant. */
 struct gs_client {
-	char *tenant;			   /* as configured, e.g. contoso.onmicrosoft.com */
+	char *tenant;                      /* as configured, e.g. contoso.onmicrosoft.com */
 	char tenant_guid[GS_GUID_LEN + 1]; /* given or derived from the name */
 	char *client_id;
-	char *secret;			   /* NULL: no secret credential */
+	char *secret; /* NULL: no secret credential */
 	char *cert_file;
-	EVP_PKEY *cert_key;		   /* public key of the certificate, NULL without one */
+	EVP_PKEY *cert_key;                /* public key of the certificate, NULL without one */
 	unsigned char x5t[20], x5t256[32]; /* certificate thumbprints */
-	struct gs_strlist federated;	   /* accepted federated assertions */
+	struct gs_strlist federated;       /* accepted federated assertions */
 };
 
 /* Every knob of POST /_sim/config (see docs/graph-sim.md). */
@@ -77,8 +77,8 @@ struct gs_knobs {
 	struct gs_client *clients;
 	size_t n_clients;
 	struct gs_strlist federated; /* accepted for every client */
-	char *expected_scope;	     /* NULL: any cloud's .default */
-	char *mi_client_id;	     /* managed identity's client id */
+	char *expected_scope;        /* NULL: any cloud's .default */
+	char *mi_client_id;          /* managed identity's client id */
 	double token_lifetime_s;
 	struct gs_strlist unknown_users; /* lower case */
 	double limit_per_tenant, limit_global, limit_window_s;
@@ -102,7 +102,7 @@ struct gs_reply {
 	char *hdr_value[GS_REPLY_HDRS];
 	int n_hdrs;
 	int64_t delay_ms; /* answer after this long (suspend/resume) */
-	bool close;	  /* after the delay, close without answering */
+	bool close;       /* after the delay, close without answering */
 	enum gs_stream stream;
 	enum gs_route route;
 	char request_id[GS_GUID_LEN + 1];
@@ -132,7 +132,7 @@ void gs_guid_from_name(const char *name, char out[GS_GUID_LEN + 1]);
 bool gs_is_guid(const char *s);
 bool gs_token_random(char *out, size_t cap) CP_MUSTCHECK;
 bool gs_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap,
-		      size_t *out_len) CP_MUSTCHECK;
+                      size_t *out_len) CP_MUSTCHECK;
 void gs_b64url_encode(const unsigned char *in, size_t len, char *out, size_t cap);
 char *gs_strdup_lower(const char *s);
 void gs_strlist_free(struct gs_strlist *l);
@@ -143,12 +143,12 @@ char *gs_json_dump(json_object *o, size_t *len);
 
 /* http.c */
 bool gs_http_start(const char *listen, const char *cert, const char *key, unsigned threads,
-		   char *url, size_t url_cap) CP_MUSTCHECK;
+                   char *url, size_t url_cap) CP_MUSTCHECK;
 void gs_http_stop(void);
 void gs_reply_header(struct gs_reply *r, const char *name, const char *fmt, ...) CP_PRINTF(3, 4);
 void gs_reply_json(struct gs_reply *r, unsigned status, json_object *o);
 void gs_reply_graph_error(struct gs_reply *r, const struct gs_req *q, unsigned status,
-			  const char *code, const char *fmt, ...) CP_PRINTF(5, 6);
+                          const char *code, const char *fmt, ...) CP_PRINTF(5, 6);
 const char *gs_req_header(const struct gs_req *q, const char *name);
 const char *gs_req_arg(const struct gs_req *q, const char *name);
 /* "http://host:port" of the request, from its Host header. */
@@ -163,9 +163,9 @@ bool gs_knobs_apply(json_object *patch, char *err, size_t errcap) CP_MUSTCHECK;
 /* The effective knobs, defaults included. */
 json_object *gs_knobs_to_json(void);
 const struct gs_client *gs_knobs_client(const struct gs_knobs *k, const char *tenant,
-					const char *client_id);
+                                        const char *client_id);
 bool gs_knobs_tenant_known(const struct gs_knobs *k, const char *tenant, const char **canonical,
-			   const char **guid);
+                           const char **guid);
 
 void gs_knobs_free_struct(struct gs_knobs *k);
 
@@ -187,12 +187,12 @@ const struct gs_token *gs_auth_bearer_locked(const struct gs_req *q, struct gs_r
 bool gs_jwt_init(void) CP_MUSTCHECK;
 void gs_jwt_shutdown(void);
 int gs_jwt_verify_locked(const struct gs_client *c, const char *jwt, const char *aud_path,
-			 int64_t now_s, char *msg, size_t msgcap);
+                         int64_t now_s, char *msg, size_t msgcap);
 
 /* A chat as created (or to be created by an operation). */
 struct gs_member {
-	char *user_id;			/* as bound: GUID or UPN (decoded) */
-	char guid[GS_GUID_LEN + 1];	/* the GUID, derived for a UPN */
+	char *user_id;              /* as bound: GUID or UPN (decoded) */
+	char guid[GS_GUID_LEN + 1]; /* the GUID, derived for a UPN */
 	bool guest;
 	char tenant_id[GS_GUID_LEN + 1]; /* "" = the chat's tenant */
 };
@@ -219,7 +219,7 @@ struct gs_graph_err {
 	char msg[400];
 };
 struct gs_chat *gs_chat_parse(const struct gs_req *q, const char *version,
-			      struct gs_graph_err *err);
+                              struct gs_graph_err *err);
 void gs_chat_free(struct gs_chat *c);
 
 /* chats.c */

@@ -159,7 +159,7 @@ void gs_reply_json(struct gs_reply *r, unsigned status, json_object *o)
 
 /* Graph's error shape, with the innerError Graph adds to every error. */
 void gs_reply_graph_error(struct gs_reply *r, const struct gs_req *q, unsigned status,
-			  const char *code, const char *fmt, ...)
+                          const char *code, const char *fmt, ...)
 {
 	char msg[512], date[32];
 	va_list ap;
@@ -172,7 +172,7 @@ void gs_reply_graph_error(struct gs_reply *r, const struct gs_req *q, unsigned s
 	json_object_object_add(inner, "date", json_object_new_string(date));
 	json_object_object_add(inner, "request-id", json_object_new_string(r->request_id));
 	json_object_object_add(inner, "client-request-id",
-			       json_object_new_string(q->crid ? q->crid : r->request_id));
+	                       json_object_new_string(q->crid ? q->crid : r->request_id));
 	json_object *err = json_object_new_object();
 	json_object_object_add(err, "code", json_object_new_string(code));
 	json_object_object_add(err, "message", json_object_new_string(msg));
@@ -196,7 +196,7 @@ void gs_req_origin(const struct gs_req *q, char *buf, size_t cap)
 {
 	const char *host = gs_req_header(q, "Host");
 	const union MHD_ConnectionInfo *ci =
-		MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_PROTOCOL);
+	    MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_PROTOCOL);
 	snprintf(buf, cap, "%s://%s", ci ? "https" : "http", host ? host : "localhost");
 }
 
@@ -234,9 +234,11 @@ static void reply_free(struct gs_reply *r)
 static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max)
 {
 	struct conn_ctx *cx = cls;
-	static const char head[] = "{\"id\":\"19:00000000000000000000000000000000@thread.v2\",\"pad\":\"";
+	static const char head[] =
+	    "{\"id\":\"19:00000000000000000000000000000000@thread.v2\",\"pad\":\"";
 	const uint64_t hlen = sizeof(head) - 1;
-	const uint64_t total = cx->reply.stream == GS_STREAM_OVERSIZED ? 20u * 1024 * 1024 : UINT64_MAX;
+	const uint64_t total =
+	    cx->reply.stream == GS_STREAM_OVERSIZED ? 20u * 1024 * 1024 : UINT64_MAX;
 	if (pos >= total)
 		return MHD_CONTENT_READER_END_OF_STREAM;
 	size_t n = 0;
@@ -263,11 +265,11 @@ static enum MHD_Result deliver(struct MHD_Connection *c, struct conn_ctx *cx)
 	struct MHD_Response *resp;
 	if (r->stream != GS_STREAM_NONE)
 		resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_cb, cx,
-							 NULL);
+		                                         NULL);
 	else
 		resp = MHD_create_response_from_buffer(r->len, r->body ? r->body : (void *)"",
-						       r->body ? MHD_RESPMEM_MUST_FREE
-							       : MHD_RESPMEM_PERSISTENT);
+		                                       r->body ? MHD_RESPMEM_MUST_FREE
+		                                               : MHD_RESPMEM_PERSISTENT);
 	if (!resp)
 		return MHD_NO;
 	if (r->stream == GS_STREAM_NONE)
@@ -282,29 +284,33 @@ static enum MHD_Result deliver(struct MHD_Connection *c, struct conn_ctx *cx)
 }
 
 static enum MHD_Result handle_final(struct MHD_Connection *c, const char *url, const char *method,
-				    struct conn_ctx *cx)
+                                    struct conn_ctx *cx)
 {
-	struct gs_req q = {.conn = c, .method = method, .path = url, .body = cx->body ? cx->body : "",
-			   .body_len = cx->len, .mono_ms = gs_mono_ms(), .wall_ms = gs_wall_ms()};
+	struct gs_req q = {.conn = c,
+	                   .method = method,
+	                   .path = url,
+	                   .body = cx->body ? cx->body : "",
+	                   .body_len = cx->len,
+	                   .mono_ms = gs_mono_ms(),
+	                   .wall_ms = gs_wall_ms()};
 	q.crid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "client-request-id");
 	cx->have_reply = true;
 	gs_guid_random(cx->reply.request_id);
 	if (cx->too_big) {
 		cx->reply.route = GS_R_OTHER;
 		gs_reply_graph_error(&cx->reply, &q, 413, "RequestEntityTooLarge",
-				     "The request body exceeds %d bytes.", GS_BODY_MAX);
+		                     "The request body exceeds %d bytes.", GS_BODY_MAX);
 	} else {
 		route(&q, &cx->reply);
 	}
-	if (cx->reply.delay_ms > 0 &&
-	    delay_connection(c, q.mono_ms + cx->reply.delay_ms))
+	if (cx->reply.delay_ms > 0 && delay_connection(c, q.mono_ms + cx->reply.delay_ms))
 		return MHD_YES;
 	return deliver(c, cx);
 }
 
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char *url,
-				 const char *method, const char *version, const char *upload_data,
-				 size_t *upload_data_size, void **con_cls)
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
 {
 	struct conn_ctx *cx = *con_cls;
 	(void)cls;
@@ -344,7 +350,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
 }
 
 static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
-			 enum MHD_RequestTerminationCode toe)
+                         enum MHD_RequestTerminationCode toe)
 {
 	struct conn_ctx *cx = *con_cls;
 	(void)cls;
@@ -392,7 +398,7 @@ static char *read_file(const char *path)
 }
 
 bool gs_http_start(const char *listen, const char *cert, const char *key, unsigned threads,
-		   char *url, size_t url_cap)
+                   char *url, size_t url_cap)
 {
 	struct sockaddr_in sa;
 	char host[64];
@@ -401,8 +407,8 @@ bool gs_http_start(const char *listen, const char *cert, const char *key, unsign
 		fprintf(stderr, "graph-sim: --listen wants IPv4:PORT, got '%s'\n", listen);
 		return false;
 	}
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-			 MHD_USE_TURBO;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+	                 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
 	if (cert) {
 		cert_pem = read_file(cert);
 		key_pem = read_file(key);
@@ -420,13 +426,13 @@ bool gs_http_start(const char *listen, const char *cert, const char *key, unsign
 	if (pthread_create(&tq.th, NULL, timer_main, NULL) != 0)
 		goto fail;
 	tq.started = true;
-	daemon_ = MHD_start_daemon(
-		flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sa,
-		MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, 16000u,
-		MHD_OPTION_CONNECTION_TIMEOUT, 0u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
-		MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL,
-		cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, cert_pem,
-		MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
+	daemon_ =
+	    MHD_start_daemon(flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sa,
+	                     MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+	                     16000u, MHD_OPTION_CONNECTION_TIMEOUT, 0u,
+	                     MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_NOTIFY_COMPLETED,
+	                     completed_cb, NULL, cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END,
+	                     cert_pem, MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
 	if (!daemon_) {
 		fprintf(stderr, "graph-sim: cannot start the HTTP server on %s\n", listen);
 		goto fail;

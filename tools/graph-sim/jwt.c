@@ -86,7 +86,7 @@ static bool thumbprint_ok(const struct gs_client *c, json_object *hdr)
 }
 
 static bool signature_ok(const struct gs_client *c, bool pss, const char *signed_part,
-			 size_t signed_len, const char *sig64, size_t sig64_len)
+                         size_t signed_len, const char *sig64, size_t sig64_len)
 {
 	unsigned char sig[1024];
 	size_t sig_len;
@@ -98,9 +98,10 @@ static bool signature_ok(const struct gs_client *c, bool pss, const char *signed
 	if (!md || EVP_DigestVerifyInit(md, &pctx, EVP_sha256(), NULL, c->cert_key) != 1)
 		goto out;
 	if (pss && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-		    EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1))
+	            EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1))
 		goto out;
-	ok = EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)signed_part, signed_len) == 1;
+	ok =
+	    EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)signed_part, signed_len) == 1;
 out:
 	EVP_MD_CTX_free(md);
 	return ok;
@@ -121,26 +122,29 @@ static bool audience_ok(const char *aud, const char *path)
 }
 
 static int check_claims(const struct gs_client *c, json_object *pl, const char *aud_path,
-			int64_t now, char *msg, size_t cap)
+                        int64_t now, char *msg, size_t cap)
 {
 	const char *iss = str_claim(pl, "iss"), *sub = str_claim(pl, "sub");
 	const char *aud = str_claim(pl, "aud"), *jti = str_claim(pl, "jti");
 	int64_t exp, nbf;
-	if (!iss || !sub || strcasecmp(iss, c->client_id) != 0 || strcasecmp(sub, c->client_id) != 0)
-		return snprintf(msg, cap, "Client assertion application identifier doesn't match "
-					  "'client_id' parameter (iss and sub must be '%s').",
-				c->client_id),
+	if (!iss || !sub || strcasecmp(iss, c->client_id) != 0 ||
+	    strcasecmp(sub, c->client_id) != 0)
+		return snprintf(msg, cap,
+		                "Client assertion application identifier doesn't match "
+		                "'client_id' parameter (iss and sub must be '%s').",
+		                c->client_id),
 		       700021;
 	if (!aud || !audience_ok(aud, aud_path))
-		return snprintf(msg, cap, "Client assertion audience claim does not match the "
-					  "token endpoint (path %s).",
-				aud_path),
+		return snprintf(msg, cap,
+		                "Client assertion audience claim does not match the "
+		                "token endpoint (path %s).",
+		                aud_path),
 		       700023;
-	if (!num_claim(pl, "exp", &exp) || exp <= now ||
-	    (num_claim(pl, "nbf", &nbf) && nbf > now))
-		return snprintf(msg, cap, "Client assertion is not within its valid time range. "
-					  "Current time: %lld.",
-				(long long)now),
+	if (!num_claim(pl, "exp", &exp) || exp <= now || (num_claim(pl, "nbf", &nbf) && nbf > now))
+		return snprintf(msg, cap,
+		                "Client assertion is not within its valid time range. "
+		                "Current time: %lld.",
+		                (long long)now),
 		       700024;
 	if (!jti || !*jti)
 		return snprintf(msg, cap, "Client assertion has no 'jti' claim."), 50027;
@@ -165,7 +169,7 @@ static int note_jti(const struct gs_client *c, const char *jti, char *msg, size_
 }
 
 int gs_jwt_verify_locked(const struct gs_client *c, const char *jwt, const char *aud_path,
-			 int64_t now_s, char *msg, size_t msgcap)
+                         int64_t now_s, char *msg, size_t msgcap)
 {
 	const char *d1 = strchr(jwt, '.');
 	const char *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
@@ -182,13 +186,14 @@ int gs_jwt_verify_locked(const struct gs_client *c, const char *jwt, const char 
 	bool pss = strcmp(alg, "PS256") == 0;
 	if (!pss && strcmp(alg, "RS256") != 0) {
 		snprintf(msg, msgcap, "The JWT algorithm '%s' is not supported (RS256, PS256).",
-			 alg);
+		         alg);
 		goto out;
 	}
 	code = 700027;
 	if (!thumbprint_ok(c, hdr)) {
-		snprintf(msg, msgcap, "Client assertion failed signature validation: the key "
-				      "named by x5t/x5t#S256 was not found.");
+		snprintf(msg, msgcap,
+		         "Client assertion failed signature validation: the key "
+		         "named by x5t/x5t#S256 was not found.");
 		goto out;
 	}
 	if (!signature_ok(c, pss, jwt, (size_t)(d2 - jwt), d2 + 1, strlen(d2 + 1))) {

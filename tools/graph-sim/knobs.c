@@ -27,36 +27,35 @@ struct num_knob {
 	double def, min, max;
 };
 
-#define NK(n, f, d, lo, hi) {n, offsetof(struct gs_knobs, f), d, lo, hi}
+#define NK(n, f, d, lo, hi)                                                                        \
+	{                                                                                          \
+		n, offsetof(struct gs_knobs, f), d, lo, hi                                         \
+	}
 static const struct num_knob num_knobs[] = {
-	NK("token_lifetime_s", token_lifetime_s, 3599, 1, 86400),
-	NK("limit_per_tenant", limit_per_tenant, 20, 1, 1e9),
-	NK("limit_global", limit_global, 200, 1, 1e9),
-	NK("limit_window_s", limit_window_s, 10, 0.001, 86400),
-	NK("fault_503_rate", fault_503_rate, 0, 0, 1),
-	NK("fault_503_retry_after_s", fault_503_retry_after_s, 1, 0, 31536000),
-	NK("fault_504_rate", fault_504_rate, 0, 0, 1),
-	NK("fault_500_rate", fault_500_rate, 0, 0, 1),
-	NK("fault_reset_rate", fault_reset_rate, 0, 0, 1),
-	NK("fault_hang_rate", fault_hang_rate, 0, 0, 1),
-	NK("hang_s", hang_s, 30, 0, 3600),
-	NK("latency_ms", latency_ms, 0, 0, 600000),
-	NK("fault_created_504_rate", fault_created_504_rate, 0, 0, 1),
-	NK("token_fault_503_rate", token_fault_503_rate, 0, 0, 1),
-	NK("operation_in_progress_after_s", op_in_progress_after_s, 1, 0, 86400),
-	NK("operation_done_after_s", op_done_after_s, 3, 0, 86400),
-	NK("operation_fail_rate", op_fail_rate, 0, 0, 1),
-	NK("hostile_rate", hostile_rate, 1, 0, 1),
+    NK("token_lifetime_s", token_lifetime_s, 3599, 1, 86400),
+    NK("limit_per_tenant", limit_per_tenant, 20, 1, 1e9),
+    NK("limit_global", limit_global, 200, 1, 1e9),
+    NK("limit_window_s", limit_window_s, 10, 0.001, 86400),
+    NK("fault_503_rate", fault_503_rate, 0, 0, 1),
+    NK("fault_503_retry_after_s", fault_503_retry_after_s, 1, 0, 31536000),
+    NK("fault_504_rate", fault_504_rate, 0, 0, 1),
+    NK("fault_500_rate", fault_500_rate, 0, 0, 1),
+    NK("fault_reset_rate", fault_reset_rate, 0, 0, 1),
+    NK("fault_hang_rate", fault_hang_rate, 0, 0, 1),
+    NK("hang_s", hang_s, 30, 0, 3600),
+    NK("latency_ms", latency_ms, 0, 0, 600000),
+    NK("fault_created_504_rate", fault_created_504_rate, 0, 0, 1),
+    NK("token_fault_503_rate", token_fault_503_rate, 0, 0, 1),
+    NK("operation_in_progress_after_s", op_in_progress_after_s, 1, 0, 86400),
+    NK("operation_done_after_s", op_done_after_s, 3, 0, 86400),
+    NK("operation_fail_rate", op_fail_rate, 0, 0, 1),
+    NK("hostile_rate", hostile_rate, 1, 0, 1),
 };
 
 static const char *const retry_modes[] = {"integer", "fractional", "absent"};
-static const char *const hostile_modes[] = {"none",
-					    "oversized_body",
-					    "invalid_json_201",
-					    "201_without_id",
-					    "endless_body",
-					    "foreign_location",
-					    "retry_after_year"};
+static const char *const hostile_modes[] = {
+    "none",         "oversized_body",   "invalid_json_201", "201_without_id",
+    "endless_body", "foreign_location", "retry_after_year"};
 
 static void client_free(struct gs_client *c)
 {
@@ -81,7 +80,7 @@ void gs_knobs_free_struct(struct gs_knobs *k)
 }
 
 static bool strlist_from(json_object *a, struct gs_strlist *out, bool lower, const char *what,
-			 char *err, size_t errcap)
+                         char *err, size_t errcap)
 {
 	if (!json_object_is_type(a, json_type_array)) {
 		snprintf(err, errcap, "%s must be an array of strings", what);
@@ -122,7 +121,7 @@ static bool load_cert(struct gs_client *c, char *err, size_t errcap)
 	}
 	c->cert_key = X509_get_pubkey(x);
 	bool ok = c->cert_key && X509_digest(x, EVP_sha1(), c->x5t, &n1) &&
-		  X509_digest(x, EVP_sha256(), c->x5t256, &n2);
+	          X509_digest(x, EVP_sha256(), c->x5t256, &n2);
 	X509_free(x);
 	if (!ok)
 		snprintf(err, errcap, "cannot use the certificate in %s", c->cert_file);
@@ -130,7 +129,7 @@ static bool load_cert(struct gs_client *c, char *err, size_t errcap)
 }
 
 static bool str_field(json_object *o, const char *key, bool required, char **out, char *err,
-		      size_t errcap)
+                      size_t errcap)
 {
 	json_object *v;
 	if (!json_object_object_get_ex(o, key, &v) || json_object_is_type(v, json_type_null)) {
@@ -150,9 +149,9 @@ static bool str_field(json_object *o, const char *key, bool required, char **out
 
 static bool client_from(json_object *o, struct gs_client *c, char *err, size_t errcap)
 {
-	static const char *const keys[] = {"tenant",	 "tenant_id", "client_id",
-					   "secret",	 "certificate_pem_file",
-					   "federated_tokens"};
+	static const char *const keys[] = {
+	    "tenant",          "tenant_id", "client_id", "secret", "certificate_pem_file",
+	    "federated_tokens"};
 	char *tid = NULL;
 	if (!json_object_is_type(o, json_type_object)) {
 		snprintf(err, errcap, "clients[] entries must be objects");
@@ -243,7 +242,7 @@ static int enum_index(const char *const *names, size_t n, json_object *v)
 }
 
 static bool num_knob(const struct num_knob *d, json_object *v, struct gs_knobs *k, char *err,
-		     size_t errcap)
+                     size_t errcap)
 {
 	double x = json_object_get_double(v);
 	if (!(json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double)) ||
@@ -266,8 +265,7 @@ static bool str_knob(json_object *v, char **out, const char *name, char *err, si
 }
 
 /* One knob of the merged object into k. */
-static bool set_knob(const char *key, json_object *v, struct gs_knobs *k, char *err,
-		     size_t errcap)
+static bool set_knob(const char *key, json_object *v, struct gs_knobs *k, char *err, size_t errcap)
 {
 	for (size_t i = 0; i < CP_ARRAY_LEN(num_knobs); i++)
 		if (strcmp(key, num_knobs[i].name) == 0)
@@ -380,22 +378,22 @@ json_object *gs_knobs_to_json(void)
 	gs_lock();
 	for (size_t i = 0; i < CP_ARRAY_LEN(num_knobs); i++)
 		json_object_object_add(
-			o, num_knobs[i].name,
-			json_object_new_double(*(double *)((char *)&gs.k + num_knobs[i].off)));
+		    o, num_knobs[i].name,
+		    json_object_new_double(*(double *)((char *)&gs.k + num_knobs[i].off)));
 	json_object_object_add(o, "retry_after_mode",
-			       json_object_new_string(retry_modes[gs.k.retry_mode]));
+	                       json_object_new_string(retry_modes[gs.k.retry_mode]));
 	json_object_object_add(o, "hostile_mode",
-			       json_object_new_string(hostile_modes[gs.k.hostile]));
+	                       json_object_new_string(hostile_modes[gs.k.hostile]));
 	json_object *cl = json_object_new_array();
 	for (size_t i = 0; i < gs.k.n_clients; i++) {
 		json_object *c = json_object_new_object();
 		json_object_object_add(c, "tenant", json_object_new_string(gs.k.clients[i].tenant));
 		json_object_object_add(c, "tenant_id",
-				       json_object_new_string(gs.k.clients[i].tenant_guid));
+		                       json_object_new_string(gs.k.clients[i].tenant_guid));
 		json_object_object_add(c, "client_id",
-				       json_object_new_string(gs.k.clients[i].client_id));
+		                       json_object_new_string(gs.k.clients[i].client_id));
 		json_object_object_add(c, "has_certificate",
-				       json_object_new_boolean(gs.k.clients[i].cert_key != NULL));
+		                       json_object_new_boolean(gs.k.clients[i].cert_key != NULL));
 		json_object_array_add(cl, c);
 	}
 	json_object_object_add(o, "clients", cl);
@@ -412,11 +410,12 @@ json_object *gs_knobs_to_json(void)
 
 /* A client of that tenant (name or GUID) with that id. */
 const struct gs_client *gs_knobs_client(const struct gs_knobs *k, const char *tenant,
-					const char *client_id)
+                                        const char *client_id)
 {
 	for (size_t i = 0; i < k->n_clients; i++) {
 		const struct gs_client *c = &k->clients[i];
-		if ((strcasecmp(c->tenant, tenant) == 0 || strcasecmp(c->tenant_guid, tenant) == 0) &&
+		if ((strcasecmp(c->tenant, tenant) == 0 ||
+		     strcasecmp(c->tenant_guid, tenant) == 0) &&
 		    strcasecmp(c->client_id, client_id) == 0)
 			return c;
 	}
@@ -424,7 +423,7 @@ const struct gs_client *gs_knobs_client(const struct gs_knobs *k, const char *te
 }
 
 bool gs_knobs_tenant_known(const struct gs_knobs *k, const char *tenant, const char **canonical,
-			   const char **guid)
+                           const char **guid)
 {
 	for (size_t i = 0; i < k->n_clients; i++) {
 		const struct gs_client *c = &k->clients[i];

@@ -15,26 +15,26 @@
 
 #include "gsim.h"
 
-#define STATUS_SLOTS 600
-#define FAILURE_CODES 64
+#define STATUS_SLOTS       600
+#define FAILURE_CODES      64
 #define VIOLATION_GRACE_MS 50
 
 static const char *const route_names[GS_R_COUNT] = {
-	[GS_R_TOKEN] = "POST /{tenant}/oauth2/v2.0/token",
-	[GS_R_MI] = "GET /metadata/identity/oauth2/token",
-	[GS_R_CHATS_POST] = "POST /{version}/chats",
-	[GS_R_CHATS_LIST] = "GET /{version}/chats",
-	[GS_R_CHAT_GET] = "GET /{version}/chats/{id}",
-	[GS_R_OP_GET] = "GET /{version}/chats/{id}/operations/{opId}",
-	[GS_R_USER_CHATS] = "GET /{version}/users/{id}/chats",
-	[GS_R_OTHER] = "other",
+    [GS_R_TOKEN] = "POST /{tenant}/oauth2/v2.0/token",
+    [GS_R_MI] = "GET /metadata/identity/oauth2/token",
+    [GS_R_CHATS_POST] = "POST /{version}/chats",
+    [GS_R_CHATS_LIST] = "GET /{version}/chats",
+    [GS_R_CHAT_GET] = "GET /{version}/chats/{id}",
+    [GS_R_OP_GET] = "GET /{version}/chats/{id}/operations/{opId}",
+    [GS_R_USER_CHATS] = "GET /{version}/users/{id}/chats",
+    [GS_R_OTHER] = "other",
 };
 
 static const char *const grant_names[GS_G_COUNT] = {
-	[GS_G_SECRET] = "client_secret",
-	[GS_G_CERT] = "client_assertion_certificate",
-	[GS_G_FEDERATED] = "client_assertion_federated",
-	[GS_G_MI] = "managed_identity",
+    [GS_G_SECRET] = "client_secret",
+    [GS_G_CERT] = "client_assertion_certificate",
+    [GS_G_FEDERATED] = "client_assertion_federated",
+    [GS_G_MI] = "managed_identity",
 };
 
 struct bucket {
@@ -204,10 +204,10 @@ static json_object *requests_json(void)
 			if (!st)
 				st = json_object_new_object();
 			json_object_object_add(st,
-					       s == GS_ST_RESET  ? "reset"
-					       : s == GS_ST_HANG ? "hang"
-								 : key,
-					       json_object_new_int64((int64_t)n));
+			                       s == GS_ST_RESET  ? "reset"
+			                       : s == GS_ST_HANG ? "hang"
+			                                         : key,
+			                       json_object_new_int64((int64_t)n));
 		}
 		if (st)
 			json_object_object_add(o, route_names[r], st);
@@ -227,11 +227,12 @@ json_object *gs_ledger_json_locked(void)
 	json_object_put(chats);
 	json_object_object_add(o, "operations", gs_ops_ledger_locked());
 	json_object_object_add(o, "retry_after_violations",
-			       json_object_new_int64((int64_t)violations));
+	                       json_object_new_int64((int64_t)violations));
 	json_object_object_add(o, "throttled", json_object_new_int64((int64_t)throttled));
 	json_object *g = json_object_new_object();
 	for (int i = 0; i < GS_G_COUNT; i++)
-		json_object_object_add(g, grant_names[i], json_object_new_int64((int64_t)grants[i]));
+		json_object_object_add(g, grant_names[i],
+		                       json_object_new_int64((int64_t)grants[i]));
 	json_object_object_add(o, "token_grants", g);
 	json_object *f = json_object_new_object();
 	for (size_t i = 0; i < FAILURE_CODES && failures[i].code; i++) {

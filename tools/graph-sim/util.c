@@ -35,9 +35,8 @@ void gs_fmt_time(int64_t wall_ms, char *buf, size_t cap)
 	time_t secs = (time_t)(wall_ms / 1000);
 	struct tm tm;
 	gmtime_r(&secs, &tm);
-	snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		 (int)(wall_ms % 1000));
+	snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+	         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(wall_ms % 1000));
 }
 
 /* RFC 3339 in UTC ("Z"), optional fraction: what OData filters carry. */
@@ -104,9 +103,9 @@ bool gs_roll(double rate)
 static void guid_format(const unsigned char b[16], char out[GS_GUID_LEN + 1])
 {
 	snprintf(out, GS_GUID_LEN + 1,
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-		 b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-		 b[14], b[15]);
+	         "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+	         b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+	         b[15]);
 }
 
 void gs_guid_random(char out[GS_GUID_LEN + 1])
@@ -155,7 +154,7 @@ bool gs_token_random(char *out, size_t cap)
 void gs_b64url_encode(const unsigned char *in, size_t len, char *out, size_t cap)
 {
 	static const char tab[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	size_t o = 0;
 	for (size_t i = 0; i < len && o + 5 < cap; i += 3) {
 		uint32_t v = (uint32_t)in[i] << 16;
@@ -262,9 +261,8 @@ bool gs_form_get(const char *body, size_t len, const char *key, char *out, size_
 char *gs_json_dump(json_object *o, size_t *len)
 {
 	size_t n = 0;
-	const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN |
-							       JSON_C_TO_STRING_NOSLASHESCAPE,
-							  &n);
+	const char *s = json_object_to_json_string_length(
+	    o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
 	char *d = s ? malloc(n + 1) : NULL;
 	if (d) {
 		memcpy(d, s, n + 1);
