@@ -24,19 +24,19 @@
 #include "jwt.h"
 #include "log.h"
 
-#define NOT_SCHEDULED INT64_MAX
-#define BACKOFF_MIN_MS 500
-#define BACKOFF_MAX_MS 30000
-#define FAILED_RETRY_MS 30000 /* plus up to as much again of jitter */
-#define INVALIDATE_GAP_MS 1000 /* a 401 storm cannot turn into a token request storm */
-#define EXPIRY_MARGIN_MS 2000 /* stop handing out a token this long before it expires */
-#define SECRET_MAX 8193 /* cfg.c accepts secret files up to 8 KiB */
-#define FEDERATED_MAX (16 * 1024)
+#define NOT_SCHEDULED      INT64_MAX
+#define BACKOFF_MIN_MS     500
+#define BACKOFF_MAX_MS     30000
+#define FAILED_RETRY_MS    30000 /* plus up to as much again of jitter */
+#define INVALIDATE_GAP_MS  1000  /* a 401 storm cannot turn into a token request storm */
+#define EXPIRY_MARGIN_MS   2000  /* stop handing out a token this long before it expires */
+#define SECRET_MAX         8193  /* cfg.c accepts secret files up to 8 KiB */
+#define FEDERATED_MAX      (16 * 1024)
 #define DEFAULT_CONNECT_MS 10000
 #define DEFAULT_REQUEST_MS 30000
-#define EXPIRES_IN_MAX (7 * 86400)
-#define ERROR_MAX 1024 /* room for AAD's description plus our hint */
-#define JWT_BEARER "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#define EXPIRES_IN_MAX     (7 * 86400)
+#define ERROR_MAX          1024 /* room for AAD's description plus our hint */
+#define JWT_BEARER         "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 /* A heap buffer that wipes what it held whenever it lets go of memory (bodies hold secrets). */
 struct sbuf {
@@ -49,9 +49,9 @@ struct auth_profile {
 	/* Guarded by auth.mu. */
 	char token[AUTH_TOKEN_BUF]; /* "" = none */
 	int64_t expires_epoch_ms, expires_mono_ms, lifetime_ms, obtained_mono_ms;
-	bool demanded;   /* somebody asked: keep it fresh from now on */
-	bool in_flight;  /* a request is on the wire (at most one per profile) */
-	bool failed;     /* last attempt failed permanently */
+	bool demanded;       /* somebody asked: keep it fresh from now on */
+	bool in_flight;      /* a request is on the wire (at most one per profile) */
+	bool failed;         /* last attempt failed permanently */
 	int64_t next_due_ms; /* monotonic time of the next request, NOT_SCHEDULED if none */
 	unsigned backoff_n;
 	uint64_t gen; /* reload generation the in-flight request was built with */
@@ -298,7 +298,8 @@ static bool parse_token_fields(struct json_object *root, struct auth_token_respo
 	if (len > AUTH_TOKEN_MAX)
 		return parse_fail(out, "access_token longer than 16 KiB");
 	if (!token_chars_ok(tok, len))
-		return parse_fail(out, "access_token is empty or has characters a header cannot carry");
+		return parse_fail(out,
+		                  "access_token is empty or has characters a header cannot carry");
 	if (!parse_expires_in(root, &out->expires_in_s))
 		return parse_fail(out, "expires_in missing or out of range");
 	memcpy(out->access_token, tok, len);
@@ -309,7 +310,7 @@ static bool parse_token_fields(struct json_object *root, struct auth_token_respo
 }
 
 bool auth_parse_token_response(const char *body, size_t len, long http_status,
-			       struct auth_token_response *out)
+                               struct auth_token_response *out)
 {
 	memset(out, 0, sizeof *out);
 	out->http_status = http_status;
@@ -356,7 +357,7 @@ static bool form_add(CURL *easy, struct sbuf *b, const char *key, const char *va
 		return false;
 	size_t elen = strlen(esc);
 	bool ok = (b->len == 0 || sbuf_append(b, "&", 1)) && sbuf_append(b, key, strlen(key)) &&
-		  sbuf_append(b, "=", 1) && sbuf_append(b, esc, elen);
+	          sbuf_append(b, "=", 1) && sbuf_append(b, esc, elen);
 	OPENSSL_cleanse(esc, elen);
 	curl_free(esc);
 	return ok;
@@ -370,14 +371,14 @@ static bool oom(char *err, size_t errcap)
 
 /* {authority_url}/{tenant_id}/oauth2/v2.0/token; the tenant id must stay one path segment. */
 static bool token_endpoint(const struct snapshot *s, char *buf, size_t cap, char *err,
-			   size_t errcap)
+                           size_t errcap)
 {
 	const char *tid = s->t.tenant_id;
 	size_t n = strlen(s->t.authority_url);
 	while (n > 0 && s->t.authority_url[n - 1] == '/')
 		n--;
 	if (!*tid || tid[strspn(tid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-				     "0123456789.-_")]) {
+	                             "0123456789.-_")]) {
 		snprintf(err, errcap, "tenant_id '%.200s' is not a GUID or domain name", tid);
 		return false;
 	}
@@ -400,7 +401,7 @@ static bool add_secret(struct auth_profile *p, const struct snapshot *s, char *e
 }
 
 static bool add_assertion(struct auth_profile *p, const char *assertion, size_t len, char *err,
-			  size_t errcap)
+                          size_t errcap)
 {
 	if (form_add(p->easy, &p->form, "client_assertion_type", JWT_BEARER, strlen(JWT_BEARER)) &&
 	    form_add(p->easy, &p->form, "client_assertion", assertion, len))
@@ -408,21 +409,21 @@ static bool add_assertion(struct auth_profile *p, const char *assertion, size_t 
 	return oom(err, errcap);
 }
 
-static bool add_certificate(struct auth_profile *p, const struct snapshot *s,
-			    const char *endpoint, char *err, size_t errcap)
+static bool add_certificate(struct auth_profile *p, const struct snapshot *s, const char *endpoint,
+                            char *err, size_t errcap)
 {
 	X509 *cert = NULL;
 	EVP_PKEY *key = NULL;
 	char *jwt = malloc(JWT_ASSERTION_MAX);
 	struct jwt_claims c = {.client_id = s->t.client_id,
-			       .audience = endpoint,
-			       .now_s = cptime_wall_ms() / 1000,
-			       .lifetime_s = JWT_DEFAULT_LIFETIME_S};
+	                       .audience = endpoint,
+	                       .now_s = cptime_wall_ms() / 1000,
+	                       .lifetime_s = JWT_DEFAULT_LIFETIME_S};
 	bool ok = jwt ? true : oom(err, errcap);
 	ok = ok && jwt_load_credential(s->t.certificate_file, s->t.private_key_file, &cert, &key,
-				       err, errcap);
+	                               err, errcap);
 	ok = ok && jwt_sign_assertion(cert, key, s->t.assertion_alg, &c, jwt, JWT_ASSERTION_MAX,
-				      err, errcap);
+	                              err, errcap);
 	ok = ok && add_assertion(p, jwt, strlen(jwt), err, errcap);
 	if (jwt)
 		OPENSSL_cleanse(jwt, JWT_ASSERTION_MAX);
@@ -434,7 +435,7 @@ static bool add_certificate(struct auth_profile *p, const struct snapshot *s,
 
 /* The projected service account token is rotated by the kubelet: read it every time. */
 static bool add_federated(struct auth_profile *p, const struct snapshot *s, char *err,
-			  size_t errcap)
+                          size_t errcap)
 {
 	const char *path = s->t.federated_token_file;
 	char *buf = malloc(FEDERATED_MAX + 1);
@@ -447,13 +448,13 @@ static bool add_federated(struct auth_profile *p, const struct snapshot *s, char
 	}
 	if (!f) {
 		snprintf(err, errcap, "cannot read federated_token_file %.300s: %s", path,
-			 strerror(errno));
+		         strerror(errno));
 		goto done;
 	}
 	n = fread(buf, 1, FEDERATED_MAX + 1, f);
 	if (ferror(f) || n > FEDERATED_MAX) {
 		snprintf(err, errcap, "federated_token_file %.300s: %s", path,
-			 ferror(f) ? "read error" : "larger than 16 KiB");
+		         ferror(f) ? "read error" : "larger than 16 KiB");
 		goto done;
 	}
 	while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
@@ -473,7 +474,7 @@ done:
 }
 
 static bool build_form(struct auth_profile *p, const struct snapshot *s, const char *endpoint,
-		       char *err, size_t errcap)
+                       char *err, size_t errcap)
 {
 	const char *gt = "client_credentials";
 	if (!form_add(p->easy, &p->form, "grant_type", gt, strlen(gt)) ||
@@ -491,7 +492,7 @@ static bool build_form(struct auth_profile *p, const struct snapshot *s, const c
 		break;
 	}
 	snprintf(err, errcap, "credential kind %d cannot use the token endpoint",
-		 (int)s->t.credential);
+	         (int)s->t.credential);
 	return false;
 }
 
@@ -500,7 +501,7 @@ static bool build_form(struct auth_profile *p, const struct snapshot *s, const c
  * resource is the scope without ".default", keeping the trailing slash Microsoft documents.
  */
 static bool managed_url(struct auth_profile *p, const struct snapshot *s, char *url, size_t cap,
-			char *err, size_t errcap)
+                        char *err, size_t errcap)
 {
 	char resource[CFG_VALUE_MAX + 1];
 	size_t n = strlen(s->scope), sfx = strlen(".default");
@@ -512,10 +513,10 @@ static bool managed_url(struct auth_profile *p, const struct snapshot *s, char *
 	resource[n] = '\0';
 	char *res = curl_easy_escape(p->easy, resource, 0);
 	char *cid = s->t.client_id[0] ? curl_easy_escape(p->easy, s->t.client_id, 0) : NULL;
-	int w = res ? snprintf(url, cap, "%s%capi-version=2018-02-01&resource=%s%s%s", s->t.imds_url,
-			       strchr(s->t.imds_url, '?') ? '&' : '?', res,
-			       cid ? "&client_id=" : "", cid ? cid : "")
-		    : -1;
+	int w = res ? snprintf(url, cap, "%s%capi-version=2018-02-01&resource=%s%s%s",
+	                       s->t.imds_url, strchr(s->t.imds_url, '?') ? '&' : '?', res,
+	                       cid ? "&client_id=" : "", cid ? cid : "")
+	            : -1;
 	curl_free(res);
 	curl_free(cid);
 	if (w < 0 || (size_t)w >= cap || (s->t.client_id[0] && !cid)) {
@@ -528,19 +529,20 @@ static bool managed_url(struct auth_profile *p, const struct snapshot *s, char *
 static bool set_options(struct auth_profile *p, const struct snapshot *s, const char *url)
 {
 	CURL *e = p->easy;
-	bool ok = curl_easy_setopt(e, CURLOPT_URL, url) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_PRIVATE, p) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, p->curl_err) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_WRITEDATA, &p->resp) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_HTTPHEADER, p->headers) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_USERAGENT, "chatprovd/" CHATPROV_VERSION) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, s->connect_ms) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, s->request_ms) == CURLE_OK;
+	bool ok =
+	    curl_easy_setopt(e, CURLOPT_URL, url) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_PRIVATE, p) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, p->curl_err) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, &p->resp) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, p->headers) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_USERAGENT, "chatprovd/" CHATPROV_VERSION) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, s->connect_ms) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, s->request_ms) == CURLE_OK;
 	if (ok && s->ca_file[0])
 		ok = curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file) == CURLE_OK;
 	if (ok && p->managed)
@@ -551,8 +553,8 @@ static bool set_options(struct auth_profile *p, const struct snapshot *s, const 
 	return ok;
 }
 
-static bool setup_easy(struct auth_profile *p, const struct snapshot *s, const char *url,
-		       char *err, size_t errcap)
+static bool setup_easy(struct auth_profile *p, const struct snapshot *s, const char *url, char *err,
+                       size_t errcap)
 {
 	curl_slist_free_all(p->headers);
 	p->headers = curl_slist_append(NULL, "Accept: application/json");
@@ -588,7 +590,8 @@ static const char *hint_for(long aadsts)
 	case 900023:
 		return "tenant not found — wrong cloud or tenant_id?";
 	case 70011:
-		return "invalid scope — wrong cloud? (the scope must be the cloud's Graph .default)";
+		return "invalid scope — wrong cloud? (the scope must be the cloud's Graph "
+		       ".default)";
 	case 700027:
 		return "client assertion rejected — certificate not registered on the app, wrong "
 		       "key or expired certificate";
@@ -617,7 +620,7 @@ static bool transient_status(long st, const struct auth_token_response *r, bool 
 }
 
 static void classify_http(bool managed, long st, const struct auth_token_response *r,
-			  struct outcome *o)
+                          struct outcome *o)
 {
 	const char *hint = hint_for(r->aadsts);
 	char code[32] = "";
@@ -625,8 +628,8 @@ static void classify_http(bool managed, long st, const struct auth_token_respons
 		snprintf(code, sizeof code, "AADSTS%ld: ", r->aadsts);
 	o->kind = transient_status(st, r, managed) ? OUT_TRANSIENT : OUT_PERMANENT;
 	snprintf(o->msg, sizeof o->msg, "%s HTTP %ld %s: %s%s%s%s",
-		 managed ? "IMDS" : "token endpoint", st, r->error, code, r->error_description,
-		 hint ? " — " : "", hint ? hint : "");
+	         managed ? "IMDS" : "token endpoint", st, r->error, code, r->error_description,
+	         hint ? " — " : "", hint ? hint : "");
 	snprintf(o->key, sizeof o->key, "http:%ld:%s:%ld", st, r->error, r->aadsts);
 }
 
@@ -635,11 +638,11 @@ static void classify_curl(const struct auth_profile *p, CURLcode rc, struct outc
 	o->kind = OUT_TRANSIENT;
 	if (rc == CURLE_WRITE_ERROR && p->resp.overflow)
 		snprintf(o->msg, sizeof o->msg, "%s response larger than 64 KiB",
-			 p->managed ? "IMDS" : "token endpoint");
+		         p->managed ? "IMDS" : "token endpoint");
 	else
 		snprintf(o->msg, sizeof o->msg, "%s unreachable: %s%s%s",
-			 p->managed ? "IMDS" : "token endpoint", curl_easy_strerror(rc),
-			 p->curl_err[0] ? ": " : "", p->curl_err);
+		         p->managed ? "IMDS" : "token endpoint", curl_easy_strerror(rc),
+		         p->curl_err[0] ? ": " : "", p->curl_err);
 	snprintf(o->key, sizeof o->key, "curl:%d", (int)rc);
 }
 
@@ -648,17 +651,17 @@ static void log_failure(const char *name, const struct outcome *o)
 	struct log_ctx ctx = {.tenant = name};
 	if (o->kind == OUT_TRANSIENT)
 		log_with(LOG_LVL_WARNING, &ctx,
-			 "auth: profile '%s': token request failed, retrying with backoff: %s", name,
-			 o->msg);
+		         "auth: profile '%s': token request failed, retrying with backoff: %s",
+		         name, o->msg);
 	else
 		log_with(LOG_LVL_ERROR, &ctx,
-			 "auth: profile '%s': credentials rejected (retried every 30-60 s or on "
-			 "reload): %s",
-			 name, o->msg);
+		         "auth: profile '%s': credentials rejected (retried every 30-60 s or on "
+		         "reload): %s",
+		         name, o->msg);
 }
 
 static void apply_success(struct auth *a, struct auth_profile *p, const char *name,
-			  const struct auth_token_response *r)
+                          const struct auth_token_response *r)
 {
 	int64_t now = cptime_mono_ms();
 	OPENSSL_cleanse(p->token, sizeof p->token);
@@ -674,16 +677,16 @@ static void apply_success(struct auth *a, struct auth_profile *p, const char *na
 	p->next_due_ms = now + refresh_delay_ms(p->lifetime_ms, a->cfg->token_refresh_ahead_s);
 	if (p->logged_key[0])
 		log_with(LOG_LVL_NOTICE, &(struct log_ctx){.tenant = name},
-			 "auth: profile '%s': token acquired again", name);
+		         "auth: profile '%s': token acquired again", name);
 	else
 		log_debug("auth: profile '%s': token acquired, expires in %lld s", name,
-			  (long long)r->expires_in_s);
+		          (long long)r->expires_in_s);
 	p->logged_key[0] = '\0';
 }
 
 /* Records an outcome; returns whether waiters must be told (token acquired or failed). */
 static bool apply_outcome(struct auth *a, size_t i, const struct outcome *o,
-			  const struct auth_token_response *r)
+                          const struct auth_token_response *r)
 {
 	struct auth_profile *p = &a->p[i];
 	const char *name = a->cfg->tenants[i].name;
@@ -707,13 +710,13 @@ static bool apply_outcome(struct auth *a, size_t i, const struct outcome *o,
 	p->backoff_n = 0;
 	/* Built from a cfg that a reload has replaced since: try the new one at once. */
 	p->next_due_ms = p->gen != a->gen
-				 ? now
-				 : now + FAILED_RETRY_MS + (int64_t)(random_u32() % FAILED_RETRY_MS);
+	                     ? now
+	                     : now + FAILED_RETRY_MS + (int64_t)(random_u32() % FAILED_RETRY_MS);
 	return true;
 }
 
 static void complete(struct auth *a, size_t i, const struct outcome *o,
-		     const struct auth_token_response *r)
+                     const struct auth_token_response *r)
 {
 	pthread_mutex_lock(&a->mu);
 	bool tell = apply_outcome(a, i, o, r);
@@ -774,8 +777,8 @@ static void start_request(struct auth *a, size_t i)
 	}
 	curl_easy_reset(p->easy);
 	bool ok = p->managed ? managed_url(p, s, url, sizeof url, o.msg, sizeof o.msg)
-			     : token_endpoint(s, url, sizeof url, o.msg, sizeof o.msg) &&
-				       build_form(p, s, url, o.msg, sizeof o.msg);
+	                     : token_endpoint(s, url, sizeof url, o.msg, sizeof o.msg) &&
+	                           build_form(p, s, url, o.msg, sizeof o.msg);
 	if (!ok || !setup_easy(p, s, url, o.msg, sizeof o.msg))
 		goto fail;
 	if (curl_multi_add_handle(a->multi, p->easy) != CURLM_OK) {
@@ -862,7 +865,8 @@ bool auth_new(const struct cfg *cfg, struct auth **out, char *err, size_t errcap
 		return false;
 	}
 	a = calloc(1, sizeof *a);
-	if (!a || !(a->p = calloc(cfg->n_tenants, sizeof *a->p)) || !(a->multi = curl_multi_init())) {
+	if (!a || !(a->p = calloc(cfg->n_tenants, sizeof *a->p)) ||
+	    !(a->multi = curl_multi_init())) {
 		snprintf(err, errcap, "auth: out of memory");
 		goto fail;
 	}
@@ -933,7 +937,7 @@ void auth_free(struct auth *a)
 }
 
 enum auth_status auth_get_token(struct auth *a, size_t profile, char *buf, size_t cap,
-				int64_t *expires_epoch_ms)
+                                int64_t *expires_epoch_ms)
 {
 	if (profile >= a->n)
 		return AUTH_FAILED;
@@ -975,7 +979,8 @@ void auth_invalidate(struct auth *a, size_t profile, const char *token)
 	if (p->token[0] && strcmp(p->token, token) == 0) {
 		drop_token(p);
 		if (!p->in_flight) {
-			int64_t now = cptime_mono_ms(), due = p->obtained_mono_ms + INVALIDATE_GAP_MS;
+			int64_t now = cptime_mono_ms(),
+			        due = p->obtained_mono_ms + INVALIDATE_GAP_MS;
 			due = due > now ? due : now;
 			p->next_due_ms = due < p->next_due_ms ? due : p->next_due_ms;
 			kick = true;

@@ -15,7 +15,7 @@
 #include "common.h"
 
 /* Bounds on what the token endpoint may send us. */
-#define AUTH_BODY_MAX (64 * 1024)
+#define AUTH_BODY_MAX  (64 * 1024)
 #define AUTH_TOKEN_MAX (16 * 1024)
 /* A buffer of this size always holds a token for auth_get_token. */
 #define AUTH_TOKEN_BUF (AUTH_TOKEN_MAX + 1)
@@ -43,7 +43,7 @@ struct auth_token_response {
 	bool server_error;           /* the body carried an "error" member */
 	char error[64];              /* "invalid_client", or a parse failure when !server_error */
 	char error_description[512]; /* first line of error_description, or why parsing failed */
-	long aadsts;                 /* first of error_codes (or AADSTS<n> in the text); 0 if none */
+	long aadsts; /* first of error_codes (or AADSTS<n> in the text); 0 if none */
 };
 
 bool auth_new(const struct cfg *cfg, struct auth **out, char *err, size_t errcap) CP_MUSTCHECK;
@@ -57,7 +57,7 @@ void auth_free(struct auth *a);
  * the network. AUTH_PENDING starts a fetch if none is under way.
  */
 enum auth_status auth_get_token(struct auth *a, size_t profile, char *buf, size_t cap,
-				int64_t *expires_epoch_ms);
+                                int64_t *expires_epoch_ms);
 /* Graph answered 401 to `token`: if it is still the cached token, drop it and refetch now. */
 void auth_invalidate(struct auth *a, size_t profile, const char *token);
 /* cb(arg) runs on the refresh thread after a profile obtained a token or failed for good. */
@@ -82,6 +82,6 @@ bool auth_reload(struct auth *a, const struct cfg *new_cfg) CP_MUSTCHECK;
  * with the server's error fields or the parse failure in out.
  */
 bool auth_parse_token_response(const char *body, size_t len, long http_status,
-			       struct auth_token_response *out) CP_MUSTCHECK;
+                               struct auth_token_response *out) CP_MUSTCHECK;
 
 #endif

@@ -38,8 +38,7 @@ bool jwt_b64url_encode(const unsigned char *in, size_t len, char *out, size_t ca
 	return true;
 }
 
-bool jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap,
-		       size_t *outlen)
+bool jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *outlen)
 {
 	while (len > 0 && in[len - 1] == '=')
 		len--;
@@ -92,7 +91,7 @@ static bool check_validity(X509 *cert, const char *path, char *err, size_t errca
 	}
 	BIO_free(mem);
 	snprintf(err, errcap, "certificate %s %s %s: renew it and update certificate_file", path,
-		 problem, stamp);
+	         problem, stamp);
 	return false;
 }
 
@@ -106,20 +105,20 @@ static bool read_pem(const char *path, bool want_key, void **out, char *err, siz
 		return false;
 	}
 	*out = want_key ? (void *)PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)
-			: (void *)PEM_read_bio_X509(bio, NULL, NULL, NULL);
+	                : (void *)PEM_read_bio_X509(bio, NULL, NULL, NULL);
 	BIO_free(bio);
 	if (!*out) {
 		char what[CFG_VALUE_MAX + 64];
-		snprintf(what, sizeof what, "no PEM %s in %s", want_key ? "private key" : "certificate",
-			 path);
+		snprintf(what, sizeof what, "no PEM %s in %s",
+		         want_key ? "private key" : "certificate", path);
 		ssl_error(err, errcap, what);
 		return false;
 	}
 	return true;
 }
 
-bool jwt_load_credential(const char *cert_path, const char *key_path, X509 **cert,
-			 EVP_PKEY **key, char *err, size_t errcap)
+bool jwt_load_credential(const char *cert_path, const char *key_path, X509 **cert, EVP_PKEY **key,
+                         char *err, size_t errcap)
 {
 	X509 *c = NULL;
 	EVP_PKEY *k = NULL;
@@ -131,13 +130,13 @@ bool jwt_load_credential(const char *cert_path, const char *key_path, X509 **cer
 		goto fail;
 	if (!EVP_PKEY_is_a(k, "RSA")) {
 		snprintf(err, errcap, "private key %s is not an RSA key (PS256/RS256 need RSA)",
-			 key_path);
+		         key_path);
 		goto fail;
 	}
 	if (X509_check_private_key(c, k) != 1) {
 		ERR_clear_error();
 		snprintf(err, errcap, "private key %s does not match certificate %s", key_path,
-			 cert_path);
+		         cert_path);
 		goto fail;
 	}
 	*cert = c;
@@ -185,9 +184,9 @@ static bool random_guid(char *out, size_t cap)
 	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
 	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 	int n = snprintf(out, cap,
-			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-			 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-			 b[12], b[13], b[14], b[15]);
+	                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+	                 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+	                 b[12], b[13], b[14], b[15]);
 	return n > 0 && (size_t)n < cap;
 }
 
@@ -228,16 +227,16 @@ static bool append_json(struct json_object *obj, char *out, size_t cap, size_t *
 {
 	size_t n = 0;
 	const char *s = json_object_to_json_string_length(
-		obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
-	if (!s || *len >= cap || !jwt_b64url_encode((const unsigned char *)s, n, out + *len,
-						    cap - *len))
+	    obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+	if (!s || *len >= cap ||
+	    !jwt_b64url_encode((const unsigned char *)s, n, out + *len, cap - *len))
 		return false;
 	*len += strlen(out + *len);
 	return true;
 }
 
 static bool sign(EVP_PKEY *key, enum cfg_assertion_alg alg, const char *input, size_t len,
-		 unsigned char *sig, size_t *siglen, char *err, size_t errcap)
+                 unsigned char *sig, size_t *siglen, char *err, size_t errcap)
 {
 	EVP_PKEY_CTX *pctx = NULL;
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -254,8 +253,8 @@ static bool sign(EVP_PKEY *key, enum cfg_assertion_alg alg, const char *input, s
 }
 
 bool jwt_sign_assertion(X509 *cert, EVP_PKEY *key, enum cfg_assertion_alg alg,
-			const struct jwt_claims *claims, char *out, size_t cap, char *err,
-			size_t errcap)
+                        const struct jwt_claims *claims, char *out, size_t cap, char *err,
+                        size_t errcap)
 {
 	struct json_object *header = build_header(cert, alg);
 	struct json_object *body = build_claims(claims);

@@ -33,18 +33,18 @@ struct jwt_claims {
  * certificate file). Fails with a clear message when a file is unreadable, the certificate is
  * expired or not yet valid, or the key does not belong to the certificate.
  */
-bool jwt_load_credential(const char *cert_path, const char *key_path, X509 **cert,
-			 EVP_PKEY **key, char *err, size_t errcap) CP_MUSTCHECK;
+bool jwt_load_credential(const char *cert_path, const char *key_path, X509 **cert, EVP_PKEY **key,
+                         char *err, size_t errcap) CP_MUSTCHECK;
 
 /* Builds and signs an assertion into out (NUL-terminated). */
 bool jwt_sign_assertion(X509 *cert, EVP_PKEY *key, enum cfg_assertion_alg alg,
-			const struct jwt_claims *claims, char *out, size_t cap, char *err,
-			size_t errcap) CP_MUSTCHECK;
+                        const struct jwt_claims *claims, char *out, size_t cap, char *err,
+                        size_t errcap) CP_MUSTCHECK;
 
 /* Base64url without padding; out gets a NUL-terminated string. */
 bool jwt_b64url_encode(const unsigned char *in, size_t len, char *out, size_t cap) CP_MUSTCHECK;
 /* Decodes base64url (padding optional); rejects any character outside the alphabet. */
 bool jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap,
-		       size_t *outlen) CP_MUSTCHECK;
+                       size_t *outlen) CP_MUSTCHECK;
 
 #endif

@@ -21,7 +21,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	long status = statuses[data[0] % 4];
 	size_t len = size - 1 > AUTH_BODY_MAX + 16 ? AUTH_BODY_MAX + 16 : size - 1;
 	bool ok = auth_parse_token_response((const char *)data + 1, len, status, &out);
-	/* Invariants callers rely on: a token is header-safe and bounded, the strings terminated. */
+	/* Invariants callers rely on: a token is header-safe and bounded, the strings terminated.
+	 */
 	if (ok) {
 		size_t n = strnlen(out.access_token, sizeof out.access_token);
 		if (n == 0 || n > AUTH_TOKEN_MAX || out.expires_in_s < 1 || status != 200)
@@ -31,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			    (unsigned char)out.access_token[i] > 0x7e)
 				__builtin_trap();
 	} else if (out.access_token[0] || !memchr(out.error, 0, sizeof out.error) ||
-		   !memchr(out.error_description, 0, sizeof out.error_description)) {
+	           !memchr(out.error_description, 0, sizeof out.error_description)) {
 		__builtin_trap();
 	}
 	return 0;

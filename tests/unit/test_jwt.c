@@ -31,7 +31,7 @@ static X509 *make_cert(EVP_PKEY *key, long from_s, long to_s)
 	assert_int_equal(X509_set_pubkey(c, key), 1);
 	X509_NAME *name = X509_get_subject_name(c);
 	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"chatprov-test",
-				   -1, -1, 0);
+	                           -1, -1, 0);
 	assert_int_equal(X509_set_issuer_name(c, name), 1);
 	assert_true(X509_sign(c, key, EVP_sha256()) > 0);
 	return c;
@@ -80,11 +80,12 @@ static void test_b64url(void **state)
 	size_t n = 0;
 	static const struct {
 		const char *in, *out;
-	} vec[] = {{"", ""}, {"f", "Zg"}, {"fo", "Zm8"}, {"foo", "Zm9v"}, {"foob", "Zm9vYg"},
-		   {"\xfb\xff", "-_8"}};
+	} vec[] = {{"", ""},        {"f", "Zg"},        {"fo", "Zm8"},
+	           {"foo", "Zm9v"}, {"foob", "Zm9vYg"}, {"\xfb\xff", "-_8"}};
 	for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++) {
 		size_t len = strlen(vec[i].in);
-		assert_true(jwt_b64url_encode((const unsigned char *)vec[i].in, len, out, sizeof out));
+		assert_true(
+		    jwt_b64url_encode((const unsigned char *)vec[i].in, len, out, sizeof out));
 		assert_string_equal(out, vec[i].out);
 		assert_true(jwt_b64url_decode(out, strlen(out), back, sizeof back, &n));
 		assert_int_equal(n, len);
@@ -93,7 +94,8 @@ static void test_b64url(void **state)
 	assert_false(jwt_b64url_decode("+/8", 3, back, sizeof back, &n));
 	assert_false(jwt_b64url_decode("Z", 1, back, sizeof back, &n));
 	assert_false(jwt_b64url_decode("Zm9v!", 5, back, sizeof back, &n));
-	assert_false(jwt_b64url_encode((const unsigned char *)"foo", 3, out, 4)); /* no room for NUL */
+	assert_false(
+	    jwt_b64url_encode((const unsigned char *)"foo", 3, out, 4)); /* no room for NUL */
 }
 
 /* Decodes one base64url part of a JWT into a json object. */
@@ -148,8 +150,8 @@ static bool verify(const char *jwt, EVP_PKEY *key, enum cfg_assertion_alg alg)
 		assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32), 1);
 		assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()), 1);
 	}
-	int rc = EVP_DigestVerify(md, sig, siglen, (const unsigned char *)jwt,
-				  (size_t)(dot2 - jwt));
+	int rc =
+	    EVP_DigestVerify(md, sig, siglen, (const unsigned char *)jwt, (size_t)(dot2 - jwt));
 	EVP_MD_CTX_free(md);
 	return rc == 1;
 }
@@ -157,13 +159,14 @@ static bool verify(const char *jwt, EVP_PKEY *key, enum cfg_assertion_alg alg)
 static void check_assertion(enum cfg_assertion_alg alg)
 {
 	char jwt[JWT_ASSERTION_MAX], err[512] = "";
-	const char *aud = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token";
+	const char *aud =
+	    "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token";
 	struct jwt_claims c = {.client_id = "11111111-2222-3333-4444-555555555555",
-			       .audience = aud,
-			       .now_s = 1790000000,
-			       .lifetime_s = 600};
-	assert_true(jwt_sign_assertion(test_cert, test_key, alg, &c, jwt, sizeof jwt, err,
-				       sizeof err));
+	                       .audience = aud,
+	                       .now_s = 1790000000,
+	                       .lifetime_s = 600};
+	assert_true(
+	    jwt_sign_assertion(test_cert, test_key, alg, &c, jwt, sizeof jwt, err, sizeof err));
 	const char *dot1 = strchr(jwt, '.'), *dot2 = strrchr(jwt, '.');
 	assert_non_null(dot1);
 	assert_true(dot2 > dot1);
@@ -216,13 +219,13 @@ static void test_unique_jti(void **state)
 	char a[JWT_ASSERTION_MAX], b[JWT_ASSERTION_MAX], err[512];
 	struct jwt_claims c = {.client_id = "c", .audience = "aud", .now_s = 1, .lifetime_s = 600};
 	assert_true(jwt_sign_assertion(test_cert, test_key, CFG_ALG_RS256, &c, a, sizeof a, err,
-				       sizeof err));
+	                               sizeof err));
 	assert_true(jwt_sign_assertion(test_cert, test_key, CFG_ALG_RS256, &c, b, sizeof b, err,
-				       sizeof err));
+	                               sizeof err));
 	/* RS256 is deterministic: only jti differs. */
 	assert_string_not_equal(a, b);
-	assert_false(jwt_sign_assertion(test_cert, test_key, CFG_ALG_PS256, &c, a, 100, err,
-					sizeof err));
+	assert_false(
+	    jwt_sign_assertion(test_cert, test_key, CFG_ALG_PS256, &c, a, 100, err, sizeof err));
 	assert_non_null(strstr(err, "longer than"));
 }
 
@@ -275,11 +278,9 @@ static void test_load_credential(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_b64url),
-		cmocka_unit_test(test_ps256),
-		cmocka_unit_test(test_rs256),
-		cmocka_unit_test(test_unique_jti),
-		cmocka_unit_test(test_load_credential),
+	    cmocka_unit_test(test_b64url),          cmocka_unit_test(test_ps256),
+	    cmocka_unit_test(test_rs256),           cmocka_unit_test(test_unique_jti),
+	    cmocka_unit_test(test_load_credential),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
