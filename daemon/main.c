@@ -236,6 +236,8 @@ static bool start(struct daemon *d)
 		log_error("metrics: %s", err);
 		return false;
 	}
+	if (metrics_port(d->metrics))
+		log_notice("metrics on port %u", (unsigned)metrics_port(d->metrics));
 	metrics_set_ready(d->metrics, false, "starting");
 	if (!pipeline_new(d->cfg, d->metrics, &d->pipeline, err, sizeof err) ||
 	    !pipeline_start(d->pipeline, err, sizeof err)) {

@@ -392,7 +392,7 @@ out:
 	return ok;
 }
 
-/* "host:port" with a non-empty host ("[v6]" allowed) and a port 1..65535. */
+/* "host:port" with a non-empty host ("[v6]" allowed) and a port 0..65535 (0: ephemeral). */
 static bool check_listen(const char *v, char *why, size_t cap)
 {
 	const char *colon = strrchr(v, ':');
@@ -409,7 +409,7 @@ static bool check_listen(const char *v, char *why, size_t cap)
 		errno = 0;
 		port = strtol(colon + 1, &end, 10);
 	}
-	if (!host_ok || !end || *end != '\0' || errno || port < 1 || port > 65535) {
+	if (!host_ok || !end || *end != '\0' || errno || port < 0 || port > 65535) {
 		snprintf(why, cap, "'%s' is not host:port (e.g. 127.0.0.1:9464; empty disables)",
 		         v);
 		return false;

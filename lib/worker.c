@@ -611,11 +611,12 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 	}
 	pipeline_metrics_graph_response(w->conf.metrics, job->tenant, status,
 					(cptime_mono_ms() - x->started_mono_ms) / 1000.0);
-	if (rc == CURLE_OK)
-		job->http_status = status;
-	if (x->request_id[0])
+	/* The result's "graph" part describes the POST; polls only move the operation. */
+	if (x->kind == XFER_POST) {
+		job->http_status = rc == CURLE_OK ? status : 0;
 		snprintf(job->graph_request_id, sizeof job->graph_request_id, "%s",
 			 x->request_id);
+	}
 	if (x->kind == XFER_POST)
 		on_post_answer(w, job, x, rc, rc == CURLE_OK ? status : 0);
 	else
