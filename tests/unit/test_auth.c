@@ -277,10 +277,10 @@ static struct auth *start(const struct cfg *c)
 static void test_secret_fetch(void **state)
 {
 	(void)state;
+	int64_t exp = 0, before = cptime_wall_ms(); /* before the eager fetch can complete */
 	struct cfg *c = make_cfg(1);
 	struct auth *a = start(c);
 	char tok[AUTH_TOKEN_BUF], body[16384];
-	int64_t exp = 0, before = cptime_wall_ms();
 	assert_int_equal(wait_status(a, 0, tok, 3000), AUTH_OK);
 	assert_int_equal(auth_get_token(a, 0, tok, sizeof tok, &exp), AUTH_OK);
 	assert_memory_equal(tok, "tok-0-", 6);
