@@ -258,25 +258,27 @@ int main(int argc, char **argv)
 	if (rc != 0)
 		return rc > 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 
+	if (opt.check_config)
+		return cfg_check(opt.config, stdout, stderr);
 	log_init("chatprovd");
+	/* Before anything else: a stop signal that arrives while we start is handled by the
+	 * loop like any other, never by the default action. */
+	struct daemon d = {.signal_fd = open_signal_fd()};
+	if (d.signal_fd < 0) {
+		log_error("cannot set up signal handling: %s", strerror(errno));
+		return EXIT_FAILURE;
+	}
 	/* Secrets and tokens live in this process's memory: keep them out of core dumps. */
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
-	struct daemon d = {.signal_fd = -1};
 	char err[CP_ERRSTR_SIZE];
 	if (!cfg_load(opt.config, &d.cfg, err, sizeof err)) {
 		fprintf(stderr, "chatprovd: %s\n", err);
 		return EXIT_FAILURE;
 	}
-	if (opt.check_config) {
-		cfg_dump(d.cfg, stdout);
-		cfg_free(d.cfg);
-		return EXIT_SUCCESS;
-	}
 	apply_log_level(d.cfg);
-	d.signal_fd = open_signal_fd();
-	if (d.signal_fd < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-		log_error("cannot set up signals or libcurl: %s", strerror(errno));
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		log_error("cannot initialise libcurl");
 		return EXIT_FAILURE;
 	}
 	rc = start(&d) ? run(&d) : EXIT_FAILURE;

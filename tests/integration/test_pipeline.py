@@ -181,9 +181,10 @@ def test_token_refresh_during_a_run(tmp_path):
 def test_sigterm_mid_run_then_restart(tmp_path):
     """SIGTERM while requests are in flight, then a restart: every id gets its result."""
     events = [group_event(i, app=(i % 5 == 0)) for i in range(600)]
-    config = dict(FAST_OPERATIONS, latency_ms=20)
+    config = dict(FAST_OPERATIONS, latency_ms=50)
     with Stack(tmp_path, sim_config=config) as stack:
-        first = stack.start_daemon()
+        # 8 requests in flight at 50 ms each: about 4 s of work, so the stop lands mid-run.
+        first = stack.start_daemon(graph={"max_in_flight": "8"})
         stack.produce(events)
         deadline = time.time() + 60
         while len(stack.results) < 100 and time.time() < deadline:
@@ -191,7 +192,8 @@ def test_sigterm_mid_run_then_restart(tmp_path):
         assert len(stack.results) >= 100
         assert first.stop(signal.SIGTERM) == 0, first.log_text()[-3000:]
         assert "STOPPING" in first.log_text() or "stopping" in first.log_text()
-        stack.start_daemon()
+        assert len(stack.results) < len(events), "the stop came too late to test anything"
+        stack.start_daemon(graph={"max_in_flight": "8"})
         results = stack.wait_results([e["id"] for e in events], timeout=180)
         assert_clean_exit(stack.daemon)
     assert all(r["status"] == "succeeded" for r in results.values())
