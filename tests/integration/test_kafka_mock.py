@@ -173,8 +173,18 @@ def test_bootstrap_file(tmp_path):
 def test_several_brokers():
     with KafkaMock().start(topics=[("t", 2)], brokers=3) as mock:
         assert len(mock.bootstrap.split(",")) == 3
-        assert mock.command("broker down 3") == "OK broker 3 down"
         assert mock.command("broker down 4").startswith("ERR")
+        # The mock does not fail over by itself: with the leader down, a produce waits until
+        # leadership is moved to a live broker.
+        producer = Producer({"bootstrap.servers": mock.bootstrap, "enable.idempotence": True,
+                             "acks": "all"})
+        leader = producer.list_topics("t", timeout=5).topics["t"].partitions[0].leader
+        assert mock.command("broker down %d" % leader) == "OK broker %d down" % leader
+        producer.produce("t", value=b"x", partition=0)
+        assert producer.flush(1.5) == 1
+        other = leader % 3 + 1
+        assert mock.command("leader t 0 %d" % other) == "OK t [0] leader %d" % other
+        assert producer.flush(15) == 0
         assert mock.stop() == 0
 
 
@@ -299,6 +309,31 @@ def test_group_of_two_processes_shares_partitions(kafka):
         # Every message exactly once, and both members did part of the work.
         assert sorted(received["a"] + received["b"]) == sorted(values)
         assert received["a"] and received["b"]
+
+        # b leaves (committing on close); a takes over b's partitions incrementally and
+        # continues from b's committed offsets: nothing old comes again.
+        assert members[1].stop() == 0
+        later = ["w%d" % i for i in range(20)]
+        deadline = time.monotonic() + 15
+        while members[0].assigned != {0, 1, 2, 3} and time.monotonic() < deadline:
+            try:
+                member, line = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if member is members[0] and line.startswith("ASSIGNED "):
+                member.assigned = {int(p) for p in line.split(" ")[1].split(",")}
+        assert members[0].assigned == {0, 1, 2, 3}
+        assert produce(kafka.bootstrap, "events", [v.encode() for v in later]) == []
+        taken_over = []
+        deadline = time.monotonic() + 10
+        while len(taken_over) < len(later) and time.monotonic() < deadline:
+            try:
+                member, line = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if member is members[0] and line.startswith("MSG "):
+                taken_over.append(line.split(" ")[2])
+        assert sorted(taken_over) == sorted(later)
     finally:
         for m in members:
             if m.proc.poll() is None:
