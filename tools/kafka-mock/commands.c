@@ -25,11 +25,10 @@ struct command {
 
 static void reply_ok(char *reply, size_t size, const char *fmt, ...) CP_PRINTF(3, 4);
 static void reply_err(char *reply, size_t size, const char *fmt, ...) CP_PRINTF(3, 4);
-static void reply_vfmt(char *reply, size_t size, const char *prefix, const char *fmt,
-		       va_list ap) CP_PRINTF(4, 0);
+static void reply_vfmt(char *reply, size_t size, const char *prefix, const char *fmt, va_list ap)
+    CP_PRINTF(4, 0);
 
-static void reply_vfmt(char *reply, size_t size, const char *prefix, const char *fmt,
-		       va_list ap)
+static void reply_vfmt(char *reply, size_t size, const char *prefix, const char *fmt, va_list ap)
 {
 	size_t n = (size_t)snprintf(reply, size, "%s", prefix);
 
@@ -118,7 +117,7 @@ static bool valid_topic_name(const char *name)
 }
 
 bool kmock_parse_topic_spec(const char *spec, char *name, size_t name_size, int *partitions,
-			    char *err, size_t err_size)
+                            char *err, size_t err_size)
 {
 	const char *colon = strchr(spec, ':');
 	char count[32];
@@ -147,7 +146,7 @@ bool kmock_parse_topic_spec(const char *spec, char *name, size_t name_size, int 
 	}
 	if (!kmock_parse_long(count, 1, KMOCK_PARTITIONS_MAX, &v)) {
 		snprintf(err, err_size, "topic '%s': partitions must be 1..%d", spec,
-			 KMOCK_PARTITIONS_MAX);
+		         KMOCK_PARTITIONS_MAX);
 		return false;
 	}
 	if (flags && strcmp(flags + 1, "compact") != 0) {
@@ -159,7 +158,7 @@ bool kmock_parse_topic_spec(const char *spec, char *name, size_t name_size, int 
 }
 
 bool kmock_create_topic(struct kmock *km, const char *name, int partitions, char *err,
-			size_t err_size)
+                        size_t err_size)
 {
 	/* As many replicas as brokers (Kafka's usual 3 at most), so that a partition has
 	 * followers to move to when a test takes its leader down. */
@@ -191,7 +190,7 @@ static void cmd_broker(struct kmock *km, char **w, char *reply, size_t size)
 	if (!parse_broker(km, w[2], &id, reply, size))
 		return;
 	rc = down ? rd_kafka_mock_broker_set_down(km->mcluster, id)
-		  : rd_kafka_mock_broker_set_up(km->mcluster, id);
+	          : rd_kafka_mock_broker_set_up(km->mcluster, id);
 	if (rc)
 		reply_err(reply, size, "broker %d: %s", (int)id, rd_kafka_err2str(rc));
 	else
@@ -275,7 +274,7 @@ static void cmd_create_topic(struct kmock *km, char **w, char *reply, size_t siz
 
 	if (!kmock_parse_long(w[2], 1, KMOCK_PARTITIONS_MAX, &parts)) {
 		reply_err(reply, size, "partitions must be 1..%d, got '%s'", KMOCK_PARTITIONS_MAX,
-			  w[2]);
+		          w[2]);
 		return;
 	}
 	if (!kmock_create_topic(km, w[1], (int)parts, err, sizeof(err)))
@@ -335,15 +334,15 @@ static void cmd_quit(struct kmock *km, char **w, char *reply, size_t size)
 }
 
 static const struct command commands[] = {
-	{"broker", 3, "broker down|up ID", cmd_broker},
-	{"rtt", 3, "rtt ID MS", cmd_rtt},
-	{"push-errors", 3, "push-errors APIKEY ERR[,ERR...]", cmd_push_errors},
-	{"clear-errors", 2, "clear-errors APIKEY", cmd_clear_errors},
-	{"create-topic", 3, "create-topic NAME PARTITIONS", cmd_create_topic},
-	{"coordinator", 4, "coordinator group|transaction NAME BROKERID", cmd_coordinator},
-	{"leader", 4, "leader TOPIC PARTITION BROKERID", cmd_leader},
-	{"bootstrap", 1, "bootstrap", cmd_bootstrap},
-	{"quit", 1, "quit", cmd_quit},
+    {"broker", 3, "broker down|up ID", cmd_broker},
+    {"rtt", 3, "rtt ID MS", cmd_rtt},
+    {"push-errors", 3, "push-errors APIKEY ERR[,ERR...]", cmd_push_errors},
+    {"clear-errors", 2, "clear-errors APIKEY", cmd_clear_errors},
+    {"create-topic", 3, "create-topic NAME PARTITIONS", cmd_create_topic},
+    {"coordinator", 4, "coordinator group|transaction NAME BROKERID", cmd_coordinator},
+    {"leader", 4, "leader TOPIC PARTITION BROKERID", cmd_leader},
+    {"bootstrap", 1, "bootstrap", cmd_bootstrap},
+    {"quit", 1, "quit", cmd_quit},
 };
 
 static int split_words(char *line, char **w)
@@ -351,7 +350,8 @@ static int split_words(char *line, char **w)
 	char *save = NULL;
 	int n = 0;
 
-	for (char *tok = strtok_r(line, " \t\r", &save); tok; tok = strtok_r(NULL, " \t\r", &save)) {
+	for (char *tok = strtok_r(line, " \t\r", &save); tok;
+	     tok = strtok_r(NULL, " \t\r", &save)) {
 		if (n == MAX_WORDS)
 			return -1;
 		w[n++] = tok;

@@ -15,9 +15,9 @@
 /* Longest command line accepted on stdin and longest reply written. */
 #define KMOCK_LINE_MAX 4096
 /* Kafka's own limit for a topic name. */
-#define KMOCK_TOPIC_MAX 249
+#define KMOCK_TOPIC_MAX      249
 #define KMOCK_PARTITIONS_MAX 10000
-#define KMOCK_BROKERS_MAX 32
+#define KMOCK_BROKERS_MAX    32
 /* Errors one push-errors command may queue. */
 #define KMOCK_PUSH_MAX 64
 
@@ -36,9 +36,9 @@ enum kmock_verdict kmock_command(struct kmock *km, char *line, char *reply, size
 /* Parses "NAME:PARTITIONS" or "NAME:PARTITIONS:compact" (the mock keeps every record
  * anyway, so compaction is accepted and has no effect). */
 bool kmock_parse_topic_spec(const char *spec, char *name, size_t name_size, int *partitions,
-			    char *err, size_t err_size) CP_MUSTCHECK;
+                            char *err, size_t err_size) CP_MUSTCHECK;
 bool kmock_create_topic(struct kmock *km, const char *name, int partitions, char *err,
-			size_t err_size) CP_MUSTCHECK;
+                        size_t err_size) CP_MUSTCHECK;
 /* Whole-string decimal integer in [min, max]. */
 bool kmock_parse_long(const char *s, long min, long max, long *out) CP_MUSTCHECK;
 

@@ -55,12 +55,12 @@ static void usage(FILE *out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
 	static const struct option longopts[] = {
-		{"brokers", required_argument, NULL, 'b'},
-		{"topic", required_argument, NULL, 't'},
-		{"bootstrap-file", required_argument, NULL, 'f'},
-		{"no-stdin", no_argument, NULL, 'n'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"brokers", required_argument, NULL, 'b'},
+	    {"topic", required_argument, NULL, 't'},
+	    {"bootstrap-file", required_argument, NULL, 'f'},
+	    {"no-stdin", no_argument, NULL, 'n'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c;
 
@@ -69,7 +69,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case 'b':
 			if (!kmock_parse_long(optarg, 1, KMOCK_BROKERS_MAX, &o->brokers)) {
 				fprintf(stderr, "kafka-mock: --brokers must be 1..%d\n",
-					KMOCK_BROKERS_MAX);
+				        KMOCK_BROKERS_MAX);
 				return 1;
 			}
 			break;
@@ -109,9 +109,8 @@ static bool cluster_start(struct kmock *km, const struct options *o)
 	/* The handle only hosts the cluster and never connects anywhere: its notice about
 	 * the missing bootstrap.servers is noise, warnings and errors still show. */
 	if (rd_kafka_conf_set(conf, "client.id", "kafka-mock", errstr, sizeof(errstr)) !=
-		    RD_KAFKA_CONF_OK ||
-	    rd_kafka_conf_set(conf, "log_level", "4", errstr, sizeof(errstr)) !=
-		    RD_KAFKA_CONF_OK) {
+	        RD_KAFKA_CONF_OK ||
+	    rd_kafka_conf_set(conf, "log_level", "4", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
 		fprintf(stderr, "kafka-mock: %s\n", errstr);
 		rd_kafka_conf_destroy(conf);
 		return false;
@@ -133,7 +132,7 @@ static bool cluster_start(struct kmock *km, const struct options *o)
 		int parts;
 
 		if (!kmock_parse_topic_spec(o->topics[i], name, sizeof(name), &parts, errstr,
-					    sizeof(errstr)) ||
+		                            sizeof(errstr)) ||
 		    !kmock_create_topic(km, name, parts, errstr, sizeof(errstr))) {
 			fprintf(stderr, "kafka-mock: %s\n", errstr);
 			return false;
@@ -206,7 +205,7 @@ static bool run_lines(struct kmock *km, struct linebuf *lb, bool *quit)
 		*nl = '\0';
 		if (lb->overflow) {
 			snprintf(reply, sizeof(reply), "ERR line longer than %d bytes",
-				 KMOCK_LINE_MAX - 1);
+			         KMOCK_LINE_MAX - 1);
 			lb->overflow = false;
 		} else if (kmock_command(km, start, reply, sizeof(reply)) == KMOCK_QUIT) {
 			*quit = true;
@@ -257,7 +256,7 @@ static int serve(struct kmock *km, int sigfd, bool use_stdin)
 {
 	static struct linebuf lb;
 	struct pollfd fds[2] = {{.fd = sigfd, .events = POLLIN},
-				{.fd = use_stdin ? STDIN_FILENO : -1, .events = POLLIN}};
+	                        {.fd = use_stdin ? STDIN_FILENO : -1, .events = POLLIN}};
 	bool quit = false;
 
 	while (!quit) {
@@ -272,7 +271,7 @@ static int serve(struct kmock *km, int sigfd, bool use_stdin)
 
 			if (read(sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 				fprintf(stderr, "kafka-mock: %s, stopping\n",
-					strsignal((int)si.ssi_signo));
+				        strsignal((int)si.ssi_signo));
 			return 0;
 		}
 		if (fds[1].revents) {
@@ -306,6 +305,7 @@ int main(int argc, char **argv)
 	struct options o = {.brokers = 1};
 	struct kmock km = {0};
 	char line[KMOCK_LINE_MAX];
+	bool written = false;
 	int rc = 1, sigfd;
 
 	switch (parse_options(argc, argv, &o)) {
@@ -324,16 +324,18 @@ int main(int argc, char **argv)
 	if (!cluster_start(&km, &o))
 		goto out;
 	snprintf(line, sizeof(line), "BOOTSTRAP %s", rd_kafka_mock_cluster_bootstraps(km.mcluster));
-	if (o.bootstrap_file &&
-	    !write_bootstrap_file(o.bootstrap_file, rd_kafka_mock_cluster_bootstraps(km.mcluster)))
-		goto out;
-	if (!say(line))
-		goto out;
-	rc = serve(&km, sigfd, !o.no_stdin);
-	/* The brokers are about to vanish; a stale address would only mislead. */
-	if (o.bootstrap_file)
-		unlink(o.bootstrap_file);
+	if (o.bootstrap_file) {
+		if (!write_bootstrap_file(o.bootstrap_file,
+		                          rd_kafka_mock_cluster_bootstraps(km.mcluster)))
+			goto out;
+		written = true;
+	}
+	if (say(line))
+		rc = serve(&km, sigfd, !o.no_stdin);
 out:
+	/* The brokers are about to vanish; a stale address would only mislead. */
+	if (written)
+		unlink(o.bootstrap_file);
 	cluster_stop(&km);
 	close(sigfd);
 	return rc;
