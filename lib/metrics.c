@@ -31,7 +31,7 @@ struct metrics_series {
 	atomic_uint_fast64_t count;             /* counter total */
 	atomic_uint_fast64_t bits;              /* gauge value / histogram sum, as double bits */
 	atomic_bool present;                    /* gauges: exported unless unset */
-	atomic_uint_fast64_t buckets[];         /* histograms: n_buckets + 1 (+Inf), not cumulative */
+	atomic_uint_fast64_t buckets[]; /* histograms: n_buckets + 1 (+Inf), not cumulative */
 };
 
 struct metrics_family {
@@ -84,7 +84,7 @@ static void atomic_add_double(atomic_uint_fast64_t *a, double delta)
 {
 	uint_fast64_t old = atomic_load_explicit(a, memory_order_relaxed);
 	while (!atomic_compare_exchange_weak_explicit(a, &old, dbl_bits(bits_dbl(old) + delta),
-						      memory_order_relaxed, memory_order_relaxed))
+	                                              memory_order_relaxed, memory_order_relaxed))
 		;
 }
 
@@ -96,7 +96,7 @@ static bool valid_name(const char *s, bool allow_colon)
 		return false;
 	for (const char *p = s; *p; p++) {
 		bool alpha = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_' ||
-			     (allow_colon && *p == ':');
+		             (allow_colon && *p == ':');
 		if (!alpha && !(p > s && *p >= '0' && *p <= '9'))
 			return false;
 	}
@@ -115,7 +115,7 @@ static bool check_labels(const struct metrics_spec *spec, size_t *n, char *errbu
 	for (const char *const *l = spec->labels; l && *l; l++) {
 		if (*n == METRICS_MAX_LABELS) {
 			snprintf(errbuf, errcap, "%s: more than %d labels", spec->name,
-				 METRICS_MAX_LABELS);
+			         METRICS_MAX_LABELS);
 			return false;
 		}
 		if (!valid_name(*l, false) || strncmp(*l, "__", 2) == 0 ||
@@ -126,7 +126,7 @@ static bool check_labels(const struct metrics_spec *spec, size_t *n, char *errbu
 		for (size_t i = 0; i < *n; i++) {
 			if (strcmp(spec->labels[i], *l) == 0) {
 				snprintf(errbuf, errcap, "%s: duplicate label \"%s\"", spec->name,
-					 *l);
+				         *l);
 				return false;
 			}
 		}
@@ -141,13 +141,14 @@ static bool check_buckets(const struct metrics_spec *spec, char *errbuf, size_t 
 		return true;
 	if (spec->n_buckets == 0 || spec->n_buckets > METRICS_MAX_BUCKETS || !spec->buckets) {
 		snprintf(errbuf, errcap, "%s: a histogram needs 1..%d buckets", spec->name,
-			 METRICS_MAX_BUCKETS);
+		         METRICS_MAX_BUCKETS);
 		return false;
 	}
 	for (size_t i = 0; i < spec->n_buckets; i++) {
-		if (!isfinite(spec->buckets[i]) || (i > 0 && spec->buckets[i] <= spec->buckets[i - 1])) {
-			snprintf(errbuf, errcap, "%s: buckets must be finite and strictly increasing",
-				 spec->name);
+		if (!isfinite(spec->buckets[i]) ||
+		    (i > 0 && spec->buckets[i] <= spec->buckets[i - 1])) {
+			snprintf(errbuf, errcap,
+			         "%s: buckets must be finite and strictly increasing", spec->name);
 			return false;
 		}
 	}
@@ -155,11 +156,11 @@ static bool check_buckets(const struct metrics_spec *spec, char *errbuf, size_t 
 }
 
 static bool check_spec(const struct metrics_spec *spec, size_t *n_labels, char *errbuf,
-		       size_t errcap)
+                       size_t errcap)
 {
 	if (!valid_name(spec->name, true)) {
 		snprintf(errbuf, errcap, "invalid metric name \"%s\"",
-			 spec->name ? spec->name : "(null)");
+		         spec->name ? spec->name : "(null)");
 		return false;
 	}
 	if (spec->type == METRICS_COUNTER && !ends_with(spec->name, "_total")) {
@@ -202,7 +203,7 @@ static uint64_t series_hash(const struct metrics_family *fam, const char *const 
 }
 
 static bool series_matches(const struct metrics_series *s, const struct metrics_family *fam,
-			   uint64_t hash, const char *const *values)
+                           uint64_t hash, const char *const *values)
 {
 	if (s->fam != fam || s->hash != hash)
 		return false;
@@ -242,7 +243,7 @@ static struct metrics_series *series_alloc(struct metrics_family *fam, const cha
 }
 
 static struct metrics_series *series_find(struct metrics *m, struct metrics_family *fam,
-					  uint64_t hash, const char *const *values)
+                                          uint64_t hash, const char *const *values)
 {
 	for (struct metrics_series *s = m->table[hash & (HASH_SIZE - 1)]; s; s = s->hash_next) {
 		if (series_matches(s, fam, hash, values))
@@ -253,7 +254,7 @@ static struct metrics_series *series_find(struct metrics *m, struct metrics_fami
 
 /* Called with the write lock held. */
 static struct metrics_series *series_create(struct metrics *m, struct metrics_family *fam,
-					    uint64_t hash, const char *const *values)
+                                            uint64_t hash, const char *const *values)
 {
 	if (m->n_series >= m->max_series)
 		goto fail;
@@ -353,7 +354,7 @@ uint64_t metrics_counter_value(const struct metrics_series *s)
 double metrics_gauge_value(const struct metrics_series *s)
 {
 	return bits_dbl(
-		atomic_load_explicit(&((struct metrics_series *)s)->bits, memory_order_relaxed));
+	    atomic_load_explicit(&((struct metrics_series *)s)->bits, memory_order_relaxed));
 }
 
 /* ---- registry ---- */
@@ -373,7 +374,7 @@ static void family_free(struct metrics_family *fam)
 }
 
 static struct metrics_family *family_new(struct metrics *m, const struct metrics_spec *spec,
-					 size_t n_labels)
+                                         size_t n_labels)
 {
 	struct metrics_family *fam = calloc(1, sizeof(*fam));
 	if (!fam)
@@ -413,7 +414,7 @@ static struct metrics_family *family_by_name(struct metrics *m, const char *name
 }
 
 bool metrics_register(struct metrics *m, const struct metrics_spec *spec,
-		      struct metrics_family **out, char *errbuf, size_t errcap)
+                      struct metrics_family **out, char *errbuf, size_t errcap)
 {
 	size_t n_labels;
 	if (!check_spec(spec, &n_labels, errbuf, errcap))
@@ -456,9 +457,9 @@ bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t e
 	pthread_mutex_init(&m->scrape_lock, NULL);
 	struct metrics_family *fam;
 	const struct metrics_spec dropped = {
-		.name = "chatprov_metrics_series_dropped_total",
-		.help = "Label combinations refused because the series limit was reached.",
-		.type = METRICS_COUNTER,
+	    .name = "chatprov_metrics_series_dropped_total",
+	    .help = "Label combinations refused because the series limit was reached.",
+	    .type = METRICS_COUNTER,
 	};
 	if (!metrics_register(m, &dropped, &fam, errbuf, errcap))
 		goto fail;
@@ -611,7 +612,7 @@ static void sb_labels(struct sbuf *b, const struct metrics_series *s, const char
 }
 
 static void sb_sample(struct sbuf *b, const struct metrics_series *s, const char *suffix,
-		      const char *le, const char *value)
+                      const char *le, const char *value)
 {
 	sb_puts(b, s->fam->name);
 	sb_puts(b, suffix);
@@ -636,7 +637,7 @@ static void render_histogram(struct sbuf *b, struct metrics_series *s)
 		sb_sample(b, s, "_bucket", le, val);
 	}
 	fmt_double(bits_dbl(atomic_load_explicit(&s->bits, memory_order_relaxed)), val,
-		   sizeof(val));
+	           sizeof(val));
 	sb_sample(b, s, "_sum", NULL, val);
 	/* _count is the +Inf bucket, so the two always agree within one scrape. */
 	snprintf(val, sizeof(val), "%" PRIu64, cum);
@@ -649,7 +650,7 @@ static void render_series(struct sbuf *b, struct metrics_series *s)
 	switch (s->fam->type) {
 	case METRICS_COUNTER:
 		snprintf(val, sizeof(val), "%" PRIu64,
-			 (uint64_t)atomic_load_explicit(&s->count, memory_order_relaxed));
+		         (uint64_t)atomic_load_explicit(&s->count, memory_order_relaxed));
 		sb_sample(b, s, "", NULL, val);
 		break;
 	case METRICS_GAUGE:
@@ -699,8 +700,8 @@ bool metrics_render(struct metrics *m, char **out, size_t *len)
 
 /* ---- HTTP ---- */
 
-static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, char *body,
-			       size_t len, enum MHD_ResponseMemoryMode mode, const char *ctype)
+static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, char *body, size_t len,
+                               enum MHD_ResponseMemoryMode mode, const char *ctype)
 {
 	struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
 	if (!r) {
@@ -715,11 +716,10 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, cha
 	return ret;
 }
 
-static enum MHD_Result respond_text(struct MHD_Connection *conn, unsigned status,
-				    const char *text)
+static enum MHD_Result respond_text(struct MHD_Connection *conn, unsigned status, const char *text)
 {
 	return respond(conn, status, (char *)text, strlen(text), MHD_RESPMEM_MUST_COPY,
-		       "text/plain; charset=utf-8");
+	               "text/plain; charset=utf-8");
 }
 
 static enum MHD_Result serve_metrics(struct metrics *m, struct MHD_Connection *conn)
@@ -738,7 +738,7 @@ static enum MHD_Result serve_metrics(struct metrics *m, struct MHD_Connection *c
 	if (!ok)
 		return respond_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "render failed\n");
 	return respond(conn, MHD_HTTP_OK, body, len, MHD_RESPMEM_MUST_FREE,
-		       "text/plain; version=0.0.4; charset=utf-8");
+	               "text/plain; version=0.0.4; charset=utf-8");
 }
 
 static enum MHD_Result serve_readyz(struct metrics *m, struct MHD_Connection *conn)
@@ -755,8 +755,8 @@ static enum MHD_Result serve_readyz(struct metrics *m, struct MHD_Connection *co
 }
 
 static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, const char *url,
-				      const char *method, const char *version,
-				      const char *upload_data, size_t *upload_size, void **req)
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_size, void **req)
 {
 	(void)version;
 	(void)upload_data;
@@ -774,7 +774,8 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
 	return respond_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+/* MHD hands us printf-style messages; the attribute lets the compiler check vsnprintf. */
+CP_PRINTF(2, 0) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
 	char msg[512];
@@ -807,8 +808,9 @@ static bool parse_listen(const char *listen, struct addrinfo **ai, char *errbuf,
 		goto bad;
 	char portstr[8];
 	snprintf(portstr, sizeof(portstr), "%ld", port);
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
+	struct addrinfo hints = {.ai_family = AF_UNSPEC,
+	                         .ai_socktype = SOCK_STREAM,
+	                         .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
 	int rc = getaddrinfo(hlen ? host : NULL, portstr, &hints, ai);
 	if (rc != 0) {
 		snprintf(errbuf, errcap, "metrics listen \"%s\": %s", listen, gai_strerror(rc));
@@ -836,14 +838,13 @@ bool metrics_listen(struct metrics *m, const char *listen, char *errbuf, size_t 
 		flags |= MHD_USE_IPv6;
 	/* The logger must come first or MHD logs the earlier options' errors itself. */
 	m->httpd = MHD_start_daemon(flags, 0, NULL, NULL, handle_request, m,
-				    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-				    MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-				    MHD_OPTION_CONNECTION_LIMIT, (unsigned)32,
-				    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+	                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
+	                            ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned)32,
+	                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!m->httpd) {
 		snprintf(errbuf, errcap, "metrics listen \"%s\": cannot start the HTTP server: %s",
-			 listen, strerror(errno));
+		         listen, strerror(errno));
 		return false;
 	}
 	const union MHD_DaemonInfo *info = MHD_get_daemon_info(m->httpd, MHD_DAEMON_INFO_BIND_PORT);

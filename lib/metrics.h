@@ -19,9 +19,9 @@
 #include "common.h"
 
 #define METRICS_DEFAULT_MAX_SERIES 10000
-#define METRICS_MAX_LABELS 8
-#define METRICS_MAX_BUCKETS 32
-#define METRICS_REASON_MAX 256
+#define METRICS_MAX_LABELS         8
+#define METRICS_MAX_BUCKETS        32
+#define METRICS_REASON_MAX         256
 
 enum metrics_type { METRICS_COUNTER, METRICS_GAUGE, METRICS_HISTOGRAM };
 
@@ -43,14 +43,13 @@ struct metrics_spec {
 #define METRICS_LABELS(...) ((const char *const[]){__VA_ARGS__})
 
 /* max_series = 0 means METRICS_DEFAULT_MAX_SERIES. */
-bool metrics_new(size_t max_series, struct metrics **out, char *errbuf,
-		 size_t errcap) CP_MUSTCHECK;
+bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
 /* Stops the HTTP endpoint (if any) and frees every family and series. */
 void metrics_free(struct metrics *m);
 
 /* Validates the spec; the strings are copied. Names must be unique in the registry. */
 bool metrics_register(struct metrics *m, const struct metrics_spec *spec,
-		      struct metrics_family **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
+                      struct metrics_family **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
 
 /*
  * The series with these label values (as many as the family has labels; NULL is
@@ -92,7 +91,7 @@ bool metrics_render(struct metrics *m, char **out, size_t *len) CP_MUSTCHECK;
  * port 0 = an ephemeral port). An empty string serves nothing and succeeds.
  */
 bool metrics_listen(struct metrics *m, const char *listen, char *errbuf,
-		    size_t errcap) CP_MUSTCHECK;
+                    size_t errcap) CP_MUSTCHECK;
 /* The bound TCP port, 0 when not listening. */
 uint16_t metrics_port(const struct metrics *m);
 

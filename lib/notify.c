@@ -97,8 +97,8 @@ bool notify_watchdog_kick(struct notify_watchdog *wd, int64_t now_ms, bool progr
 		/* Deliberately silent towards systemd: it will restart us at WATCHDOG_USEC. */
 		if (!wd->stalled)
 			log_error("no progress: withholding watchdog pings (systemd restarts the "
-				  "service %" PRIu64 " ms after the last one)",
-				  wd->timeout_usec / 1000u);
+			          "service %" PRIu64 " ms after the last one)",
+			          wd->timeout_usec / 1000u);
 		wd->stalled = true;
 		return false;
 	}

@@ -13,7 +13,7 @@
 #include "metrics.h"
 
 #define DROPPED_HEADER                                                                             \
-	"# HELP chatprov_metrics_series_dropped_total Label combinations refused because the "  \
+	"# HELP chatprov_metrics_series_dropped_total Label combinations refused because the "     \
 	"series limit was reached.\n"                                                              \
 	"# TYPE chatprov_metrics_series_dropped_total counter\n"
 
@@ -55,15 +55,22 @@ static void test_text_output_exact(void **state)
 {
 	(void)state;
 	struct metrics *m = new_registry(0);
-	struct metrics_family *req = reg(m, &(struct metrics_spec){
-		.name = "chatprov_requests_total", .help = "Requests by final status.",
-		.type = METRICS_COUNTER, .labels = (const char *const[]){"status", NULL}});
-	struct metrics_family *inflight = reg(m, &(struct metrics_spec){
-		.name = "chatprov_in_flight", .help = "Requests in flight.", .type = METRICS_GAUGE,
-		.labels = (const char *const[]){"tenant", NULL}});
-	struct metrics_family *lat = reg(m, &(struct metrics_spec){
-		.name = "chatprov_graph_latency_seconds", .help = "Graph latency.",
-		.type = METRICS_HISTOGRAM, .buckets = latency_buckets, .n_buckets = 2});
+	struct metrics_family *req =
+	    reg(m, &(struct metrics_spec){.name = "chatprov_requests_total",
+	                                  .help = "Requests by final status.",
+	                                  .type = METRICS_COUNTER,
+	                                  .labels = (const char *const[]){"status", NULL}});
+	struct metrics_family *inflight =
+	    reg(m, &(struct metrics_spec){.name = "chatprov_in_flight",
+	                                  .help = "Requests in flight.",
+	                                  .type = METRICS_GAUGE,
+	                                  .labels = (const char *const[]){"tenant", NULL}});
+	struct metrics_family *lat =
+	    reg(m, &(struct metrics_spec){.name = "chatprov_graph_latency_seconds",
+	                                  .help = "Graph latency.",
+	                                  .type = METRICS_HISTOGRAM,
+	                                  .buckets = latency_buckets,
+	                                  .n_buckets = 2});
 
 	struct metrics_series *ok = metrics_series(req, METRICS_LABELS("succeeded"));
 	metrics_inc(ok);
@@ -84,22 +91,22 @@ static void test_text_output_exact(void **state)
 	metrics_observe(h, 4);
 
 	char *text = render(m);
-	assert_string_equal(text,
-			    DROPPED_HEADER "chatprov_metrics_series_dropped_total 0\n"
-			    "# HELP chatprov_requests_total Requests by final status.\n"
-			    "# TYPE chatprov_requests_total counter\n"
-			    "chatprov_requests_total{status=\"succeeded\"} 3\n"
-			    "chatprov_requests_total{status=\"failed\"} 1\n"
-			    "# HELP chatprov_in_flight Requests in flight.\n"
-			    "# TYPE chatprov_in_flight gauge\n"
-			    "chatprov_in_flight{tenant=\"contoso\"} 2.5\n"
-			    "# HELP chatprov_graph_latency_seconds Graph latency.\n"
-			    "# TYPE chatprov_graph_latency_seconds histogram\n"
-			    "chatprov_graph_latency_seconds_bucket{le=\"0.1\"} 0\n"
-			    "chatprov_graph_latency_seconds_bucket{le=\"1\"} 2\n"
-			    "chatprov_graph_latency_seconds_bucket{le=\"+Inf\"} 3\n"
-			    "chatprov_graph_latency_seconds_sum 5.25\n"
-			    "chatprov_graph_latency_seconds_count 3\n");
+	assert_string_equal(text, DROPPED_HEADER
+	                    "chatprov_metrics_series_dropped_total 0\n"
+	                    "# HELP chatprov_requests_total Requests by final status.\n"
+	                    "# TYPE chatprov_requests_total counter\n"
+	                    "chatprov_requests_total{status=\"succeeded\"} 3\n"
+	                    "chatprov_requests_total{status=\"failed\"} 1\n"
+	                    "# HELP chatprov_in_flight Requests in flight.\n"
+	                    "# TYPE chatprov_in_flight gauge\n"
+	                    "chatprov_in_flight{tenant=\"contoso\"} 2.5\n"
+	                    "# HELP chatprov_graph_latency_seconds Graph latency.\n"
+	                    "# TYPE chatprov_graph_latency_seconds histogram\n"
+	                    "chatprov_graph_latency_seconds_bucket{le=\"0.1\"} 0\n"
+	                    "chatprov_graph_latency_seconds_bucket{le=\"1\"} 2\n"
+	                    "chatprov_graph_latency_seconds_bucket{le=\"+Inf\"} 3\n"
+	                    "chatprov_graph_latency_seconds_sum 5.25\n"
+	                    "chatprov_graph_latency_seconds_count 3\n");
 	free(text);
 	metrics_free(m);
 }
@@ -108,14 +115,19 @@ static void test_escaping_and_labels(void **state)
 {
 	(void)state;
 	struct metrics *m = new_registry(0);
-	struct metrics_family *f = reg(m, &(struct metrics_spec){
-		.name = "x_events_total", .help = "back\\slash and\nnewline \"quoted\"",
-		.type = METRICS_COUNTER, .labels = (const char *const[]){"a", "b", NULL}});
+	struct metrics_family *f =
+	    reg(m, &(struct metrics_spec){.name = "x_events_total",
+	                                  .help = "back\\slash and\nnewline \"quoted\"",
+	                                  .type = METRICS_COUNTER,
+	                                  .labels = (const char *const[]){"a", "b", NULL}});
 	metrics_inc(metrics_series(f, METRICS_LABELS("q\"uo\\te\nnl", NULL)));
-	struct metrics_family *h = reg(m, &(struct metrics_spec){
-		.name = "x_seconds", .help = "h", .type = METRICS_HISTOGRAM,
-		.labels = (const char *const[]){"t", NULL}, .buckets = (const double[]){0.5},
-		.n_buckets = 1});
+	struct metrics_family *h =
+	    reg(m, &(struct metrics_spec){.name = "x_seconds",
+	                                  .help = "h",
+	                                  .type = METRICS_HISTOGRAM,
+	                                  .labels = (const char *const[]){"t", NULL},
+	                                  .buckets = (const double[]){0.5},
+	                                  .n_buckets = 1});
 	metrics_observe(metrics_series(h, METRICS_LABELS("c")), 0.1);
 	char *text = render(m);
 	assert_contains(text, "# HELP x_events_total back\\\\slash and\\nnewline \"quoted\"\n");
@@ -127,7 +139,7 @@ static void test_escaping_and_labels(void **state)
 }
 
 static void expect_register_error(struct metrics *m, const struct metrics_spec *spec,
-				  const char *fragment)
+                                  const char *fragment)
 {
 	struct metrics_family *f = NULL;
 	char err[CP_ERRSTR_SIZE] = "";
@@ -141,26 +153,43 @@ static void test_register_validation(void **state)
 	(void)state;
 	struct metrics *m = new_registry(0);
 	static const double bad_buckets[] = {1, 0.5};
-	expect_register_error(m, &(struct metrics_spec){.name = "x_events", .type = METRICS_COUNTER},
-			      "_total");
+	expect_register_error(
+	    m, &(struct metrics_spec){.name = "x_events", .type = METRICS_COUNTER}, "_total");
 	expect_register_error(m, &(struct metrics_spec){.name = "9x", .type = METRICS_GAUGE},
-			      "invalid metric name");
-	expect_register_error(m, &(struct metrics_spec){.name = "x", .type = METRICS_GAUGE,
-			      .labels = (const char *const[]){"a", "a", NULL}}, "duplicate");
-	expect_register_error(m, &(struct metrics_spec){.name = "x", .type = METRICS_GAUGE,
-			      .labels = (const char *const[]){"__a", NULL}}, "invalid label");
-	expect_register_error(m, &(struct metrics_spec){.name = "x_seconds",
-			      .type = METRICS_HISTOGRAM, .buckets = bad_buckets, .n_buckets = 2},
-			      "increasing");
-	expect_register_error(m, &(struct metrics_spec){.name = "x_seconds",
-			      .type = METRICS_HISTOGRAM, .labels = (const char *const[]){"le", NULL},
-			      .buckets = latency_buckets, .n_buckets = 2}, "invalid label");
-	expect_register_error(m, &(struct metrics_spec){.name = "x_count",
-			      .type = METRICS_HISTOGRAM, .buckets = latency_buckets, .n_buckets = 2},
-			      "reserved suffix");
+	                      "invalid metric name");
+	expect_register_error(
+	    m,
+	    &(struct metrics_spec){.name = "x",
+	                           .type = METRICS_GAUGE,
+	                           .labels = (const char *const[]){"a", "a", NULL}},
+	    "duplicate");
+	expect_register_error(m,
+	                      &(struct metrics_spec){.name = "x",
+	                                             .type = METRICS_GAUGE,
+	                                             .labels = (const char *const[]){"__a", NULL}},
+	                      "invalid label");
+	expect_register_error(m,
+	                      &(struct metrics_spec){.name = "x_seconds",
+	                                             .type = METRICS_HISTOGRAM,
+	                                             .buckets = bad_buckets,
+	                                             .n_buckets = 2},
+	                      "increasing");
+	expect_register_error(m,
+	                      &(struct metrics_spec){.name = "x_seconds",
+	                                             .type = METRICS_HISTOGRAM,
+	                                             .labels = (const char *const[]){"le", NULL},
+	                                             .buckets = latency_buckets,
+	                                             .n_buckets = 2},
+	                      "invalid label");
+	expect_register_error(m,
+	                      &(struct metrics_spec){.name = "x_count",
+	                                             .type = METRICS_HISTOGRAM,
+	                                             .buckets = latency_buckets,
+	                                             .n_buckets = 2},
+	                      "reserved suffix");
 	reg(m, &(struct metrics_spec){.name = "x", .type = METRICS_GAUGE});
 	expect_register_error(m, &(struct metrics_spec){.name = "x", .type = METRICS_GAUGE},
-			      "twice");
+	                      "twice");
 	metrics_free(m);
 }
 
@@ -168,9 +197,11 @@ static void test_series_overflow_bound(void **state)
 {
 	(void)state;
 	struct metrics *m = new_registry(3);
-	struct metrics_family *f = reg(m, &(struct metrics_spec){
-		.name = "x_events_total", .help = "h", .type = METRICS_COUNTER,
-		.labels = (const char *const[]){"id", NULL}});
+	struct metrics_family *f =
+	    reg(m, &(struct metrics_spec){.name = "x_events_total",
+	                                  .help = "h",
+	                                  .type = METRICS_COUNTER,
+	                                  .labels = (const char *const[]){"id", NULL}});
 	struct metrics_series *s[5];
 	char id[8];
 	for (int i = 0; i < 5; i++) {
@@ -194,9 +225,11 @@ static void test_gauge_unset(void **state)
 {
 	(void)state;
 	struct metrics *m = new_registry(0);
-	struct metrics_family *f = reg(m, &(struct metrics_spec){
-		.name = "x_lag", .help = "h", .type = METRICS_GAUGE,
-		.labels = (const char *const[]){"partition", NULL}});
+	struct metrics_family *f =
+	    reg(m, &(struct metrics_spec){.name = "x_lag",
+	                                  .help = "h",
+	                                  .type = METRICS_GAUGE,
+	                                  .labels = (const char *const[]){"partition", NULL}});
 	struct metrics_series *s = metrics_series(f, METRICS_LABELS("7"));
 	metrics_gauge_set(s, 12);
 	metrics_gauge_unset(s);
@@ -212,7 +245,7 @@ static void test_gauge_unset(void **state)
 
 /* ---- concurrency ---- */
 
-#define THREADS 8
+#define THREADS    8
 #define ITERATIONS 50000
 
 struct worker_arg {
@@ -244,12 +277,16 @@ static void test_concurrent_exact_totals(void **state)
 {
 	(void)state;
 	struct metrics *m = new_registry(0);
-	struct metrics_family *c = reg(m, &(struct metrics_spec){
-		.name = "x_ops_total", .help = "h", .type = METRICS_COUNTER,
-		.labels = (const char *const[]){"who", NULL}});
-	struct metrics_family *h = reg(m, &(struct metrics_spec){
-		.name = "x_seconds", .help = "h", .type = METRICS_HISTOGRAM,
-		.buckets = latency_buckets, .n_buckets = 2});
+	struct metrics_family *c =
+	    reg(m, &(struct metrics_spec){.name = "x_ops_total",
+	                                  .help = "h",
+	                                  .type = METRICS_COUNTER,
+	                                  .labels = (const char *const[]){"who", NULL}});
+	struct metrics_family *h = reg(m, &(struct metrics_spec){.name = "x_seconds",
+	                                                         .help = "h",
+	                                                         .type = METRICS_HISTOGRAM,
+	                                                         .buckets = latency_buckets,
+	                                                         .n_buckets = 2});
 	pthread_t tids[THREADS];
 	struct worker_arg args[THREADS];
 	for (int i = 0; i < THREADS; i++) {
@@ -262,11 +299,11 @@ static void test_concurrent_exact_totals(void **state)
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(tids[i], NULL);
 	assert_int_equal(metrics_counter_value(metrics_series(c, METRICS_LABELS("shared"))),
-			 THREADS * ITERATIONS);
+	                 THREADS * ITERATIONS);
 	assert_int_equal(metrics_counter_value(metrics_series(c, METRICS_LABELS("t3"))),
-			 ITERATIONS / 100);
+	                 ITERATIONS / 100);
 	assert_int_equal(metrics_counter_value(metrics_series(c, METRICS_LABELS("late"))),
-			 THREADS * ITERATIONS / 1000);
+	                 THREADS * ITERATIONS / 1000);
 	char *text = render(m);
 	char line[128];
 	snprintf(line, sizeof(line), "x_seconds_count %d\n", THREADS * ITERATIONS);
@@ -300,7 +337,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 
 /* Returns the HTTP status; the body and Content-Type are copied out. */
 static long http_get(uint16_t port, const char *path, bool post, struct body *b, char *ctype,
-		     size_t ctcap)
+                     size_t ctcap)
 {
 	char url[128];
 	snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", (unsigned)port, path);
@@ -339,8 +376,8 @@ static void test_http_endpoints(void **state)
 	(void)state;
 	struct metrics *m = new_registry(0);
 	char err[CP_ERRSTR_SIZE];
-	struct metrics_family *f = reg(m, &(struct metrics_spec){
-		.name = "x_scrapes", .help = "h", .type = METRICS_GAUGE});
+	struct metrics_family *f =
+	    reg(m, &(struct metrics_spec){.name = "x_scrapes", .help = "h", .type = METRICS_GAUGE});
 	metrics_set_collect_cb(m, collect, metrics_series(f, NULL));
 	assert_int_equal(metrics_port(m), 0);
 	if (!metrics_listen(m, "127.0.0.1:0", err, sizeof(err)))
@@ -396,14 +433,14 @@ int main(void)
 {
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_text_output_exact),
-		cmocka_unit_test(test_escaping_and_labels),
-		cmocka_unit_test(test_register_validation),
-		cmocka_unit_test(test_series_overflow_bound),
-		cmocka_unit_test(test_gauge_unset),
-		cmocka_unit_test(test_concurrent_exact_totals),
-		cmocka_unit_test(test_http_endpoints),
-		cmocka_unit_test(test_listen_errors),
+	    cmocka_unit_test(test_text_output_exact),
+	    cmocka_unit_test(test_escaping_and_labels),
+	    cmocka_unit_test(test_register_validation),
+	    cmocka_unit_test(test_series_overflow_bound),
+	    cmocka_unit_test(test_gauge_unset),
+	    cmocka_unit_test(test_concurrent_exact_totals),
+	    cmocka_unit_test(test_http_endpoints),
+	    cmocka_unit_test(test_listen_errors),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	curl_global_cleanup();

@@ -208,14 +208,13 @@ static void test_watchdog_withheld_without_progress(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_states, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_reloading_carries_monotonic_time, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_noop_without_socket, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_watchdog_disabled, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_watchdog_cadence, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_watchdog_withheld_without_progress, setup,
-						teardown),
+	    cmocka_unit_test_setup_teardown(test_states, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reloading_carries_monotonic_time, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_noop_without_socket, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_watchdog_disabled, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_watchdog_cadence, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_watchdog_withheld_without_progress, setup,
+	                                    teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
