@@ -151,14 +151,16 @@ class Stack:
 
     # ---- Kafka ----
 
-    def produce(self, events, topic=INPUT, headers=None):
-        """Produces events (dicts as JSON, bytes as they are), keyed by their id."""
+    def produce(self, events, topic=INPUT, headers=None, key=None):
+        """Produces events (dicts as JSON, bytes as they are), keyed by their id, or all by
+        `key` (bytes: one partition for all of them)."""
         for event in events:
             if isinstance(event, (bytes, bytearray)):
-                value, key = bytes(event), None
+                value, k = bytes(event), None
             else:
-                value, key = json.dumps(event).encode(), str(event.get("id", "")).encode()
-            self._producer.produce(topic, value=value, key=key, headers=headers)
+                value, k = json.dumps(event).encode(), str(event.get("id", "")).encode()
+            self._producer.produce(topic, value=value, key=key if key is not None else k,
+                                   headers=headers)
             self._producer.poll(0)
         assert self._producer.flush(30) == 0
 
