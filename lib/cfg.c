@@ -4,7 +4,8 @@
  * Loading runs in three passes over one struct cfg that starts out holding every default:
  *   1. the file: inih calls on_pair() for each "key = value"; the value is parsed and stored
  *      at once, so the first bad line is the one reported;
- *   2. the environment: CHATPROV_<SECTION>_<KEY> variables replace stored values;
+ *   2. the environment: CHATPROV_<SECTION>_<KEY> variables replace stored values, then
+ *      AZURE_* (Kubernetes workload identity) fill [auth] keys still empty;
  *   3. finishing: [tenant.NAME] profiles inherit from [auth]/[limits], credentials are
  *      resolved, cloud presets fill the roots, required keys and cross-key rules are checked.
  * Every stored value remembers where it came from (file line or environment variable) so that
@@ -184,8 +185,12 @@ static bool rdkafka_key_is_secret(const char *key)
 
 /* ---- load state ------------------------------------------------------------------------- */
 
-/* Origin of a stored value: > 0 a file line, ORIGIN_ENV an environment variable, 0 default. */
-#define ORIGIN_ENV (-1)
+/*
+ * Origin of a stored value: > 0 a file line, ORIGIN_ENV a CHATPROV_* variable, ORIGIN_AZURE
+ * one of the AZURE_* variables Kubernetes workload identity injects, 0 default.
+ */
+#define ORIGIN_ENV   (-1)
+#define ORIGIN_AZURE (-2)
 
 struct load {
 	struct cfg *cfg;
@@ -1034,6 +1039,43 @@ static size_t tkey_index(const char *key)
 	return ki;
 }
 
+/*
+ * The variables the Azure workload identity webhook injects into a pod. They are defaults
+ * for [auth]: a key the file and CHATPROV_* leave empty takes the variable's value, and the
+ * federated token file is used only when [auth] names no credential of its own. [tenant.NAME]
+ * profiles inherit them like any other [auth] value.
+ */
+static const struct {
+	const char *var, *key;
+} azure_vars[] = {
+    {"AZURE_TENANT_ID", "tenant_id"},
+    {"AZURE_CLIENT_ID", "client_id"},
+    {"AZURE_FEDERATED_TOKEN_FILE", "federated_token_file"},
+    {"AZURE_AUTHORITY_HOST", "authority_url"},
+};
+
+static bool apply_azure(struct load *ld)
+{
+	struct cfg_tenant *t = &ld->cfg->tenants[0];
+	bool has_cred = tenant_has_cred_key(ld, 0);
+	char why[CP_ERRSTR_SIZE];
+	for (size_t i = 0; i < CP_ARRAY_LEN(azure_vars); i++) {
+		const char *value = getenv(azure_vars[i].var);
+		size_t ki = tkey_index(azure_vars[i].key);
+		const struct cfg_key *k = &tenant_keys[ki];
+		if (!value || !value[0] || ((const char *)t + k->offset)[0] != '\0')
+			continue;
+		if ((k->flags & KF_CRED) && has_cred)
+			continue;
+		if (!set_value(ld, k, t, value, why, sizeof(why))) {
+			fail(ld, 0, "env %s: [auth] %s: %s", azure_vars[i].var, k->key, why);
+			return false;
+		}
+		ld->torigin[0][ki] = ORIGIN_AZURE;
+	}
+	return true;
+}
+
 static bool resolve_credential(struct load *ld, size_t ti)
 {
 	struct cfg_tenant *t = &ld->cfg->tenants[ti];
@@ -1233,7 +1275,8 @@ bool cfg_load(const char *path, struct cfg **out, char *errbuf, size_t errcap)
 		goto fail;
 	}
 	apply_defaults(ld);
-	if (ld->failed || !parse_file(ld) || !apply_environment(ld) || !finish(ld))
+	if (ld->failed || !parse_file(ld) || !apply_environment(ld) || !apply_azure(ld) ||
+	    !finish(ld))
 		goto fail;
 	rd_kafka_conf_destroy(ld->scratch);
 	if (ld->f)

@@ -705,6 +705,90 @@ static void test_env_errors(void **state)
 	        "client_secret_file and federated_token_file (choose one)");
 }
 
+static void unset_azure(void)
+{
+	unsetenv("AZURE_TENANT_ID");
+	unsetenv("AZURE_CLIENT_ID");
+	unsetenv("AZURE_FEDERATED_TOKEN_FILE");
+	unsetenv("AZURE_AUTHORITY_HOST");
+}
+
+static void set_azure(void)
+{
+	setenv("AZURE_TENANT_ID", "11111111-2222-3333-4444-555555555555", 1);
+	setenv("AZURE_CLIENT_ID", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", 1);
+	setenv("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token",
+	       1);
+	setenv("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/", 1);
+}
+
+#define KAFKA_ONLY "[kafka]\nbrokers=b\ngroup_id=g\ninput_topic=i\noutput_topic=o\n"
+
+/* What the Azure workload identity webhook injects is enough for [auth]. */
+static void test_azure_workload_identity(void **state)
+{
+	(void)state;
+	set_azure();
+	struct cfg *c = load_ok(KAFKA_ONLY "[graph]\ncloud = usgov\n");
+	const struct cfg_tenant *t = &c->tenants[0];
+	assert_int_equal(t->credential, CFG_CRED_FEDERATED);
+	assert_string_equal(t->tenant_id, "11111111-2222-3333-4444-555555555555");
+	assert_string_equal(t->client_id, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee");
+	assert_string_equal(t->federated_token_file,
+	                    "/var/run/secrets/azure/tokens/azure-identity-token");
+	assert_string_equal(t->authority_url, "https://login.microsoftonline.us");
+	cfg_free(c);
+
+	/* The file first: its keys and its credential win; AZURE_* only fill what is empty. */
+	c = load_ok(KAFKA_ONLY "[auth]\ntenant_id = file-tenant\nclient_secret_file = /s\n"
+	                       "[tenant.fab]\ntenant_id = fab\ncertificate_file = /c\n"
+	                       "private_key_file = /k\n");
+	t = &c->tenants[0];
+	assert_int_equal(t->credential, CFG_CRED_SECRET);
+	assert_string_equal(t->tenant_id, "file-tenant");
+	assert_string_equal(t->client_id, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee");
+	assert_string_equal(t->federated_token_file, "");
+	assert_string_equal(t->client_secret_file, "/s");
+	/* Profiles inherit AZURE_* values the way they inherit any [auth] value. */
+	assert_string_equal(c->tenants[1].client_id, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee");
+	assert_string_equal(c->tenants[1].authority_url, "https://login.microsoftonline.us");
+	assert_int_equal(c->tenants[1].credential, CFG_CRED_CERTIFICATE);
+	cfg_free(c);
+
+	/* CHATPROV_* comes before AZURE_*; managed identity is a credential too. */
+	setenv("CHATPROV_AUTH_TENANT_ID", "env-tenant", 1);
+	setenv("CHATPROV_AUTH_AUTHORITY_URL", "https://login.chinacloudapi.cn", 1);
+	c = load_ok(KAFKA_ONLY "[auth]\nmanaged_identity = yes\n");
+	unsetenv("CHATPROV_AUTH_TENANT_ID");
+	unsetenv("CHATPROV_AUTH_AUTHORITY_URL");
+	t = &c->tenants[0];
+	assert_string_equal(t->tenant_id, "env-tenant");
+	assert_string_equal(t->authority_url, "https://login.chinacloudapi.cn");
+	assert_int_equal(t->credential, CFG_CRED_MANAGED);
+	assert_string_equal(t->federated_token_file, "");
+	cfg_free(c);
+
+	/* Empty variables count as unset. */
+	setenv("AZURE_TENANT_ID", "", 1);
+	char want[CP_ERRSTR_SIZE], got[CP_ERRSTR_SIZE];
+	bool failed = try_err(KAFKA_ONLY, "%s: missing required key 'tenant_id' in [auth]", want,
+	                      got, sizeof(want));
+	unset_azure();
+	assert_string_equal(got, want);
+	assert_true(failed);
+
+	/* Values are validated like file values; errors name the variable. */
+	setenv("AZURE_AUTHORITY_HOST", "http://login.example.com/", 1);
+	failed = try_err(MINIMAL,
+	                 "env AZURE_AUTHORITY_HOST: [auth] authority_url: "
+	                 "'http://login.example.com/': plain http is only allowed to loopback "
+	                 "hosts (127.0.0.0/8, localhost, [::1]); use https",
+	                 want, got, sizeof(want));
+	unset_azure();
+	assert_string_equal(got, want);
+	assert_true(failed);
+}
+
 static void test_tenants(void **state)
 {
 	(void)state;
@@ -1066,6 +1150,7 @@ int main(void)
 	    cmocka_unit_test(test_librdkafka),
 	    cmocka_unit_test(test_env_overrides),
 	    cmocka_unit_test(test_env_errors),
+	    cmocka_unit_test(test_azure_workload_identity),
 	    cmocka_unit_test(test_tenants),
 	    cmocka_unit_test(test_tenant_errors),
 	    cmocka_unit_test(test_credentials_directory),
