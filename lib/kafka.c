@@ -106,15 +106,30 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
 	return rk;
 }
 
+/*
+ * Headroom over max_message_bytes for what the DLQ copy adds to an input message: its
+ * reason and source headers plus the record overhead.
+ */
+#define KAFKA_DLQ_HEADROOM (64 * 1024)
+
 rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery,
 			       void *opaque, char *err, size_t errcap)
 {
+	/*
+	 * The DLQ copy of a rejected message is as large as the message: librdkafka's default
+	 * (1,000,000 bytes) is below the default max_message_bytes (1 MiB), so an oversized
+	 * message would be refused locally and stop the daemon.
+	 */
+	char max_bytes[32];
+	snprintf(max_bytes, sizeof max_bytes, "%zu",
+		 (size_t)cfg->kafka.max_message_bytes + KAFKA_DLQ_HEADROOM);
 	const struct kv defaults[] = {
 		{"bootstrap.servers", cfg->kafka.brokers},
 		{"client.id", "chatprovd"},
 		{"linger.ms", "5"},
 		{"message.timeout.ms", "300000"},
 		{"compression.type", "lz4"},
+		{"message.max.bytes", max_bytes},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	if (!conf) {
