@@ -72,6 +72,11 @@ class Daemon:
         finally:
             self.log.close()
 
+    def sigkill(self):
+        """SIGKILL now (no drain, no commit); returns the exit code (-9)."""
+        self.kill()
+        return self.proc.returncode
+
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -145,24 +150,35 @@ class Stack:
         self.daemons.append(daemon)
         return daemon
 
+    def start_daemons(self, n, env=None, **overrides):
+        """Starts n instances of one config (one group); each logs to its own file."""
+        config_path = self.write_config(**overrides)
+        return [self.start_daemon(config_path, env) for _ in range(n)]
+
     @property
     def daemon(self):
         return self.daemons[-1]
 
     # ---- Kafka ----
 
-    def produce(self, events, topic=INPUT, headers=None, key=None):
+    def produce(self, events, topic=INPUT, headers=None, key=None, partition=None, flush=True):
         """Produces events (dicts as JSON, bytes as they are), keyed by their id, or all by
-        `key` (bytes: one partition for all of them)."""
+        `key` (bytes: one partition for all of them). partition: that partition number for
+        every event; flush=False leaves delivery to a later produce() or flush_producer()."""
+        extra = {} if partition is None else {"partition": partition}
         for event in events:
             if isinstance(event, (bytes, bytearray)):
                 value, k = bytes(event), None
             else:
                 value, k = json.dumps(event).encode(), str(event.get("id", "")).encode()
             self._producer.produce(topic, value=value, key=key if key is not None else k,
-                                   headers=headers)
+                                   headers=headers, **extra)
             self._producer.poll(0)
-        assert self._producer.flush(30) == 0
+        if flush:
+            self.flush_producer()
+
+    def flush_producer(self, timeout=30):
+        assert self._producer.flush(timeout) == 0
 
     def _ensure_consumer(self):
         if self._consumer is None:
