@@ -22,10 +22,12 @@
 #include "notify.h"
 #include "pipeline.h"
 
-#define POLL_MS 100
+#define POLL_MS         100
 #define STATUS_EVERY_MS 1000
 /* A drain waits for transfers in flight: at most one request timeout, plus room to commit. */
 #define DRAIN_SLACK_MS 10000
+/* pipeline_finish: producer flush (at most 10 s), final commit, leaving the group. */
+#define FINISH_BUDGET_MS 15000
 
 struct options {
 	const char *config;
@@ -43,18 +45,19 @@ struct daemon {
 	int signal_fd;
 	bool ready, draining;
 	int64_t drain_deadline_ms, last_status_ms;
+	char last_status[256];
 };
 
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: chatprovd --config FILE [--check-config]\n"
-		     "       chatprovd --version | --help\n\n"
-		     "Provisions Microsoft Teams chats from Kafka events.\n\n"
-		     "  -c, --config FILE    configuration file (INI)\n"
-		     "      --check-config   validate the configuration, print it (secrets\n"
-		     "                       masked) and exit 0, or print the error and exit 1\n"
-		     "  -V, --version        print the version and exit\n"
-		     "  -h, --help           print this help and exit\n");
+	             "       chatprovd --version | --help\n\n"
+	             "Provisions Microsoft Teams chats from Kafka events.\n\n"
+	             "  -c, --config FILE    configuration file (INI)\n"
+	             "      --check-config   validate the configuration, print it (secrets\n"
+	             "                       masked) and exit 0, or print the error and exit 1\n"
+	             "  -V, --version        print the version and exit\n"
+	             "  -h, --help           print this help and exit\n");
 }
 
 /* 0: run; 1: exit 0 now (help, version); -1: usage error. */
@@ -62,11 +65,11 @@ static int parse_args(int argc, char **argv, struct options *opt)
 {
 	enum { OPT_CHECK = 256 };
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"check-config", no_argument, NULL, OPT_CHECK},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, OPT_CHECK},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
@@ -117,10 +120,19 @@ static void apply_log_level(const struct cfg *cfg)
 		log_set_level(level);
 }
 
+/*
+ * RELOADING=1 ... READY=1. READY=1 is only repeated if the daemon was ready before: a
+ * SIGHUP while starting must not announce readiness the pipeline has not reached (report()
+ * sends it when it has).
+ */
 static void reload(struct daemon *d)
 {
 	char err[CP_ERRSTR_SIZE], restart[1024];
 	struct cfg *next = NULL;
+	if (d->draining) {
+		log_notice("SIGHUP while stopping: ignored");
+		return;
+	}
 	notify_reloading();
 	log_notice("SIGHUP: reloading %s", d->cfg->path);
 	if (!cfg_load(d->cfg->path, &next, err, sizeof err)) {
@@ -148,7 +160,8 @@ static void reload(struct daemon *d)
 	apply_log_level(next);
 	d->cfg = next;
 done:
-	notify_ready();
+	if (d->ready)
+		notify_ready();
 }
 
 static void begin_drain(struct daemon *d)
@@ -156,7 +169,9 @@ static void begin_drain(struct daemon *d)
 	const struct cfg *cfg = d->cfg;
 	int64_t budget = (int64_t)(cfg->graph.request_timeout_s * 1000) + DRAIN_SLACK_MS;
 	notify_stopping();
-	notify_extend_timeout((uint64_t)budget * 1000);
+	/* The drain and the finish may outlast TimeoutStopSec=; systemd keeps the later deadline.
+	 */
+	notify_extend_timeout((uint64_t)(budget + FINISH_BUDGET_MS) * 1000);
 	log_notice("stopping: draining in-flight requests (at most %lld ms)", (long long)budget);
 	d->draining = true;
 	d->drain_deadline_ms = cptime_mono_ms() + budget;
@@ -182,6 +197,27 @@ static bool handle_signals(struct daemon *d)
 	return true;
 }
 
+/* STATUS= with live counters, sent when it changed (at most once per STATUS_EVERY_MS). */
+static void send_status(struct daemon *d, bool ready)
+{
+	struct pipeline_counters c;
+	char text[sizeof d->last_status];
+	pipeline_counters(d->pipeline, &c);
+	snprintf(text, sizeof text,
+	         "%s; in flight %zu, queued %zu, in memory %zu; succeeded %llu, failed %llu, "
+	         "rejected %llu, consumed %llu%s",
+	         d->draining ? "draining"
+	         : ready     ? "running"
+	                     : "starting",
+	         c.active, c.queued, c.in_memory, (unsigned long long)c.succeeded,
+	         (unsigned long long)c.failed, (unsigned long long)c.rejected,
+	         (unsigned long long)c.consumed, c.paused ? ", paused" : "");
+	if (strcmp(text, d->last_status) == 0)
+		return;
+	memcpy(d->last_status, text, sizeof text);
+	notify_status("%s", text);
+}
+
 static void report(struct daemon *d, int64_t now)
 {
 	bool ready = pipeline_ready(d->pipeline);
@@ -195,18 +231,11 @@ static void report(struct daemon *d, int64_t now)
 	d->ready = ready;
 	int64_t max_age = notify_watchdog_interval_ms(&d->watchdog);
 	notify_watchdog_kick(&d->watchdog, now,
-			     pipeline_progressing(d->pipeline, now, max_age > 0 ? max_age : 5000));
+	                     pipeline_progressing(d->pipeline, now, max_age > 0 ? max_age : 5000));
 	if (now - d->last_status_ms < STATUS_EVERY_MS)
 		return;
 	d->last_status_ms = now;
-	struct pipeline_counters c;
-	pipeline_counters(d->pipeline, &c);
-	notify_status("%s; consumed %llu, succeeded %llu, failed %llu, rejected %llu; "
-		      "in memory %zu, queued %zu, in flight %zu%s",
-		      d->draining ? "draining" : ready ? "running" : "starting",
-		      (unsigned long long)c.consumed, (unsigned long long)c.succeeded,
-		      (unsigned long long)c.failed, (unsigned long long)c.rejected, c.in_memory,
-		      c.queued, c.active, c.paused ? ", paused" : "");
+	send_status(d, ready);
 }
 
 /* Returns the exit code. */
@@ -247,7 +276,7 @@ static bool start(struct daemon *d)
 	notify_watchdog_init(&d->watchdog);
 	notify_status("starting: joining the consumer group, fetching a Graph token");
 	log_notice("chatprovd %s started: %s -> %s via %s", CHATPROV_VERSION,
-		   d->cfg->kafka.input_topic, d->cfg->kafka.output_topic, d->cfg->graph.base_url);
+	           d->cfg->kafka.input_topic, d->cfg->kafka.output_topic, d->cfg->graph.base_url);
 	return true;
 }
 
@@ -282,8 +311,10 @@ int main(int argc, char **argv)
 		return EXIT_FAILURE;
 	}
 	rc = start(&d) ? run(&d) : EXIT_FAILURE;
-	if (d.pipeline && rc == EXIT_SUCCESS)
+	if (d.pipeline && rc == EXIT_SUCCESS) {
+		notify_extend_timeout((uint64_t)FINISH_BUDGET_MS * 1000);
 		pipeline_finish(d.pipeline);
+	}
 	pipeline_free(d.pipeline);
 	metrics_free(d.metrics);
 	cfg_free(d.cfg);
