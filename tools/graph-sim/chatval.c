@@ -76,6 +76,7 @@ static const char *bind_tail(const char *url, const char *version, const char *w
 	return buf + 2 + vl + wl;
 }
 
+/* '#' is allowed: guest UPNs are "jane_fabrikam.com#EXT#@contoso.onmicrosoft.com". */
 static bool upn_ok(const char *s)
 {
 	const char *at = strchr(s, '@');
@@ -83,7 +84,7 @@ static bool upn_ok(const char *s)
 	if (!at || at == s || !at[1] || strchr(at + 1, '@') || len > UPN_MAX)
 		return false;
 	for (const char *p = s; *p; p++)
-		if ((unsigned char)*p <= ' ' || *p == 0x7f || strchr("/\\?#()<>,;:\"[]", *p))
+		if ((unsigned char)*p <= ' ' || *p == 0x7f || strchr("/\\?()<>,;:\"[]", *p))
 			return false;
 	return true;
 }
