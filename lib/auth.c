@@ -595,6 +595,14 @@ static const char *hint_for(long aadsts)
 	case 700027:
 		return "client assertion rejected — certificate not registered on the app, wrong "
 		       "key or expired certificate";
+	case 700023:
+		return "client assertion audience is not this token endpoint — check "
+		       "authority_url, cloud and tenant_id (a proxy must not rewrite the path)";
+	case 700021:
+		return "client assertion issuer/subject is not the client id — check client_id";
+	case 50027:
+		return "malformed or replayed client assertion — check the federated token file "
+		       "holds one JWT";
 	case 700024:
 		return "client assertion outside its validity window — check the clock, or the "
 		       "federated token has expired";
