@@ -1,6 +1,7 @@
 /* log.c - journald or stderr logging with structured fields. */
 #include "log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,8 +26,14 @@ static bool stderr_is_journal(void)
 	const char *js = getenv("JOURNAL_STREAM");
 	if (!js)
 		return false;
-	unsigned long long dev, ino;
-	if (sscanf(js, "%llu:%llu", &dev, &ino) != 2)
+	char *end;
+	errno = 0;
+	unsigned long long dev = strtoull(js, &end, 10);
+	if (errno || end == js || *end != ':')
+		return false;
+	const char *ino_text = end + 1;
+	unsigned long long ino = strtoull(ino_text, &end, 10);
+	if (errno || end == ino_text || *end)
 		return false;
 	struct stat st;
 	if (fstat(2, &st) != 0)
@@ -67,20 +74,50 @@ const char *log_level_name(enum log_level level)
 	return (unsigned)level < CP_ARRAY_LEN(level_names) ? level_names[level] : "unknown";
 }
 
+/* Appends "name=value" to the entry, unless value is NULL or empty or buf is full. */
+static void add_field(struct log_journal_fields *f, size_t *used, const char *name,
+                      const char *value)
+{
+	if (!value || !*value || f->n >= LOG_JOURNAL_MAX_FIELDS)
+		return;
+	size_t room = sizeof f->buf - *used;
+	/* "NAME=", at least one character of the value, the NUL. */
+	if (room < strlen(name) + 3)
+		return;
+	int len = snprintf(f->buf + *used, room, "%s=%s", name, value);
+	if (len < 0)
+		return;
+	size_t stored = (size_t)len < room ? (size_t)len : room - 1;
+	f->iov[f->n++] = (struct iovec){.iov_base = f->buf + *used, .iov_len = stored};
+	*used += stored + 1;
+}
+
+void log_journal_fields(enum log_level level, const struct log_ctx *ctx, const char *msg,
+                        struct log_journal_fields *out)
+{
+	char priority[4];
+	size_t used = 0;
+	out->n = 0;
+	snprintf(priority, sizeof priority, "%d", syslog_priorities[level]);
+	/* The identifying fields first, so a long message cannot crowd them out. */
+	add_field(out, &used, "PRIORITY", priority);
+	add_field(out, &used, "SYSLOG_IDENTIFIER", log_ident);
+	if (ctx) {
+		add_field(out, &used, "CHATPROV_REQUEST_ID", ctx->request_id);
+		add_field(out, &used, "CHATPROV_CHAT_ID", ctx->chat_id);
+		add_field(out, &used, "GRAPH_REQUEST_ID", ctx->graph_request_id);
+		add_field(out, &used, "GRAPH_CLIENT_REQUEST_ID", ctx->client_request_id);
+		add_field(out, &used, "CHATPROV_TENANT", ctx->tenant);
+	}
+	add_field(out, &used, "MESSAGE", *msg ? msg : "-");
+}
+
 static void emit_journal(enum log_level level, const struct log_ctx *ctx, const char *msg)
 {
-	static const struct log_ctx empty;
-	if (!ctx)
-		ctx = &empty;
-	/* Journal fields with empty values are harmless and keep one call site. */
-	sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", syslog_priorities[level],
-			"SYSLOG_IDENTIFIER=%s", log_ident, "CHATPROV_REQUEST_ID=%s",
-			ctx->request_id ? ctx->request_id : "", "CHATPROV_CHAT_ID=%s",
-			ctx->chat_id ? ctx->chat_id : "", "GRAPH_REQUEST_ID=%s",
-			ctx->graph_request_id ? ctx->graph_request_id : "",
-			"GRAPH_CLIENT_REQUEST_ID=%s",
-			ctx->client_request_id ? ctx->client_request_id : "", "CHATPROV_TENANT=%s",
-			ctx->tenant ? ctx->tenant : "", NULL);
+	struct log_journal_fields f;
+	log_journal_fields(level, ctx, msg, &f);
+	/* Nowhere to report a failure to log: journald gone means stderr is gone too. */
+	(void)sd_journal_sendv(f.iov, (int)f.n);
 }
 
 static void append_field(char *line, size_t cap, const char *name, const char *value)
@@ -104,6 +141,11 @@ static void emit_stderr(enum log_level level, const struct log_ctx *ctx, const c
 		append_field(line, sizeof line, "chat_id", ctx->chat_id);
 		append_field(line, sizeof line, "graph_request_id", ctx->graph_request_id);
 		append_field(line, sizeof line, "client_request_id", ctx->client_request_id);
+	}
+	/* One line per record, whatever the message holds (Graph error texts may be multi-line). */
+	for (char *c = line; *c; c++) {
+		if (*c == '\n' || *c == '\r')
+			*c = ' ';
 	}
 	/* One fprintf per record: stdio locks the stream, so threads do not interleave. */
 	fprintf(stderr, "%s\n", line);

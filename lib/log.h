@@ -8,6 +8,8 @@
 #ifndef CHATPROV_LOG_H
 #define CHATPROV_LOG_H
 
+#include <sys/uio.h>
+
 #include "common.h"
 
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARNING, LOG_LVL_NOTICE, LOG_LVL_INFO, LOG_LVL_DEBUG };
@@ -31,12 +33,28 @@ const char *log_level_name(enum log_level level);
 
 void log_msg(enum log_level level, const char *fmt, ...) CP_PRINTF(2, 3);
 void log_with(enum log_level level, const struct log_ctx *ctx, const char *fmt, ...)
-	CP_PRINTF(3, 4);
+    CP_PRINTF(3, 4);
 
-#define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)
+/*
+ * The fields of one native journal entry, "NAME=value" each, as log_with sends them with
+ * sd_journal_sendv: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, then CHATPROV_REQUEST_ID,
+ * CHATPROV_CHAT_ID, GRAPH_REQUEST_ID, GRAPH_CLIENT_REQUEST_ID and CHATPROV_TENANT when the
+ * context has them (NULL or empty values are left out, so journalctl's field queries only
+ * match entries that carry the field). The iovecs point into buf. Exposed for tests.
+ */
+#define LOG_JOURNAL_MAX_FIELDS 8
+struct log_journal_fields {
+	struct iovec iov[LOG_JOURNAL_MAX_FIELDS];
+	size_t n;
+	char buf[4096];
+};
+void log_journal_fields(enum log_level level, const struct log_ctx *ctx, const char *msg,
+                        struct log_journal_fields *out);
+
+#define log_error(...)   log_msg(LOG_LVL_ERROR, __VA_ARGS__)
 #define log_warning(...) log_msg(LOG_LVL_WARNING, __VA_ARGS__)
-#define log_notice(...) log_msg(LOG_LVL_NOTICE, __VA_ARGS__)
-#define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
-#define log_debug(...) log_msg(LOG_LVL_DEBUG, __VA_ARGS__)
+#define log_notice(...)  log_msg(LOG_LVL_NOTICE, __VA_ARGS__)
+#define log_info(...)    log_msg(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...)   log_msg(LOG_LVL_DEBUG, __VA_ARGS__)
 
 #endif
