@@ -45,6 +45,9 @@ void job_free(struct job *job)
 	event_free(job->ev);
 	free(job->body);
 	free(job->rejected_id);
+	free(job->op_url);
+	free(job->chat_web_url);
+	free(job->err_message);
 	free(job);
 }
 
@@ -54,6 +57,23 @@ void job_fail(struct job *job, long http_status, const char *code, const char *m
 	job->status = JOB_FAILED;
 	job->http_status = http_status;
 	snprintf(job->err_code, sizeof job->err_code, "%s", code ? code : "");
-	snprintf(job->err_message, sizeof job->err_message, "%s", message ? message : "");
+	/* Without memory for the message, the code alone still says what happened. */
+	bool stored = job_set_string(&job->err_message, message);
+	(void)stored;
 	job->err_retryable = retryable;
+}
+
+bool job_set_string(char **field, const char *value)
+{
+	char *copy = NULL;
+	if (value && *value && !(copy = strdup(value)))
+		return false;
+	free(*field);
+	*field = copy;
+	return true;
+}
+
+const char *job_id(const struct job *job)
+{
+	return job->ev ? job->ev->id : job->rejected_id;
 }

@@ -19,9 +19,14 @@
 #define JOB_ERR_CODE_MAX 128
 #define JOB_ERR_MSG_MAX 1024
 
-enum job_status { JOB_PENDING, JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED };
+/* JOB_ABANDONED: its partition was revoked; it goes away without a result. */
+enum job_status { JOB_PENDING, JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED, JOB_ABANDONED };
 enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL };
 
+/*
+ * Large or rare strings are allocated when needed: tens of thousands of jobs can be in
+ * memory at once, and most never need a Location or an error message.
+ */
 struct job {
 	/* Where it came from: the offset counts as done once the result is acknowledged. */
 	int32_t partition;
@@ -30,6 +35,7 @@ struct job {
 	void *key;
 	size_t key_len;
 	rd_kafka_headers_t *headers; /* copy of the input headers, carried to the result */
+	struct job *next_follower;   /* a duplicate of an id in progress waits for its result */
 
 	/* What to do (NULL for a rejected event). */
 	struct event_request *ev;
@@ -42,30 +48,32 @@ struct job {
 	unsigned attempts;           /* POSTs sent, throttled ones included */
 	unsigned transient_failures; /* what the retry budget counts: 429s are the scheduler's */
 	bool auth_retried;           /* a 401 has been answered with one refresh already */
+	bool needs_lookup;           /* a group-chat POST may have succeeded: look before posting */
+	int64_t intent_wall_ms;      /* when the first POST may have been sent */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
 	int64_t op_started_mono_ms;
 	int64_t op_deadline_mono_ms;
 	int64_t next_poll_mono_ms;
-	char op_url[JOB_URL_MAX];
+	char *op_url; /* the operation's absolute URL, once a 202 gave one */
 
 	/* Outcome. */
 	enum job_status status;
 	long http_status;
 	char graph_request_id[64];
 	char chat_id[JOB_ID_MAX];
-	char chat_web_url[JOB_URL_MAX];
+	char *chat_web_url;
 	char chat_created[64];
 	char op_id[JOB_ID_MAX];
 	char op_status[32];
 	int op_attempts;
 	char err_code[JOB_ERR_CODE_MAX];
-	char err_message[JOB_ERR_MSG_MAX];
+	char *err_message;
 	bool err_retryable;
 	char *rejected_id; /* best-effort id of an invalid event */
 	int64_t completed_wall_ms;
 
-	/* Deliveries still outstanding before the offset is done (result, DLQ copy). */
+	/* Deliveries still outstanding before the offset is done (result, state, DLQ copy). */
 	int pending_deliveries;
 };
 
@@ -76,5 +84,11 @@ void job_free(struct job *job);
 /* Records a final failure (code as Graph names it where there is one). */
 void job_fail(struct job *job, long http_status, const char *code, const char *message,
 	      bool retryable);
+
+/* Replaces *field with a copy of value (NULL or "" clears it). False: out of memory. */
+bool job_set_string(char **field, const char *value) CP_MUSTCHECK;
+
+/* The request id: of the event, or the best guess for a rejected one (may be NULL). */
+const char *job_id(const struct job *job);
 
 #endif

@@ -15,6 +15,11 @@ struct kv {
 static const struct kv consumer_forced[] = {
 	{"enable.auto.offset.store", "false"},
 };
+static const struct kv reader_forced[] = {
+	{"enable.auto.offset.store", "false"},
+	{"enable.auto.commit", "false"},
+	{"enable.partition.eof", "true"},
+};
 static const struct kv producer_forced[] = {
 	{"enable.idempotence", "true"},
 	{"acks", "all"},
@@ -111,6 +116,29 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
  * reason and source headers plus the record overhead.
  */
 #define KAFKA_DLQ_HEADROOM (64 * 1024)
+
+rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
+{
+	char group[CFG_VALUE_MAX + 16];
+	snprintf(group, sizeof group, "%s.state-reader", cfg->kafka.group_id);
+	const struct kv defaults[] = {
+		{"bootstrap.servers", cfg->kafka.brokers},
+		{"group.id", group}, /* never joined: assign() only, nothing committed */
+		{"client.id", "chatprovd-state"},
+		{"auto.offset.reset", "earliest"},
+	};
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	if (!conf) {
+		snprintf(err, errcap, "out of memory");
+		return NULL;
+	}
+	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), reader_forced,
+		   CP_ARRAY_LEN(reader_forced), err, errcap)) {
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	return create(RD_KAFKA_CONSUMER, conf, err, errcap);
+}
 
 rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery,
 			       void *opaque, char *err, size_t errcap)

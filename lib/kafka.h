@@ -25,6 +25,12 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
 rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery,
 			       void *opaque, char *err, size_t errcap) CP_MUSTCHECK;
 
+/*
+ * A consumer outside any group for reading a topic by assign(): the state topic's restore
+ * and fetches. Partition EOF events are on, so a reader knows when it has seen everything.
+ */
+rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap) CP_MUSTCHECK;
+
 /* Subscribes the consumer to one topic. */
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err,
 		     size_t errcap) CP_MUSTCHECK;

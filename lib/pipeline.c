@@ -1,6 +1,7 @@
 /* pipeline.c - the Kafka thread: consume, validate, queue, publish, store offsets. */
 #include "pipeline.h"
 
+#include <json-c/json.h>
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -19,6 +20,7 @@
 #include "pipeline_metrics.h"
 #include "result.h"
 #include "sched.h"
+#include "state.h"
 #include "worker.h"
 
 #define MAX_WORKERS 16
@@ -26,11 +28,13 @@
 #define RESUME_FRACTION 0.75
 /* Offsets finished behind a slow one still cost a little memory each: bounded too. */
 #define TRACKED_PER_QUEUED 4
+#define MAX_PARTITIONS (OFFTRACK_MAX_PARTITION + 1)
+#define FORGET_EVERY_MS (60 * 1000)
+/* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
+#define REVOKE_SLACK_MS 5000
 
-/* What we know of one input partition. generation changes on every (re)assignment, so a
- * result of an earlier assignment can never move the offsets of the current one. */
+/* What the Kafka thread knows of one input partition. */
 struct partition_state {
-	uint64_t generation;
 	bool assigned;
 	bool dirty; /* offsets progressed since the last store */
 };
@@ -50,10 +54,20 @@ struct pipeline {
 
 	struct partition_state *parts;
 	size_t n_parts;
+	/*
+	 * Per partition, shared with the workers: the assignment generation (changed on every
+	 * assign and revoke, so work of an earlier assignment is recognised and dropped) and
+	 * the POSTs in flight (a revoke waits for them before giving the partition away).
+	 */
+	_Atomic uint64_t *generations;
+	atomic_uint *posting;
 	uint64_t next_generation;
 
-	/* Jobs consumed and not yet acknowledged. Written by the Kafka thread only; atomic
-	 * because the metrics thread reads it. */
+	struct state *state;
+	struct job *followers; /* duplicates waiting for the result of an id in progress */
+	int64_t last_forget_ms;
+
+	/* Jobs consumed and not yet acknowledged or abandoned. */
 	atomic_size_t in_memory;
 	atomic_bool paused;
 	bool draining, workers_joined, group_joined;
@@ -150,16 +164,62 @@ static void apply_backpressure(struct pipeline *p)
 
 /* ---- rebalances ---- */
 
+static bool job_is_current(const struct job *job, void *arg)
+{
+	const struct pipeline *p = arg;
+	return atomic_load(&p->generations[job->partition]) == job->generation;
+}
+
+static void new_generation(struct pipeline *p, int32_t partition)
+{
+	atomic_store(&p->generations[partition], ++p->next_generation);
+}
+
+static rd_kafka_resp_err_t produce(struct pipeline *p, const char *topic, int32_t partition,
+				   const void *key, size_t key_len, void *value, size_t len,
+				   int flags, rd_kafka_headers_t *headers, struct job *job);
+
+/* A restored request past retention: its tombstone keeps the compacted topic bounded. */
+static void tombstone(const char *id, int32_t partition, void *arg)
+{
+	struct pipeline *p = arg;
+	rd_kafka_resp_err_t err = produce(p, p->cfg->kafka.state_topic, partition, id,
+					  strlen(id), NULL, 0, RD_KAFKA_MSG_F_COPY, NULL, NULL);
+	if (err)
+		log_warning("cannot tombstone %s: %s", id, rd_kafka_err2str(err));
+}
+
+/* The state of a partition is restored before any of its events is processed. */
+static bool restore_partition(struct pipeline *p, int32_t partition)
+{
+	char err[CP_ERRSTR_SIZE];
+	size_t records = 0;
+	int64_t started = cptime_mono_ms();
+	int64_t retention = (int64_t)(p->cfg->recovery.state_retention_s * 1000);
+	if (!state_restore(p->state, partition, retention, tombstone, p, &records, err,
+			   sizeof err)) {
+		log_error("cannot restore request state: %s", err);
+		return false;
+	}
+	log_info("restored state of partition %d: %zu records in %lld ms", (int)partition,
+		 records, (long long)(cptime_mono_ms() - started));
+	return true;
+}
+
 static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts)
 {
 	for (int i = 0; i < parts->cnt; i++) {
-		struct partition_state *ps = partition(p, parts->elems[i].partition);
-		if (!ps)
+		int32_t id = parts->elems[i].partition;
+		struct partition_state *ps = partition(p, id);
+		if (!ps || id >= MAX_PARTITIONS || !restore_partition(p, id)) {
+			/* Processing without the state could create a group chat twice. */
+			atomic_store(&p->fatal, true);
 			continue;
+		}
 		ps->assigned = true;
-		ps->generation = ++p->next_generation;
-		offtrack_drop_partition(p->offsets, parts->elems[i].partition);
-		log_info("assigned %s [%d]", parts->elems[i].topic, parts->elems[i].partition);
+		new_generation(p, id);
+		offtrack_drop_partition(p->offsets, id);
+		log_info("assigned %s [%d]", parts->elems[i].topic, id);
 	}
 	rd_kafka_error_t *error = rd_kafka_incremental_assign(p->consumer, parts);
 	if (error) {
@@ -171,26 +231,62 @@ static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 	p->group_joined = true;
 }
 
-/* Before giving partitions up, commit what is finished; results of work still in flight
- * will be published but can no longer move this instance's offsets. */
+static bool posting_any(struct pipeline *p, const rd_kafka_topic_partition_list_t *parts)
+{
+	for (int i = 0; i < parts->cnt; i++)
+		if (atomic_load(&p->posting[parts->elems[i].partition]) > 0)
+			return true;
+	return false;
+}
+
+/*
+ * Before a partition goes to another instance, no POST of ours may still be in the air
+ * and every outcome must be in the state topic: otherwise the new owner could create a
+ * group chat that we are creating too. New generations stop our workers from starting
+ * anything for these partitions; then we wait for the POSTs in flight and flush.
+ */
+static void hand_over(struct pipeline *p, rd_kafka_topic_partition_list_t *parts)
+{
+	int64_t deadline = cptime_mono_ms() +
+			   (int64_t)(p->cfg->graph.request_timeout_s * 1000) + REVOKE_SLACK_MS;
+	while (posting_any(p, parts) && cptime_mono_ms() < deadline)
+		rd_kafka_poll(p->producer, 20);
+	if (posting_any(p, parts))
+		log_warning("revoke: POSTs still in flight after the request timeout");
+	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, 10 * 1000);
+	if (err)
+		log_warning("revoke: flushing results: %s", rd_kafka_err2str(err));
+	store_offsets(p);
+	err = rd_kafka_commit(p->consumer, NULL, 0);
+	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+		log_warning("commit before revoke failed: %s", rd_kafka_err2str(err));
+}
+
+static void drop_followers(struct pipeline *p, bool (*drop)(struct pipeline *, struct job *));
+
+static bool follower_revoked(struct pipeline *p, struct job *job)
+{
+	return !job_is_current(job, p);
+}
+
 static void on_revoke(struct pipeline *p, rd_kafka_topic_partition_list_t *parts, bool lost)
 {
-	if (!lost) {
-		store_offsets(p);
-		rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, NULL, 0);
-		if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-			log_warning("commit before revoke failed: %s", rd_kafka_err2str(err));
-	}
+	for (int i = 0; i < parts->cnt; i++)
+		if (parts->elems[i].partition < MAX_PARTITIONS)
+			new_generation(p, parts->elems[i].partition);
+	if (!lost)
+		hand_over(p, parts);
 	for (int i = 0; i < parts->cnt; i++) {
-		struct partition_state *ps = partition(p, parts->elems[i].partition);
+		int32_t id = parts->elems[i].partition;
+		struct partition_state *ps = partition(p, id);
 		if (!ps)
 			continue;
 		ps->assigned = false;
-		ps->generation = ++p->next_generation;
-		offtrack_drop_partition(p->offsets, parts->elems[i].partition);
-		log_info("%s %s [%d]", lost ? "lost" : "revoked", parts->elems[i].topic,
-			 parts->elems[i].partition);
+		offtrack_drop_partition(p->offsets, id);
+		state_drop_partition(p->state, id);
+		log_info("%s %s [%d]", lost ? "lost" : "revoked", parts->elems[i].topic, id);
 	}
+	drop_followers(p, follower_revoked);
 	rd_kafka_error_t *error = rd_kafka_incremental_unassign(p->consumer, parts);
 	if (error) {
 		log_error("incremental unassign failed: %s", rd_kafka_error_string(error));
@@ -212,86 +308,145 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- publishing results ---- */
 
+static void count_outcome(struct pipeline *p, enum job_status status)
+{
+	pthread_mutex_lock(&p->counters_lock);
+	if (status == JOB_SUCCEEDED)
+		p->counters.succeeded++;
+	else if (status == JOB_FAILED)
+		p->counters.failed++;
+	else if (status == JOB_REJECTED)
+		p->counters.rejected++;
+	pthread_mutex_unlock(&p->counters_lock);
+}
+
+/* A job leaves memory: abandoned (revoke, drain) or settled. Any thread. */
+static void release(struct pipeline *p, struct job *job)
+{
+	atomic_fetch_sub(&p->in_memory, 1);
+	job_free(job);
+}
+
 static void job_settled(struct pipeline *p, struct job *job)
 {
 	struct partition_state *ps = partition(p, job->partition);
 	/* A result from before a revoke no longer moves this assignment's offsets. */
-	if (ps && ps->assigned && ps->generation == job->generation &&
-	    offtrack_done(p->offsets, job->partition, job->offset))
+	bool current = ps && ps->assigned && job_is_current(job, p);
+	if (current && offtrack_done(p->offsets, job->partition, job->offset))
 		ps->dirty = true;
-	pthread_mutex_lock(&p->counters_lock);
-	if (job->status == JOB_SUCCEEDED)
-		p->counters.succeeded++;
-	else if (job->status == JOB_FAILED)
-		p->counters.failed++;
-	else
-		p->counters.rejected++;
-	pthread_mutex_unlock(&p->counters_lock);
-	p->in_memory--;
-	job_free(job);
+	if (current && job->ev && !state_set_active(p->state, job->ev->id, job->partition, false))
+		log_warning("state: cannot clear the active mark of %s", job->ev->id);
+	count_outcome(p, job->status);
+	release(p, job);
 }
 
-static rd_kafka_resp_err_t produce(struct pipeline *p, const char *topic, const void *key,
-				   size_t key_len, void *value, size_t len, int flags,
-				   rd_kafka_headers_t *headers, struct job *job)
+static rd_kafka_resp_err_t produce(struct pipeline *p, const char *topic, int32_t partition,
+				   const void *key, size_t key_len, void *value, size_t len,
+				   int flags, rd_kafka_headers_t *headers, struct job *job)
 {
 	rd_kafka_resp_err_t err = rd_kafka_producev(
-		p->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
-		RD_KAFKA_V_VALUE(value, len), RD_KAFKA_V_MSGFLAGS(flags),
-		RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(job), RD_KAFKA_V_END);
+		p->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+		RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, len),
+		RD_KAFKA_V_MSGFLAGS(flags), RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(job),
+		RD_KAFKA_V_END);
 	if (err && headers)
 		rd_kafka_headers_destroy(headers); /* not consumed on failure */
 	return err;
 }
 
-/*
- * Queues the result of a finished job. From worker threads (block = true) librdkafka
- * waits for queue space; the Kafka thread cannot block on itself, so it serves delivery
- * reports while it waits.
- */
-static bool publish_result(struct pipeline *p, struct job *job, bool block)
+/* Headers of a state record: its kind, and for a result its status. */
+static rd_kafka_headers_t *state_headers(enum state_kind kind, const char *status)
 {
-	size_t len = 0;
-	char *value = result_render(job, &len);
-	rd_kafka_headers_t *headers = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
-	if (!value || (job->headers && !headers))
-		goto fail;
-	const void *key = job->key;
-	size_t key_len = job->key_len;
-	const char *id = job->ev ? job->ev->id : job->rejected_id;
-	if (!key && id) {
-		key = id;
-		key_len = strlen(id);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(2);
+	if (!h)
+		return NULL;
+	if (rd_kafka_header_add(h, STATE_HEADER, -1, state_kind_name(kind), -1) != 0 ||
+	    (status && rd_kafka_header_add(h, "chatprov-status", -1, status, -1) != 0)) {
+		rd_kafka_headers_destroy(h);
+		return NULL;
 	}
-	int flags = RD_KAFKA_MSG_F_FREE | (block ? RD_KAFKA_MSG_F_BLOCK : 0);
+	return h;
+}
+
+/*
+ * Queues one record, retrying while the producer queue is full. From worker threads
+ * (block) librdkafka waits for space; the Kafka thread cannot wait on itself, so it
+ * serves delivery reports meanwhile. headers are consumed either way.
+ */
+static bool queue_record(struct pipeline *p, const char *topic, int32_t partition,
+			 const void *key, size_t key_len, const void *value, size_t len,
+			 rd_kafka_headers_t *headers, struct job *job, bool block)
+{
+	int flags = RD_KAFKA_MSG_F_COPY | (block ? RD_KAFKA_MSG_F_BLOCK : 0);
 	for (;;) {
 		rd_kafka_headers_t *h = headers ? rd_kafka_headers_copy(headers) : NULL;
-		rd_kafka_resp_err_t err = produce(p, p->cfg->kafka.output_topic, key, key_len,
-						  value, len, flags, h, job);
+		rd_kafka_resp_err_t err = produce(p, topic, partition, key, key_len, (void *)value,
+						  len, flags, h, job);
 		if (!err)
 			break;
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || block) {
-			log_error("cannot queue result for %s: %s", id ? id : "(no id)",
-				  rd_kafka_err2str(err));
-			goto fail;
+			log_error("cannot queue a record for %s: %s", topic, rd_kafka_err2str(err));
+			if (headers)
+				rd_kafka_headers_destroy(headers);
+			atomic_store(&p->fatal, true);
+			return false;
 		}
 		rd_kafka_poll(p->producer, 50);
 	}
 	if (headers)
 		rd_kafka_headers_destroy(headers);
 	return true;
-fail:
+}
+
+static void result_key(const struct job *job, const void **key, size_t *key_len)
+{
+	const char *id = job_id(job);
+	*key = job->key;
+	*key_len = job->key_len;
+	if (!*key && id) {
+		*key = id;
+		*key_len = strlen(id);
+	}
+}
+
+/*
+ * The result goes to the output topic and, for a request Graph saw, the same bytes to the
+ * state topic as its final record: a replay is answered from there without Graph.
+ */
+static bool publish_result(struct pipeline *p, struct job *job, bool block)
+{
+	size_t len = 0;
+	char *value = result_render(job, &len);
+	if (!value) {
+		log_error("out of memory rendering a result");
+		atomic_store(&p->fatal, true);
+		return false;
+	}
+	const void *key;
+	size_t key_len;
+	result_key(job, &key, &key_len);
+	bool with_state = job->ev != NULL;
+	job->pending_deliveries += with_state ? 2 : 1;
+	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
+	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
+			       value, len, h, job, block);
+	if (ok && with_state) {
+		h = state_headers(STATE_DONE, result_status_name(job->status));
+		ok = h && queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
+				       strlen(job->ev->id), value, len, h, job, block);
+	}
 	free(value);
-	if (headers)
-		rd_kafka_headers_destroy(headers);
-	atomic_store(&p->fatal, true);
-	return false;
+	return ok;
 }
 
 static void on_job_done(struct job *job, void *arg)
 {
 	struct pipeline *p = arg;
-	struct log_ctx ctx = {.request_id = job->ev ? job->ev->id : NULL,
+	if (job->status == JOB_ABANDONED) {
+		release(p, job);
+		return;
+	}
+	struct log_ctx ctx = {.request_id = job_id(job),
 			      .chat_id = job->chat_id[0] ? job->chat_id : NULL,
 			      .graph_request_id = job->graph_request_id[0] ? job->graph_request_id
 									   : NULL,
@@ -299,22 +454,104 @@ static void on_job_done(struct job *job, void *arg)
 	log_with(job->status == JOB_SUCCEEDED ? LOG_LVL_INFO : LOG_LVL_NOTICE, &ctx,
 		 "request %s after %u attempt(s)%s%s", result_status_name(job->status),
 		 job->attempts, job->err_code[0] ? ": " : "", job->err_code);
-	job->pending_deliveries = 1;
 	(void)publish_result(p, job, true);
 }
 
-/* A result that failed for good is queued again: the offset must never move past it. */
+/* A 202's operation is recorded so that any instance can follow it after a crash. */
+static void on_accepted(struct job *job, void *arg)
+{
+	struct pipeline *p = arg;
+	char value[JOB_URL_MAX + 128];
+	int64_t started = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms);
+	struct json_object *o = json_object_new_object();
+	if (o) {
+		json_object_object_add(o, "location", json_object_new_string(job->op_url));
+		json_object_object_add(o, "startedAt", json_object_new_int64(started));
+		snprintf(value, sizeof value, "%s",
+			 json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+								   JSON_C_TO_STRING_NOSLASHESCAPE));
+		json_object_put(o);
+	}
+	rd_kafka_headers_t *h = state_headers(STATE_OPERATION, NULL);
+	if (!o || !h ||
+	    !queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
+			  strlen(job->ev->id), value, strlen(value), h, NULL, true))
+		log_warning("cannot record the operation of %s", job->ev->id);
+}
+
+static void post_begin(int32_t partition, void *arg)
+{
+	struct pipeline *p = arg;
+	atomic_fetch_add(&p->posting[partition], 1);
+}
+
+static void post_end(int32_t partition, void *arg)
+{
+	struct pipeline *p = arg;
+	atomic_fetch_sub(&p->posting[partition], 1);
+}
+
+/* A record that failed for good is queued again: the offset must never move past it. */
 static void republish(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job)
 {
 	rd_kafka_headers_t *hdrs = NULL, *copy = NULL;
 	if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs)
 		copy = rd_kafka_headers_copy(hdrs);
-	rd_kafka_resp_err_t err =
-		produce(p, rd_kafka_topic_name(msg->rkt), msg->key, msg->key_len, msg->payload,
-			msg->len, RD_KAFKA_MSG_F_COPY, copy, job);
+	rd_kafka_resp_err_t err = produce(p, rd_kafka_topic_name(msg->rkt), msg->partition,
+					  msg->key, msg->key_len, msg->payload, msg->len,
+					  RD_KAFKA_MSG_F_COPY, copy, job);
 	if (err) {
-		log_error("cannot queue result again: %s", rd_kafka_err2str(err));
+		log_error("cannot queue a record again: %s", rd_kafka_err2str(err));
 		atomic_store(&p->fatal, true);
+	}
+}
+
+static void queue_job(struct pipeline *p, struct job *job);
+static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done);
+
+static bool header_is(const rd_kafka_message_t *msg, const char *name, const char *value)
+{
+	rd_kafka_headers_t *hdrs = NULL;
+	const void *val = NULL;
+	size_t size = 0;
+	return msg->payload &&
+	       rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	       rd_kafka_header_get_last(hdrs, name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	       val && size == strlen(value) && memcmp(val, value, size) == 0;
+}
+
+static enum job_status record_status(const rd_kafka_message_t *done)
+{
+	return header_is(done, "chatprov-status", "succeeded") ? JOB_SUCCEEDED : JOB_FAILED;
+}
+
+static enum state_kind record_kind(const rd_kafka_message_t *msg)
+{
+	for (enum state_kind k = STATE_INTENT; k <= STATE_DONE; k++)
+		if (header_is(msg, STATE_HEADER, state_kind_name(k)))
+			return k;
+	return STATE_NONE;
+}
+
+/* An acknowledged state record: mirror it, and move its job on. */
+static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg,
+			       struct job *job)
+{
+	struct partition_state *ps = partition(p, msg->partition);
+	bool owned = ps && ps->assigned && (!job || job_is_current(job, p));
+	enum state_kind kind = record_kind(msg);
+	if (owned && kind != STATE_NONE && !state_apply(p->state, msg))
+		log_warning("state: out of memory mirroring a record");
+	if (kind == STATE_DONE && owned)
+		answer_followers(p, msg);
+	if (kind == STATE_INTENT && job) {
+		/* The intent is durable: now the POST may go (unless we are leaving). */
+		if (job_is_current(job, p) && !p->draining)
+			queue_job(p, job);
+		else
+			release(p, job);
+	} else if (kind == STATE_DONE && job && --job->pending_deliveries == 0) {
+		job_settled(p, job);
 	}
 }
 
@@ -332,7 +569,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 			republish(p, msg, job);
 		return;
 	}
-	if (--job->pending_deliveries == 0)
+	if (strcmp(rd_kafka_topic_name(msg->rkt), p->cfg->kafka.state_topic) == 0)
+		on_state_delivered(p, msg, job);
+	else if (job && --job->pending_deliveries == 0)
 		job_settled(p, job);
 }
 
@@ -364,7 +603,8 @@ static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struc
 	}
 	for (;;) {
 		rd_kafka_resp_err_t err =
-			produce(p, p->cfg->kafka.dlq_topic, msg->key, msg->key_len, msg->payload,
+			produce(p, p->cfg->kafka.dlq_topic, RD_KAFKA_PARTITION_UA, msg->key,
+				msg->key_len, msg->payload,
 				msg->len, RD_KAFKA_MSG_F_COPY, h, job);
 		if (!err)
 			return true;
@@ -384,24 +624,25 @@ static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job
 	if (!job->rejected_id && event_peek_id(msg->payload, msg->len, id, sizeof id))
 		job->rejected_id = strdup(id);
 	job->status = JOB_REJECTED;
-	snprintf(job->err_code, sizeof job->err_code, "InvalidRequest");
-	snprintf(job->err_message, sizeof job->err_message, "%s", reason);
+	job_fail(job, 0, "InvalidRequest", reason, false);
+	job->status = JOB_REJECTED;
 	job->completed_wall_ms = cptime_wall_ms();
 	struct log_ctx ctx = {.request_id = job->rejected_id};
 	log_with(LOG_LVL_NOTICE, &ctx, "rejected %s [%d] @%lld: %s", rd_kafka_topic_name(msg->rkt),
 		 (int)msg->partition, (long long)msg->offset, reason);
-	bool dlq = p->cfg->kafka.dlq_topic[0] != '\0';
-	job->pending_deliveries = dlq ? 2 : 1;
-	if (dlq && !copy_to_dlq(p, msg, job, reason)) {
-		log_error("cannot queue DLQ copy");
-		atomic_store(&p->fatal, true);
-		return;
+	if (p->cfg->kafka.dlq_topic[0]) {
+		job->pending_deliveries = 1;
+		if (!copy_to_dlq(p, msg, job, reason)) {
+			log_error("cannot queue DLQ copy");
+			atomic_store(&p->fatal, true);
+			return;
+		}
 	}
 	pipeline_metrics_job_done(p->metrics, job);
 	(void)publish_result(p, job, false);
 }
 
-/* Turns a valid event into a queued job; false: rejected with reason. */
+/* Turns a valid event into a job ready to queue; false: rejected with reason. */
 static bool prepare(struct pipeline *p, struct job *job, char *reason, size_t cap)
 {
 	int tenant = cfg_tenant_index(p->cfg, job->ev->tenant);
@@ -429,23 +670,169 @@ static void wake_a_worker(struct pipeline *p)
 	p->next_worker = (p->next_worker + 1) % p->n_workers;
 }
 
+static void queue_job(struct pipeline *p, struct job *job)
+{
+	int64_t now = cptime_mono_ms();
+	if (!sched_push(p->sched, job->tenant, job, now, now)) {
+		/* Cannot happen while in_memory <= max_queued; fail loudly rather than drop. */
+		log_error("scheduler refused an event: queue full");
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	wake_a_worker(p);
+}
+
+/* Before the first POST of a group chat: the intent must be durable (see state.h). */
+static void write_intent(struct pipeline *p, struct job *job)
+{
+	char value[128];
+	job->intent_wall_ms = cptime_wall_ms();
+	snprintf(value, sizeof value, "{\"at\":%lld,\"clientRequestId\":\"%s\"}",
+		 (long long)job->intent_wall_ms, job->client_request_id);
+	rd_kafka_headers_t *h = state_headers(STATE_INTENT, NULL);
+	if (!h) {
+		log_error("out of memory writing an intent");
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	(void)queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
+			   strlen(job->ev->id), value, strlen(value), h, job, false);
+}
+
+/* A request answered before: publish the recorded result again; Graph is not asked. */
+static bool replay(struct pipeline *p, struct job *job, const struct state_info *si)
+{
+	char err[CP_ERRSTR_SIZE];
+	char *value = NULL;
+	size_t len = 0;
+	if (!state_fetch(p->state, si->partition, si->offset, &value, &len, err, sizeof err)) {
+		log_warning("cannot fetch the recorded result of %s: %s", job->ev->id, err);
+		return false;
+	}
+	const void *key;
+	size_t key_len;
+	result_key(job, &key, &key_len);
+	job->status = si->done_succeeded ? JOB_SUCCEEDED : JOB_FAILED;
+	job->pending_deliveries = 1;
+	struct log_ctx ctx = {.request_id = job->ev->id, .client_request_id = job->client_request_id};
+	log_with(LOG_LVL_INFO, &ctx, "replayed request: answering with the recorded result");
+	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
+	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
+			       value, len, h, job, false);
+	free(value);
+	return ok;
+}
+
+/* Picks up a 202 operation recorded by whichever instance started it. */
+static void resume_operation(struct pipeline *p, struct job *job, const struct state_info *si)
+{
+	int64_t now_mono = cptime_mono_ms(), now_wall = cptime_wall_ms();
+	int64_t started = si->op_started_wall_ms ? si->op_started_wall_ms : si->at_wall_ms;
+	if (!job_set_string(&job->op_url, si->op_url)) {
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	job->phase = JOB_PHASE_POLL;
+	job->http_status = 202;
+	job->op_started_mono_ms = now_mono - (now_wall - started);
+	job->op_deadline_mono_ms =
+		job->op_started_mono_ms + (int64_t)(p->cfg->operations.timeout_s * 1000);
+	job->next_poll_mono_ms = now_mono;
+}
+
+static bool is_group(const struct job *job)
+{
+	return job->ev->chat_type == EVENT_CHAT_GROUP;
+}
+
+/* Routes a valid job by what the state says about its id. */
+static void dispatch(struct pipeline *p, struct job *job)
+{
+	struct state_info si;
+	state_get(p->state, job->ev->id, &si);
+	if (si.active) {
+		/* The same id is in progress here: this copy gets that one's result. */
+		job->next_follower = p->followers;
+		p->followers = job;
+		return;
+	}
+	if (si.kind == STATE_DONE && replay(p, job, &si))
+		return;
+	if (si.kind == STATE_OPERATION)
+		resume_operation(p, job, &si);
+	if ((si.kind == STATE_INTENT || si.kind == STATE_DONE) && is_group(job)) {
+		/* Sent before, outcome unknown (or its record unreadable): look before posting. */
+		job->needs_lookup = true;
+		job->intent_wall_ms = si.at_wall_ms;
+	}
+	if (!state_set_active(p->state, job->ev->id, job->partition, true)) {
+		log_error("out of memory tracking request state");
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	if (si.kind == STATE_NONE && is_group(job))
+		write_intent(p, job);
+	else
+		queue_job(p, job);
+}
+
+/* The leader of an id finished: every waiting duplicate gets the same result bytes. */
+static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done)
+{
+	struct job **link = &p->followers;
+	while (*link) {
+		struct job *job = *link;
+		if (done->key_len != strlen(job->ev->id) ||
+		    memcmp(done->key, job->ev->id, done->key_len) != 0) {
+			link = &job->next_follower;
+			continue;
+		}
+		*link = job->next_follower;
+		const void *key;
+		size_t key_len;
+		result_key(job, &key, &key_len);
+		job->status = record_status(done);
+		job->pending_deliveries = 1;
+		rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
+		(void)queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key,
+				   key_len, done->payload, done->len, h, job, false);
+	}
+}
+
+/* Followers of a revoked partition go; those whose leader went get a new start. */
+static void drop_followers(struct pipeline *p, bool (*drop)(struct pipeline *, struct job *))
+{
+	struct job *list = p->followers;
+	p->followers = NULL;
+	while (list) {
+		struct job *job = list;
+		list = job->next_follower;
+		job->next_follower = NULL;
+		if (drop(p, job)) {
+			release(p, job);
+			continue;
+		}
+		dispatch(p, job);
+	}
+}
+
 static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 {
-	struct partition_state *ps = partition(p, msg->partition);
-	struct job *job = ps ? job_new(msg, ps->generation) : NULL;
+	uint64_t generation = atomic_load(&p->generations[msg->partition]);
+	struct job *job = job_new(msg, generation);
 	if (!job) {
 		log_error("out of memory admitting an event");
 		atomic_store(&p->fatal, true);
 		return;
 	}
 	if (!offtrack_begin(p->offsets, msg->partition, msg->offset)) {
-		log_error("offset tracker full at [%d] @%lld", (int)msg->partition,
+		log_error("offset tracker refused [%d] @%lld", (int)msg->partition,
 			  (long long)msg->offset);
 		job_free(job);
 		atomic_store(&p->fatal, true);
 		return;
 	}
-	p->in_memory++;
+	atomic_fetch_add(&p->in_memory, 1);
 	pthread_mutex_lock(&p->counters_lock);
 	p->counters.consumed++;
 	pthread_mutex_unlock(&p->counters_lock);
@@ -460,14 +847,7 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 		reject(p, msg, job, reason);
 		return;
 	}
-	int64_t now = cptime_mono_ms();
-	if (!sched_push(p->sched, job->tenant, job, now, now)) {
-		/* Cannot happen while in_memory <= max_queued; fail loudly rather than drop. */
-		log_error("scheduler refused an event: queue full");
-		atomic_store(&p->fatal, true);
-		return;
-	}
-	wake_a_worker(p);
+	dispatch(p, job);
 }
 
 static void rewind_to(struct pipeline *p, const rd_kafka_message_t *msg)
@@ -509,12 +889,26 @@ static void consume(struct pipeline *p, int timeout_ms)
 	}
 }
 
+/* Requests past retention leave memory; their tombstones come with the next restore. */
+static void forget_old_state(struct pipeline *p)
+{
+	int64_t now = cptime_mono_ms();
+	if (now - p->last_forget_ms < FORGET_EVERY_MS)
+		return;
+	p->last_forget_ms = now;
+	int64_t retention = (int64_t)(p->cfg->recovery.state_retention_s * 1000);
+	size_t n = state_forget_older(p->state, cptime_wall_ms() - retention);
+	if (n)
+		log_info("forgot %zu requests older than [recovery] state_retention_s", n);
+}
+
 bool pipeline_poll(struct pipeline *p, int timeout_ms)
 {
 	apply_backpressure(p);
 	consume(p, timeout_ms);
 	rd_kafka_poll(p->producer, 0);
 	store_offsets(p);
+	forget_old_state(p);
 	char errstr[512];
 	if (rd_kafka_fatal_error(p->producer, errstr, sizeof errstr)) {
 		log_error("producer fatal error: %s", errstr);
@@ -582,10 +976,16 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 		snprintf(err, errcap, "graph root too long");
 		goto fail;
 	}
-	if (!offtrack_new(tracked_limit(p) + MESSAGES_PER_TURN, &p->offsets) || !create_scheduler(p)) {
+	p->generations = calloc(MAX_PARTITIONS, sizeof *p->generations);
+	p->posting = calloc(MAX_PARTITIONS, sizeof *p->posting);
+	if (!p->generations || !p->posting ||
+	    !offtrack_new(tracked_limit(p) + MESSAGES_PER_TURN, &p->offsets) ||
+	    !create_scheduler(p)) {
 		snprintf(err, errcap, "out of memory");
 		goto fail;
 	}
+	if (!state_new(cfg, &p->state, err, errcap))
+		goto fail;
 	p->metrics = pipeline_metrics_new(metrics, cfg);
 	if (metrics && !p->metrics) {
 		snprintf(err, errcap, "cannot register metrics");
@@ -672,6 +1072,10 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 					 .auth = p->auth,
 					 .metrics = p->metrics,
 					 .on_done = on_job_done,
+					 .hooks = {.is_current = job_is_current,
+						   .post_begin = post_begin,
+						   .post_end = post_end,
+						   .on_accepted = on_accepted},
 					 .arg = p};
 		if (!worker_new(&wc, &p->workers[i])) {
 			snprintf(err, errcap, "cannot create HTTP worker");
@@ -762,10 +1166,8 @@ void pipeline_begin_drain(struct pipeline *p)
 /* Jobs that were never finished go away without a result: their offsets stay uncommitted. */
 static void drop_unfinished(struct pipeline *p, struct job **jobs, size_t n)
 {
-	for (size_t i = 0; i < n; i++) {
-		job_free(jobs[i]);
-		p->in_memory--;
-	}
+	for (size_t i = 0; i < n; i++)
+		release(p, jobs[i]);
 }
 
 static void join_workers(struct pipeline *p)
@@ -783,6 +1185,12 @@ static void join_workers(struct pipeline *p)
 	while ((n = sched_drain(p->sched, queued, CP_ARRAY_LEN(queued))) > 0) {
 		drop_unfinished(p, (struct job **)queued, n);
 		handed_back += n;
+	}
+	while (p->followers) {
+		struct job *next = p->followers->next_follower;
+		release(p, p->followers);
+		p->followers = next;
+		handed_back++;
 	}
 	if (handed_back)
 		log_notice("handed back %zu unfinished requests to the group", handed_back);
@@ -849,9 +1257,17 @@ void pipeline_free(struct pipeline *p)
 				job_free(queued[i]);
 		sched_free(p->sched);
 	}
+	while (p->followers) {
+		struct job *next = p->followers->next_follower;
+		job_free(p->followers);
+		p->followers = next;
+	}
+	state_free(p->state);
 	offtrack_free(p->offsets);
 	pipeline_metrics_free(p->metrics);
 	free(p->parts);
+	free(p->generations);
+	free(p->posting);
 	pthread_mutex_destroy(&p->counters_lock);
 	free(p);
 }

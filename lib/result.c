@@ -17,6 +17,7 @@ const char *result_status_name(enum job_status status)
 	case JOB_REJECTED:
 		return "rejected";
 	case JOB_PENDING:
+	case JOB_ABANDONED:
 		break;
 	}
 	return "pending";
@@ -149,7 +150,7 @@ char *result_render(const struct job *job, size_t *len)
 	struct json_object *root = json_object_new_object();
 	if (!root)
 		return NULL;
-	const char *id = job->ev ? job->ev->id : job->rejected_id;
+	const char *id = job_id(job);
 	if (!put_string(root, "schema", "chatprov.result.v1") || !put_string(root, "id", id) ||
 	    !put_string(root, "status", result_status_name(job->status)) ||
 	    !render_parts(root, job) ||

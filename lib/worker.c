@@ -21,7 +21,7 @@
 #define OP_NOT_FOUND_GRACE_MS (30 * 1000)
 #define LOOP_IDLE_MS 500
 
-enum xfer_kind { XFER_POST, XFER_POLL };
+enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP };
 
 /* One HTTP exchange in flight. Lives from start_transfer to finish_transfer. */
 struct xfer {
@@ -31,6 +31,7 @@ struct xfer {
 	CURL *easy;
 	struct curl_slist *headers;
 	char *token; /* the bearer token sent, for auth_invalidate on 401 */
+	char *url;   /* XFER_LOOKUP: the query */
 	char *resp;
 	size_t resp_len, resp_cap, resp_limit;
 	bool resp_overflow;
@@ -247,7 +248,8 @@ static void on_created(struct worker *w, struct job *job, struct xfer *x)
 	}
 	job->status = JOB_SUCCEEDED;
 	snprintf(job->chat_id, sizeof job->chat_id, "%s", chat.id);
-	snprintf(job->chat_web_url, sizeof job->chat_web_url, "%s", chat.web_url);
+	bool stored = job_set_string(&job->chat_web_url, chat.web_url);
+	(void)stored; /* without memory the result lacks only the web URL */
 	snprintf(job->chat_created, sizeof job->chat_created, "%s", chat.created);
 	finish_job(w, job);
 }
@@ -255,8 +257,10 @@ static void on_created(struct worker *w, struct job *job, struct xfer *x)
 static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
 {
 	struct worker_policy p = current_policy(w);
-	if (!x->location[0] || !graphreq_resolve_location(w->version_root, x->location,
-							  job->op_url, sizeof job->op_url)) {
+	char url[JOB_URL_MAX];
+	if (!x->location[0] ||
+	    !graphreq_resolve_location(w->version_root, x->location, url, sizeof url) ||
+	    !job_set_string(&job->op_url, url)) {
 		job_fail(job, 202, "InvalidLocation",
 			 "202 Accepted without a usable Location on this Graph host", false);
 		finish_job(w, job);
@@ -264,10 +268,28 @@ static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
 	}
 	int64_t now = cptime_mono_ms();
 	job->phase = JOB_PHASE_POLL;
+	if (w->conf.hooks.on_accepted)
+		w->conf.hooks.on_accepted(job, w->conf.arg);
 	job->op_started_mono_ms = now;
 	job->op_deadline_mono_ms = now + p.op_timeout_ms;
 	int64_t wait = retry_after_ms(x, p.poll_interval_ms);
 	schedule_poll(w, job, now + (wait > p.poll_interval_ms ? wait : p.poll_interval_ms));
+}
+
+/*
+ * A request that reached Graph and failed without a clear refusal (5xx, a reset or a
+ * timeout after sending) may have created the chat. Only group chats care: creating a
+ * one-on-one chat again returns the same chat.
+ */
+static bool may_have_created(const struct job *job, CURLcode rc, long status)
+{
+	if (job->ev->chat_type != EVENT_CHAT_GROUP)
+		return false;
+	if (rc == CURLE_OK)
+		return status >= 500;
+	return rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST &&
+	       rc != CURLE_COULDNT_RESOLVE_PROXY && rc != CURLE_SSL_CONNECT_ERROR &&
+	       rc != CURLE_PEER_FAILED_VERIFICATION;
 }
 
 static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
@@ -313,6 +335,12 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		else
 			snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
 		log_with(LOG_LVL_INFO, &ctx, "transient failure: %s", message);
+		if (may_have_created(job, rc, status)) {
+			/* Graph may have made the group chat before failing to say so. */
+			job->needs_lookup = true;
+			log_with(LOG_LVL_NOTICE, &ctx, "outcome unknown: will look the chat up "
+						       "before creating it again");
+		}
 		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, 0, now);
 		retry_or_fail(w, job, status, rc != CURLE_OK ? "TransportError" : "ServiceUnavailable",
 			      message);
@@ -387,6 +415,84 @@ static void on_poll_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	if (fresh_404 || cls == RETRY_AUTH)
 		wait = retry_after_ms(x, 1000);
 	schedule_poll(w, job, now + wait);
+}
+
+/* ---- lookup answers (unknown outcomes of group chats) ---- */
+
+static bool parse_lookup(const struct job *job, const struct xfer *x,
+			 struct graphresp_lookup_result *found, char *err, size_t errcap)
+{
+	size_t n = job->ev->n_members;
+	const char **ids = calloc(n, sizeof *ids);
+	if (!ids) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		ids[i] = job->ev->members[i].user_id;
+	/* Clocks differ: accept chats created up to a minute before our first attempt. */
+	struct graphresp_lookup_query q = {.topic = job->ev->topic,
+					   .user_ids = ids,
+					   .n_user_ids = n,
+					   .created_after_ms = job->intent_wall_ms - 60 * 1000};
+	bool ok = graphresp_parse_lookup(x->resp ? x->resp : "", x->resp_len, &q, found, err,
+					 errcap);
+	free(ids);
+	return ok;
+}
+
+static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+			     long status)
+{
+	struct log_ctx ctx;
+	log_ctx_of(job, x, &ctx);
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (cls == RETRY_SUCCESS) {
+		struct graphresp_lookup_result found;
+		char err[256];
+		if (!parse_lookup(job, x, &found, err, sizeof err)) {
+			job_fail(job, status, "OutcomeUnknown", err, false);
+			finish_job(w, job);
+			return;
+		}
+		job->needs_lookup = false;
+		if (!found.found) {
+			log_with(LOG_LVL_NOTICE, &ctx, "lookup: the chat does not exist; creating it");
+			int64_t now = cptime_mono_ms();
+			if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+				job_fail(job, 0, "QueueFull", "scheduler queue full", true);
+				finish_job(w, job);
+			}
+			return;
+		}
+		log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s",
+			 found.chat.id);
+		job->status = JOB_SUCCEEDED;
+		snprintf(job->chat_id, sizeof job->chat_id, "%s", found.chat.id);
+		snprintf(job->chat_created, sizeof job->chat_created, "%s", found.chat.created);
+		bool stored = job_set_string(&job->chat_web_url, found.chat.web_url);
+		(void)stored;
+		finish_job(w, job);
+		return;
+	}
+	if (cls == RETRY_AUTH && !job->auth_retried) {
+		auth_invalidate(w->conf.auth, job->tenant, x->token);
+		job->auth_retried = true;
+		int64_t now = cptime_mono_ms();
+		if (sched_requeue(w->conf.sched, job->tenant, job, now, now))
+			return;
+	}
+	if (cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED) {
+		retry_or_fail(w, job, status, "OutcomeUnknown",
+			      "the group chat may exist and the lookup keeps failing");
+		return;
+	}
+	/* 403 (no Chat.ReadBasic.All), 404, ...: we cannot know, so we do not create again. */
+	char message[JOB_ERR_MSG_MAX];
+	snprintf(message, sizeof message,
+		 "the group chat may exist and Graph refused the lookup (HTTP %ld)", status);
+	job_fail(job, status, "OutcomeUnknown", message, false);
+	finish_job(w, job);
 }
 
 /* ---- transfers ---- */
@@ -479,6 +585,7 @@ static void xfer_free(struct xfer *x)
 		free(x->token);
 	}
 	free(x->resp);
+	free(x->url);
 	free(x);
 }
 
@@ -509,13 +616,25 @@ static bool xfer_headers(struct xfer *x, const char *token)
 	return add_header(&x->headers, "Prefer", "include-unknown-enum-members");
 }
 
+static const char *xfer_url(const struct worker *w, const struct xfer *x)
+{
+	switch (x->kind) {
+	case XFER_POST:
+		return w->chats_url;
+	case XFER_POLL:
+		return x->job->op_url;
+	case XFER_LOOKUP:
+		break;
+	}
+	return x->url;
+}
+
 static bool xfer_setup(struct worker *w, struct xfer *x)
 {
 	const struct cfg *cfg = w->conf.cfg;
 	CURL *e = x->easy;
 	bool ok = curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_URL,
-				   x->kind == XFER_POST ? w->chats_url : x->job->op_url) == CURLE_OK &&
+		  curl_easy_setopt(e, CURLOPT_URL, xfer_url(w, x)) == CURLE_OK &&
 		  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers) == CURLE_OK &&
 		  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
 		  curl_easy_setopt(e, CURLOPT_WRITEDATA, x) == CURLE_OK &&
@@ -543,7 +662,27 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 	return ok;
 }
 
-/* Starts a POST or a poll for job with token. false: the job was not started. */
+/* The first owner of a group chat: the user whose chats a lookup lists. */
+static const char *lookup_owner(const struct job *job)
+{
+	for (size_t i = 0; i < job->ev->n_members; i++)
+		if (!job->ev->members[i].guest && !job->ev->members[i].tenant_id)
+			return job->ev->members[i].user_id;
+	return NULL;
+}
+
+static bool lookup_url(const struct worker *w, const struct job *job, struct xfer *x)
+{
+	char url[JOB_URL_MAX];
+	const char *owner = lookup_owner(job);
+	if (!owner || !job->ev->topic ||
+	    !graphreq_lookup_url(w->version_root, owner, job->ev->topic, url, sizeof url))
+		return false;
+	x->url = strdup(url);
+	return x->url != NULL;
+}
+
+/* Starts an exchange for job with token. false: the job was not started. */
 static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kind,
 			   const char *token)
 {
@@ -557,15 +696,23 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	x->started_mono_ms = cptime_mono_ms();
 	x->token = strdup(token);
 	x->easy = curl_easy_init();
-	if (!x->token || !x->easy || !xfer_headers(x, token) || !xfer_setup(w, x))
+	if (!x->token || !x->easy || (kind == XFER_LOOKUP && !lookup_url(w, job, x)) ||
+	    !xfer_headers(x, token) || !xfer_setup(w, x))
 		goto fail;
-	if (curl_multi_add_handle(w->multi, x->easy) != CURLM_OK)
+	if (kind == XFER_POST && w->conf.hooks.post_begin)
+		w->conf.hooks.post_begin(job->partition, w->conf.arg);
+	if (curl_multi_add_handle(w->multi, x->easy) != CURLM_OK) {
+		if (kind == XFER_POST && w->conf.hooks.post_end)
+			w->conf.hooks.post_end(job->partition, w->conf.arg);
 		goto fail;
+	}
 	w->in_flight++;
 	if (kind == XFER_POST) {
 		job->attempts++;
 		if (!job->first_attempt_mono_ms)
 			job->first_attempt_mono_ms = x->started_mono_ms;
+		if (!job->intent_wall_ms)
+			job->intent_wall_ms = cptime_wall_ms();
 	}
 	return true;
 fail:
@@ -573,9 +720,52 @@ fail:
 	return false;
 }
 
-/* Gets the tenant's token and starts the job's next exchange, or parks it. */
-static void launch(struct worker *w, struct job *job, enum xfer_kind kind)
+/* A job whose partition went to another instance: it leaves without a result. */
+static void abandon(struct worker *w, struct job *job)
 {
+	job->status = JOB_ABANDONED;
+	w->conf.on_done(job, w->conf.arg);
+}
+
+/*
+ * What a job needs next: a poll of its operation, a lookup of a group chat whose creation
+ * may have happened already, or a POST. A lookup that cannot be made ends the job with
+ * OutcomeUnknown rather than risk a second chat. Returns false when the job was finished.
+ */
+static bool next_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
+{
+	if (job->phase == JOB_PHASE_POLL) {
+		*kind = XFER_POLL;
+		return true;
+	}
+	if (w->conf.hooks.is_current && !w->conf.hooks.is_current(job, w->conf.arg)) {
+		abandon(w, job);
+		return false;
+	}
+	if (!job->needs_lookup) {
+		*kind = XFER_POST;
+		return true;
+	}
+	struct worker_policy p = current_policy(w);
+	if (!p.group_chat_lookup || !job->ev->topic || !lookup_owner(job)) {
+		job_fail(job, job->http_status, "OutcomeUnknown",
+			 p.group_chat_lookup
+				 ? "the group chat may exist; it has no topic or owner to look it up by"
+				 : "the group chat may exist; [recovery] group_chat_lookup is off",
+			 false);
+		finish_job(w, job);
+		return false;
+	}
+	*kind = XFER_LOOKUP;
+	return true;
+}
+
+/* Gets the tenant's token and starts the job's next exchange, or parks it. */
+static void launch(struct worker *w, struct job *job)
+{
+	enum xfer_kind kind;
+	if (!next_kind(w, job, &kind))
+		return;
 	int64_t expires;
 	enum auth_status st = auth_get_token(w->conf.auth, job->tenant, w->token_buf, TOKEN_MAX,
 					     &expires);
@@ -617,10 +807,21 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 		snprintf(job->graph_request_id, sizeof job->graph_request_id, "%s",
 			 x->request_id);
 	}
-	if (x->kind == XFER_POST)
-		on_post_answer(w, job, x, rc, rc == CURLE_OK ? status : 0);
-	else
-		on_poll_answer(w, job, x, rc, rc == CURLE_OK ? status : 0);
+	long answer = rc == CURLE_OK ? status : 0;
+	int32_t partition = job->partition; /* job may be gone once its outcome is out */
+	switch (x->kind) {
+	case XFER_POST:
+		on_post_answer(w, job, x, rc, answer);
+		if (w->conf.hooks.post_end)
+			w->conf.hooks.post_end(partition, w->conf.arg);
+		break;
+	case XFER_POLL:
+		on_poll_answer(w, job, x, rc, answer);
+		break;
+	case XFER_LOOKUP:
+		on_lookup_answer(w, job, x, rc, answer);
+		break;
+	}
 	xfer_free(x);
 }
 
@@ -639,7 +840,7 @@ static void admit_parked(struct worker *w)
 	w->parked = NULL;
 	w->n_parked = w->cap_parked = 0;
 	for (size_t i = 0; i < n; i++)
-		launch(w, jobs[i], jobs[i]->phase == JOB_PHASE_POLL ? XFER_POLL : XFER_POST);
+		launch(w, jobs[i]);
 	free(jobs);
 }
 
@@ -650,7 +851,7 @@ static int64_t admit_work(struct worker *w, int64_t now)
 	if (w->n_parked)
 		admit_parked(w);
 	while (w->polls.len && capacity(w) && w->polls.items[0]->next_poll_mono_ms <= now)
-		launch(w, heap_pop(&w->polls), XFER_POLL);
+		launch(w, heap_pop(&w->polls));
 	if (w->polls.len && w->polls.items[0]->next_poll_mono_ms < wake)
 		wake = w->polls.items[0]->next_poll_mono_ms;
 	while (capacity(w)) {
@@ -662,7 +863,7 @@ static int64_t admit_work(struct worker *w, int64_t now)
 			wake = at;
 		if (st != SCHED_TAKEN)
 			break;
-		launch(w, job, XFER_POST);
+		launch(w, job);
 	}
 	return wake;
 }

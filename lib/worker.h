@@ -29,6 +29,20 @@ struct worker_policy {
 	bool group_chat_lookup;
 };
 
+/*
+ * What the pipeline is told while a worker handles a job (all from the worker thread).
+ * is_current: false once the job's partition was revoked; it must not be sent then.
+ * post_begin/post_end bracket a POST /chats, from before it is sent until its outcome is
+ * recorded (result, operation record or requeue): a revoke waits for these to drain.
+ * on_accepted: a 202 gave an operation to follow; the pipeline records it.
+ */
+struct worker_hooks {
+	bool (*is_current)(const struct job *job, void *arg);
+	void (*post_begin)(int32_t partition, void *arg);
+	void (*post_end)(int32_t partition, void *arg);
+	void (*on_accepted)(struct job *job, void *arg);
+};
+
 struct worker_conf {
 	const struct cfg *cfg; /* fixed keys only: URLs, timeouts, limits of buffers */
 	struct worker_policy policy;
@@ -36,8 +50,9 @@ struct worker_conf {
 	struct sched *sched;
 	struct auth *auth;
 	struct pipeline_metrics *metrics; /* may be NULL */
-	/* Called from the worker thread with a job whose status is final. */
+	/* Called from the worker thread with a job whose status is final (or abandoned). */
 	void (*on_done)(struct job *job, void *arg);
+	struct worker_hooks hooks;
 	void *arg;
 };
 

@@ -1,0 +1,502 @@
+/* state.c - in-memory mirror of the state topic, restored per partition. */
+#include "state.h"
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cptime.h"
+#include "graphreq.h"
+#include "kafka.h"
+#include "log.h"
+
+#define KEY_BYTES 16
+#define ID_MAX 200
+#define RESTORE_TIMEOUT_MS (120 * 1000)
+#define FETCH_TIMEOUT_MS (10 * 1000)
+#define INITIAL_BUCKETS 1024
+
+/* Keyed by the 128-bit UUIDv5 of the id: fixed size, no copy of the id string. */
+struct entry {
+	struct entry *next;
+	uint8_t key[KEY_BYTES];
+	int32_t partition;
+	uint8_t kind;
+	bool active;
+	bool done_succeeded;
+	int64_t at_wall_ms;
+	int64_t offset;
+	char *op_url; /* STATE_OPERATION only */
+	int64_t op_started_wall_ms;
+};
+
+struct state {
+	rd_kafka_t *reader;
+	/* During a restore: records older than this are expired and reported for tombstones. */
+	int64_t expire_before_ms;
+	state_expired_fn *on_expired;
+	void *expired_arg;
+	char topic[CFG_NAME_MAX * 4];
+	struct entry **buckets;
+	size_t n_buckets, count;
+};
+
+const char *state_kind_name(enum state_kind kind)
+{
+	switch (kind) {
+	case STATE_INTENT:
+		return "intent";
+	case STATE_OPERATION:
+		return "operation";
+	case STATE_DONE:
+		return "done";
+	case STATE_NONE:
+		break;
+	}
+	return "none";
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+static bool key_of(const char *id, uint8_t key[KEY_BYTES])
+{
+	char uuid[37];
+	if (!graphreq_client_request_id(id, uuid))
+		return false;
+	size_t k = 0;
+	for (size_t i = 0; uuid[i] && k < 2 * KEY_BYTES; i++) {
+		int v = hexval(uuid[i]);
+		if (v < 0)
+			continue;
+		key[k / 2] = (uint8_t)(k % 2 ? (key[k / 2] | v) : v << 4);
+		k++;
+	}
+	return k == 2 * KEY_BYTES;
+}
+
+static size_t bucket_of(const struct state *st, const uint8_t key[KEY_BYTES])
+{
+	uint64_t h;
+	memcpy(&h, key, sizeof h);
+	return (size_t)(h % st->n_buckets);
+}
+
+static struct entry *find(struct state *st, const uint8_t key[KEY_BYTES])
+{
+	for (struct entry *e = st->buckets[bucket_of(st, key)]; e; e = e->next)
+		if (memcmp(e->key, key, KEY_BYTES) == 0)
+			return e;
+	return NULL;
+}
+
+static void entry_free(struct entry *e)
+{
+	free(e->op_url);
+	free(e);
+}
+
+/* Doubles the table when it gets crowded; on allocation failure it just stays crowded. */
+static void grow(struct state *st)
+{
+	size_t n = st->n_buckets * 2;
+	struct entry **buckets = calloc(n, sizeof *buckets);
+	if (!buckets)
+		return;
+	struct entry **old = st->buckets;
+	size_t old_n = st->n_buckets;
+	st->buckets = buckets;
+	st->n_buckets = n;
+	for (size_t i = 0; i < old_n; i++) {
+		struct entry *e = old[i];
+		while (e) {
+			struct entry *next = e->next;
+			size_t b = bucket_of(st, e->key);
+			e->next = buckets[b];
+			buckets[b] = e;
+			e = next;
+		}
+	}
+	free(old);
+}
+
+static struct entry *find_or_add(struct state *st, const uint8_t key[KEY_BYTES])
+{
+	struct entry *e = find(st, key);
+	if (e)
+		return e;
+	if (st->count >= st->n_buckets)
+		grow(st);
+	e = calloc(1, sizeof *e);
+	if (!e)
+		return NULL;
+	memcpy(e->key, key, KEY_BYTES);
+	size_t b = bucket_of(st, key);
+	e->next = st->buckets[b];
+	st->buckets[b] = e;
+	st->count++;
+	return e;
+}
+
+static void remove_entry(struct state *st, const uint8_t key[KEY_BYTES])
+{
+	struct entry **link = &st->buckets[bucket_of(st, key)];
+	while (*link) {
+		if (memcmp((*link)->key, key, KEY_BYTES) == 0) {
+			struct entry *e = *link;
+			*link = e->next;
+			entry_free(e);
+			st->count--;
+			return;
+		}
+		link = &(*link)->next;
+	}
+}
+
+bool state_new(const struct cfg *cfg, struct state **out, char *err, size_t errcap)
+{
+	struct state *st = calloc(1, sizeof *st);
+	if (!st) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	snprintf(st->topic, sizeof st->topic, "%s", cfg->kafka.state_topic);
+	st->n_buckets = INITIAL_BUCKETS;
+	st->buckets = calloc(st->n_buckets, sizeof *st->buckets);
+	if (!st->buckets) {
+		snprintf(err, errcap, "out of memory");
+		goto fail;
+	}
+	st->reader = kafka_reader_new(cfg, err, errcap);
+	if (!st->reader)
+		goto fail;
+	*out = st;
+	return true;
+fail:
+	state_free(st);
+	return false;
+}
+
+void state_free(struct state *st)
+{
+	if (!st)
+		return;
+	if (st->reader) {
+		rd_kafka_consumer_close(st->reader);
+		rd_kafka_destroy(st->reader);
+	}
+	for (size_t i = 0; st->buckets && i < st->n_buckets; i++) {
+		struct entry *e = st->buckets[i];
+		while (e) {
+			struct entry *next = e->next;
+			entry_free(e);
+			e = next;
+		}
+	}
+	free(st->buckets);
+	free(st);
+}
+
+/* ---- records ---- */
+
+static bool header_value(const rd_kafka_message_t *msg, const char *name, char *out, size_t cap)
+{
+	rd_kafka_headers_t *hdrs = NULL;
+	const void *val = NULL;
+	size_t size = 0;
+	if (rd_kafka_message_headers(msg, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+	    rd_kafka_header_get_last(hdrs, name, &val, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+	    !val || size >= cap)
+		return false;
+	memcpy(out, val, size);
+	out[size] = '\0';
+	return true;
+}
+
+static enum state_kind kind_of(const char *name)
+{
+	for (enum state_kind k = STATE_INTENT; k <= STATE_DONE; k++)
+		if (strcmp(name, state_kind_name(k)) == 0)
+			return k;
+	return STATE_NONE;
+}
+
+static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
+{
+	struct json_tokener *tok = json_tokener_new_ex(4);
+	if (!tok)
+		return false;
+	struct json_object *root = json_tokener_parse_ex(tok, msg->payload, (int)msg->len);
+	json_tokener_free(tok);
+	struct json_object *loc = NULL, *started = NULL;
+	bool ok = root && json_object_object_get_ex(root, "location", &loc) &&
+		  json_object_is_type(loc, json_type_string) &&
+		  json_object_object_get_ex(root, "startedAt", &started);
+	if (ok) {
+		char *url = strdup(json_object_get_string(loc));
+		ok = url != NULL;
+		if (ok) {
+			free(e->op_url);
+			e->op_url = url;
+			e->op_started_wall_ms = json_object_get_int64(started);
+		}
+	}
+	json_object_put(root);
+	return ok;
+}
+
+bool state_apply(struct state *st, const rd_kafka_message_t *msg)
+{
+	char id[ID_MAX + 1], kind_name[16], status[16];
+	uint8_t key[KEY_BYTES];
+	if (!msg->key || msg->key_len == 0 || msg->key_len > ID_MAX)
+		return true; /* not ours: ignore */
+	memcpy(id, msg->key, msg->key_len);
+	id[msg->key_len] = '\0';
+	if (!key_of(id, key))
+		return true;
+	if (!msg->payload) {
+		remove_entry(st, key);
+		return true;
+	}
+	if (!header_value(msg, STATE_HEADER, kind_name, sizeof kind_name))
+		return true;
+	enum state_kind kind = kind_of(kind_name);
+	struct entry *e = kind == STATE_NONE ? NULL : find_or_add(st, key);
+	if (!e)
+		return kind == STATE_NONE;
+	/* A later record never goes back: done stays done, an operation is not an intent. */
+	if (kind < e->kind)
+		return true;
+	rd_kafka_timestamp_type_t tstype;
+	int64_t ts = rd_kafka_message_timestamp(msg, &tstype);
+	e->kind = (uint8_t)kind;
+	e->partition = msg->partition;
+	e->at_wall_ms = ts > 0 ? ts : cptime_wall_ms();
+	e->offset = msg->offset;
+	if (kind == STATE_DONE) {
+		e->done_succeeded = header_value(msg, "chatprov-status", status, sizeof status) &&
+				    strcmp(status, "succeeded") == 0;
+		free(e->op_url);
+		e->op_url = NULL;
+	} else if (kind == STATE_OPERATION && !apply_operation(e, msg)) {
+		log_warning("state: unreadable operation record for %s", id);
+		e->kind = STATE_INTENT;
+	}
+	if (st->on_expired && e->at_wall_ms < st->expire_before_ms && !e->active) {
+		remove_entry(st, key);
+		st->on_expired(id, msg->partition, st->expired_arg);
+	}
+	return true;
+}
+
+/* ---- queries ---- */
+
+void state_get(struct state *st, const char *id, struct state_info *out)
+{
+	uint8_t key[KEY_BYTES];
+	memset(out, 0, sizeof *out);
+	struct entry *e = key_of(id, key) ? find(st, key) : NULL;
+	if (!e)
+		return;
+	out->kind = (enum state_kind)e->kind;
+	out->partition = e->partition;
+	out->at_wall_ms = e->at_wall_ms;
+	out->offset = e->offset;
+	out->done_succeeded = e->done_succeeded;
+	out->active = e->active;
+	out->op_started_wall_ms = e->op_started_wall_ms;
+	if (e->op_url)
+		snprintf(out->op_url, sizeof out->op_url, "%s", e->op_url);
+}
+
+bool state_set_active(struct state *st, const char *id, int32_t partition, bool active)
+{
+	uint8_t key[KEY_BYTES];
+	if (!key_of(id, key))
+		return false;
+	struct entry *e = active ? find_or_add(st, key) : find(st, key);
+	if (!e)
+		return !active;
+	e->active = active;
+	e->partition = partition;
+	if (!active && e->kind == STATE_NONE)
+		remove_entry(st, key);
+	return true;
+}
+
+void state_drop_partition(struct state *st, int32_t partition)
+{
+	for (size_t i = 0; i < st->n_buckets; i++) {
+		struct entry **link = &st->buckets[i];
+		while (*link) {
+			struct entry *e = *link;
+			if (e->partition == partition) {
+				*link = e->next;
+				entry_free(e);
+				st->count--;
+			} else {
+				link = &e->next;
+			}
+		}
+	}
+}
+
+size_t state_count(const struct state *st)
+{
+	return st->count;
+}
+
+/* ---- reading the topic ---- */
+
+static bool assign_at(struct state *st, int32_t partition, int64_t offset, char *err,
+		      size_t errcap)
+{
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+	if (!list) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	rd_kafka_topic_partition_list_add(list, st->topic, partition)->offset = offset;
+	rd_kafka_resp_err_t e = rd_kafka_assign(st->reader, list);
+	rd_kafka_topic_partition_list_destroy(list);
+	if (e) {
+		snprintf(err, errcap, "state topic %s [%d]: %s", st->topic, (int)partition,
+			 rd_kafka_err2str(e));
+		return false;
+	}
+	return true;
+}
+
+static void unassign(struct state *st)
+{
+	rd_kafka_assign(st->reader, NULL);
+}
+
+/* Consumes until `until` (exclusive) has been read; apply, when set, sees every record. */
+static bool read_range(struct state *st, int32_t partition, int64_t until, int64_t timeout_ms,
+		       const rd_kafka_message_t **want, int64_t want_offset, size_t *records,
+		       char *err, size_t errcap)
+{
+	int64_t deadline = cptime_mono_ms() + timeout_ms;
+	int64_t next = -1;
+	while (next < until) {
+		if (cptime_mono_ms() > deadline) {
+			snprintf(err, errcap, "state topic %s [%d]: timed out at offset %lld of %lld",
+				 st->topic, (int)partition, (long long)next, (long long)until);
+			return false;
+		}
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(st->reader, 200);
+		if (!msg)
+			continue;
+		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			next = msg->offset > next ? msg->offset : next;
+			rd_kafka_message_destroy(msg);
+			if (next >= until || !want)
+				break;
+			continue;
+		}
+		if (msg->err) {
+			log_warning("state topic: %s", rd_kafka_message_errstr(msg));
+			rd_kafka_message_destroy(msg);
+			continue;
+		}
+		next = msg->offset + 1;
+		if (want && msg->offset == want_offset) {
+			*want = msg;
+			return true;
+		}
+		if (!want && !state_apply(st, msg)) {
+			rd_kafka_message_destroy(msg);
+			snprintf(err, errcap, "out of memory restoring state");
+			return false;
+		}
+		if (records)
+			(*records)++;
+		rd_kafka_message_destroy(msg);
+	}
+	if (want) {
+		snprintf(err, errcap, "state record %s [%d] @%lld not found", st->topic,
+			 (int)partition, (long long)want_offset);
+		return false;
+	}
+	return true;
+}
+
+bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
+		   state_expired_fn *on_expired, void *arg, size_t *records, char *err,
+		   size_t errcap)
+{
+	int64_t low = 0, high = 0;
+	*records = 0;
+	rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(st->reader, st->topic, partition,
+								 &low, &high, 10 * 1000);
+	if (e) {
+		snprintf(err, errcap, "state topic %s [%d]: %s", st->topic, (int)partition,
+			 rd_kafka_err2str(e));
+		return false;
+	}
+	if (high <= low)
+		return true;
+	if (!assign_at(st, partition, low, err, errcap))
+		return false;
+	st->expire_before_ms = cptime_wall_ms() - retention_ms;
+	st->on_expired = on_expired;
+	st->expired_arg = arg;
+	bool ok = read_range(st, partition, high, RESTORE_TIMEOUT_MS, NULL, 0, records, err,
+			     errcap);
+	st->on_expired = NULL;
+	unassign(st);
+	return ok;
+}
+
+bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **value, size_t *len,
+		 char *err, size_t errcap)
+{
+	const rd_kafka_message_t *msg = NULL;
+	if (!assign_at(st, partition, offset, err, errcap))
+		return false;
+	bool ok = read_range(st, partition, offset + 1, FETCH_TIMEOUT_MS, &msg, offset, NULL, err,
+			     errcap);
+	if (ok) {
+		*value = malloc(msg->len + 1);
+		ok = *value != NULL;
+		if (ok) {
+			memcpy(*value, msg->payload, msg->len);
+			(*value)[msg->len] = '\0';
+			*len = msg->len;
+		} else {
+			snprintf(err, errcap, "out of memory");
+		}
+		rd_kafka_message_destroy((rd_kafka_message_t *)msg);
+	}
+	unassign(st);
+	return ok;
+}
+
+size_t state_forget_older(struct state *st, int64_t before_wall_ms)
+{
+	size_t forgotten = 0;
+	for (size_t i = 0; i < st->n_buckets; i++) {
+		struct entry **link = &st->buckets[i];
+		while (*link) {
+			struct entry *e = *link;
+			if (!e->active && e->kind != STATE_NONE && e->at_wall_ms < before_wall_ms) {
+				*link = e->next;
+				entry_free(e);
+				st->count--;
+				forgotten++;
+			} else {
+				link = &e->next;
+			}
+		}
+	}
+	return forgotten;
+}

@@ -1,0 +1,98 @@
+/*
+ * state.h - what this instance knows about each request id: the in-memory mirror of the
+ * compacted state topic, for the input partitions it owns.
+ *
+ * The state topic is partitioned like the input: the state of a request lives in the
+ * partition number of its input message, keyed by request id, so whichever instance owns
+ * input partition P restores state partition P before processing it. Records carry their
+ * kind in the "chatprov-state" header:
+ *   intent     written and acknowledged before POST /chats of a group chat
+ *   operation  after a 202: {"location": url, "startedAt": epoch ms}
+ *   done       the final result, byte for byte as published on the output topic
+ * and a tombstone (null value) removes a request. Requests past [recovery]
+ * state_retention_s are dropped from memory, and tombstoned when their partition is next
+ * restored (at every assignment), so the topic stays bounded by retention.
+ *
+ * Memory: one small entry per remembered request (about 64 bytes, plus the Location of the
+ * few with a running operation). A done result itself stays in Kafka and is fetched by
+ * offset when a replay needs it. Used only by the Kafka thread.
+ */
+#ifndef CHATPROV_STATE_H
+#define CHATPROV_STATE_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "cfg.h"
+#include "common.h"
+
+#define STATE_HEADER "chatprov-state"
+
+enum state_kind {
+	STATE_NONE,      /* nothing known */
+	STATE_INTENT,    /* a POST may have been sent; its outcome is unknown */
+	STATE_OPERATION, /* a 202 operation is running */
+	STATE_DONE,      /* final result at `offset` of the state partition */
+};
+
+/* A copy of what is known about one request. */
+struct state_info {
+	enum state_kind kind;
+	int32_t partition;
+	int64_t at_wall_ms;     /* when the record was written */
+	int64_t offset;         /* STATE_DONE: the record holding the result */
+	bool done_succeeded;    /* STATE_DONE: the result's status was "succeeded" */
+	char op_url[2048];      /* STATE_OPERATION: where to poll */
+	int64_t op_started_wall_ms;
+	bool active;            /* a job for this id is in progress in this instance */
+};
+
+struct state;
+
+/* A consumer of its own (no group) reads the state topic for restores and fetches. */
+bool state_new(const struct cfg *cfg, struct state **out, char *err, size_t errcap) CP_MUSTCHECK;
+void state_free(struct state *st);
+
+/* Called during a restore for each request whose last record is past retention. */
+typedef void(state_expired_fn)(const char *id, int32_t partition, void *arg);
+
+/*
+ * Reads state partition `partition` from its beginning to its high watermark. Requests
+ * older than retention_ms are not kept: on_expired is told, so the caller tombstones them.
+ */
+bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
+		   state_expired_fn *on_expired, void *arg, size_t *records, char *err,
+		   size_t errcap) CP_MUSTCHECK;
+
+/* Forgets every request of a partition (revoked or lost). */
+void state_drop_partition(struct state *st, int32_t partition);
+
+/* What is known about request `id` (STATE_NONE and !active when nothing). */
+void state_get(struct state *st, const char *id, struct state_info *out);
+
+/* Marks a job for id as in progress here (or no longer). False: out of memory. */
+bool state_set_active(struct state *st, const char *id, int32_t partition,
+		      bool active) CP_MUSTCHECK;
+
+/*
+ * Applies a state record that the broker acknowledged, or one read during a restore:
+ * kind from the header, value as written (NULL: tombstone).
+ */
+bool state_apply(struct state *st, const rd_kafka_message_t *msg) CP_MUSTCHECK;
+
+/* The value of the done record at offset (malloc'd, *len bytes). */
+bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **value, size_t *len,
+		 char *err, size_t errcap) CP_MUSTCHECK;
+
+/*
+ * Forgets requests whose last record is older than before_wall_ms (and that are not
+ * active). Their tombstones are written by the next restore of their partition.
+ */
+size_t state_forget_older(struct state *st, int64_t before_wall_ms);
+
+/* Remembered requests, for metrics and the recovery notes. */
+size_t state_count(const struct state *st);
+
+/* The header value of a record kind ("intent", "operation", "done"). */
+const char *state_kind_name(enum state_kind kind);
+
+#endif
