@@ -397,9 +397,11 @@ static bool read_range(struct state *st, int32_t partition, int64_t until, int64
 		if (!msg)
 			continue;
 		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			/* The end as the broker sees it now: only the end we were asked for
+			 * (the high watermark, or the record wanted) finishes the read. */
 			next = msg->offset > next ? msg->offset : next;
 			rd_kafka_message_destroy(msg);
-			if (next >= until || !want)
+			if (next >= until)
 				break;
 			continue;
 		}
