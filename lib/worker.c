@@ -734,13 +734,14 @@ static void abandon(struct worker *w, struct job *job)
  */
 static bool next_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
 {
+	if (w->conf.hooks.is_current && !w->conf.hooks.is_current(job, w->conf.arg)) {
+		/* The new owner of the partition resumes from the state topic. */
+		abandon(w, job);
+		return false;
+	}
 	if (job->phase == JOB_PHASE_POLL) {
 		*kind = XFER_POLL;
 		return true;
-	}
-	if (w->conf.hooks.is_current && !w->conf.hooks.is_current(job, w->conf.arg)) {
-		abandon(w, job);
-		return false;
 	}
 	if (!job->needs_lookup) {
 		*kind = XFER_POST;
