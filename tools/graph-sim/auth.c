@@ -91,6 +91,18 @@ fail:
 	return NULL;
 }
 
+json_object *gs_auth_tokens_ledger_locked(void)
+{
+	json_object *a = json_object_new_array();
+	struct lh_entry *e;
+	lh_foreach(tokens, e)
+	{
+		const struct gs_token *t = lh_entry_v(e);
+		json_object_array_add(a, json_object_new_string(t->value));
+	}
+	return a;
+}
+
 /* Entra's error shape; counts the failure by AADSTS code. Called under the lock. */
 static void entra_error(const struct gs_req *q, struct gs_reply *r, unsigned status,
                         const char *error, int code, const char *fmt, ...) CP_PRINTF(6, 7);

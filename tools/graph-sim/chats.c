@@ -342,8 +342,10 @@ static void reply_202(const struct gs_req *q, struct gs_reply *r, struct gs_chat
 	}
 	r->status = 202;
 	bool foreign = gs.k.hostile == GS_H_FOREIGN_LOCATION && gs_roll(gs.k.hostile_rate);
-	gs_reply_header(r, "Location", "%s/chats('%s')/operations('%s')",
-	                foreign ? "https://graph.attacker.example/v1.0" : "", o->chat_id, o->id);
+	const char *root =
+	    gs.k.foreign_root ? gs.k.foreign_root : "https://graph.attacker.example/v1.0";
+	gs_reply_header(r, "Location", "%s/chats('%s')/operations('%s')", foreign ? root : "",
+	                o->chat_id, o->id);
 }
 
 /* 201 with the chat, or one of the hostile variants of it. */

@@ -89,6 +89,7 @@ struct gs_knobs {
 	double op_in_progress_after_s, op_done_after_s, op_fail_rate;
 	enum gs_hostile hostile;
 	double hostile_rate;
+	char *foreign_root; /* foreign_location's "other host"; NULL: graph.attacker.example */
 };
 
 /* What a handler answers; http.c sends it. */
@@ -180,6 +181,8 @@ bool gs_auth_init(void) CP_MUSTCHECK;
 void gs_auth_shutdown(void);
 void gs_handle_token(const struct gs_req *q, struct gs_reply *r, const char *tenant);
 void gs_handle_mi(const struct gs_req *q, struct gs_reply *r);
+/* Under the state lock: every access token still in the store (the ledger's "issued_tokens"). */
+json_object *gs_auth_tokens_ledger_locked(void);
 /* Under the state lock: the live bearer token of the request, or NULL (401 written). */
 const struct gs_token *gs_auth_bearer_locked(const struct gs_req *q, struct gs_reply *r);
 

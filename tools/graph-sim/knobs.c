@@ -76,6 +76,7 @@ void gs_knobs_free_struct(struct gs_knobs *k)
 	gs_strlist_free(&k->unknown_users);
 	free(k->expected_scope);
 	free(k->mi_client_id);
+	free(k->foreign_root);
 	memset(k, 0, sizeof(*k));
 }
 
@@ -280,6 +281,8 @@ static bool set_knob(const char *key, json_object *v, struct gs_knobs *k, char *
 		return str_knob(v, &k->expected_scope, key, err, errcap);
 	if (strcmp(key, "managed_identity_client_id") == 0)
 		return str_knob(v, &k->mi_client_id, key, err, errcap);
+	if (strcmp(key, "foreign_location_root") == 0)
+		return str_knob(v, &k->foreign_root, key, err, errcap);
 	if (strcmp(key, "retry_after_mode") == 0) {
 		int i = enum_index(retry_modes, CP_ARRAY_LEN(retry_modes), v);
 		if (i < 0)
@@ -401,7 +404,8 @@ json_object *gs_knobs_to_json(void)
 	json_object_object_foreach(merged, key, val)
 	{
 		if (strcmp(key, "unknown_users") == 0 || strcmp(key, "expected_scope") == 0 ||
-		    strcmp(key, "managed_identity_client_id") == 0)
+		    strcmp(key, "managed_identity_client_id") == 0 ||
+		    strcmp(key, "foreign_location_root") == 0)
 			json_object_object_add(o, key, json_object_get(val));
 	}
 	pthread_mutex_unlock(&apply_mu);

@@ -241,6 +241,7 @@ json_object *gs_ledger_json_locked(void)
 		json_object_object_add(f, code, json_object_new_int64((int64_t)failures[i].n));
 	}
 	json_object_object_add(o, "token_failures", f);
+	json_object_object_add(o, "issued_tokens", gs_auth_tokens_ledger_locked());
 	return o;
 }
 
