@@ -7,21 +7,24 @@ import time
 
 from chaos import (CHAOS_SIM, FAST_GROUP, Trickle, assert_copies_agree,
                    assert_no_duplicate_group_chats, chat_id, check_outcomes, client_request_id,
-                   drain_results, group_chats_by_crid, kill_loop, mixed_events, posts_by_crid,
-                   state_records, wait_copies, with_overrides)
+                   drain_results, group_chats_by_crid, kill_loop, kill_schedule, mixed_events,
+                   posts_by_crid, state_records, wait_copies, with_overrides)
 from stack import OUTPUT, Stack, group_event, one_on_one_event
 
 
 def test_sigkill_chaos(tmp_path):
-    """3,000 mixed events arrive over 24 s while chatprovd is SIGKILLed 5 times, 4-8 s after
-    each (re)start: nothing lost, no group chat twice, every operation seen to its end."""
+    """3,000 mixed events arrive steadily while chatprovd is SIGKILLed 5 times, 4-8 s after
+    each (re)start, and restarted at once: nothing lost, no group chat twice, every operation
+    seen to its end, every copy of a result the same outcome."""
     events, expected = mixed_events(3000)
+    schedule = kill_schedule(5, (4, 8), seed=5)
     with Stack(tmp_path, sim_config=CHAOS_SIM) as stack:
         config = stack.write_config(**FAST_GROUP)
         stack.start_daemon(config)
-        feeder = Trickle(stack, events, seconds=24)
+        # Events keep arriving until after the last kill, so every kill lands mid-run.
+        feeder = Trickle(stack, events, seconds=sum(schedule) + 3)
         feeder.start()
-        kills = kill_loop(stack, kills=5, interval=(4, 8), seed=5, config_path=config)
+        kills = kill_loop(stack, schedule, config)
         feeder.finish()
         stack.wait_results(expected, timeout=150)
         assert stack.daemon.stop(signal.SIGTERM) == 0, stack.daemon.log_text()[-3000:]
