@@ -591,30 +591,28 @@ static bool add_reason_headers(rd_kafka_headers_t *h, const rd_kafka_message_t *
 }
 
 /* The original message, byte for byte, with headers that say why it was rejected. */
+/*
+ * The original message, byte for byte, with headers that say why it was rejected. A
+ * message over max_message_bytes may not fit in a produce request at all: its copy keeps
+ * the key and headers, an empty value, and chatprov-dlq-truncated with the original size.
+ */
 static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
 			const char *reason)
 {
+	bool truncate = msg->len > p->cfg->kafka.max_message_bytes;
+	char size[32];
 	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers)
 					     : rd_kafka_headers_new(4);
-	if (!h || !add_reason_headers(h, msg, reason)) {
+	snprintf(size, sizeof size, "%zu", msg->len);
+	if (!h || !add_reason_headers(h, msg, reason) ||
+	    (truncate && rd_kafka_header_add(h, "chatprov-dlq-truncated", -1, size, -1) != 0)) {
 		if (h)
 			rd_kafka_headers_destroy(h);
 		return false;
 	}
-	for (;;) {
-		rd_kafka_resp_err_t err =
-			produce(p, p->cfg->kafka.dlq_topic, RD_KAFKA_PARTITION_UA, msg->key,
-				msg->key_len, msg->payload,
-				msg->len, RD_KAFKA_MSG_F_COPY, h, job);
-		if (!err)
-			return true;
-		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-			return false;
-		rd_kafka_poll(p->producer, 50);
-		h = job->headers ? rd_kafka_headers_copy(job->headers) : rd_kafka_headers_new(4);
-		if (!h || !add_reason_headers(h, msg, reason))
-			return false;
-	}
+	return queue_record(p, p->cfg->kafka.dlq_topic, RD_KAFKA_PARTITION_UA, msg->key,
+			    msg->key_len, truncate ? NULL : msg->payload, truncate ? 0 : msg->len,
+			    h, job, false);
 }
 
 static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,

@@ -269,12 +269,6 @@ def test_hostile_events_end_to_end(tmp_path):
     assert "chatprovd" in log and "exiting with status 1" not in log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lib/pipeline.c copy_to_dlq(): a message larger than the producer's message.max.bytes "
-    "(max_message_bytes + 64 KiB) cannot be copied to the DLQ (MSG_SIZE_TOO_LARGE), reject() "
-    "sets p->fatal and chatprovd exits 1; after a restart it reads the same message again "
-    "(a poison pill). Fix: on MSG_SIZE_TOO_LARGE put an empty value with a "
-    "chatprov-dlq-truncated: <bytes> header in the DLQ instead."))
 def test_message_far_over_the_limit(tmp_path):
     with Stack(tmp_path, partitions=1) as stack:
         stack.start_daemon(kafka={"max_message_bytes": "65536"})
