@@ -199,6 +199,18 @@ static void copy_first_line(char *dst, size_t cap, const char *src)
 	dst[n] = '\0';
 }
 
+/*
+ * Entra appends "Trace ID: … Correlation ID: … Timestamp: …" to a description, on lines of
+ * their own or (some proxies, graph-sim) on the same line: per-request noise in a log line.
+ */
+static void copy_description(char *dst, size_t cap, const char *src)
+{
+	copy_first_line(dst, cap, src);
+	char *trace = strstr(dst, " Trace ID:");
+	if (trace)
+		*trace = '\0';
+}
+
 static const char *get_string(struct json_object *root, const char *key)
 {
 	struct json_object *v;
@@ -256,7 +268,7 @@ static void parse_error_fields(struct json_object *root, struct auth_token_respo
 	if (e)
 		copy_first_line(out->error, sizeof out->error, e);
 	if (d)
-		copy_first_line(out->error_description, sizeof out->error_description, d);
+		copy_description(out->error_description, sizeof out->error_description, d);
 	if (json_object_object_get_ex(root, "error_codes", &codes) &&
 	    json_object_is_type(codes, json_type_array) && json_object_array_length(codes) > 0) {
 		struct json_object *c = json_object_array_get_idx(codes, 0);

@@ -742,6 +742,13 @@ static void test_parse_table(void **state)
 	assert_false(auth_parse_token_response(cases[3].body, strlen(cases[3].body), 400, &r));
 	assert_string_equal(r.error_description, "AADSTS90002: Tenant 'x' not found.");
 	assert_true(r.server_error);
+	const char *same_line =
+	    "{\"error\":\"invalid_client\",\"error_description\":\"AADSTS7000215: "
+	    "Invalid client secret provided. Trace ID: 1 Correlation ID: 2 "
+	    "Timestamp: 2026-01-01 00:00:00Z\"}";
+	assert_false(auth_parse_token_response(same_line, strlen(same_line), 401, &r));
+	assert_string_equal(r.error_description, "AADSTS7000215: Invalid client secret provided.");
+	assert_int_equal(r.aadsts, 7000215);
 
 	/* Oversized: a body over 64 KiB, and a token over 16 KiB. */
 	size_t big = AUTH_BODY_MAX + 10;
