@@ -536,7 +536,6 @@ static void tenant_set_rate(struct sched *s, struct tenant *tn, double rate)
 static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after, int64_t now)
 {
 	tn->throttled++;
-	tn->bucket.tokens = 0; /* the server says we are over: nothing saved up is real */
 	int64_t block = retry_after > 0 ? retry_after : (int64_t)ceil(window_ms(s) / tn->limit);
 	if (now >= tn->md_until) {
 		tn->knee = tn->rate * SCHED_KNEE;
@@ -544,6 +543,14 @@ static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after
 		tn->md_until = now + block;
 	}
 	tn->blocked_until = max64(tn->blocked_until, now + block);
+	/*
+	 * The server says we are over: nothing saved up is real, and nothing is earned while
+	 * blocked. One probe leaves when the block ends, then the tenant is paced at its new rate.
+	 * A burst at the block's end (tokens earned during it) would overrun a server whose limit
+	 * is below ours, and those requests would all be in flight when its next 429 comes back.
+	 */
+	tn->bucket.tokens = 1.0;
+	tn->bucket.last_ms = max64(tn->bucket.last_ms, tn->blocked_until);
 }
 
 void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,

@@ -18,8 +18,9 @@
  * global bucket is the bottleneck); a blocked or empty-handed tenant never delays another.
  *
  * AIMD (see docs/scheduling.md): a tenant's current rate starts at its configured limit. On a
- * 429 it halves (floor: 5% of the limit), its bucket empties, and it is blocked until now +
- * Retry-After (absent: one token interval at the configured limit, window / limit); 429s
+ * 429 it halves (floor: 5% of the limit), and it is blocked until now + Retry-After (absent:
+ * one token interval at the configured limit, window / limit); its bucket earns nothing while
+ * blocked, so one probe leaves when the block ends and the rest are paced, not a burst; 429s
  * arriving while that block is still in force do not halve again (they are the same episode:
  * requests that were already in flight). Each success adds back 5% of the configured limit
  * while the rate is below the knee (0.7 x the rate that drew the last 429), 1% above it, up to

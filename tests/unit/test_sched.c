@@ -207,11 +207,17 @@ static void test_throttle_halves_blocks_and_recovers(void **state)
 	assert_int_equal(st.blocked_until_ms, 3600);
 	assert_int_equal(take(s, 3599, NULL, NULL, &wake), SCHED_WAIT);
 	assert_int_equal(wake, 3600);
-	/* the bucket was emptied at 100 ms and refills at 10 per 2 s, burst 10 */
+	/* nothing was earned during the block: one probe at its end, then 10 per 2 s */
 	int n = 0;
 	while (take(s, 3600, NULL, NULL, NULL) == SCHED_TAKEN)
 		n++;
-	assert_int_equal(n, 10);
+	assert_int_equal(n, 1);
+	assert_int_equal(take(s, 3600, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 3800);
+	n = 0;
+	while (take(s, 3999, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 1);
 	/* after the block: a new 429 halves again, down to the 5% floor */
 	sched_on_result(s, a, SCHED_THROTTLED, 1000, 4000);
 	assert_true(stats_of(s, a).current_rate == 5);
@@ -250,9 +256,11 @@ static void test_throttle_without_retry_after(void **state)
 	assert_int_equal(stats_of(s, a).blocked_until_ms, 1500);
 	int64_t wake;
 	assert_int_equal(take(s, 1000, NULL, NULL, &wake), SCHED_WAIT);
-	/* blocked until 1500, and the emptied bucket needs 1 token at 10 per 10 s: 2000 */
-	assert_int_equal(wake, 2000);
-	assert_int_equal(take(s, 2000, NULL, NULL, NULL), SCHED_TAKEN);
+	/* blocked until 1500, when one probe may leave; the next needs a token at 10 per 10 s */
+	assert_int_equal(wake, 1500);
+	assert_int_equal(take(s, 1500, NULL, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 1500, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 2500);
 	sched_free(s);
 }
 
@@ -462,15 +470,16 @@ static void test_reload_limits(void **state)
 	while (take(s, 0, NULL, NULL, NULL) == SCHED_TAKEN)
 		;
 	sched_on_result(s, a, SCHED_THROTTLED, 1, 0); /* a at half its limit: 10 */
+	assert_int_equal(take(s, 1, NULL, NULL, NULL), SCHED_TAKEN); /* the probe at the block's end */
 	struct sched_limits lim = {40, 200, 2};
 	assert_true(sched_set_limits(s, &lim));
 	assert_true(stats_of(s, a).configured_limit == 40);
 	assert_true(stats_of(s, a).current_rate == 20);     /* keeps its AIMD share */
 	assert_true(stats_of(s, b).configured_limit == 10); /* explicit limit stays */
-	/* from 0 tokens at 0 ms, 20 per 2 s: a token every 100 ms */
+	/* from 0 tokens at 1 ms, 20 per 2 s: a token every 100 ms */
 	int64_t wake;
 	assert_int_equal(take(s, 50, NULL, NULL, &wake), SCHED_WAIT);
-	assert_int_equal(wake, 100);
+	assert_int_equal(wake, 101);
 	assert_true(sched_set_tenant_limit(s, b, 0)); /* back to the default */
 	assert_true(stats_of(s, b).configured_limit == 40);
 	assert_true(sched_set_tenant_limit(s, a, 4));
@@ -482,9 +491,9 @@ static void test_reload_limits(void **state)
 	/* a shorter window means a faster rate */
 	struct sched_limits fast = {40, 200, 0.2};
 	assert_true(sched_set_limits(s, &fast));
-	/* a had 0.5 tokens at 50 ms; now 2 per 200 ms: the next whole token at 100 ms */
+	/* a had 0.49 tokens at 50 ms; now 2 per 200 ms: the next whole token at 101 ms */
 	assert_int_equal(take(s, 99, NULL, NULL, &wake), SCHED_WAIT);
-	assert_true(wake >= 100 && wake <= 101);
+	assert_true(wake >= 100 && wake <= 102);
 	sched_free(s);
 }
 
