@@ -173,14 +173,16 @@ static void finish_job(struct worker *w, struct job *job)
 	w->conf.on_done(job, w->conf.arg);
 }
 
-/* Backs a job off and queues it again, or fails it when the retry budget is spent. */
+/* Backs a job off (never less than the server's Retry-After) and queues it again, or
+ * fails it when the retry budget is spent. */
 static void retry_or_fail(struct worker *w, struct job *job, long http_status, const char *code,
-			  const char *message)
+			  const char *message, int64_t retry_after)
 {
 	struct worker_policy p = current_policy(w);
 	int64_t now = cptime_mono_ms();
 	job->transient_failures++;
-	int64_t delay = retry_backoff_ms(&p.retry, job->transient_failures, &w->rng);
+	int64_t delay =
+		retry_next_delay_ms(&p.retry, job->transient_failures, retry_after, &w->rng);
 	if (!retry_may_retry(&p.retry, job->transient_failures, job->first_attempt_mono_ms, now,
 			     delay)) {
 		job_fail(job, http_status, code, message, true);
@@ -341,14 +343,20 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 			log_with(LOG_LVL_NOTICE, &ctx, "outcome unknown: will look the chat up "
 						       "before creating it again");
 		}
-		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, 0, now);
+		/* A 503's Retry-After holds the whole tenant, not only this request. */
+		int64_t wait = retry_after_ms(x, 0);
+		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, wait, now);
 		retry_or_fail(w, job, status, rc != CURLE_OK ? "TransportError" : "ServiceUnavailable",
-			      message);
+			      message, wait);
 		return;
 	}
 	case RETRY_PERMANENT:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
-		fail_from_graph_error(job, x, status, false);
+		if (rc != CURLE_OK)
+			job_fail(job, 0, "TransportError",
+				 x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), false);
+		else
+			fail_from_graph_error(job, x, status, false);
 		log_with(LOG_LVL_NOTICE, &ctx, "Graph refused the chat: %s (HTTP %ld)",
 			 job->err_code, status);
 		finish_job(w, job);
@@ -484,7 +492,8 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 	}
 	if (cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED) {
 		retry_or_fail(w, job, status, "OutcomeUnknown",
-			      "the group chat may exist and the lookup keeps failing");
+			      "the group chat may exist and the lookup keeps failing",
+			      retry_after_ms(x, 0));
 		return;
 	}
 	/* 403 (no Chat.ReadBasic.All), 404, ...: we cannot know, so we do not create again. */
