@@ -13,6 +13,7 @@ consumer of its own. chatprovd's log goes to <tmp>/chatprovd-N.log.
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -52,8 +53,10 @@ class Daemon:
 
     def start(self):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([build_path("daemon", "chatprovd"), "--config",
-                                      self.config_path], stdout=self.log,
+        # CHATPROV_DAEMON_WRAPPER prefixes the command (e.g. "valgrind --error-exitcode=1 ...").
+        wrapper = shlex.split(self.env.get("CHATPROV_DAEMON_WRAPPER", ""))
+        self.proc = subprocess.Popen(wrapper + [build_path("daemon", "chatprovd"), "--config",
+                                                self.config_path], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=self.env)
         return self
 
