@@ -654,6 +654,7 @@ static bool rdkafka_check(struct load *ld, const char *key, const char *value, c
 		*res = RD_KAFKA_CONF_INVALID;
 		return false;
 	}
+	errstr[0] = '\0'; /* librdkafka writes it only on failure */
 	*res = rd_kafka_conf_set(ld->scratch, key, value, errstr, cap);
 	/* Some of librdkafka's messages end in a newline; ours are one line. */
 	size_t len = strlen(errstr);
