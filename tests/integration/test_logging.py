@@ -7,7 +7,6 @@ datagram socket this test reads, and JOURNAL_STREAM names chatprovd's stderr, ex
 two things sd_journal_sendv and log_init look at.
 """
 
-import json
 import os
 import re
 import shutil
