@@ -27,18 +27,24 @@ struct dctx {
 	size_t cap;
 };
 
-static bool reject(struct dctx *c, const char *fmt, ...) CP_PRINTF(2, 3);
+static void set_reason(struct dctx *c, const char *fmt, ...) CP_PRINTF(2, 3);
 
-static bool reject(struct dctx *c, const char *fmt, ...)
+static void set_reason(struct dctx *c, const char *fmt, ...)
 {
 	if (c->cap == 0)
-		return false;
+		return;
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(c->reason, c->cap, fmt, ap);
 	va_end(ap);
-	return false;
 }
+
+/*
+ * Fills the reason and is false. A macro, so the false is visible where it is returned: the
+ * static analyzer does not look inside variadic functions and would otherwise follow paths
+ * on which a rejected member counts as decoded.
+ */
+#define REJECT(c, ...) (set_reason((c), __VA_ARGS__), false)
 
 struct event_limits event_limits_default(void)
 {
@@ -184,13 +190,13 @@ static enum field get_string(struct dctx *c, json_object *obj, const char *key, 
 	if (v == NULL && allow_null)
 		return FIELD_ABSENT;
 	if (!json_object_is_type(v, json_type_string)) {
-		reject(c, "%s: must be a string", path);
+		set_reason(c, "%s: must be a string", path);
 		return FIELD_BAD;
 	}
 	*s = json_object_get_string(v);
 	*len = (size_t)json_object_get_string_len(v);
 	if (strlen(*s) != *len) {
-		reject(c, "%s: contains a NUL character", path);
+		set_reason(c, "%s: contains a NUL character", path);
 		return FIELD_BAD;
 	}
 	return FIELD_OK;
@@ -200,7 +206,7 @@ static char *dup_or_oom(struct dctx *c, const char *s)
 {
 	char *d = strdup(s);
 	if (!d)
-		reject(c, "out of memory");
+		set_reason(c, "out of memory");
 	return d;
 }
 
@@ -210,18 +216,18 @@ static bool decode_id(struct dctx *c, json_object *root, struct event_request *e
 	size_t len, n;
 	switch (get_string(c, root, "id", "id", false, &s, &len)) {
 	case FIELD_ABSENT:
-		return reject(c, "id: missing");
+		return REJECT(c, "id: missing");
 	case FIELD_BAD:
 		return false;
 	case FIELD_OK:
 		break;
 	}
 	if (len == 0)
-		return reject(c, "id: empty");
+		return REJECT(c, "id: empty");
 	if (!text_ok(s, len, &n))
-		return reject(c, "id: contains a control character or invalid UTF-8");
+		return REJECT(c, "id: contains a control character or invalid UTF-8");
 	if (n > EVENT_ID_MAX_CHARS)
-		return reject(c, "id: %zu characters exceeds %d", n, EVENT_ID_MAX_CHARS);
+		return REJECT(c, "id: %zu characters exceeds %d", n, EVENT_ID_MAX_CHARS);
 	ev->id = dup_or_oom(c, s);
 	return ev->id != NULL;
 }
@@ -239,7 +245,7 @@ static bool decode_tenant(struct dctx *c, json_object *root, struct event_reques
 		break;
 	}
 	if (!is_tenant_name(s, len))
-		return reject(c, "tenant: must be 1..%d characters of A-Z a-z 0-9 _ . -",
+		return REJECT(c, "tenant: must be 1..%d characters of A-Z a-z 0-9 _ . -",
 		              EVENT_TENANT_MAX);
 	ev->tenant = dup_or_oom(c, s);
 	return ev->tenant != NULL;
@@ -251,7 +257,7 @@ static bool decode_chat_type(struct dctx *c, json_object *root, struct event_req
 	size_t len;
 	switch (get_string(c, root, "chatType", "chatType", false, &s, &len)) {
 	case FIELD_ABSENT:
-		return reject(c, "chatType: missing");
+		return REJECT(c, "chatType: missing");
 	case FIELD_BAD:
 		return false;
 	case FIELD_OK:
@@ -262,7 +268,7 @@ static bool decode_chat_type(struct dctx *c, json_object *root, struct event_req
 	else if (strcmp(s, "group") == 0)
 		ev->chat_type = EVENT_CHAT_GROUP;
 	else
-		return reject(c, "chatType: must be \"oneOnOne\" or \"group\"");
+		return REJECT(c, "chatType: must be \"oneOnOne\" or \"group\"");
 	return true;
 }
 
@@ -279,14 +285,14 @@ static bool decode_topic(struct dctx *c, json_object *root, struct event_request
 		break;
 	}
 	if (ev->chat_type != EVENT_CHAT_GROUP)
-		return reject(c, "topic: only allowed on group chats");
+		return REJECT(c, "topic: only allowed on group chats");
 	if (len == 0)
-		return reject(c, "topic: empty");
+		return REJECT(c, "topic: empty");
 	if (!text_ok(s, len, &n))
-		return reject(c, "topic: contains a control character or invalid UTF-8");
+		return REJECT(c, "topic: contains a control character or invalid UTF-8");
 	size_t max = clamp(c->lim->max_topic_length, EVENT_HARD_MAX_TOPIC_LENGTH);
 	if (n > max)
-		return reject(c, "topic: %zu characters exceeds max_topic_length %zu", n, max);
+		return REJECT(c, "topic: %zu characters exceeds max_topic_length %zu", n, max);
 	ev->topic = dup_or_oom(c, s);
 	return ev->topic != NULL;
 }
@@ -298,9 +304,9 @@ static bool decode_roles(struct dctx *c, json_object *m, size_t i, struct event_
 	if (!json_object_object_get_ex(m, "roles", &roles) || roles == NULL)
 		return true;
 	if (!json_object_is_type(roles, json_type_array))
-		return reject(c, "members[%zu].roles: must be an array", i);
+		return REJECT(c, "members[%zu].roles: must be an array", i);
 	if (json_object_array_length(roles) != 1)
-		return reject(c, "members[%zu].roles: must be [\"owner\"] or [\"guest\"]", i);
+		return REJECT(c, "members[%zu].roles: must be [\"owner\"] or [\"guest\"]", i);
 	r = json_object_array_get_idx(roles, 0);
 	const char *s = json_object_is_type(r, json_type_string) ? json_object_get_string(r) : "";
 	if (strcmp(s, "owner") == 0)
@@ -308,7 +314,7 @@ static bool decode_roles(struct dctx *c, json_object *m, size_t i, struct event_
 	else if (strcmp(s, "guest") == 0)
 		mem->guest = true;
 	else
-		return reject(c, "members[%zu].roles: must be [\"owner\"] or [\"guest\"]", i);
+		return REJECT(c, "members[%zu].roles: must be [\"owner\"] or [\"guest\"]", i);
 	return true;
 }
 
@@ -318,18 +324,18 @@ static bool decode_member(struct dctx *c, json_object *m, size_t i, struct event
 	const char *s;
 	size_t len;
 	if (!json_object_is_type(m, json_type_object))
-		return reject(c, "members[%zu]: must be an object", i);
+		return REJECT(c, "members[%zu]: must be an object", i);
 	snprintf(path, sizeof path, "members[%zu].userId", i);
 	switch (get_string(c, m, "userId", path, false, &s, &len)) {
 	case FIELD_ABSENT:
-		return reject(c, "%s: missing", path);
+		return REJECT(c, "%s: missing", path);
 	case FIELD_BAD:
 		return false;
 	case FIELD_OK:
 		break;
 	}
 	if (!event_is_guid(s) && !event_is_upn(s))
-		return reject(c, "%s: not a GUID or user principal name", path);
+		return REJECT(c, "%s: not a GUID or user principal name", path);
 	if (!(mem->user_id = dup_or_oom(c, s)))
 		return false;
 	if (!decode_roles(c, m, i, mem))
@@ -344,7 +350,7 @@ static bool decode_member(struct dctx *c, json_object *m, size_t i, struct event
 		break;
 	}
 	if (!event_is_guid(s))
-		return reject(c, "%s: not a GUID", path);
+		return REJECT(c, "%s: not a GUID", path);
 	mem->tenant_id = dup_or_oom(c, s);
 	return mem->tenant_id != NULL;
 }
@@ -352,16 +358,16 @@ static bool decode_member(struct dctx *c, json_object *m, size_t i, struct event
 static bool check_member_count(struct dctx *c, const struct event_request *ev)
 {
 	if (ev->chat_type == EVENT_CHAT_ONE_ON_ONE && ev->n_members != 2)
-		return reject(c, "members: a oneOnOne chat needs exactly 2 members, got %zu",
+		return REJECT(c, "members: a oneOnOne chat needs exactly 2 members, got %zu",
 		              ev->n_members);
 	if (ev->chat_type == EVENT_CHAT_GROUP && ev->n_members < 2)
-		return reject(c, "members: a group chat needs at least 2 members, got %zu",
+		return REJECT(c, "members: a group chat needs at least 2 members, got %zu",
 		              ev->n_members);
 	/* Graph ids are case-insensitive, so "Alex@x.com" and "alex@x.com" are one user. */
 	for (size_t i = 1; i < ev->n_members; i++) {
 		for (size_t j = 0; j < i; j++) {
 			if (strcasecmp(ev->members[i].user_id, ev->members[j].user_id) == 0)
-				return reject(c, "members[%zu].userId: duplicate of members[%zu]",
+				return REJECT(c, "members[%zu].userId: duplicate of members[%zu]",
 				              i, j);
 		}
 	}
@@ -372,18 +378,18 @@ static bool decode_members(struct dctx *c, json_object *root, struct event_reque
 {
 	json_object *arr;
 	if (!json_object_object_get_ex(root, "members", &arr) || arr == NULL)
-		return reject(c, "members: missing");
+		return REJECT(c, "members: missing");
 	if (!json_object_is_type(arr, json_type_array))
-		return reject(c, "members: must be an array");
+		return REJECT(c, "members: must be an array");
 	size_t n = json_object_array_length(arr);
 	size_t max = clamp(c->lim->max_members, EVENT_HARD_MAX_MEMBERS);
 	if (n == 0)
-		return reject(c, "members: empty");
+		return REJECT(c, "members: empty");
 	if (n > max)
-		return reject(c, "members: %zu members exceeds max_members %zu", n, max);
+		return REJECT(c, "members: %zu members exceeds max_members %zu", n, max);
 	ev->members = calloc(n, sizeof *ev->members);
 	if (!ev->members)
-		return reject(c, "out of memory");
+		return REJECT(c, "out of memory");
 	for (size_t i = 0; i < n; i++) {
 		ev->n_members = i + 1; /* so event_free releases what was filled */
 		if (!decode_member(c, json_object_array_get_idx(arr, i), i, &ev->members[i]))
@@ -398,18 +404,18 @@ static bool decode_apps(struct dctx *c, json_object *root, struct event_request 
 	if (!json_object_object_get_ex(root, "installedApps", &arr) || arr == NULL)
 		return true;
 	if (!json_object_is_type(arr, json_type_array))
-		return reject(c, "installedApps: must be an array");
+		return REJECT(c, "installedApps: must be an array");
 	size_t n = json_object_array_length(arr);
 	if (n == 0)
 		return true;
 	if (n > 1)
-		return reject(c, "installedApps: at most one app, got %zu", n);
+		return REJECT(c, "installedApps: at most one app, got %zu", n);
 	a = json_object_array_get_idx(arr, 0);
 	if (!json_object_is_type(a, json_type_string))
-		return reject(c, "installedApps[0]: must be a string");
+		return REJECT(c, "installedApps[0]: must be a string");
 	if (!event_is_guid(json_object_get_string(a)) ||
 	    strlen(json_object_get_string(a)) != (size_t)json_object_get_string_len(a))
-		return reject(c, "installedApps[0]: not a GUID");
+		return REJECT(c, "installedApps[0]: not a GUID");
 	ev->app_id = dup_or_oom(c, json_object_get_string(a));
 	return ev->app_id != NULL;
 }
@@ -419,32 +425,34 @@ static json_object *parse_json(struct dctx *c, const char *buf, size_t len)
 {
 	size_t max = clamp(c->lim->max_message_bytes, EVENT_HARD_MAX_MESSAGE_BYTES);
 	if (len == 0)
-		return reject(c, "message: empty"), NULL;
+		return set_reason(c, "message: empty"), NULL;
 	if (len > max)
-		return reject(c, "message: %zu bytes exceeds max_message_bytes %zu", len, max),
+		return set_reason(c, "message: %zu bytes exceeds max_message_bytes %zu", len, max),
 		       NULL;
 	const char *nul = memchr(buf, '\0', len);
 	if (nul)
-		return reject(c, "message: NUL byte at offset %zu", (size_t)(nul - buf)), NULL;
+		return set_reason(c, "message: NUL byte at offset %zu", (size_t)(nul - buf)), NULL;
 	json_tokener *tok = json_tokener_new_ex(EVENT_JSON_DEPTH);
 	if (!tok)
-		return reject(c, "out of memory"), NULL;
+		return set_reason(c, "out of memory"), NULL;
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	json_object *root = json_tokener_parse_ex(tok, buf, (int)len);
 	enum json_tokener_error jerr = json_tokener_get_error(tok);
 	size_t end = json_tokener_get_parse_end(tok);
 	json_tokener_free(tok);
 	if (!root && jerr == json_tokener_continue)
-		return reject(c, "invalid JSON at offset %zu: unexpected end of input", len), NULL;
+		return set_reason(c, "invalid JSON at offset %zu: unexpected end of input", len),
+		       NULL;
 	if (!root)
-		return reject(c, "invalid JSON at offset %zu: %s", end,
-		              json_tokener_error_desc(jerr)),
+		return set_reason(c, "invalid JSON at offset %zu: %s", end,
+		                  json_tokener_error_desc(jerr)),
 		       NULL;
 	while (end < len && strchr(" \t\r\n", buf[end]))
 		end++;
 	if (end < len) {
 		json_object_put(root);
-		return reject(c, "invalid JSON at offset %zu: data after the object", end), NULL;
+		return set_reason(c, "invalid JSON at offset %zu: data after the object", end),
+		       NULL;
 	}
 	return root;
 }
@@ -464,11 +472,11 @@ bool event_decode(const void *buf, size_t len, const struct event_limits *lim,
 	if (!(root = parse_json(&c, buf, len)))
 		goto fail;
 	if (!json_object_is_type(root, json_type_object)) {
-		reject(&c, "message: not a JSON object");
+		set_reason(&c, "message: not a JSON object");
 		goto fail;
 	}
 	if (!(ev = calloc(1, sizeof *ev))) {
-		reject(&c, "out of memory");
+		set_reason(&c, "out of memory");
 		goto fail;
 	}
 	if (!decode_id(&c, root, ev) || !decode_tenant(&c, root, ev) ||
