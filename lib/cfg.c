@@ -386,6 +386,11 @@ static bool check_url(const struct cfg_key *k, const char *v, char *why, size_t 
 		         v);
 		goto out;
 	}
+	/* Allowed for local test endpoints only: say so, every time the value is loaded. */
+	if (strcmp(scheme, "http") == 0 && host_is_loopback(host))
+		log_warning(
+		    "[%s] %s = %s: plain http, unencrypted; for loopback test endpoints only",
+		    k->section, k->key, v);
 	ok = true;
 out:
 	curl_free(scheme);
