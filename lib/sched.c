@@ -533,6 +533,20 @@ static void tenant_set_rate(struct sched *s, struct tenant *tn, double rate)
 	bucket_set(&tn->bucket, tn->rate, window_ms(s));
 }
 
+/*
+ * Blocks a tenant until `until` (a Retry-After). Its bucket earns nothing while blocked: one
+ * probe leaves when the block ends, then the tenant is paced at its rate. A burst at the
+ * block's end (tokens earned during it) would overrun a server whose limit is below ours, and
+ * those requests would all be in flight, inside the next advertised window, when its answer
+ * comes back.
+ */
+static void tenant_block(struct tenant *tn, int64_t until)
+{
+	tn->blocked_until = max64(tn->blocked_until, until);
+	tn->bucket.tokens = 1.0;
+	tn->bucket.last_ms = max64(tn->bucket.last_ms, tn->blocked_until);
+}
+
 static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after, int64_t now)
 {
 	tn->throttled++;
@@ -542,15 +556,7 @@ static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after
 		tenant_set_rate(s, tn, tn->rate * SCHED_MD_FACTOR);
 		tn->md_until = now + block;
 	}
-	tn->blocked_until = max64(tn->blocked_until, now + block);
-	/*
-	 * The server says we are over: nothing saved up is real, and nothing is earned while
-	 * blocked. One probe leaves when the block ends, then the tenant is paced at its new rate.
-	 * A burst at the block's end (tokens earned during it) would overrun a server whose limit
-	 * is below ours, and those requests would all be in flight when its next 429 comes back.
-	 */
-	tn->bucket.tokens = 1.0;
-	tn->bucket.last_ms = max64(tn->bucket.last_ms, tn->blocked_until);
+	tenant_block(tn, now + block); /* the server says we are over: nothing saved up is real */
 }
 
 void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
@@ -575,7 +581,7 @@ void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
 	case SCHED_FAILED_OTHER:
 		tn->failed++;
 		if (retry_after_ms > 0)
-			tn->blocked_until = max64(tn->blocked_until, now_ms + retry_after_ms);
+			tenant_block(tn, now_ms + retry_after_ms);
 		break;
 	}
 	tenant_rekey(s, (uint32_t)tenant);

@@ -280,6 +280,9 @@ static void test_other_failure_with_retry_after_blocks_only(void **state)
 	assert_int_equal(take(s, 1999, NULL, NULL, &wake), SCHED_WAIT);
 	assert_int_equal(wake, 2000);
 	assert_int_equal(take(s, 2000, NULL, NULL, NULL), SCHED_TAKEN);
+	/* nothing was earned during the block: one probe, then paced (a token per 100 ms) */
+	assert_int_equal(take(s, 2000, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(wake, 2100);
 	/* a 429 during a 503 block still halves: the episodes are different */
 	sched_on_result(s, a, SCHED_FAILED_OTHER, 5000, 2000);
 	sched_on_result(s, a, SCHED_THROTTLED, 1000, 2100);
