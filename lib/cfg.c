@@ -29,8 +29,6 @@
 
 #include "log.h"
 
-extern char **environ;
-
 /* Longest accepted line; inih's own default (200) is too short for paths and URLs. */
 #define CFG_LINE_MAX 4096
 #define ENV_PREFIX   "CHATPROV_"
