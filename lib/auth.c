@@ -712,7 +712,7 @@ static bool apply_outcome(struct auth *a, size_t i, const struct outcome *o,
 	const char *name = a->cfg->tenants[i].name;
 	int64_t now = cptime_mono_ms();
 	p->in_flight = false;
-	if (o->kind == OUT_OK) {
+	if (o->kind == OUT_OK && r) {
 		apply_success(a, p, name, r);
 		return true;
 	}
