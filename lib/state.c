@@ -33,10 +33,16 @@ struct entry {
 
 struct state {
 	rd_kafka_t *reader;
-	/* During a restore: records older than this are expired and reported for tombstones. */
+	/*
+	 * During a restore: requests whose last record is older than this are expired. Which
+	 * record is the last is known only at the end, so the ids of old records are collected
+	 * (NUL-separated) and checked then.
+	 */
 	int64_t expire_before_ms;
 	state_expired_fn *on_expired;
 	void *expired_arg;
+	char *old_ids;
+	size_t old_ids_len, old_ids_cap;
 	char topic[CFG_NAME_MAX * 4];
 	struct entry **buckets;
 	size_t n_buckets, count;
@@ -201,6 +207,7 @@ void state_free(struct state *st)
 		}
 	}
 	free(st->buckets);
+	free(st->old_ids);
 	free(st);
 }
 
@@ -252,6 +259,38 @@ static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 	return ok;
 }
 
+/* Notes the id of a record past retention; whether it was the id's last is seen later. */
+static bool remember_old(struct state *st, const char *id, size_t len)
+{
+	if (st->old_ids_cap - st->old_ids_len < len + 1) {
+		size_t cap = st->old_ids_cap ? st->old_ids_cap * 2 : 4096;
+		char *ids = realloc(st->old_ids, cap);
+		if (!ids)
+			return false;
+		st->old_ids = ids;
+		st->old_ids_cap = cap;
+	}
+	memcpy(st->old_ids + st->old_ids_len, id, len + 1);
+	st->old_ids_len += len + 1;
+	return true;
+}
+
+/* At the end of a restore: forgets and reports the requests whose last record is old. */
+static void expire_old(struct state *st, int32_t partition)
+{
+	uint8_t key[KEY_BYTES];
+	for (size_t at = 0; at < st->old_ids_len; at += strlen(st->old_ids + at) + 1) {
+		const char *id = st->old_ids + at;
+		struct entry *e = key_of(id, key) ? find(st, key) : NULL;
+		/* Gone: tombstoned, or already reported for an earlier record of the id. */
+		if (!e || e->active || e->partition != partition ||
+		    e->at_wall_ms >= st->expire_before_ms)
+			continue;
+		remove_entry(st, key);
+		st->on_expired(id, partition, st->expired_arg);
+	}
+}
+
 bool state_apply(struct state *st, const rd_kafka_message_t *msg)
 {
 	char id[ID_MAX + 1], kind_name[16], status[16];
@@ -272,11 +311,17 @@ bool state_apply(struct state *st, const rd_kafka_message_t *msg)
 	struct entry *e = kind == STATE_NONE ? NULL : find_or_add(st, key);
 	if (!e)
 		return kind == STATE_NONE;
+	rd_kafka_timestamp_type_t tstype;
+	int64_t ts = rd_kafka_message_timestamp(msg, &tstype);
+	/* A record past retention is forgotten: it does not hold back a newer one. */
+	if (st->on_expired && !e->active && e->at_wall_ms < st->expire_before_ms) {
+		e->kind = STATE_NONE;
+		free(e->op_url);
+		e->op_url = NULL;
+	}
 	/* A later record never goes back: done stays done, an operation is not an intent. */
 	if (kind < e->kind)
 		return true;
-	rd_kafka_timestamp_type_t tstype;
-	int64_t ts = rd_kafka_message_timestamp(msg, &tstype);
 	e->kind = (uint8_t)kind;
 	e->partition = msg->partition;
 	e->at_wall_ms = ts > 0 ? ts : cptime_wall_ms();
@@ -290,10 +335,8 @@ bool state_apply(struct state *st, const rd_kafka_message_t *msg)
 		log_warning("state: unreadable operation record for %s", id);
 		e->kind = STATE_INTENT;
 	}
-	if (st->on_expired && e->at_wall_ms < st->expire_before_ms && !e->active) {
-		remove_entry(st, key);
-		st->on_expired(id, msg->partition, st->expired_arg);
-	}
+	if (st->on_expired && e->at_wall_ms < st->expire_before_ms)
+		return remember_old(st, id, strlen(id));
 	return true;
 }
 
@@ -432,19 +475,27 @@ static bool read_range(struct state *st, int32_t partition, int64_t until, int64
 	return true;
 }
 
+static bool watermarks(struct state *st, int32_t partition, int64_t *low, int64_t *high,
+		       int timeout_ms, char *err, size_t errcap)
+{
+	rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(st->reader, st->topic, partition,
+								 low, high, timeout_ms);
+	if (e) {
+		snprintf(err, errcap, "state topic %s [%d]: %s", st->topic, (int)partition,
+			 rd_kafka_err2str(e));
+		return false;
+	}
+	return true;
+}
+
 bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 		   state_expired_fn *on_expired, void *arg, size_t *records, char *err,
 		   size_t errcap)
 {
 	int64_t low = 0, high = 0;
 	*records = 0;
-	rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(st->reader, st->topic, partition,
-								 &low, &high, 10 * 1000);
-	if (e) {
-		snprintf(err, errcap, "state topic %s [%d]: %s", st->topic, (int)partition,
-			 rd_kafka_err2str(e));
+	if (!watermarks(st, partition, &low, &high, 10 * 1000, err, errcap))
 		return false;
-	}
 	if (high <= low)
 		return true;
 	if (!assign_at(st, partition, low, err, errcap))
@@ -452,9 +503,16 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 	st->expire_before_ms = cptime_wall_ms() - retention_ms;
 	st->on_expired = on_expired;
 	st->expired_arg = arg;
+	st->old_ids_len = 0;
 	bool ok = read_range(st, partition, high, RESTORE_TIMEOUT_MS, NULL, 0, records, err,
 			     errcap);
+	/* After a partial read a newer record may not have been seen: report nothing. */
+	if (ok)
+		expire_old(st, partition);
 	st->on_expired = NULL;
+	free(st->old_ids);
+	st->old_ids = NULL;
+	st->old_ids_len = st->old_ids_cap = 0;
 	unassign(st);
 	return ok;
 }
@@ -463,6 +521,15 @@ bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **val
 		 char *err, size_t errcap)
 {
 	const rd_kafka_message_t *msg = NULL;
+	int64_t low = 0, high = 0;
+	if (!watermarks(st, partition, &low, &high, FETCH_TIMEOUT_MS, err, errcap))
+		return false;
+	/* Otherwise the read would wait for a record that cannot come. */
+	if (offset < low || offset >= high) {
+		snprintf(err, errcap, "state record %s [%d] @%lld outside %lld..%lld", st->topic,
+			 (int)partition, (long long)offset, (long long)low, (long long)high - 1);
+		return false;
+	}
 	if (!assign_at(st, partition, offset, err, errcap))
 		return false;
 	bool ok = read_range(st, partition, offset + 1, FETCH_TIMEOUT_MS, &msg, offset, NULL, err,

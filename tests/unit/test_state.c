@@ -1,0 +1,688 @@
+/*
+ * test_state.c - the request state mirror against librdkafka's in-process mock cluster:
+ * restore to the high watermark, record precedence, tombstones, expiry, fetch by offset,
+ * partitions, the active flag and a table that grows. CHATPROV_STATE_BENCH=1 also measures
+ * the restore rate of 200,000 records.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "cfg.h"
+#include "cptime.h"
+#include "state.h"
+
+#define HOUR_MS   (3600 * 1000LL)
+#define DAY_MS    (24 * HOUR_MS)
+#define NO_STATUS NULL
+
+/* One mock cluster and one producer for the whole file; a topic of its own per test. */
+static rd_kafka_t *cluster_owner;
+static rd_kafka_mock_cluster_t *mcluster;
+static rd_kafka_t *producer;
+static int topic_seq;
+
+/* What each test works with. */
+struct fixture {
+	char topic[64];
+	struct cfg *cfg;
+	struct state *st;
+};
+
+/* A delivery report stores the offset where the test asked for it (msg_opaque). */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+	(void)rk;
+	(void)opaque;
+	assert_int_equal(msg->err, RD_KAFKA_RESP_ERR_NO_ERROR);
+	if (msg->_private)
+		*(int64_t *)msg->_private = msg->offset;
+}
+
+static rd_kafka_t *new_handle(rd_kafka_type_t type, const char *brokers)
+{
+	char errstr[512];
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	assert_non_null(conf);
+	assert_int_equal(rd_kafka_conf_set(conf, "linger.ms", "0", errstr, sizeof errstr),
+	                 RD_KAFKA_CONF_OK);
+	assert_int_equal(rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr),
+	                 RD_KAFKA_CONF_OK);
+	if (brokers)
+		assert_int_equal(
+		    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof errstr),
+		    RD_KAFKA_CONF_OK);
+	rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+	rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
+	assert_non_null(rk);
+	return rk;
+}
+
+static int group_setup(void **state)
+{
+	(void)state;
+	cluster_owner = new_handle(RD_KAFKA_PRODUCER, NULL);
+	mcluster = rd_kafka_mock_cluster_new(cluster_owner, 1);
+	assert_non_null(mcluster);
+	producer = new_handle(RD_KAFKA_PRODUCER, rd_kafka_mock_cluster_bootstraps(mcluster));
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	assert_int_equal(rd_kafka_flush(producer, 10 * 1000), RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_destroy(producer);
+	rd_kafka_mock_cluster_destroy(mcluster);
+	rd_kafka_destroy(cluster_owner);
+	return 0;
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof *f);
+	assert_non_null(f);
+	snprintf(f->topic, sizeof f->topic, "t.state.%d", ++topic_seq);
+	assert_int_equal(rd_kafka_mock_topic_create(mcluster, f->topic, 2, 1),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	/* Without this the producer learns of the new topic at its next 1-second scan. */
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(producer, f->topic, NULL);
+	assert_non_null(rkt);
+	const struct rd_kafka_metadata *md = NULL;
+	assert_int_equal(rd_kafka_metadata(producer, 0, rkt, &md, 10 * 1000),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	f->cfg = calloc(1, sizeof *f->cfg);
+	assert_non_null(f->cfg);
+	snprintf(f->cfg->kafka.brokers, sizeof f->cfg->kafka.brokers, "%s",
+	         rd_kafka_mock_cluster_bootstraps(mcluster));
+	snprintf(f->cfg->kafka.group_id, sizeof f->cfg->kafka.group_id, "g.%s", f->topic);
+	snprintf(f->cfg->kafka.state_topic, sizeof f->cfg->kafka.state_topic, "%s", f->topic);
+	f->cfg->n_rdkafka = 0;
+	char err[256] = "";
+	if (!state_new(f->cfg, &f->st, err, sizeof err))
+		fail_msg("state_new: %s", err);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	state_free(f->st);
+	free(f->cfg);
+	free(f);
+	return 0;
+}
+
+/* ---- producing state records ---- */
+
+/* Queues one record; value NULL is a tombstone, ts 0 means now. */
+static void queue(const char *topic, int32_t partition, const char *id, const char *kind,
+                  const char *status, const void *value, size_t len, int64_t ts, int64_t *offset)
+{
+	rd_kafka_headers_t *h = rd_kafka_headers_new(2);
+	assert_non_null(h);
+	if (kind)
+		assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, kind, -1), 0);
+	if (status)
+		assert_int_equal(rd_kafka_header_add(h, "chatprov-status", -1, status, -1), 0);
+	rd_kafka_resp_err_t e;
+	do {
+		e = rd_kafka_producev(
+		    producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+		    RD_KAFKA_V_KEY(id, id ? strlen(id) : 0), RD_KAFKA_V_VALUE((void *)value, len),
+		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+		    RD_KAFKA_V_TIMESTAMP(ts), RD_KAFKA_V_OPAQUE(offset), RD_KAFKA_V_END);
+		if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			rd_kafka_poll(producer, 100);
+	} while (e == RD_KAFKA_RESP_ERR__QUEUE_FULL);
+	assert_int_equal(e, RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+static void flush(void)
+{
+	assert_int_equal(rd_kafka_flush(producer, 30 * 1000), RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+/* Produces one record and returns its offset once acknowledged. */
+static int64_t put_at(const struct fixture *f, int32_t partition, const char *id, const char *kind,
+                      const char *status, const char *value, int64_t ts)
+{
+	int64_t offset = -1;
+	queue(f->topic, partition, id, kind, status, value, value ? strlen(value) : 0, ts, &offset);
+	flush();
+	assert_true(offset >= 0);
+	return offset;
+}
+
+static int64_t put(const struct fixture *f, int32_t partition, const char *id, const char *kind,
+                   const char *status, const char *value)
+{
+	return put_at(f, partition, id, kind, status, value, 0);
+}
+
+static size_t restore(struct fixture *f, int32_t partition)
+{
+	char err[256] = "";
+	size_t records = 99;
+	if (!state_restore(f->st, partition, 30 * DAY_MS, NULL, NULL, &records, err, sizeof err))
+		fail_msg("state_restore: %s", err);
+	return records;
+}
+
+static struct state_info get(struct fixture *f, const char *id)
+{
+	struct state_info si;
+	state_get(f->st, id, &si);
+	return si;
+}
+
+static const char done_ok[] = "{\"schema\":\"chatprov.result.v1\",\"id\":\"r1\","
+                              "\"status\":\"succeeded\",\"url\":\"https://x/y\"}";
+
+/* ---- tests ---- */
+
+static void test_restore_reads_to_high_watermark(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, "a", "intent", NO_STATUS, "{\"at\":1}");
+	int64_t off_b = put(f, 0, "b", "done", "succeeded", done_ok);
+	put(f, 0, "c", "done", "failed", "{\"status\":\"failed\"}");
+	put(f, 1, "d", "intent", NO_STATUS, "{}"); /* other partition: not read */
+	assert_int_equal(restore(f, 0), 3);
+	assert_int_equal(state_count(f->st), 3);
+
+	struct state_info si = get(f, "a");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_int_equal(si.partition, 0);
+	assert_false(si.active);
+	assert_true(si.at_wall_ms > cptime_wall_ms() - 60 * 1000);
+	si = get(f, "b");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off_b);
+	assert_true(si.done_succeeded);
+	si = get(f, "c");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_false(si.done_succeeded);
+	assert_int_equal(get(f, "d").kind, STATE_NONE);
+	assert_int_equal(get(f, "never-seen").kind, STATE_NONE);
+
+	assert_int_equal(restore(f, 1), 1);
+	si = get(f, "d");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_int_equal(si.partition, 1);
+	assert_int_equal(state_count(f->st), 4);
+}
+
+static void test_later_records_win(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, "x", "intent", NO_STATUS, "{}");
+	int64_t done_x = put(f, 0, "x", "done", "succeeded", done_ok);
+	int64_t done_y = put(f, 0, "y", "done", "failed", "{}");
+	put(f, 0, "y", "intent", NO_STATUS, "{}"); /* never goes back from done */
+	put(f, 0, "z", "intent", NO_STATUS, "{}");
+	put(f, 0, "z", "operation", NO_STATUS, "{\"location\":\"https://g/op1\",\"startedAt\":5}");
+	put(f, 0, "w", "operation", NO_STATUS, "{\"location\":\"https://g/op2\",\"startedAt\":6}");
+	put(f, 0, "w", "intent", NO_STATUS, "{}"); /* an operation is not an intent again */
+	assert_int_equal(restore(f, 0), 8);
+
+	struct state_info si = get(f, "x");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, done_x);
+	assert_true(si.done_succeeded);
+	si = get(f, "y");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, done_y);
+	assert_false(si.done_succeeded);
+	si = get(f, "z");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_string_equal(si.op_url, "https://g/op1");
+	si = get(f, "w");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_string_equal(si.op_url, "https://g/op2");
+	assert_int_equal(si.op_started_wall_ms, 6);
+	assert_int_equal(state_count(f->st), 4);
+}
+
+static void test_tombstone_removes(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, "gone", "done", "succeeded", done_ok);
+	put(f, 0, "kept", "intent", NO_STATUS, "{}");
+	put(f, 0, "gone", NULL, NULL, NULL);
+	put(f, 0, "back", "intent", NO_STATUS, "{}");
+	put(f, 0, "back", NULL, NULL, NULL);
+	put(f, 0, "back", "intent", NO_STATUS, "{}"); /* a new life after its tombstone */
+	assert_int_equal(restore(f, 0), 6);
+	assert_int_equal(get(f, "gone").kind, STATE_NONE);
+	assert_int_equal(get(f, "kept").kind, STATE_INTENT);
+	assert_int_equal(get(f, "back").kind, STATE_INTENT);
+	assert_int_equal(state_count(f->st), 2);
+}
+
+static void test_operation_parsed(void **state)
+{
+	struct fixture *f = *state;
+	const char *url = "https://graph.microsoft.com/v1.0/chats('19:a@thread.v2')/"
+	                  "operations('op-1')";
+	char value[512];
+	snprintf(value, sizeof value, "{\"location\": \"%s\", \"startedAt\": 1767225600123}", url);
+	put(f, 1, "op", "operation", NO_STATUS, value);
+	/* Unreadable: not JSON, no location, a location that is not a string, no startedAt. */
+	put(f, 1, "bad1", "operation", NO_STATUS, "not json");
+	put(f, 1, "bad2", "operation", NO_STATUS, "{\"startedAt\": 5}");
+	put(f, 1, "bad3", "operation", NO_STATUS, "{\"location\": 7, \"startedAt\": 5}");
+	put(f, 1, "bad4", "operation", NO_STATUS, "{\"location\": \"https://g/op\"}");
+	assert_int_equal(restore(f, 1), 5);
+
+	struct state_info si = get(f, "op");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_int_equal(si.partition, 1);
+	assert_string_equal(si.op_url, url);
+	assert_int_equal(si.op_started_wall_ms, 1767225600123LL);
+	for (int i = 1; i <= 4; i++) {
+		char id[8];
+		snprintf(id, sizeof id, "bad%d", i);
+		si = get(f, id);
+		assert_int_equal(si.kind, STATE_INTENT); /* the POST may have happened */
+		assert_string_equal(si.op_url, "");
+	}
+}
+
+static void test_done_clears_operation(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, "o", "operation", NO_STATUS, "{\"location\":\"https://g/op\",\"startedAt\":1}");
+	int64_t off = put(f, 0, "o", "done", "succeeded", done_ok);
+	assert_int_equal(restore(f, 0), 2);
+	struct state_info si = get(f, "o");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off);
+	assert_string_equal(si.op_url, "");
+}
+
+/* Records without an id, without a kind or with an unknown kind are not ours. */
+static void test_foreign_records_ignored(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, NULL, "intent", NO_STATUS, "{}");
+	put(f, 0, "nokind", NULL, NO_STATUS, "{}");
+	put(f, 0, "oddkind", "finished", NO_STATUS, "{}");
+	put(f, 0, "ok", "intent", NO_STATUS, "{}");
+	assert_int_equal(restore(f, 0), 4);
+	assert_int_equal(get(f, "nokind").kind, STATE_NONE);
+	assert_int_equal(get(f, "oddkind").kind, STATE_NONE);
+	assert_int_equal(get(f, "ok").kind, STATE_INTENT);
+	assert_int_equal(state_count(f->st), 1);
+}
+
+static void test_fetch(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 1, "i", "intent", NO_STATUS, "{}");
+	int64_t off = put(f, 1, "r1", "done", "succeeded", done_ok);
+	put(f, 1, "j", "intent", NO_STATUS, "{}");
+	/* Bytes that are not text survive too: the result is copied, not re-rendered. */
+	static const char binary[] = {'{', 0, '\x01', '\xff', '}'};
+	int64_t off_bin = -1;
+	queue(f->topic, 1, "r2", "done", "failed", binary, sizeof binary, 0, &off_bin);
+	flush();
+	assert_int_equal(restore(f, 1), 4);
+	assert_int_equal(get(f, "r1").offset, off);
+
+	char err[256] = "";
+	char *value = NULL;
+	size_t len = 0;
+	if (!state_fetch(f->st, 1, off, &value, &len, err, sizeof err))
+		fail_msg("state_fetch: %s", err);
+	assert_int_equal(len, strlen(done_ok));
+	assert_memory_equal(value, done_ok, len);
+	assert_int_equal(value[len], '\0');
+	free(value);
+
+	value = NULL;
+	assert_true(state_fetch(f->st, 1, off_bin, &value, &len, err, sizeof err));
+	assert_int_equal(len, sizeof binary);
+	assert_memory_equal(value, binary, len);
+	free(value);
+
+	/* Fetching twice works: the reader was left unassigned. */
+	value = NULL;
+	assert_true(state_fetch(f->st, 1, off, &value, &len, err, sizeof err));
+	assert_memory_equal(value, done_ok, len);
+	free(value);
+}
+
+static void test_fetch_bad_offset(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, "r", "done", "succeeded", done_ok);
+	int64_t end = put(f, 0, "s", "done", "succeeded", done_ok) + 1;
+	char err[256] = "";
+	char *value = NULL;
+	size_t len = 0;
+	int64_t started = cptime_mono_ms();
+	assert_false(state_fetch(f->st, 0, end + 5, &value, &len, err, sizeof err));
+	assert_null(value);
+	assert_non_null(strstr(err, f->topic));
+	err[0] = '\0';
+	assert_false(state_fetch(f->st, 0, -7, &value, &len, err, sizeof err));
+	assert_null(value);
+	assert_true(err[0] != '\0');
+	/* An empty partition has nothing to fetch either. */
+	assert_false(state_fetch(f->st, 1, 0, &value, &len, err, sizeof err));
+	assert_null(value);
+	/* Failing is immediate, not a wait for records that will never come. */
+	assert_true(cptime_mono_ms() - started < 3000);
+
+	/* And the reader still works afterwards. */
+	assert_true(state_fetch(f->st, 0, end - 1, &value, &len, err, sizeof err));
+	assert_memory_equal(value, done_ok, len);
+	free(value);
+}
+
+/* ---- expiry ---- */
+
+struct expired {
+	char ids[8][32];
+	int32_t partitions[8];
+	int n;
+};
+
+static void on_expired(const char *id, int32_t partition, void *arg)
+{
+	struct expired *x = arg;
+	assert_true(x->n < 8);
+	snprintf(x->ids[x->n], sizeof x->ids[x->n], "%s", id);
+	x->partitions[x->n] = partition;
+	x->n++;
+}
+
+static void test_expiry_during_restore(void **state)
+{
+	struct fixture *f = *state;
+	int64_t now = cptime_wall_ms();
+	put_at(f, 1, "old-done", "done", "succeeded", done_ok, now - 3 * DAY_MS);
+	put_at(f, 1, "old-intent", "intent", NO_STATUS, "{}", now - 2 * DAY_MS);
+	put_at(f, 1, "recent", "intent", NO_STATUS, "{}", now - HOUR_MS);
+	put(f, 1, "fresh", "done", "failed", "{}");
+	put_at(f, 0, "other-partition", "intent", NO_STATUS, "{}", now - 3 * DAY_MS);
+
+	struct expired x = {0};
+	char err[256] = "";
+	size_t records = 0;
+	if (!state_restore(f->st, 1, DAY_MS, on_expired, &x, &records, err, sizeof err))
+		fail_msg("state_restore: %s", err);
+	assert_int_equal(records, 4);
+	assert_int_equal(x.n, 2);
+	assert_true((strcmp(x.ids[0], "old-done") == 0 && strcmp(x.ids[1], "old-intent") == 0) ||
+	            (strcmp(x.ids[1], "old-done") == 0 && strcmp(x.ids[0], "old-intent") == 0));
+	assert_int_equal(x.partitions[0], 1);
+	assert_int_equal(x.partitions[1], 1);
+	assert_int_equal(get(f, "old-done").kind, STATE_NONE);
+	assert_int_equal(get(f, "old-intent").kind, STATE_NONE);
+	struct state_info si = get(f, "recent");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_true(si.at_wall_ms == now - HOUR_MS); /* the record's own timestamp */
+	assert_int_equal(get(f, "fresh").kind, STATE_DONE);
+	assert_int_equal(state_count(f->st), 2);
+}
+
+/*
+ * Retention counts from a request's last record: an old intent whose done record is recent
+ * must be neither forgotten nor reported for a tombstone (which would delete the done record
+ * at the next restore and let a replay create the group chat again).
+ */
+static void test_expiry_uses_last_record(void **state)
+{
+	struct fixture *f = *state;
+	int64_t now = cptime_wall_ms();
+	put_at(f, 0, "slow", "intent", NO_STATUS, "{}", now - 2 * DAY_MS);
+	put_at(f, 0, "slow", "operation", NO_STATUS,
+	       "{\"location\":\"https://g/op\",\"startedAt\":1}", now - 2 * DAY_MS + 1000);
+	int64_t off = put(f, 0, "slow", "done", "succeeded", done_ok);
+	/* Past retention once, then answered again recently (a new intent after it). */
+	put_at(f, 0, "again", "done", "failed", "{}", now - 3 * DAY_MS);
+	put(f, 0, "again", "intent", NO_STATUS, "{}");
+	put_at(f, 0, "stale", "intent", NO_STATUS, "{}", now - 2 * DAY_MS);
+
+	struct expired x = {0};
+	char err[256] = "";
+	size_t records = 0;
+	if (!state_restore(f->st, 0, DAY_MS, on_expired, &x, &records, err, sizeof err))
+		fail_msg("state_restore: %s", err);
+	assert_int_equal(records, 6);
+	struct state_info si = get(f, "slow");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off);
+	si = get(f, "again");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_int_equal(x.n, 1);
+	assert_string_equal(x.ids[0], "stale");
+	assert_int_equal(get(f, "stale").kind, STATE_NONE);
+	assert_int_equal(state_count(f->st), 2);
+}
+
+static void test_forget_older(void **state)
+{
+	struct fixture *f = *state;
+	int64_t now = cptime_wall_ms();
+	put_at(f, 0, "old", "done", "succeeded", done_ok, now - 2 * DAY_MS);
+	put_at(f, 1, "old1", "intent", NO_STATUS, "{}", now - 2 * DAY_MS);
+	put_at(f, 0, "old-active", "intent", NO_STATUS, "{}", now - 2 * DAY_MS);
+	put(f, 0, "new", "done", "succeeded", done_ok);
+	assert_int_equal(restore(f, 0), 3);
+	assert_int_equal(restore(f, 1), 1);
+	assert_true(state_set_active(f->st, "old-active", 0, true));
+	assert_true(state_set_active(f->st, "only-active", 0, true)); /* kind none */
+
+	assert_int_equal(state_forget_older(f->st, now - DAY_MS), 2);
+	assert_int_equal(get(f, "old").kind, STATE_NONE);
+	assert_int_equal(get(f, "old1").kind, STATE_NONE);
+	struct state_info si = get(f, "old-active");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_true(si.active);
+	assert_true(get(f, "only-active").active);
+	assert_int_equal(get(f, "new").kind, STATE_DONE);
+	assert_int_equal(state_count(f->st), 3);
+	assert_int_equal(state_forget_older(f->st, now - DAY_MS), 0);
+}
+
+static void test_drop_partition(void **state)
+{
+	struct fixture *f = *state;
+	for (int i = 0; i < 50; i++) {
+		char id[16];
+		snprintf(id, sizeof id, "id-%d", i);
+		queue(f->topic, i % 2, id, "intent", NO_STATUS, "{}", 2, 0, NULL);
+	}
+	flush();
+	assert_int_equal(restore(f, 0), 25);
+	assert_int_equal(restore(f, 1), 25);
+	assert_int_equal(state_count(f->st), 50);
+	state_drop_partition(f->st, 0);
+	assert_int_equal(state_count(f->st), 25);
+	for (int i = 0; i < 50; i++) {
+		char id[16];
+		snprintf(id, sizeof id, "id-%d", i);
+		struct state_info si = get(f, id);
+		assert_int_equal(si.kind, i % 2 ? STATE_INTENT : STATE_NONE);
+	}
+	state_drop_partition(f->st, 0); /* nothing left there */
+	assert_int_equal(state_count(f->st), 25);
+	state_drop_partition(f->st, 1);
+	assert_int_equal(state_count(f->st), 0);
+}
+
+static void test_active_flag(void **state)
+{
+	struct fixture *f = *state;
+	/* Unknown id: an active entry without a record. */
+	assert_true(state_set_active(f->st, "new-id", 1, true));
+	struct state_info si = get(f, "new-id");
+	assert_int_equal(si.kind, STATE_NONE);
+	assert_true(si.active);
+	assert_int_equal(si.partition, 1);
+	assert_int_equal(state_count(f->st), 1);
+	/* Clearing it removes the entry. */
+	assert_true(state_set_active(f->st, "new-id", 1, false));
+	si = get(f, "new-id");
+	assert_false(si.active);
+	assert_int_equal(state_count(f->st), 0);
+	/* Clearing an id never seen is fine and adds nothing. */
+	assert_true(state_set_active(f->st, "never", 0, false));
+	assert_int_equal(state_count(f->st), 0);
+
+	/* A known request keeps its record when its job ends. */
+	int64_t off = put(f, 0, "known", "done", "succeeded", done_ok);
+	assert_int_equal(restore(f, 0), 1);
+	assert_true(state_set_active(f->st, "known", 0, true));
+	si = get(f, "known");
+	assert_true(si.active);
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_true(state_set_active(f->st, "known", 0, false));
+	si = get(f, "known");
+	assert_false(si.active);
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off);
+	assert_int_equal(state_count(f->st), 1);
+}
+
+/*
+ * A tombstone acknowledged by the broker is applied outside a restore. (A hand-made message
+ * can only be a tombstone: librdkafka reads headers and timestamps from its own message
+ * structure, which a stack message does not have.)
+ */
+static void test_apply_tombstone(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, "live", "intent", NO_STATUS, "{}");
+	assert_int_equal(restore(f, 0), 1);
+	rd_kafka_message_t msg = {0};
+	msg.partition = 0;
+	msg.offset = 42;
+	msg.key = (void *)"live";
+	msg.key_len = 4;
+	assert_true(state_apply(f->st, &msg));
+	assert_int_equal(get(f, "live").kind, STATE_NONE);
+	assert_int_equal(state_count(f->st), 0);
+	/* No key: not ours. */
+	msg.key = NULL;
+	msg.key_len = 0;
+	assert_true(state_apply(f->st, &msg));
+}
+
+static void test_restore_empty_partition(void **state)
+{
+	struct fixture *f = *state;
+	int64_t started = cptime_mono_ms();
+	assert_int_equal(restore(f, 0), 0);
+	assert_int_equal(restore(f, 1), 0);
+	assert_int_equal(state_count(f->st), 0);
+	assert_true(cptime_mono_ms() - started < 3000);
+	/* A restore after records arrive reads them. */
+	put(f, 0, "late", "intent", NO_STATUS, "{}");
+	assert_int_equal(restore(f, 0), 1);
+	assert_int_equal(get(f, "late").kind, STATE_INTENT);
+}
+
+static void test_restore_unknown_partition(void **state)
+{
+	struct fixture *f = *state;
+	char err[256] = "";
+	size_t records = 0;
+	assert_false(state_restore(f->st, 7, DAY_MS, NULL, NULL, &records, err, sizeof err));
+	assert_non_null(strstr(err, f->topic));
+}
+
+/* Produces n done records of value_len bytes, ids "<prefix><i>", over partition 0. */
+static void produce_many(const struct fixture *f, const char *prefix, size_t n, size_t value_len)
+{
+	char *value = malloc(value_len);
+	assert_non_null(value);
+	memset(value, 'v', value_len);
+	for (size_t i = 0; i < n; i++) {
+		char id[64];
+		snprintf(id, sizeof id, "%s%zu", prefix, i);
+		queue(f->topic, 0, id, "done", i % 3 ? "succeeded" : "failed", value, value_len, 0,
+		      NULL);
+		if (i % 1000 == 0)
+			rd_kafka_poll(producer, 0);
+	}
+	flush();
+	free(value);
+}
+
+static void test_many_ids(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n = 20000;
+	produce_many(f, "hr-2026-", n, 40);
+	assert_int_equal(restore(f, 0), n);
+	assert_int_equal(state_count(f->st), n);
+	for (size_t i = 0; i < n; i++) {
+		char id[64];
+		snprintf(id, sizeof id, "hr-2026-%zu", i);
+		struct state_info si = get(f, id);
+		assert_int_equal(si.kind, STATE_DONE);
+		assert_int_equal(si.offset, (int64_t)i);
+		assert_int_equal(si.done_succeeded, i % 3 != 0);
+	}
+	assert_int_equal(get(f, "hr-2026-20000").kind, STATE_NONE);
+	/* A restore of the same partition again changes nothing. */
+	assert_int_equal(restore(f, 0), n);
+	assert_int_equal(state_count(f->st), n);
+}
+
+/* The figure for docs/state.md: records restored per second (CHATPROV_STATE_BENCH=1). */
+static void test_restore_rate(void **state)
+{
+	struct fixture *f = *state;
+	const char *bench = getenv("CHATPROV_STATE_BENCH");
+	if (!bench || strcmp(bench, "1") != 0)
+		skip();
+	const size_t n = 200000, value_len = 600;
+	produce_many(f, "bench-request-", n, value_len);
+	int64_t started = cptime_mono_ms();
+	assert_int_equal(restore(f, 0), n);
+	int64_t ms = cptime_mono_ms() - started;
+	assert_int_equal(state_count(f->st), n);
+	print_message("restored %zu records of %zu bytes in %lld ms: %.0f records/s\n", n,
+	              value_len, (long long)ms, (double)n * 1000.0 / (double)(ms > 0 ? ms : 1));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_restore_reads_to_high_watermark, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_later_records_win, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tombstone_removes, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_expiry_during_restore, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_expiry_uses_last_record, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_forget_older, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_drop_partition, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_active_flag, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_apply_tombstone, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_restore_empty_partition, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_restore_unknown_partition, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_many_ids, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_restore_rate, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
