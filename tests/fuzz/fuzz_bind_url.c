@@ -8,46 +8,11 @@
 #include <string.h>
 
 #include "graphreq.h"
+#include "odata_literal.h"
 
 #define FUZZ_MAX_INPUT (64 * 1024)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static int unhex(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Decodes X (between "users('" and "')") into out; false on any violation. */
-static bool decode_literal(const char *x, size_t n, char *out)
-{
-	size_t o = 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = x[i];
-		if (c == '\'') {
-			if (i + 1 >= n || x[i + 1] != '\'')
-				return false;
-			out[o++] = '\'';
-			i++;
-		} else if (c == '%') {
-			if (i + 2 >= n || unhex(x[i + 1]) < 0 || unhex(x[i + 2]) < 0)
-				return false;
-			out[o++] = (char)(unhex(x[i + 1]) * 16 + unhex(x[i + 2]));
-			i += 2;
-		} else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-		           (c >= '0' && c <= '9') || strchr("-._~@", c)) {
-			out[o++] = c;
-		} else {
-			return false;
-		}
-	}
-	out[o] = '\0';
-	return true;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -61,11 +26,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	id[size] = '\0'; /* a C string: the id is what comes before any NUL */
 	size_t cap = 3 * size + 64, rl = strlen(root);
 	if (graphreq_user_bind_url(root, id, url, cap)) {
-		size_t ul = strlen(url);
-		if (ul < rl + 10 || memcmp(url, root, rl) != 0 ||
-		    memcmp(url + rl, "/users('", 8) != 0 || memcmp(url + ul - 2, "')", 2) != 0)
+		const char *end;
+		if (strncmp(url, root, rl) != 0 || strncmp(url + rl, "/users('", 8) != 0)
 			abort();
-		if (!decode_literal(url + rl + 8, ul - rl - 10, dec) || strcmp(dec, id) != 0)
+		if (!odata_take(url + rl + 8, dec, &end) || strcmp(end, "')") != 0 ||
+		    strcmp(dec, id) != 0)
 			abort();
 	} else if (id[0] != '\0') {
 		abort(); /* 3 bytes per input byte always fit */
