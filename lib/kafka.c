@@ -126,6 +126,9 @@ rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
 		{"group.id", group}, /* never joined: assign() only, nothing committed */
 		{"client.id", "chatprovd-state"},
 		{"auto.offset.reset", "earliest"},
+		/* A restore or fetch waits for the long poll of the previous one (unassigned but
+		 * still in flight): 500 ms by default, per partition and per replay. */
+		{"fetch.wait.max.ms", "10"},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	if (!conf) {
