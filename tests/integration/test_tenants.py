@@ -7,6 +7,8 @@ import os
 import time
 import uuid
 
+import pytest
+
 from graphsim import wait_for
 from stack import CLIENT_ID, SECRET, TENANT, Stack, group_event
 
@@ -99,3 +101,26 @@ def test_two_tenants_tokens_and_limits(tmp_path):
     for e in tail:
         assert e["id"] not in stack.results
         assert crid(e["id"]) not in {p["clientRequestId"] for p in ledger["chat_posts"]}
+
+
+@pytest.mark.xfail(strict=True, reason="lib/worker.c launch()/park_job(): jobs of a profile "
+                   "whose credentials failed are parked forever (never failed after "
+                   "retry.max_elapsed_s), so they fill [kafka] max_queued and "
+                   "lib/pipeline.c pauses consumption for every tenant")
+def test_broken_tenant_does_not_stall_others(tmp_path):
+    """One misconfigured tenant's backlog must not stop the others: its events end (failed,
+    with the token error) once retries run out, and the consumer keeps going."""
+    sim = {"clients": [{"tenant": TENANT, "client_id": CLIENT_ID, "secret": SECRET},
+                       {"tenant": TAIL_TENANT, "client_id": TAIL_CLIENT,
+                        "secret": "tail-secret"}]}
+    with Stack(tmp_path, sim_config=sim) as stack:
+        stack.start_daemon(
+            kafka={"max_queued": "10"}, retry={"max_elapsed_s": "3"},
+            **{"tenant.tailspin": {
+                "tenant_id": TAIL_TENANT, "client_id": TAIL_CLIENT,
+                "client_secret_file": write(os.path.join(str(tmp_path), "tail"), "wrong\n")}})
+        broken = [tenant_event(i, "tailspin") for i in range(30)]
+        fine = [tenant_event(i, None) for i in range(5)]
+        stack.produce(broken + fine)
+        results = stack.wait_results([e["id"] for e in fine], timeout=20)
+    assert all(r["status"] == "succeeded" for r in results.values())
