@@ -18,6 +18,7 @@
 
 #include "cfg.h"
 #include "cptime.h"
+#include "mock_kafka.h"
 #include "state.h"
 
 #define HOUR_MS   (3600 * 1000LL)
@@ -47,32 +48,12 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 		*(int64_t *)msg->_private = msg->offset;
 }
 
-static rd_kafka_t *new_handle(rd_kafka_type_t type, const char *brokers)
-{
-	char errstr[512];
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	assert_non_null(conf);
-	assert_int_equal(rd_kafka_conf_set(conf, "linger.ms", "0", errstr, sizeof errstr),
-	                 RD_KAFKA_CONF_OK);
-	assert_int_equal(rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr),
-	                 RD_KAFKA_CONF_OK);
-	if (brokers)
-		assert_int_equal(
-		    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof errstr),
-		    RD_KAFKA_CONF_OK);
-	rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-	rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
-	assert_non_null(rk);
-	return rk;
-}
-
 static int group_setup(void **state)
 {
 	(void)state;
-	cluster_owner = new_handle(RD_KAFKA_PRODUCER, NULL);
-	mcluster = rd_kafka_mock_cluster_new(cluster_owner, 1);
-	assert_non_null(mcluster);
-	producer = new_handle(RD_KAFKA_PRODUCER, rd_kafka_mock_cluster_bootstraps(mcluster));
+	mcluster = mock_cluster_start(&cluster_owner);
+	producer = mock_client(RD_KAFKA_PRODUCER, rd_kafka_mock_cluster_bootstraps(mcluster), NULL,
+	                       on_delivery);
 	return 0;
 }
 
@@ -91,16 +72,7 @@ static int setup(void **state)
 	struct fixture *f = calloc(1, sizeof *f);
 	assert_non_null(f);
 	snprintf(f->topic, sizeof f->topic, "t.state.%d", ++topic_seq);
-	assert_int_equal(rd_kafka_mock_topic_create(mcluster, f->topic, 2, 1),
-	                 RD_KAFKA_RESP_ERR_NO_ERROR);
-	/* Without this the producer learns of the new topic at its next 1-second scan. */
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(producer, f->topic, NULL);
-	assert_non_null(rkt);
-	const struct rd_kafka_metadata *md = NULL;
-	assert_int_equal(rd_kafka_metadata(producer, 0, rkt, &md, 10 * 1000),
-	                 RD_KAFKA_RESP_ERR_NO_ERROR);
-	rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
+	mock_topic(mcluster, producer, f->topic, 2);
 	f->cfg = calloc(1, sizeof *f->cfg);
 	assert_non_null(f->cfg);
 	snprintf(f->cfg->kafka.brokers, sizeof f->cfg->kafka.brokers, "%s",
@@ -670,9 +642,7 @@ static void test_restore_rate(void **state)
 	const int32_t partitions = 50;
 	char err[256] = "";
 	snprintf(f->cfg->kafka.state_topic, sizeof f->cfg->kafka.state_topic, "%s.bench", f->topic);
-	assert_int_equal(
-	    rd_kafka_mock_topic_create(mcluster, f->cfg->kafka.state_topic, partitions, 1),
-	    RD_KAFKA_RESP_ERR_NO_ERROR);
+	mock_topic(mcluster, producer, f->cfg->kafka.state_topic, partitions);
 	state_free(f->st);
 	f->st = NULL;
 	if (!state_new(f->cfg, &f->st, err, sizeof err))
