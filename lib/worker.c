@@ -56,6 +56,7 @@ struct worker {
 	char version_root[JOB_URL_MAX]; /* where requests go: {base_url}/{version} */
 	char bind_root[JOB_URL_MAX];    /* what bodies name: {graph_root}/{version} */
 	char chats_url[JOB_URL_MAX];
+	bool https;
 
 	pthread_mutex_t lock; /* guards policy and stop flag */
 	struct worker_policy policy;
@@ -303,6 +304,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	log_ctx_of(job, x, &ctx);
 	switch (cls) {
 	case RETRY_SUCCESS:
+		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
 		if (status == 202)
 			on_accepted(w, job, x);
 		else
@@ -569,10 +571,11 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 static bool add_header(struct curl_slist **list, const char *name, const char *value)
 {
 	char line[TOKEN_MAX + 64];
-	if (snprintf(line, sizeof line, "%s: %s", name, value) >= (int)sizeof line)
+	int len = snprintf(line, sizeof line, "%s: %s", name, value);
+	if (len < 0 || len >= (int)sizeof line)
 		return false;
 	struct curl_slist *n = curl_slist_append(*list, line);
-	explicit_bzero(line, sizeof line);
+	explicit_bzero(line, (size_t)len); /* only what was written: this runs per header */
 	if (!n)
 		return false;
 	*list = n;
@@ -602,14 +605,15 @@ static bool xfer_headers(struct xfer *x, const char *token)
 {
 	char bearer[TOKEN_MAX + 8];
 	struct job *job = x->job;
-	if (snprintf(bearer, sizeof bearer, "Bearer %s", token) >= (int)sizeof bearer)
+	int len = snprintf(bearer, sizeof bearer, "Bearer %s", token);
+	if (len < 0 || len >= (int)sizeof bearer)
 		return false;
 	bool ok = add_header(&x->headers, "Authorization", bearer) &&
 		  add_header(&x->headers, "client-request-id", job->client_request_id) &&
 		  add_header(&x->headers, "return-client-request-id", "true") &&
 		  add_header(&x->headers, "Accept", "application/json") &&
 		  add_header(&x->headers, "User-Agent", "chatprovd/" CHATPROV_VERSION);
-	explicit_bzero(bearer, sizeof bearer);
+	explicit_bzero(bearer, (size_t)len);
 	if (!ok)
 		return false;
 	if (x->kind == XFER_POST) {
@@ -657,7 +661,9 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 				   (long)(cfg->graph.connect_timeout_s * 1000)) == CURLE_OK &&
 		  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS) ==
 			  CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L) == CURLE_OK &&
+		  /* Waiting to multiplex only makes sense over HTTP/2 (https): on HTTP/1.1 it
+		   * ties every waiting transfer to one connection, hung or not. */
+		  curl_easy_setopt(e, CURLOPT_PIPEWAIT, w->https ? 1L : 0L) == CURLE_OK &&
 		  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
 		  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http") == CURLE_OK &&
 		  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
@@ -939,6 +945,7 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 		free(w);
 		return false;
 	}
+	w->https = strncmp(conf->cfg->graph.base_url, "https://", 8) == 0;
 	w->token_buf = calloc(1, TOKEN_MAX);
 	w->multi = curl_multi_init();
 	if (!w->token_buf || !w->multi || !build_roots(w))
