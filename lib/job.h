@@ -52,6 +52,7 @@ struct job {
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
+	int64_t held_since_mono_ms; /* first held for lack of a token (credentials failing) */
 	int64_t op_started_mono_ms;
 	int64_t op_deadline_mono_ms;
 	int64_t next_poll_mono_ms;
@@ -75,6 +76,7 @@ struct job {
 
 	/* Deliveries still outstanding before the offset is done (result, state, DLQ copy). */
 	int pending_deliveries;
+	bool result_queued; /* its result is in the producer: counted as awaiting ack */
 };
 
 /* Copies key and headers of msg; the job owns them. NULL on allocation failure. */

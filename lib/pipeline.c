@@ -67,8 +67,10 @@ struct pipeline {
 	struct job *followers; /* duplicates waiting for the result of an id in progress */
 	int64_t last_forget_ms;
 
-	/* Jobs consumed and not yet acknowledged or abandoned. */
+	/* Jobs consumed and not yet acknowledged or abandoned; of those, the ones whose
+	 * result is already in the producer (cheap: only waiting for the broker's ack). */
 	atomic_size_t in_memory;
+	atomic_size_t awaiting_ack;
 	atomic_bool paused;
 	bool draining, workers_joined, group_joined;
 	atomic_bool fatal;
@@ -145,9 +147,18 @@ static size_t tracked_limit(const struct pipeline *p)
 	return p->cfg->kafka.max_queued * TRACKED_PER_QUEUED;
 }
 
+/*
+ * Work still to do counts against max_queued; results only waiting for the broker's
+ * acknowledgement come back in bursts and cost little, so they get a second allowance:
+ * counting them fully stalled consumption for each burst.
+ */
 static bool over_bound(const struct pipeline *p, double fraction)
 {
-	return (double)p->in_memory >= (double)p->cfg->kafka.max_queued * fraction ||
+	size_t in_memory = atomic_load(&p->in_memory);
+	size_t awaiting = atomic_load(&p->awaiting_ack);
+	size_t to_do = in_memory > awaiting ? in_memory - awaiting : 0;
+	double max = (double)p->cfg->kafka.max_queued * fraction;
+	return (double)to_do >= max || (double)in_memory >= 2 * max ||
 	       (double)offtrack_tracked_total(p->offsets) >= (double)tracked_limit(p) * fraction;
 }
 
@@ -320,9 +331,19 @@ static void count_outcome(struct pipeline *p, enum job_status status)
 	pthread_mutex_unlock(&p->counters_lock);
 }
 
+/* Its result goes to the producer now: from here on it only waits for the ack. */
+static void mark_result_queued(struct pipeline *p, struct job *job)
+{
+	if (!job->result_queued)
+		atomic_fetch_add(&p->awaiting_ack, 1);
+	job->result_queued = true;
+}
+
 /* A job leaves memory: abandoned (revoke, drain) or settled. Any thread. */
 static void release(struct pipeline *p, struct job *job)
 {
+	if (job->result_queued)
+		atomic_fetch_sub(&p->awaiting_ack, 1);
 	atomic_fetch_sub(&p->in_memory, 1);
 	job_free(job);
 }
@@ -427,6 +448,7 @@ static bool publish_result(struct pipeline *p, struct job *job, bool block)
 	result_key(job, &key, &key_len);
 	bool with_state = job->ev != NULL;
 	job->pending_deliveries += with_state ? 2 : 1;
+	mark_result_queued(p, job);
 	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
 	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
 			       value, len, h, job, block);
@@ -712,6 +734,7 @@ static bool replay(struct pipeline *p, struct job *job, const struct state_info 
 	result_key(job, &key, &key_len);
 	job->status = si->done_succeeded ? JOB_SUCCEEDED : JOB_FAILED;
 	job->pending_deliveries = 1;
+	mark_result_queued(p, job);
 	struct log_ctx ctx = {.request_id = job->ev->id, .client_request_id = job->client_request_id};
 	log_with(LOG_LVL_INFO, &ctx, "replayed request: answering with the recorded result");
 	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
@@ -791,6 +814,7 @@ static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done)
 		result_key(job, &key, &key_len);
 		job->status = record_status(done);
 		job->pending_deliveries = 1;
+		mark_result_queued(p, job);
 		rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
 		(void)queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key,
 				   key_len, done->payload, done->len, h, job, false);
@@ -848,6 +872,11 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 	dispatch(p, job);
 }
 
+/*
+ * Fetched just before the pause took effect: read it again later. The seek is
+ * asynchronous (timeout 0); if it fails, librdkafka reports it and the message is read
+ * again at the latest after a restart, since its offset was never stored.
+ */
 static void rewind_to(struct pipeline *p, const rd_kafka_message_t *msg)
 {
 	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
@@ -855,19 +884,18 @@ static void rewind_to(struct pipeline *p, const rd_kafka_message_t *msg)
 		return;
 	rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(msg->rkt), msg->partition)
 		->offset = msg->offset;
-	rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 1000);
+	rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 0);
 	if (error) {
-		log_error("cannot rewind [%d] to %lld: %s", (int)msg->partition,
-			  (long long)msg->offset, rd_kafka_error_string(error));
+		log_warning("cannot rewind [%d] to %lld: %s", (int)msg->partition,
+			    (long long)msg->offset, rd_kafka_error_string(error));
 		rd_kafka_error_destroy(error);
-		atomic_store(&p->fatal, true);
 	}
 	rd_kafka_topic_partition_list_destroy(list);
 }
 
 static void consume(struct pipeline *p, int timeout_ms)
 {
-	for (int i = 0; i < MESSAGES_PER_TURN; i++) {
+	for (int i = 0; i < MESSAGES_PER_TURN && (i == 0 || !over_bound(p, 1.0)); i++) {
 		rd_kafka_message_t *msg = rd_kafka_consumer_poll(p->consumer, i ? 0 : timeout_ms);
 		if (!msg)
 			return;
@@ -878,7 +906,6 @@ static void consume(struct pipeline *p, int timeout_ms)
 			/* Dropped unread: its offset is never stored, so whoever owns the
 			 * partition next consumes it again. */
 		} else if (over_bound(p, 1.0)) {
-			/* Fetched just before the pause took effect: read it again later. */
 			rewind_to(p, msg);
 		} else if (is_input_topic(p, rd_kafka_topic_name(msg->rkt))) {
 			admit(p, msg);
@@ -903,7 +930,8 @@ static void forget_old_state(struct pipeline *p)
 bool pipeline_poll(struct pipeline *p, int timeout_ms)
 {
 	apply_backpressure(p);
-	consume(p, timeout_ms);
+	/* Results waiting for their acks: come back soon to serve the delivery reports. */
+	consume(p, atomic_load(&p->awaiting_ack) && timeout_ms > 5 ? 5 : timeout_ms);
 	rd_kafka_poll(p->producer, 0);
 	store_offsets(p);
 	forget_old_state(p);
@@ -1052,7 +1080,7 @@ static void on_token_change(void *arg)
 {
 	struct pipeline *p = arg;
 	for (unsigned i = 0; i < p->n_workers; i++)
-		worker_wakeup(p->workers[i]);
+		worker_token_changed(p->workers[i]);
 }
 
 static bool start_workers(struct pipeline *p, char *err, size_t errcap)

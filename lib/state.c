@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cptime.h"
 #include "graphreq.h"
@@ -475,15 +476,45 @@ static bool read_range(struct state *st, int32_t partition, int64_t until, int64
 	return true;
 }
 
-static bool watermarks(struct state *st, int32_t partition, int64_t *low, int64_t *high,
-		       int timeout_ms, char *err, size_t errcap)
+/* The partition's offset range; on error, err says which and why. */
+static rd_kafka_resp_err_t watermarks(struct state *st, int32_t partition, int64_t *low,
+				      int64_t *high, int timeout_ms, char *err, size_t errcap)
 {
 	rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(st->reader, st->topic, partition,
 								 low, high, timeout_ms);
-	if (e) {
+	if (e)
 		snprintf(err, errcap, "state topic %s [%d]: %s", st->topic, (int)partition,
 			 rd_kafka_err2str(e));
-		return false;
+	return e;
+}
+
+/*
+ * A broker that is down or a leader that moves is waited for, up to RESTORE_TIMEOUT_MS:
+ * processing a partition without its state is not an option.
+ */
+static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *low,
+				int64_t *high, char *err, size_t errcap)
+{
+	int64_t deadline = cptime_mono_ms() + RESTORE_TIMEOUT_MS;
+	bool logged = false;
+	rd_kafka_resp_err_t e;
+	while ((e = watermarks(st, partition, low, high, 5 * 1000, err, errcap)) != 0) {
+		if (e == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+		    e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+			/* A configuration error, not an outage: say what is needed. */
+			snprintf(err, errcap,
+				 "state topic %s has no partition %d: it needs at least as many "
+				 "partitions as the input topic",
+				 st->topic, (int)partition);
+			return false;
+		}
+		if (cptime_mono_ms() > deadline)
+			return false;
+		if (!logged)
+			log_warning("%s; waiting for the broker", err);
+		logged = true;
+		struct timespec pause = {.tv_nsec = 500 * 1000 * 1000};
+		nanosleep(&pause, NULL);
 	}
 	return true;
 }
@@ -494,7 +525,7 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 {
 	int64_t low = 0, high = 0;
 	*records = 0;
-	if (!watermarks(st, partition, &low, &high, 10 * 1000, err, errcap))
+	if (!wait_for_watermarks(st, partition, &low, &high, err, errcap))
 		return false;
 	if (high <= low)
 		return true;
@@ -522,7 +553,7 @@ bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **val
 {
 	const rd_kafka_message_t *msg = NULL;
 	int64_t low = 0, high = 0;
-	if (!watermarks(st, partition, &low, &high, FETCH_TIMEOUT_MS, err, errcap))
+	if (watermarks(st, partition, &low, &high, FETCH_TIMEOUT_MS, err, errcap))
 		return false;
 	/* Otherwise the read would wait for a record that cannot come. */
 	if (offset < low || offset >= high) {

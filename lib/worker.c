@@ -71,6 +71,8 @@ struct worker {
 	atomic_llong heartbeat_ms;
 	atomic_size_t active;
 	atomic_bool exited;
+	atomic_bool token_changed; /* the auth thread has news: retry the parked jobs */
+	int64_t parked_retry_ms;   /* when parked jobs were last retried */
 };
 
 /* ---- small containers ---- */
@@ -295,6 +297,27 @@ static bool may_have_created(const struct job *job, CURLcode rc, long status)
 	       rc != CURLE_PEER_FAILED_VERIFICATION;
 }
 
+/* A Retry-After that ends after the job's retry budget: waiting for it is pointless. */
+static bool beyond_budget(struct worker *w, const struct job *job, int64_t wait, int64_t now)
+{
+	struct worker_policy p = current_policy(w);
+	return wait > 0 && p.retry.max_elapsed_ms > 0 && job->first_attempt_mono_ms &&
+	       now + wait > job->first_attempt_mono_ms + p.retry.max_elapsed_ms;
+}
+
+/*
+ * How long a Retry-After may hold a whole tenant. Graph's are seconds; a hostile or broken
+ * answer of a day would stall the tenant for a day, so the block ends after the retry
+ * budget's max_elapsed_s at the latest (requests are then refused one by one again).
+ */
+static int64_t bounded_block(struct worker *w, int64_t wait)
+{
+	struct worker_policy p = current_policy(w);
+	if (p.retry.max_elapsed_ms > 0 && wait > p.retry.max_elapsed_ms)
+		return p.retry.max_elapsed_ms;
+	return wait;
+}
+
 static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
 			   long status)
 {
@@ -312,9 +335,19 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		return;
 	case RETRY_THROTTLED: {
 		int64_t wait = retry_after_ms(x, -1);
-		sched_on_result(w->conf.sched, job->tenant, SCHED_THROTTLED, wait, now);
+		bool beyond = beyond_budget(w, job, wait, now);
+		sched_on_result(w->conf.sched, job->tenant, SCHED_THROTTLED, bounded_block(w, wait),
+				now);
 		log_with(LOG_LVL_INFO, &ctx, "throttled by Graph (429), Retry-After %s",
 			 x->retry_after[0] ? x->retry_after : "absent");
+		if (beyond) {
+			char message[JOB_ERR_MSG_MAX];
+			snprintf(message, sizeof message,
+				 "Retry-After %s is beyond [retry] max_elapsed_s", x->retry_after);
+			job_fail(job, 429, "TooManyRequests", message, true);
+			finish_job(w, job);
+			return;
+		}
 		if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
 			job_fail(job, 429, "QueueFull", "scheduler queue full on retry", true);
 			finish_job(w, job);
@@ -347,7 +380,8 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		}
 		/* A 503's Retry-After holds the whole tenant, not only this request. */
 		int64_t wait = retry_after_ms(x, 0);
-		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, wait, now);
+		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, bounded_block(w, wait),
+				now);
 		retry_or_fail(w, job, status, rc != CURLE_OK ? "TransportError" : "ServiceUnavailable",
 			      message, wait);
 		return;
@@ -786,7 +820,24 @@ static void launch(struct worker *w, struct job *job)
 	enum auth_status st = auth_get_token(w->conf.auth, job->tenant, w->token_buf, TOKEN_MAX,
 					     &expires);
 	if (st != AUTH_OK) {
-		/* Pending or failing credentials hold the job; nothing fails for a token. */
+		/*
+		 * Pending credentials hold the job: nothing fails because the token endpoint
+		 * blinked. Failing credentials hold it too, in case they are fixed (SIGHUP),
+		 * but only for the retry budget's max_elapsed_s: a broken tenant profile must
+		 * not hold memory, and so the other tenants, forever.
+		 */
+		int64_t now = cptime_mono_ms();
+		if (!job->held_since_mono_ms)
+			job->held_since_mono_ms = now;
+		struct worker_policy p = current_policy(w);
+		if (st == AUTH_FAILED && p.retry.max_elapsed_ms > 0 &&
+		    now - job->held_since_mono_ms > p.retry.max_elapsed_ms) {
+			char why[JOB_ERR_MSG_MAX];
+			auth_last_error(w->conf.auth, job->tenant, why, sizeof why);
+			job_fail(job, 0, "AuthenticationFailed", why, true);
+			finish_job(w, job);
+			return;
+		}
 		if (!park_job(w, job)) {
 			job_fail(job, 0, "OutOfMemory", "cannot park job", true);
 			finish_job(w, job);
@@ -864,8 +915,12 @@ static void admit_parked(struct worker *w)
 static int64_t admit_work(struct worker *w, int64_t now)
 {
 	int64_t wake = now + LOOP_IDLE_MS;
-	if (w->n_parked)
+	/* Parked jobs wait for news from the auth thread, or a second for their deadline. */
+	if (w->n_parked &&
+	    (atomic_exchange(&w->token_changed, false) || now - w->parked_retry_ms >= 1000)) {
+		w->parked_retry_ms = now;
 		admit_parked(w);
+	}
 	while (w->polls.len && capacity(w) && w->polls.items[0]->next_poll_mono_ms <= now)
 		launch(w, heap_pop(&w->polls));
 	if (w->polls.len && w->polls.items[0]->next_poll_mono_ms < wake)
@@ -972,6 +1027,12 @@ bool worker_start(struct worker *w)
 void worker_wakeup(struct worker *w)
 {
 	curl_multi_wakeup(w->multi);
+}
+
+void worker_token_changed(struct worker *w)
+{
+	atomic_store(&w->token_changed, true);
+	worker_wakeup(w);
 }
 
 void worker_set_policy(struct worker *w, const struct worker_policy *policy)

@@ -62,6 +62,9 @@ bool worker_start(struct worker *w) CP_MUSTCHECK;
 /* Wakes the worker's poll (new jobs queued, a token arrived, a stop was asked). */
 void worker_wakeup(struct worker *w);
 
+/* The auth thread acquired or lost a token: jobs parked for one are retried. */
+void worker_token_changed(struct worker *w);
+
 /* Applies a reloaded policy from the next loop iteration on. */
 void worker_set_policy(struct worker *w, const struct worker_policy *policy);
 

@@ -141,15 +141,6 @@ def test_hostile_graph_answers(tmp_path):
     assert len(foreign_ops) >= 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lib/worker.c on_post_answer(), RETRY_THROTTLED: the 429's Retry-After (a year, capped "
-    "to one day by graphresp_parse_retry_after) goes straight into sched_on_result and "
-    "sched_requeue, so the tenant is blocked and the job waits a day, far past "
-    "[retry] max_elapsed_s and [operations] timeout_s. Fix: when now + Retry-After is past "
-    "the job's retry deadline (first attempt + max_elapsed_s), finish the job at once with "
-    "job_fail(job, 429, 'TooManyRequests', 'Retry-After <v> exceeds the retry budget', "
-    "true), and clamp the delay given to sched_on_result to [retry] max_delay_s (or a new "
-    "[limits] max_retry_after_s) so one hostile answer cannot stall a tenant for a day."))
 def test_retry_after_of_a_year_is_bounded(tmp_path):
     with Stack(tmp_path, sim_config=dict(FAST_OPERATIONS, hostile_mode="retry_after_year",
                                          hostile_rate=1)) as stack:
