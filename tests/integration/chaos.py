@@ -2,11 +2,7 @@
 test_scale_out.py): events, a background producer, a SIGKILL loop, broker failover on
 kafka-mock, the state topic, and the invariants every such test checks.
 
-    schedule = kill_schedule(5, (4, 8), seed=5)
-    feeder = Trickle(stack, events, seconds=sum(schedule) + 3)   # produces in the background
-    feeder.start()
-    kills = kill_loop(stack, schedule, config)
-    feeder.finish()
+    kills = kill_loop(stack, config, random.Random(5), split(events, 6))
     check_outcomes(stack, stack.graph.ledger(), expected)
 
 See docs/crash-safety.md for what each test proves.
@@ -76,16 +72,27 @@ def mixed_events(n, seed=11, invalid_share=0.02):
 
 class Trickle(threading.Thread):
     """Produces events to the input topic at a steady rate over `seconds`, from its own
-    producer (the Stack's producer is not shared across threads)."""
+    producer (the Stack's producer is not shared across threads). The last `hold_back`
+    events wait for release(), so that a test can be sure work remains after its faults."""
 
-    def __init__(self, stack, events, seconds):
+    def __init__(self, stack, events, seconds, hold_back=0):
         super().__init__(daemon=True)
-        self.events = events
+        self.events = events[:len(events) - hold_back]
+        self.held = events[len(events) - hold_back:]
         self.seconds = seconds
+        self.released = threading.Event()
+        if not self.held:
+            self.released.set()
         self.producer = Producer({"bootstrap.servers": stack.kafka.bootstrap,
                                   "enable.idempotence": True})
         self.error = None
         self.produced = 0
+
+    def produce(self, events):
+        for ev in events:
+            self.producer.produce(INPUT, value=json.dumps(ev).encode(), key=ev["id"].encode())
+            self.producer.poll(0)
+            self.produced += 1
 
     def run(self):
         try:
@@ -93,50 +100,103 @@ class Trickle(threading.Thread):
             batches = max(1, int(self.seconds * 10))
             per = -(-len(self.events) // batches)
             for b in range(batches):
-                for ev in self.events[b * per:(b + 1) * per]:
-                    self.producer.produce(INPUT, value=json.dumps(ev).encode(),
-                                          key=ev["id"].encode())
-                    self.producer.poll(0)
-                    self.produced += 1
+                self.produce(self.events[b * per:(b + 1) * per])
                 delay = start + (b + 1) * self.seconds / batches - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            self.released.wait()
+            self.produce(self.held)
             left = self.producer.flush(60)
             if left:
                 self.error = "%d events not delivered to the input topic" % left
         except Exception as e:  # reported by finish()
             self.error = repr(e)
 
+    def release(self):
+        self.released.set()
+
     def finish(self, timeout=90):
+        self.release()
         self.join(timeout)
         assert not self.is_alive(), "the producer thread did not finish"
         assert self.error is None, self.error
-        assert self.produced == len(self.events)
+        assert self.produced == len(self.events) + len(self.held)
 
 
 # ---- killing ----
 
-def kill_schedule(kills, interval, seed):
-    """How long each incarnation lives before its SIGKILL: `kills` seeded draws from interval."""
-    rng = random.Random(seed)
-    return [round(rng.uniform(*interval), 2) for _ in range(kills)]
+# chatprovd logs this once it holds partitions and a token (daemon/main.c).
+READY_LOG = "ready: group joined"
 
 
-def kill_loop(stack, schedule, config_path):
-    """SIGKILLs the newest chatprovd schedule[i] s after it was started and restarts it at
-    once, for each entry. Returns [(seconds alive, results seen at the kill)]."""
-    log = []
-    for wait in schedule:
-        started = time.monotonic()
-        while time.monotonic() - started < wait:
-            stack.read_results(timeout=0.3)
+class Incarnation:
+    """Timeline of one chatprovd process in a kill loop (monotonic seconds)."""
+
+    def __init__(self, results_at_start):
+        self.started = time.monotonic()
+        self.ready = None        # READY_LOG seen
+        self.busy = None         # results for min_new ids that had none are in
+        self.killed = None
+        self.results_at_start = results_at_start
+        self.results_at_kill = None
+
+    def summary(self):
+        def rel(t):
+            return None if t is None else round(t - self.started, 1)
+        return {"ready": rel(self.ready), "busy": rel(self.busy), "killed": rel(self.killed),
+                "results": self.results_at_kill}
+
+
+def kill_loop(stack, config_path, rng, chunks, min_alive=4, min_new=30, grace=(0, 0.5),
+              timeout=30):
+    """Runs len(chunks) incarnations of chatprovd; incarnation i is sent chunks[i] (a list
+    of events) as it starts. Each but the last is SIGKILLed once it has lived min_alive s and
+    published results for min_new ids that had none, plus a random grace, so that the kill
+    lands while fresh requests are in flight (not while the group forms or replays are
+    answered); then it is restarted at once. A restarted instance that publishes no fresh
+    results within `timeout` s of its start fails the test: a restart costs about
+    session.timeout.ms plus a rebalance round (~7 s with FAST_GROUP), and answering the
+    replays of what the dead instance did not commit must not take much longer.
+    Returns one Incarnation per kill."""
+    assert all(len(c) > 2 * min_new for c in chunks[:-1])
+    out = []
+    stack.start_daemon(config_path)
+    for chunk in chunks[:-1]:
+        inc = Incarnation(len(stack.results))
+        stack.produce(chunk)
+        extra = rng.uniform(*grace)
+        while inc.busy is None or \
+                time.monotonic() < max(inc.started + min_alive, inc.busy + extra):
+            stack.read_results(timeout=0.1)
             assert stack.daemon.alive(), "chatprovd died on its own:\n" + \
                 stack.daemon.log_text()[-3000:]
+            if inc.ready is None and READY_LOG in stack.daemon.log_text():
+                inc.ready = time.monotonic()
+            if inc.busy is None and len(stack.results) >= inc.results_at_start + min_new:
+                inc.busy = time.monotonic()
+            assert inc.busy is not None or time.monotonic() - inc.started < timeout, \
+                "restart %d: chatprovd published %d new results in %d s:\n%s" \
+                % (len(out), len(stack.results) - inc.results_at_start, timeout,
+                   stack.daemon.log_text()[-3000:])
         code = stack.daemon.sigkill()
         assert code == -9, code
-        log.append((round(time.monotonic() - started, 1), len(stack.results)))
+        inc.killed = time.monotonic()
+        inc.results_at_kill = len(stack.results)
+        out.append(inc)
         stack.start_daemon(config_path)
-    return log
+    stack.produce(chunks[-1])
+    return out
+
+
+def split(items, n):
+    """n consecutive slices of nearly equal size."""
+    k, r = divmod(len(items), n)
+    out, at = [], 0
+    for i in range(n):
+        size = k + (1 if i < r else 0)
+        out.append(items[at:at + size])
+        at += size
+    return out
 
 
 def wait_for_log(daemon, needle, timeout):

@@ -2,41 +2,38 @@
 replayed across a restart. chatprovd runs as separate processes against kafka-mock and
 graph-sim; docs/crash-safety.md says what each test proves."""
 
+import random
 import signal
 import time
 
-from chaos import (CHAOS_SIM, FAST_GROUP, Trickle, assert_copies_agree,
+from chaos import (CHAOS_SIM, FAST_GROUP, READY_LOG, assert_copies_agree,
                    assert_no_duplicate_group_chats, chat_id, check_outcomes, client_request_id,
-                   drain_results, group_chats_by_crid, kill_loop, kill_schedule, mixed_events,
-                   posts_by_crid, state_records, wait_copies, with_overrides)
+                   drain_results, group_chats_by_crid, kill_loop, mixed_events,
+                   posts_by_crid, split, state_records, wait_copies, wait_for_log,
+                   with_overrides)
 from stack import OUTPUT, Stack, group_event, one_on_one_event
 
 
 def test_sigkill_chaos(tmp_path):
-    """3,000 mixed events arrive steadily while chatprovd is SIGKILLed 5 times, 4-8 s after
-    each (re)start, and restarted at once: nothing lost, no group chat twice, every operation
-    seen to its end, every copy of a result the same outcome."""
+    """3,000 mixed events, 500 more as each chatprovd incarnation starts; each is SIGKILLed
+    (at least 4 s after its start, once it is at work on fresh requests) and restarted at
+    once, 5 times: nothing lost, no group chat twice, every operation seen to its end, every
+    copy of a result the same outcome."""
     events, expected = mixed_events(3000)
-    schedule = kill_schedule(5, (4, 8), seed=5)
     with Stack(tmp_path, sim_config=CHAOS_SIM) as stack:
         config = stack.write_config(**FAST_GROUP)
-        stack.start_daemon(config)
-        # Events keep arriving until after the last kill, so every kill lands mid-run.
-        feeder = Trickle(stack, events, seconds=sum(schedule) + 3)
-        feeder.start()
-        kills = kill_loop(stack, schedule, config)
-        feeder.finish()
+        kills = kill_loop(stack, config, random.Random(5), split(events, 6))
         stack.wait_results(expected, timeout=150)
+        assert wait_for_log(stack.daemon, READY_LOG, 30)
         assert stack.daemon.stop(signal.SIGTERM) == 0, stack.daemon.log_text()[-3000:]
         drain_results(stack)
         ledger = stack.graph.ledger()
 
-    print("kills (seconds alive, results seen):", kills)
-    # The kills landed mid-run: work was done between them and some was left after the last.
-    assert kills[-1][1] < len(expected), "every result was in before the last kill"
-    grew = sum(1 for before, after in zip([(0, 0)] + kills, kills) if after[1] > before[1])
-    assert grew >= 2, kills
-    assert any(op for op in ledger["operations"]), "no 202 operation was exercised"
+    print("incarnations (s since start):", [k.summary() for k in kills])
+    # Each kill landed with fresh work unanswered.
+    for i, k in enumerate(kills):
+        assert k.results_at_kill < 500 * (i + 1), (i, k.summary())
+    assert ledger["operations"], "no 202 operation was exercised"
     check_outcomes(stack, ledger, expected)
 
 
