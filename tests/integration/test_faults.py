@@ -88,9 +88,6 @@ def test_faults_together(tmp_path):
     assert all(r["chat"]["id"] in chats for r in results.values())
 
 
-@pytest.mark.xfail(reason="lib/worker.c on_post_answer passes retry_after 0 to sched_on_result "
-                   "for a 503 and backs off without retry_next_delay_ms: Retry-After of "
-                   "5xx answers is ignored", strict=False)
 def test_503_retry_after_is_honoured(tmp_path):
     """Every 503 carries Retry-After: 1; nothing of the tenant may arrive before it has passed.
     Paced at 10/s with a burst of 2 (2 per 0.2 s), so that after the first two no other
@@ -168,10 +165,6 @@ def test_permanent_errors_fail_at_once(tmp_path):
     assert slow_wall_s < 15
 
 
-@pytest.mark.xfail(reason="lib/worker.c sets CURLOPT_PIPEWAIT on plain-HTTP/1.1 transfers: with "
-                   "libcurl 7.88 every pending transfer waits on the hung connection and fails "
-                   "with it ('Failed to resolve host ... after 0 ms'), burning all retries",
-                   strict=False)
 def test_hanging_server_costs_one_timeout(tmp_path):
     """Graph accepts and never answers (every request, for 4 s), then recovers: the events
     still complete, each hang cost one request timeout and no worker stayed stuck."""

@@ -103,10 +103,6 @@ def test_two_tenants_tokens_and_limits(tmp_path):
         assert crid(e["id"]) not in {p["clientRequestId"] for p in ledger["chat_posts"]}
 
 
-@pytest.mark.xfail(strict=True, reason="lib/worker.c launch()/park_job(): jobs of a profile "
-                   "whose credentials failed are parked forever (never failed after "
-                   "retry.max_elapsed_s), so they fill [kafka] max_queued and "
-                   "lib/pipeline.c pauses consumption for every tenant")
 def test_broken_tenant_does_not_stall_others(tmp_path):
     """One misconfigured tenant's backlog must not stop the others: its events end (failed,
     with the token error) once retries run out, and the consumer keeps going."""

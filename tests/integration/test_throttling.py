@@ -14,15 +14,6 @@ WINDOW_S = 2
 LIMIT_PER_S = LIMIT / WINDOW_S
 EVENTS = 300
 DAEMON_LIMITS = {"chat_creates_per_10s_per_tenant": str(LIMIT), "window_s": str(WINDOW_S)}
-# lib/worker.c on_post_answer never reports SCHED_OK for a 201/202, so after the first 429
-# (one in ~300 requests from timing jitter at an exactly matched limit) the tenant's rate stays
-# halved: goodput ~53 %. Remove this marker with the one-line fix in worker.c.
-AIMD_NEEDS_SUCCESSES = pytest.mark.xfail(
-    reason="worker.c does not report successes to the scheduler (sched_on_result SCHED_OK)",
-    strict=False)
-
-
-@AIMD_NEEDS_SUCCESSES
 @pytest.mark.parametrize("mode", ["integer", "fractional", "absent"])
 def test_one_tenant_backlog_runs_at_the_limit(tmp_path, mode):
     """300 events for one tenant limited to 20 per 2 s: goodput >= 95 % of 10/s, <= 5 % 429s,

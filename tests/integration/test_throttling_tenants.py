@@ -24,8 +24,6 @@ CONTOSO_EVENTS = 80
 FABRIKAM_EVENTS = 40
 
 
-@pytest.mark.xfail(reason="worker.c does not report successes to the scheduler (sched_on_result "
-                   "SCHED_OK): after a 429 fabrikam's rate never recovers", strict=False)
 def test_throttled_tenant_does_not_block_the_other(tmp_path):
     sim = {"limit_per_tenant": SERVER_LIMIT, "limit_window_s": WINDOW_S,
            "clients": [{"tenant": TENANT, "client_id": CLIENT_ID, "secret": SECRET},
