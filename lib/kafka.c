@@ -67,8 +67,20 @@ static bool apply(rd_kafka_conf_t *conf, const struct cfg *cfg, const struct kv 
 	return true;
 }
 
+/* librdkafka's own messages go through our log, so journald gets their priority. */
+static void on_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
+{
+	enum log_level ours = level <= 3   ? LOG_LVL_ERROR
+			      : level == 4 ? LOG_LVL_WARNING
+			      : level == 5 ? LOG_LVL_NOTICE
+			      : level == 6 ? LOG_LVL_INFO
+					   : LOG_LVL_DEBUG;
+	log_msg(ours, "librdkafka %s %s: %s", rd_kafka_name(rk), facility, text);
+}
+
 static rd_kafka_t *create(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *err, size_t errcap)
 {
+	rd_kafka_conf_set_log_cb(conf, on_log);
 	char errstr[512];
 	rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
 	if (!rk) {
