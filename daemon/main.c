@@ -45,7 +45,7 @@ struct daemon {
 	int signal_fd;
 	bool ready, draining;
 	int64_t drain_deadline_ms, last_status_ms;
-	char last_status[256];
+	char last_status[512];
 };
 
 static void usage(FILE *out)
@@ -203,15 +203,16 @@ static void send_status(struct daemon *d, bool ready)
 	struct pipeline_counters c;
 	char text[sizeof d->last_status];
 	pipeline_counters(d->pipeline, &c);
+	char lag[32] = "unknown";
+	if (c.lag >= 0)
+		snprintf(lag, sizeof lag, "%lld", (long long)c.lag);
 	snprintf(text, sizeof text,
-	         "%s; in flight %zu, queued %zu, in memory %zu; succeeded %llu, failed %llu, "
-	         "rejected %llu, consumed %llu%s",
-	         d->draining ? "draining"
-	         : ready     ? "running"
-	                     : "starting",
-	         c.active, c.queued, c.in_memory, (unsigned long long)c.succeeded,
-	         (unsigned long long)c.failed, (unsigned long long)c.rejected,
-	         (unsigned long long)c.consumed, c.paused ? ", paused" : "");
+		 "%s; in flight %zu, queued %zu, in memory %zu; succeeded %llu, failed %llu, "
+		 "rejected %llu, consumed %llu; throttled %llu, lag %s%s",
+		 d->draining ? "draining" : ready ? "running" : "starting", c.active, c.queued,
+		 c.in_memory, (unsigned long long)c.succeeded, (unsigned long long)c.failed,
+		 (unsigned long long)c.rejected, (unsigned long long)c.consumed,
+		 (unsigned long long)c.throttled, lag, c.paused ? ", paused" : "");
 	if (strcmp(text, d->last_status) == 0)
 		return;
 	memcpy(d->last_status, text, sizeof text);

@@ -1026,12 +1026,17 @@ fail:
 	return false;
 }
 
-/* Consumer lag of every assigned partition, from librdkafka's cached watermarks. */
-static void collect_lag(struct pipeline *p)
+/*
+ * Consumer lag of every assigned partition, from librdkafka's cached watermarks (no
+ * request to the broker); reported per partition to metrics, summed for STATUS=.
+ * Returns -1 while nothing is known.
+ */
+static int64_t collect_lag(struct pipeline *p, bool to_metrics)
 {
+	int64_t total = -1;
 	rd_kafka_topic_partition_list_t *assigned = NULL;
 	if (!p->consumer || rd_kafka_assignment(p->consumer, &assigned) != 0)
-		return;
+		return -1;
 	if (rd_kafka_position(p->consumer, assigned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
 		for (int i = 0; i < assigned->cnt; i++) {
 			rd_kafka_topic_partition_t *tp = &assigned->elems[i];
@@ -1041,10 +1046,14 @@ static void collect_lag(struct pipeline *p)
 			    high < 0)
 				continue;
 			int64_t pos = tp->offset >= 0 ? tp->offset : low;
-			pipeline_metrics_lag(p->metrics, tp->partition, high > pos ? high - pos : 0);
+			int64_t lag = high > pos ? high - pos : 0;
+			total = (total < 0 ? 0 : total) + lag;
+			if (to_metrics)
+				pipeline_metrics_lag(p->metrics, tp->partition, lag);
 		}
 	}
 	rd_kafka_topic_partition_list_destroy(assigned);
+	return total;
 }
 
 /* Runs on the metrics HTTP thread before each scrape: every source here is thread-safe. */
@@ -1073,7 +1082,7 @@ static void collect_metrics(struct metrics *m, void *arg)
 	struct pipeline_counters c;
 	pipeline_counters(p, &c);
 	pipeline_metrics_process_gauges(p->metrics, c.in_memory, c.active, c.paused);
-	collect_lag(p);
+	(void)collect_lag(p, true);
 }
 
 static void on_token_change(void *arg)
@@ -1160,6 +1169,13 @@ void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 	out->active = 0;
 	for (unsigned i = 0; i < p->n_workers; i++)
 		out->active += worker_active(p->workers[i]);
+	out->throttled = 0;
+	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
+		struct sched_tenant_stats ts;
+		if (sched_tenant_stats(p->sched, i, &ts))
+			out->throttled += ts.throttled;
+	}
+	out->lag = collect_lag(p, false);
 }
 
 bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)

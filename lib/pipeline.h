@@ -21,6 +21,9 @@ struct pipeline_counters {
 	size_t in_memory; /* jobs between consumption and acknowledged result */
 	size_t queued;    /* waiting in the scheduler */
 	size_t active;    /* in workers: transfers, operation polls, waiting for a token */
+	uint64_t throttled; /* 429 answers, all tenants */
+	int64_t lag;        /* messages behind the high watermarks of the assigned partitions;
+			     * -1 while unknown */
 	bool paused;
 };
 

@@ -152,7 +152,8 @@ def test_lifecycle(tmp_path, notify):
         running = notify.statuses(since=ready)
         assert any(s.startswith("running;") and "succeeded 30, failed 0, rejected 0, "
                    "consumed 30" in s for s in running), running
-        assert all("in flight" in s and "queued" in s for s in running)
+        assert all("in flight" in s and "queued" in s and "throttled" in s and "lag" in s
+                   for s in running)
 
         # SIGHUP once ready: RELOADING=1 (with MONOTONIC_USEC), then READY=1; the log level
         # is reloaded (error only: the stop below logs no notices).
