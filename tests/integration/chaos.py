@@ -135,9 +135,10 @@ class Incarnation:
     def __init__(self, results_at_start):
         self.started = time.monotonic()
         self.ready = None        # READY_LOG seen
-        self.busy = None         # results for min_new ids that had none are in
+        self.busy = None         # since ready, results for min_new more ids are in
         self.killed = None
         self.results_at_start = results_at_start
+        self.results_at_ready = None
         self.results_at_kill = None
 
     def summary(self):
@@ -150,11 +151,11 @@ class Incarnation:
 def kill_loop(stack, config_path, rng, chunks, min_alive=4, min_new=30, grace=(0, 0.5),
               timeout=30):
     """Runs len(chunks) incarnations of chatprovd; incarnation i is sent chunks[i] (a list
-    of events) as it starts. Each but the last is SIGKILLed once it has lived min_alive s and
-    published results for min_new ids that had none, plus a random grace, so that the kill
-    lands while fresh requests are in flight (not while the group forms or replays are
-    answered); then it is restarted at once. A restarted instance that publishes no fresh
-    results within `timeout` s of its start fails the test: a restart costs about
+    of events) as it starts. Each but the last is SIGKILLed once it has lived min_alive s and,
+    since it became ready, published results for min_new more ids, plus a random grace, so
+    that the kill lands while fresh requests are in flight (not while the group forms or
+    replays are answered); then it is restarted at once. A restarted instance that publishes
+    no fresh results within `timeout` s of its start fails the test: a restart costs about
     session.timeout.ms plus a rebalance round (~7 s with FAST_GROUP), and answering the
     replays of what the dead instance did not commit must not take much longer.
     Returns one Incarnation per kill."""
@@ -170,9 +171,13 @@ def kill_loop(stack, config_path, rng, chunks, min_alive=4, min_new=30, grace=(0
             stack.read_results(timeout=0.1)
             assert stack.daemon.alive(), "chatprovd died on its own:\n" + \
                 stack.daemon.log_text()[-3000:]
+            # Counted from readiness: the reader may still be catching up with results the
+            # killed instance published just before it died.
             if inc.ready is None and READY_LOG in stack.daemon.log_text():
                 inc.ready = time.monotonic()
-            if inc.busy is None and len(stack.results) >= inc.results_at_start + min_new:
+                inc.results_at_ready = len(stack.results)
+            if inc.busy is None and inc.ready is not None and \
+                    len(stack.results) >= inc.results_at_ready + min_new:
                 inc.busy = time.monotonic()
             assert inc.busy is not None or time.monotonic() - inc.started < timeout, \
                 "restart %d: chatprovd published %d new results in %d s:\n%s" \

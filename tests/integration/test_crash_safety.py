@@ -21,7 +21,10 @@ def test_sigkill_chaos(tmp_path):
     copy of a result the same outcome."""
     events, expected = mixed_events(3000)
     with Stack(tmp_path, sim_config=CHAOS_SIM) as stack:
-        config = stack.write_config(**FAST_GROUP)
+        # 4 requests in flight at 20 ms each: a 500-event chunk takes seconds, so the kills
+        # land in the middle of one.
+        config = stack.write_config(**with_overrides(FAST_GROUP,
+                                                     {"graph": {"max_in_flight": "4"}}))
         kills = kill_loop(stack, config, random.Random(5), split(events, 6))
         stack.wait_results(expected, timeout=150)
         assert wait_for_log(stack.daemon, READY_LOG, 30)
@@ -71,6 +74,8 @@ def test_group_chat_created_but_504(tmp_path):
 
     looked_up = [e for e in with_lookup if hit(e)]
     assert len(looked_up) >= 20, "too few created_504 faults to test anything"
+    lookups = sum(ledger["requests"].get("GET /{version}/users/{id}/chats", {}).values())
+    assert lookups >= len(looked_up), (lookups, len(looked_up))
     for event in with_lookup:
         result = found[event["id"]]
         crid = client_request_id(event["id"])
