@@ -17,6 +17,15 @@
 #define RESTORE_TIMEOUT_MS (120 * 1000)
 #define FETCH_TIMEOUT_MS (10 * 1000)
 #define INITIAL_BUCKETS 1024
+/*
+ * Replays come in bursts (after a crash, every request past the last commit comes again,
+ * in input order, and their done records are neighbours in the state partition): one
+ * fetch reads ahead and keeps the done records it passes, within these bounds.
+ */
+#define FETCH_AHEAD 1024
+#define CACHE_SLOTS 4096
+#define CACHE_BYTES (16u << 20)
+#define CACHE_RECORD_MAX (64u << 10)
 
 /* Keyed by the 128-bit UUIDv5 of the id: fixed size, no copy of the id string. */
 struct entry {
@@ -32,8 +41,17 @@ struct entry {
 	int64_t op_started_wall_ms;
 };
 
+struct cached_result {
+	int32_t partition;
+	int64_t offset;
+	char *value; /* NULL: free slot */
+	size_t len;
+};
+
 struct state {
 	rd_kafka_t *reader;
+	struct cached_result cache[CACHE_SLOTS];
+	size_t cache_next, cache_bytes;
 	/*
 	 * During a restore: requests whose last record is older than this are expired. Which
 	 * record is the last is known only at the end, so the ids of old records are collected
@@ -207,6 +225,8 @@ void state_free(struct state *st)
 			e = next;
 		}
 	}
+	for (size_t i = 0; i < CACHE_SLOTS; i++)
+		free(st->cache[i].value);
 	free(st->buckets);
 	free(st->old_ids);
 	free(st);
@@ -376,8 +396,19 @@ bool state_set_active(struct state *st, const char *id, int32_t partition, bool 
 	return true;
 }
 
+static void cache_clear(struct cached_result *c, size_t *bytes)
+{
+	*bytes -= c->len;
+	free(c->value);
+	c->value = NULL;
+	c->len = 0;
+}
+
 void state_drop_partition(struct state *st, int32_t partition)
 {
+	for (size_t i = 0; i < CACHE_SLOTS; i++)
+		if (st->cache[i].value && st->cache[i].partition == partition)
+			cache_clear(&st->cache[i], &st->cache_bytes);
 	for (size_t i = 0; i < st->n_buckets; i++) {
 		struct entry **link = &st->buckets[i];
 		while (*link) {
@@ -424,10 +455,9 @@ static void unassign(struct state *st)
 	rd_kafka_assign(st->reader, NULL);
 }
 
-/* Consumes until `until` (exclusive) has been read; apply, when set, sees every record. */
+/* Consumes up to `until` (exclusive), applying every record to the mirror. */
 static bool read_range(struct state *st, int32_t partition, int64_t until, int64_t timeout_ms,
-		       const rd_kafka_message_t **want, int64_t want_offset, size_t *records,
-		       char *err, size_t errcap)
+		       size_t *records, char *err, size_t errcap)
 {
 	int64_t deadline = cptime_mono_ms() + timeout_ms;
 	int64_t next = -1;
@@ -441,12 +471,10 @@ static bool read_range(struct state *st, int32_t partition, int64_t until, int64
 		if (!msg)
 			continue;
 		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-			/* The end as the broker sees it now: only the end we were asked for
-			 * (the high watermark, or the record wanted) finishes the read. */
+			/* The end as the broker sees it now: only the high watermark we were
+			 * asked to reach finishes the read. */
 			next = msg->offset > next ? msg->offset : next;
 			rd_kafka_message_destroy(msg);
-			if (next >= until)
-				break;
 			continue;
 		}
 		if (msg->err) {
@@ -455,23 +483,13 @@ static bool read_range(struct state *st, int32_t partition, int64_t until, int64
 			continue;
 		}
 		next = msg->offset + 1;
-		if (want && msg->offset == want_offset) {
-			*want = msg;
-			return true;
-		}
-		if (!want && !state_apply(st, msg)) {
-			rd_kafka_message_destroy(msg);
+		bool applied = state_apply(st, msg);
+		rd_kafka_message_destroy(msg);
+		if (!applied) {
 			snprintf(err, errcap, "out of memory restoring state");
 			return false;
 		}
-		if (records)
-			(*records)++;
-		rd_kafka_message_destroy(msg);
-	}
-	if (want) {
-		snprintf(err, errcap, "state record %s [%d] @%lld not found", st->topic,
-			 (int)partition, (long long)want_offset);
-		return false;
+		(*records)++;
 	}
 	return true;
 }
@@ -535,8 +553,7 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 	st->on_expired = on_expired;
 	st->expired_arg = arg;
 	st->old_ids_len = 0;
-	bool ok = read_range(st, partition, high, RESTORE_TIMEOUT_MS, NULL, 0, records, err,
-			     errcap);
+	bool ok = read_range(st, partition, high, RESTORE_TIMEOUT_MS, records, err, errcap);
 	/* After a partial read a newer record may not have been seen: report nothing. */
 	if (ok)
 		expire_old(st, partition);
@@ -548,11 +565,100 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 	return ok;
 }
 
+/* Hands over a cached result (the slot is emptied: a replay reads its record once). */
+static bool cache_take(struct state *st, int32_t partition, int64_t offset, char **value,
+		       size_t *len)
+{
+	for (size_t i = 0; i < CACHE_SLOTS; i++) {
+		struct cached_result *c = &st->cache[i];
+		if (c->value && c->partition == partition && c->offset == offset) {
+			*value = c->value;
+			*len = c->len;
+			st->cache_bytes -= c->len;
+			c->value = NULL;
+			c->len = 0;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Keeps a done record passed while reading ahead; the oldest slot makes room. */
+static void cache_put(struct state *st, const rd_kafka_message_t *msg)
+{
+	char kind[16];
+	if (!msg->payload || msg->len > CACHE_RECORD_MAX ||
+	    st->cache_bytes + msg->len > CACHE_BYTES ||
+	    !header_value(msg, STATE_HEADER, kind, sizeof kind) || kind_of(kind) != STATE_DONE)
+		return;
+	struct cached_result *c = &st->cache[st->cache_next];
+	st->cache_next = (st->cache_next + 1) % CACHE_SLOTS;
+	if (c->value)
+		cache_clear(c, &st->cache_bytes);
+	c->value = malloc(msg->len + 1);
+	if (!c->value)
+		return;
+	memcpy(c->value, msg->payload, msg->len);
+	c->value[msg->len] = '\0';
+	c->len = msg->len;
+	c->partition = msg->partition;
+	c->offset = msg->offset;
+	st->cache_bytes += msg->len;
+}
+
+static bool copy_value(const rd_kafka_message_t *msg, char **value, size_t *len)
+{
+	*value = malloc(msg->len + 1);
+	if (!*value)
+		return false;
+	memcpy(*value, msg->payload, msg->len);
+	(*value)[msg->len] = '\0';
+	*len = msg->len;
+	return true;
+}
+
+/* Reads from `offset` (the record wanted) up to `until`, caching the done records after it. */
+static bool read_ahead(struct state *st, int32_t partition, int64_t offset, int64_t until,
+		       char **value, size_t *len, char *err, size_t errcap)
+{
+	int64_t deadline = cptime_mono_ms() + FETCH_TIMEOUT_MS;
+	int64_t next = offset;
+	bool found = false;
+	while (next < until && cptime_mono_ms() < deadline) {
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(st->reader, 100);
+		if (!msg)
+			continue;
+		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			rd_kafka_message_destroy(msg);
+			break;
+		}
+		if (!msg->err) {
+			next = msg->offset + 1;
+			if (msg->offset == offset && !found) {
+				found = copy_value(msg, value, len);
+				if (!found) {
+					rd_kafka_message_destroy(msg);
+					snprintf(err, errcap, "out of memory");
+					return false;
+				}
+			} else if (msg->offset > offset) {
+				cache_put(st, msg);
+			}
+		}
+		rd_kafka_message_destroy(msg);
+	}
+	if (!found)
+		snprintf(err, errcap, "state record %s [%d] @%lld not found", st->topic,
+			 (int)partition, (long long)offset);
+	return found;
+}
+
 bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **value, size_t *len,
 		 char *err, size_t errcap)
 {
-	const rd_kafka_message_t *msg = NULL;
 	int64_t low = 0, high = 0;
+	if (cache_take(st, partition, offset, value, len))
+		return true;
 	if (watermarks(st, partition, &low, &high, FETCH_TIMEOUT_MS, err, errcap))
 		return false;
 	/* Otherwise the read would wait for a record that cannot come. */
@@ -563,20 +669,8 @@ bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **val
 	}
 	if (!assign_at(st, partition, offset, err, errcap))
 		return false;
-	bool ok = read_range(st, partition, offset + 1, FETCH_TIMEOUT_MS, &msg, offset, NULL, err,
-			     errcap);
-	if (ok) {
-		*value = malloc(msg->len + 1);
-		ok = *value != NULL;
-		if (ok) {
-			memcpy(*value, msg->payload, msg->len);
-			(*value)[msg->len] = '\0';
-			*len = msg->len;
-		} else {
-			snprintf(err, errcap, "out of memory");
-		}
-		rd_kafka_message_destroy((rd_kafka_message_t *)msg);
-	}
+	int64_t until = offset + 1 + FETCH_AHEAD < high ? offset + 1 + FETCH_AHEAD : high;
+	bool ok = read_ahead(st, partition, offset, until, value, len, err, errcap);
 	unassign(st);
 	return ok;
 }
