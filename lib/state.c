@@ -506,6 +506,18 @@ static rd_kafka_resp_err_t watermarks(struct state *st, int32_t partition, int64
 	return e;
 }
 
+/* The cached leader of a partition can outlive a failover: ask the cluster again. */
+static void refresh_metadata(struct state *st)
+{
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(st->reader, st->topic, NULL);
+	if (!rkt)
+		return;
+	if (rd_kafka_metadata(st->reader, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+}
+
 /*
  * A broker that is down or a leader that moves is waited for, up to RESTORE_TIMEOUT_MS:
  * processing a partition without its state is not an option.
@@ -531,6 +543,7 @@ static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *lo
 		if (!logged)
 			log_warning("%s; waiting for the broker", err);
 		logged = true;
+		refresh_metadata(st);
 		struct timespec pause = {.tv_nsec = 500 * 1000 * 1000};
 		nanosleep(&pause, NULL);
 	}
