@@ -104,6 +104,14 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
 		{"enable.auto.commit", "true"},
 		{"auto.commit.interval.ms", "1000"},
 		{"enable.partition.eof", "false"},
+		/*
+		 * Pre-fetch beyond max_queued is only thrown away at the next pause: the 64 MiB
+		 * default queue held ~50 MiB of messages and fetch buffers (heaptrack, 100,000
+		 * backlog). With a small queue, refills must not wait for the fetch error
+		 * back-off, which librdkafka 2.0 also applies to a full queue (500 ms).
+		 */
+		{"queued.max.messages.kbytes", "2048"},
+		{"fetch.error.backoff.ms", "20"},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	if (!conf) {
