@@ -71,6 +71,7 @@ struct pipeline {
 	 * result is already in the producer (cheap: only waiting for the broker's ack). */
 	atomic_size_t in_memory;
 	atomic_size_t awaiting_ack;
+	size_t intents_pending; /* group chats waiting for their intent's ack (Kafka thread) */
 	atomic_bool paused;
 	bool draining, workers_joined, group_joined;
 	atomic_bool fatal;
@@ -567,6 +568,7 @@ static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg
 	if (kind == STATE_DONE && owned)
 		answer_followers(p, msg);
 	if (kind == STATE_INTENT && job) {
+		p->intents_pending--;
 		/* The intent is durable: now the POST may go (unless we are leaving). */
 		if (job_is_current(job, p) && !p->draining)
 			queue_job(p, job);
@@ -715,8 +717,9 @@ static void write_intent(struct pipeline *p, struct job *job)
 		atomic_store(&p->fatal, true);
 		return;
 	}
-	(void)queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
-			   strlen(job->ev->id), value, strlen(value), h, job, false);
+	if (queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
+			 strlen(job->ev->id), value, strlen(value), h, job, false))
+		p->intents_pending++;
 }
 
 /* A request answered before: publish the recorded result again; Graph is not asked. */
@@ -930,8 +933,9 @@ static void forget_old_state(struct pipeline *p)
 bool pipeline_poll(struct pipeline *p, int timeout_ms)
 {
 	apply_backpressure(p);
-	/* Results waiting for their acks: come back soon to serve the delivery reports. */
-	consume(p, atomic_load(&p->awaiting_ack) && timeout_ms > 5 ? 5 : timeout_ms);
+	/* Acks are due (results, intents): come back soon to serve the delivery reports. */
+	bool acks_due = atomic_load(&p->awaiting_ack) || p->intents_pending;
+	consume(p, acks_due && timeout_ms > 5 ? 5 : timeout_ms);
 	rd_kafka_poll(p->producer, 0);
 	store_offsets(p);
 	forget_old_state(p);
