@@ -207,12 +207,15 @@ static void send_status(struct daemon *d, bool ready)
 	if (c.lag >= 0)
 		snprintf(lag, sizeof lag, "%lld", (long long)c.lag);
 	snprintf(text, sizeof text,
-		 "%s; in flight %zu, queued %zu, in memory %zu; succeeded %llu, failed %llu, "
-		 "rejected %llu, consumed %llu; throttled %llu, lag %s%s",
-		 d->draining ? "draining" : ready ? "running" : "starting", c.active, c.queued,
-		 c.in_memory, (unsigned long long)c.succeeded, (unsigned long long)c.failed,
-		 (unsigned long long)c.rejected, (unsigned long long)c.consumed,
-		 (unsigned long long)c.throttled, lag, c.paused ? ", paused" : "");
+	         "%s; in flight %zu, queued %zu, in memory %zu; succeeded %llu, failed %llu, "
+	         "rejected %llu, consumed %llu; throttled %llu, lag %s%s",
+	         d->draining ? "draining"
+	         : ready     ? "running"
+	                     : "starting",
+	         c.active, c.queued, c.in_memory, (unsigned long long)c.succeeded,
+	         (unsigned long long)c.failed, (unsigned long long)c.rejected,
+	         (unsigned long long)c.consumed, (unsigned long long)c.throttled, lag,
+	         c.paused ? ", paused" : "");
 	if (strcmp(text, d->last_status) == 0)
 		return;
 	memcpy(d->last_status, text, sizeof text);

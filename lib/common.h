@@ -11,10 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CP_MUSTCHECK __attribute__((warn_unused_result))
+#define CP_MUSTCHECK         __attribute__((warn_unused_result))
 #define CP_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
-#define CP_UNUSED __attribute__((unused))
-#define CP_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define CP_UNUSED            __attribute__((unused))
+#define CP_ARRAY_LEN(a)      (sizeof(a) / sizeof((a)[0]))
 
 /* Size of the error buffers that fallible functions fill for their callers. */
 #define CP_ERRSTR_SIZE 512

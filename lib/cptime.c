@@ -28,7 +28,7 @@ bool cptime_format_rfc3339(int64_t epoch_ms, char *buf, size_t cap)
 	if (!gmtime_r(&secs, &tm))
 		return false;
 	int n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-			 (int)(epoch_ms % 1000));
+	                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+	                 (int)(epoch_ms % 1000));
 	return n > 0 && (size_t)n < cap;
 }

@@ -52,7 +52,7 @@ void job_free(struct job *job)
 }
 
 void job_fail(struct job *job, long http_status, const char *code, const char *message,
-	      bool retryable)
+              bool retryable)
 {
 	job->status = JOB_FAILED;
 	job->http_status = http_status;

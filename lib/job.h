@@ -14,10 +14,10 @@
 #include "common.h"
 #include "event.h"
 
-#define JOB_URL_MAX 2048
-#define JOB_ID_MAX 256
+#define JOB_URL_MAX      2048
+#define JOB_ID_MAX       256
 #define JOB_ERR_CODE_MAX 128
-#define JOB_ERR_MSG_MAX 1024
+#define JOB_ERR_MSG_MAX  1024
 
 /* JOB_ABANDONED: its partition was revoked; it goes away without a result. */
 enum job_status { JOB_PENDING, JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED, JOB_ABANDONED };
@@ -85,7 +85,7 @@ void job_free(struct job *job);
 
 /* Records a final failure (code as Graph names it where there is one). */
 void job_fail(struct job *job, long http_status, const char *code, const char *message,
-	      bool retryable);
+              bool retryable);
 
 /* Replaces *field with a copy of value (NULL or "" clears it). False: out of memory. */
 bool job_set_string(char **field, const char *value) CP_MUSTCHECK;

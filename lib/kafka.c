@@ -13,20 +13,20 @@ struct kv {
 
 /* Settings the at-least-once and exactly-one-outcome guarantees rely on. */
 static const struct kv consumer_forced[] = {
-	{"enable.auto.offset.store", "false"},
+    {"enable.auto.offset.store", "false"},
 };
 static const struct kv reader_forced[] = {
-	{"enable.auto.offset.store", "false"},
-	{"enable.auto.commit", "false"},
-	{"enable.partition.eof", "true"},
+    {"enable.auto.offset.store", "false"},
+    {"enable.auto.commit", "false"},
+    {"enable.partition.eof", "true"},
 };
 static const struct kv producer_forced[] = {
-	{"enable.idempotence", "true"},
-	{"acks", "all"},
+    {"enable.idempotence", "true"},
+    {"acks", "all"},
 };
 
 static bool set(rd_kafka_conf_t *conf, const char *key, const char *value, const char *origin,
-		char *err, size_t errcap)
+                char *err, size_t errcap)
 {
 	char errstr[512];
 	if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) == RD_KAFKA_CONF_OK)
@@ -45,8 +45,8 @@ static bool is_forced(const struct kv *forced, size_t n, const char *key)
 
 /* Applies defaults, then the user's entries, then the forced settings. */
 static bool apply(rd_kafka_conf_t *conf, const struct cfg *cfg, const struct kv *defaults,
-		  size_t n_defaults, const struct kv *forced, size_t n_forced, char *err,
-		  size_t errcap)
+                  size_t n_defaults, const struct kv *forced, size_t n_forced, char *err,
+                  size_t errcap)
 {
 	for (size_t i = 0; i < n_defaults; i++)
 		if (!set(conf, defaults[i].key, defaults[i].value, "default", err, errcap))
@@ -55,7 +55,7 @@ static bool apply(rd_kafka_conf_t *conf, const struct cfg *cfg, const struct kv 
 		const struct cfg_rdkafka_entry *e = &cfg->rdkafka[i];
 		if (is_forced(forced, n_forced, e->key)) {
 			log_warning("%s: [librdkafka] %s is managed by chatprovd and ignored",
-				    e->origin, e->key);
+			            e->origin, e->key);
 			continue;
 		}
 		if (!set(conf, e->key, e->value, e->origin, err, errcap))
@@ -71,10 +71,10 @@ static bool apply(rd_kafka_conf_t *conf, const struct cfg *cfg, const struct kv 
 static void on_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
 {
 	enum log_level ours = level <= 3   ? LOG_LVL_ERROR
-			      : level == 4 ? LOG_LVL_WARNING
-			      : level == 5 ? LOG_LVL_NOTICE
-			      : level == 6 ? LOG_LVL_INFO
-					   : LOG_LVL_DEBUG;
+	                      : level == 4 ? LOG_LVL_WARNING
+	                      : level == 5 ? LOG_LVL_NOTICE
+	                      : level == 6 ? LOG_LVL_INFO
+	                                   : LOG_LVL_DEBUG;
 	log_msg(ours, "librdkafka %s %s: %s", rd_kafka_name(rk), facility, text);
 }
 
@@ -85,33 +85,33 @@ static rd_kafka_t *create(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *err
 	rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
 	if (!rk) {
 		snprintf(err, errcap, "cannot create Kafka %s: %s",
-			 type == RD_KAFKA_CONSUMER ? "consumer" : "producer", errstr);
+		         type == RD_KAFKA_CONSUMER ? "consumer" : "producer", errstr);
 		rd_kafka_conf_destroy(conf);
 	}
 	/* On success rd_kafka_new owns conf. */
 	return rk;
 }
 
-rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebalance,
-			       void *opaque, char *err, size_t errcap)
+rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebalance, void *opaque,
+                               char *err, size_t errcap)
 {
 	const struct kv defaults[] = {
-		{"bootstrap.servers", cfg->kafka.brokers},
-		{"group.id", cfg->kafka.group_id},
-		{"client.id", "chatprovd"},
-		{"partition.assignment.strategy", "cooperative-sticky"},
-		{"auto.offset.reset", "earliest"},
-		{"enable.auto.commit", "true"},
-		{"auto.commit.interval.ms", "1000"},
-		{"enable.partition.eof", "false"},
-		/*
-		 * Pre-fetch beyond max_queued is only thrown away at the next pause: the 64 MiB
-		 * default queue held ~50 MiB of messages and fetch buffers (heaptrack, 100,000
-		 * backlog). With a small queue, refills must not wait for the fetch error
-		 * back-off, which librdkafka 2.0 also applies to a full queue (500 ms).
-		 */
-		{"queued.max.messages.kbytes", "2048"},
-		{"fetch.error.backoff.ms", "20"},
+	    {"bootstrap.servers", cfg->kafka.brokers},
+	    {"group.id", cfg->kafka.group_id},
+	    {"client.id", "chatprovd"},
+	    {"partition.assignment.strategy", "cooperative-sticky"},
+	    {"auto.offset.reset", "earliest"},
+	    {"enable.auto.commit", "true"},
+	    {"auto.commit.interval.ms", "1000"},
+	    {"enable.partition.eof", "false"},
+	    /*
+	     * Pre-fetch beyond max_queued is only thrown away at the next pause: the 64 MiB
+	     * default queue held ~50 MiB of messages and fetch buffers (heaptrack, 100,000
+	     * backlog). With a small queue, refills must not wait for the fetch error
+	     * back-off, which librdkafka 2.0 also applies to a full queue (500 ms).
+	     */
+	    {"queued.max.messages.kbytes", "2048"},
+	    {"fetch.error.backoff.ms", "20"},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	if (!conf) {
@@ -119,7 +119,7 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
 		return NULL;
 	}
 	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), consumer_forced,
-		   CP_ARRAY_LEN(consumer_forced), err, errcap)) {
+	           CP_ARRAY_LEN(consumer_forced), err, errcap)) {
 		rd_kafka_conf_destroy(conf);
 		return NULL;
 	}
@@ -142,13 +142,13 @@ rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
 	char group[CFG_VALUE_MAX + 16];
 	snprintf(group, sizeof group, "%s.state-reader", cfg->kafka.group_id);
 	const struct kv defaults[] = {
-		{"bootstrap.servers", cfg->kafka.brokers},
-		{"group.id", group}, /* never joined: assign() only, nothing committed */
-		{"client.id", "chatprovd-state"},
-		{"auto.offset.reset", "earliest"},
-		/* A restore or fetch waits for the long poll of the previous one (unassigned but
-		 * still in flight): 500 ms by default, per partition and per replay. */
-		{"fetch.wait.max.ms", "10"},
+	    {"bootstrap.servers", cfg->kafka.brokers},
+	    {"group.id", group}, /* never joined: assign() only, nothing committed */
+	    {"client.id", "chatprovd-state"},
+	    {"auto.offset.reset", "earliest"},
+	    /* A restore or fetch waits for the long poll of the previous one (unassigned but
+	     * still in flight): 500 ms by default, per partition and per replay. */
+	    {"fetch.wait.max.ms", "10"},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	if (!conf) {
@@ -156,15 +156,15 @@ rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
 		return NULL;
 	}
 	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), reader_forced,
-		   CP_ARRAY_LEN(reader_forced), err, errcap)) {
+	           CP_ARRAY_LEN(reader_forced), err, errcap)) {
 		rd_kafka_conf_destroy(conf);
 		return NULL;
 	}
 	return create(RD_KAFKA_CONSUMER, conf, err, errcap);
 }
 
-rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery,
-			       void *opaque, char *err, size_t errcap)
+rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery, void *opaque,
+                               char *err, size_t errcap)
 {
 	/*
 	 * The DLQ copy of a rejected message is as large as the message: librdkafka's default
@@ -173,14 +173,14 @@ rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_deli
 	 */
 	char max_bytes[32];
 	snprintf(max_bytes, sizeof max_bytes, "%zu",
-		 (size_t)cfg->kafka.max_message_bytes + KAFKA_DLQ_HEADROOM);
+	         (size_t)cfg->kafka.max_message_bytes + KAFKA_DLQ_HEADROOM);
 	const struct kv defaults[] = {
-		{"bootstrap.servers", cfg->kafka.brokers},
-		{"client.id", "chatprovd"},
-		{"linger.ms", "5"},
-		{"message.timeout.ms", "300000"},
-		{"compression.type", "lz4"},
-		{"message.max.bytes", max_bytes},
+	    {"bootstrap.servers", cfg->kafka.brokers},
+	    {"client.id", "chatprovd"},
+	    {"linger.ms", "5"},
+	    {"message.timeout.ms", "300000"},
+	    {"compression.type", "lz4"},
+	    {"message.max.bytes", max_bytes},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	if (!conf) {
@@ -188,7 +188,7 @@ rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_deli
 		return NULL;
 	}
 	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), producer_forced,
-		   CP_ARRAY_LEN(producer_forced), err, errcap)) {
+	           CP_ARRAY_LEN(producer_forced), err, errcap)) {
 		rd_kafka_conf_destroy(conf);
 		return NULL;
 	}

@@ -14,16 +14,16 @@
 #include "common.h"
 
 typedef void(kafka_rebalance_cb)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-				 rd_kafka_topic_partition_list_t *partitions, void *opaque);
+                                 rd_kafka_topic_partition_list_t *partitions, void *opaque);
 typedef void(kafka_delivery_cb)(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
 
 /* A consumer in cfg's group, cooperative-sticky, offsets stored by us only. */
-rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebalance,
-			       void *opaque, char *err, size_t errcap) CP_MUSTCHECK;
+rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebalance, void *opaque,
+                               char *err, size_t errcap) CP_MUSTCHECK;
 
 /* An idempotent producer (acks=all) whose delivery reports go to on_delivery. */
-rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery,
-			       void *opaque, char *err, size_t errcap) CP_MUSTCHECK;
+rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery, void *opaque,
+                               char *err, size_t errcap) CP_MUSTCHECK;
 
 /*
  * A consumer outside any group for reading a topic by assign(): the state topic's restore
@@ -33,6 +33,6 @@ rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap) CP
 
 /* Subscribes the consumer to one topic. */
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err,
-		     size_t errcap) CP_MUSTCHECK;
+                     size_t errcap) CP_MUSTCHECK;
 
 #endif

@@ -23,13 +23,13 @@
 #include "state.h"
 #include "worker.h"
 
-#define MAX_WORKERS 16
+#define MAX_WORKERS       16
 #define MESSAGES_PER_TURN 500
-#define RESUME_FRACTION 0.75
+#define RESUME_FRACTION   0.75
 /* Offsets finished behind a slow one still cost a little memory each: bounded too. */
 #define TRACKED_PER_QUEUED 4
-#define MAX_PARTITIONS (OFFTRACK_MAX_PARTITION + 1)
-#define FORGET_EVERY_MS (60 * 1000)
+#define MAX_PARTITIONS     (OFFTRACK_MAX_PARTITION + 1)
+#define FORGET_EVERY_MS    (60 * 1000)
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
 
@@ -117,7 +117,7 @@ static void store_offsets(struct pipeline *p)
 		if (!list && !(list = rd_kafka_topic_partition_list_new(8)))
 			return;
 		rd_kafka_topic_partition_list_add(list, p->cfg->kafka.input_topic, (int32_t)i)
-			->offset = next;
+		    ->offset = next;
 	}
 	if (!list)
 		return;
@@ -139,7 +139,7 @@ static void set_paused(struct pipeline *p, bool pause)
 	rd_kafka_topic_partition_list_destroy(assigned);
 	if (p->paused != pause)
 		log_info("%s consumption: %zu events in memory (max_queued %zu)",
-			 pause ? "pausing" : "resuming", p->in_memory, p->cfg->kafka.max_queued);
+		         pause ? "pausing" : "resuming", p->in_memory, p->cfg->kafka.max_queued);
 	p->paused = pause;
 }
 
@@ -188,15 +188,15 @@ static void new_generation(struct pipeline *p, int32_t partition)
 }
 
 static rd_kafka_resp_err_t produce(struct pipeline *p, const char *topic, int32_t partition,
-				   const void *key, size_t key_len, void *value, size_t len,
-				   int flags, rd_kafka_headers_t *headers, struct job *job);
+                                   const void *key, size_t key_len, void *value, size_t len,
+                                   int flags, rd_kafka_headers_t *headers, struct job *job);
 
 /* A restored request past retention: its tombstone keeps the compacted topic bounded. */
 static void tombstone(const char *id, int32_t partition, void *arg)
 {
 	struct pipeline *p = arg;
-	rd_kafka_resp_err_t err = produce(p, p->cfg->kafka.state_topic, partition, id,
-					  strlen(id), NULL, 0, RD_KAFKA_MSG_F_COPY, NULL, NULL);
+	rd_kafka_resp_err_t err = produce(p, p->cfg->kafka.state_topic, partition, id, strlen(id),
+	                                  NULL, 0, RD_KAFKA_MSG_F_COPY, NULL, NULL);
 	if (err)
 		log_warning("cannot tombstone %s: %s", id, rd_kafka_err2str(err));
 }
@@ -209,12 +209,12 @@ static bool restore_partition(struct pipeline *p, int32_t partition)
 	int64_t started = cptime_mono_ms();
 	int64_t retention = (int64_t)(p->cfg->recovery.state_retention_s * 1000);
 	if (!state_restore(p->state, partition, retention, tombstone, p, &records, err,
-			   sizeof err)) {
+	                   sizeof err)) {
 		log_error("cannot restore request state: %s", err);
 		return false;
 	}
-	log_info("restored state of partition %d: %zu records in %lld ms", (int)partition,
-		 records, (long long)(cptime_mono_ms() - started));
+	log_info("restored state of partition %d: %zu records in %lld ms", (int)partition, records,
+	         (long long)(cptime_mono_ms() - started));
 	return true;
 }
 
@@ -259,8 +259,8 @@ static bool posting_any(struct pipeline *p, const rd_kafka_topic_partition_list_
  */
 static void hand_over(struct pipeline *p, rd_kafka_topic_partition_list_t *parts)
 {
-	int64_t deadline = cptime_mono_ms() +
-			   (int64_t)(p->cfg->graph.request_timeout_s * 1000) + REVOKE_SLACK_MS;
+	int64_t deadline =
+	    cptime_mono_ms() + (int64_t)(p->cfg->graph.request_timeout_s * 1000) + REVOKE_SLACK_MS;
 	while (posting_any(p, parts) && cptime_mono_ms() < deadline)
 		rd_kafka_poll(p->producer, 20);
 	if (posting_any(p, parts))
@@ -307,7 +307,7 @@ static void on_revoke(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-			 rd_kafka_topic_partition_list_t *parts, void *opaque)
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
 	struct pipeline *p = opaque;
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
@@ -363,14 +363,13 @@ static void job_settled(struct pipeline *p, struct job *job)
 }
 
 static rd_kafka_resp_err_t produce(struct pipeline *p, const char *topic, int32_t partition,
-				   const void *key, size_t key_len, void *value, size_t len,
-				   int flags, rd_kafka_headers_t *headers, struct job *job)
+                                   const void *key, size_t key_len, void *value, size_t len,
+                                   int flags, rd_kafka_headers_t *headers, struct job *job)
 {
 	rd_kafka_resp_err_t err = rd_kafka_producev(
-		p->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-		RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, len),
-		RD_KAFKA_V_MSGFLAGS(flags), RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(job),
-		RD_KAFKA_V_END);
+	    p->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+	    RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, len), RD_KAFKA_V_MSGFLAGS(flags),
+	    RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(job), RD_KAFKA_V_END);
 	if (err && headers)
 		rd_kafka_headers_destroy(headers); /* not consumed on failure */
 	return err;
@@ -395,15 +394,15 @@ static rd_kafka_headers_t *state_headers(enum state_kind kind, const char *statu
  * (block) librdkafka waits for space; the Kafka thread cannot wait on itself, so it
  * serves delivery reports meanwhile. headers are consumed either way.
  */
-static bool queue_record(struct pipeline *p, const char *topic, int32_t partition,
-			 const void *key, size_t key_len, const void *value, size_t len,
-			 rd_kafka_headers_t *headers, struct job *job, bool block)
+static bool queue_record(struct pipeline *p, const char *topic, int32_t partition, const void *key,
+                         size_t key_len, const void *value, size_t len, rd_kafka_headers_t *headers,
+                         struct job *job, bool block)
 {
 	int flags = RD_KAFKA_MSG_F_COPY | (block ? RD_KAFKA_MSG_F_BLOCK : 0);
 	for (;;) {
 		rd_kafka_headers_t *h = headers ? rd_kafka_headers_copy(headers) : NULL;
-		rd_kafka_resp_err_t err = produce(p, topic, partition, key, key_len, (void *)value,
-						  len, flags, h, job);
+		rd_kafka_resp_err_t err =
+		    produce(p, topic, partition, key, key_len, (void *)value, len, flags, h, job);
 		if (!err)
 			break;
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || block) {
@@ -452,11 +451,11 @@ static bool publish_result(struct pipeline *p, struct job *job, bool block)
 	mark_result_queued(p, job);
 	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
 	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
-			       value, len, h, job, block);
+	                       value, len, h, job, block);
 	if (ok && with_state) {
 		h = state_headers(STATE_DONE, result_status_name(job->status));
 		ok = h && queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
-				       strlen(job->ev->id), value, len, h, job, block);
+		                       strlen(job->ev->id), value, len, h, job, block);
 	}
 	free(value);
 	return ok;
@@ -470,13 +469,13 @@ static void on_job_done(struct job *job, void *arg)
 		return;
 	}
 	struct log_ctx ctx = {.request_id = job_id(job),
-			      .chat_id = job->chat_id[0] ? job->chat_id : NULL,
-			      .graph_request_id = job->graph_request_id[0] ? job->graph_request_id
-									   : NULL,
-			      .client_request_id = job->client_request_id};
+	                      .chat_id = job->chat_id[0] ? job->chat_id : NULL,
+	                      .graph_request_id =
+	                          job->graph_request_id[0] ? job->graph_request_id : NULL,
+	                      .client_request_id = job->client_request_id};
 	log_with(job->status == JOB_SUCCEEDED ? LOG_LVL_INFO : LOG_LVL_NOTICE, &ctx,
-		 "request %s after %u attempt(s)%s%s", result_status_name(job->status),
-		 job->attempts, job->err_code[0] ? ": " : "", job->err_code);
+	         "request %s after %u attempt(s)%s%s", result_status_name(job->status),
+	         job->attempts, job->err_code[0] ? ": " : "", job->err_code);
 	(void)publish_result(p, job, true);
 }
 
@@ -491,14 +490,14 @@ static void on_accepted(struct job *job, void *arg)
 		json_object_object_add(o, "location", json_object_new_string(job->op_url));
 		json_object_object_add(o, "startedAt", json_object_new_int64(started));
 		snprintf(value, sizeof value, "%s",
-			 json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-								   JSON_C_TO_STRING_NOSLASHESCAPE));
+		         json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+		                                               JSON_C_TO_STRING_NOSLASHESCAPE));
 		json_object_put(o);
 	}
 	rd_kafka_headers_t *h = state_headers(STATE_OPERATION, NULL);
 	if (!o || !h ||
 	    !queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
-			  strlen(job->ev->id), value, strlen(value), h, NULL, true))
+	                  strlen(job->ev->id), value, strlen(value), h, NULL, true))
 		log_warning("cannot record the operation of %s", job->ev->id);
 }
 
@@ -520,9 +519,9 @@ static void republish(struct pipeline *p, const rd_kafka_message_t *msg, struct 
 	rd_kafka_headers_t *hdrs = NULL, *copy = NULL;
 	if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs)
 		copy = rd_kafka_headers_copy(hdrs);
-	rd_kafka_resp_err_t err = produce(p, rd_kafka_topic_name(msg->rkt), msg->partition,
-					  msg->key, msg->key_len, msg->payload, msg->len,
-					  RD_KAFKA_MSG_F_COPY, copy, job);
+	rd_kafka_resp_err_t err =
+	    produce(p, rd_kafka_topic_name(msg->rkt), msg->partition, msg->key, msg->key_len,
+	            msg->payload, msg->len, RD_KAFKA_MSG_F_COPY, copy, job);
 	if (err) {
 		log_error("cannot queue a record again: %s", rd_kafka_err2str(err));
 		atomic_store(&p->fatal, true);
@@ -537,8 +536,7 @@ static bool header_is(const rd_kafka_message_t *msg, const char *name, const cha
 	rd_kafka_headers_t *hdrs = NULL;
 	const void *val = NULL;
 	size_t size = 0;
-	return msg->payload &&
-	       rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	return msg->payload && rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
 	       rd_kafka_header_get_last(hdrs, name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR &&
 	       val && size == strlen(value) && memcmp(val, value, size) == 0;
 }
@@ -557,8 +555,7 @@ static enum state_kind record_kind(const rd_kafka_message_t *msg)
 }
 
 /* An acknowledged state record: mirror it, and move its job on. */
-static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg,
-			       struct job *job)
+static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job)
 {
 	struct partition_state *ps = partition(p, msg->partition);
 	bool owned = ps && ps->assigned && (!job || job_is_current(job, p));
@@ -586,7 +583,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 	(void)rk;
 	if (msg->err) {
 		log_warning("delivery to %s failed: %s; retrying", rd_kafka_topic_name(msg->rkt),
-			    rd_kafka_err2str(msg->err));
+		            rd_kafka_err2str(msg->err));
 		if (msg->err == RD_KAFKA_RESP_ERR__FATAL)
 			atomic_store(&p->fatal, true);
 		else
@@ -602,12 +599,12 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 /* ---- admission ---- */
 
 static bool add_reason_headers(rd_kafka_headers_t *h, const rd_kafka_message_t *msg,
-			       const char *reason)
+                               const char *reason)
 {
 	char num[32];
 	bool ok = rd_kafka_header_add(h, "chatprov-reject-reason", -1, reason, -1) == 0 &&
-		  rd_kafka_header_add(h, "chatprov-source-topic", -1,
-				      rd_kafka_topic_name(msg->rkt), -1) == 0;
+	          rd_kafka_header_add(h, "chatprov-source-topic", -1, rd_kafka_topic_name(msg->rkt),
+	                              -1) == 0;
 	snprintf(num, sizeof num, "%d", (int)msg->partition);
 	ok = ok && rd_kafka_header_add(h, "chatprov-source-partition", -1, num, -1) == 0;
 	snprintf(num, sizeof num, "%lld", (long long)msg->offset);
@@ -621,12 +618,12 @@ static bool add_reason_headers(rd_kafka_headers_t *h, const rd_kafka_message_t *
  * the key and headers, an empty value, and chatprov-dlq-truncated with the original size.
  */
 static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
-			const char *reason)
+                        const char *reason)
 {
 	bool truncate = msg->len > p->cfg->kafka.max_message_bytes;
 	char size[32];
-	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers)
-					     : rd_kafka_headers_new(4);
+	rd_kafka_headers_t *h =
+	    job->headers ? rd_kafka_headers_copy(job->headers) : rd_kafka_headers_new(4);
 	snprintf(size, sizeof size, "%zu", msg->len);
 	if (!h || !add_reason_headers(h, msg, reason) ||
 	    (truncate && rd_kafka_header_add(h, "chatprov-dlq-truncated", -1, size, -1) != 0)) {
@@ -635,12 +632,12 @@ static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struc
 		return false;
 	}
 	return queue_record(p, p->cfg->kafka.dlq_topic, RD_KAFKA_PARTITION_UA, msg->key,
-			    msg->key_len, truncate ? NULL : msg->payload, truncate ? 0 : msg->len,
-			    h, job, false);
+	                    msg->key_len, truncate ? NULL : msg->payload, truncate ? 0 : msg->len,
+	                    h, job, false);
 }
 
 static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
-		   const char *reason)
+                   const char *reason)
 {
 	char id[256];
 	if (!job->rejected_id && event_peek_id(msg->payload, msg->len, id, sizeof id))
@@ -651,7 +648,7 @@ static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job
 	job->completed_wall_ms = cptime_wall_ms();
 	struct log_ctx ctx = {.request_id = job->rejected_id};
 	log_with(LOG_LVL_NOTICE, &ctx, "rejected %s [%d] @%lld: %s", rd_kafka_topic_name(msg->rkt),
-		 (int)msg->partition, (long long)msg->offset, reason);
+	         (int)msg->partition, (long long)msg->offset, reason);
 	if (p->cfg->kafka.dlq_topic[0]) {
 		job->pending_deliveries = 1;
 		if (!copy_to_dlq(p, msg, job, reason)) {
@@ -670,7 +667,7 @@ static bool prepare(struct pipeline *p, struct job *job, char *reason, size_t ca
 	int tenant = cfg_tenant_index(p->cfg, job->ev->tenant);
 	if (tenant < 0) {
 		snprintf(reason, cap, "tenant: no profile named '%s' is configured",
-			 job->ev->tenant);
+		         job->ev->tenant);
 		return false;
 	}
 	job->tenant = (size_t)tenant;
@@ -710,7 +707,7 @@ static void write_intent(struct pipeline *p, struct job *job)
 	char value[128];
 	job->intent_wall_ms = cptime_wall_ms();
 	snprintf(value, sizeof value, "{\"at\":%lld,\"clientRequestId\":\"%s\"}",
-		 (long long)job->intent_wall_ms, job->client_request_id);
+	         (long long)job->intent_wall_ms, job->client_request_id);
 	rd_kafka_headers_t *h = state_headers(STATE_INTENT, NULL);
 	if (!h) {
 		log_error("out of memory writing an intent");
@@ -718,7 +715,7 @@ static void write_intent(struct pipeline *p, struct job *job)
 		return;
 	}
 	if (queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
-			 strlen(job->ev->id), value, strlen(value), h, job, false))
+	                 strlen(job->ev->id), value, strlen(value), h, job, false))
 		p->intents_pending++;
 }
 
@@ -738,11 +735,12 @@ static bool replay(struct pipeline *p, struct job *job, const struct state_info 
 	job->status = si->done_succeeded ? JOB_SUCCEEDED : JOB_FAILED;
 	job->pending_deliveries = 1;
 	mark_result_queued(p, job);
-	struct log_ctx ctx = {.request_id = job->ev->id, .client_request_id = job->client_request_id};
+	struct log_ctx ctx = {.request_id = job->ev->id,
+	                      .client_request_id = job->client_request_id};
 	log_with(LOG_LVL_INFO, &ctx, "replayed request: answering with the recorded result");
 	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
 	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
-			       value, len, h, job, false);
+	                       value, len, h, job, false);
 	free(value);
 	return ok;
 }
@@ -760,7 +758,7 @@ static void resume_operation(struct pipeline *p, struct job *job, const struct s
 	job->http_status = 202;
 	job->op_started_mono_ms = now_mono - (now_wall - started);
 	job->op_deadline_mono_ms =
-		job->op_started_mono_ms + (int64_t)(p->cfg->operations.timeout_s * 1000);
+	    job->op_started_mono_ms + (int64_t)(p->cfg->operations.timeout_s * 1000);
 	job->next_poll_mono_ms = now_mono;
 }
 
@@ -820,7 +818,7 @@ static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done)
 		mark_result_queued(p, job);
 		rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
 		(void)queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key,
-				   key_len, done->payload, done->len, h, job, false);
+		                   key_len, done->payload, done->len, h, job, false);
 	}
 }
 
@@ -852,7 +850,7 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 	}
 	if (!offtrack_begin(p->offsets, msg->partition, msg->offset)) {
 		log_error("offset tracker refused [%d] @%lld", (int)msg->partition,
-			  (long long)msg->offset);
+		          (long long)msg->offset);
 		job_free(job);
 		atomic_store(&p->fatal, true);
 		return;
@@ -886,11 +884,11 @@ static void rewind_to(struct pipeline *p, const rd_kafka_message_t *msg)
 	if (!list)
 		return;
 	rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(msg->rkt), msg->partition)
-		->offset = msg->offset;
+	    ->offset = msg->offset;
 	rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 0);
 	if (error) {
 		log_warning("cannot rewind [%d] to %lld: %s", (int)msg->partition,
-			    (long long)msg->offset, rd_kafka_error_string(error));
+		            (long long)msg->offset, rd_kafka_error_string(error));
 		rd_kafka_error_destroy(error);
 	}
 	rd_kafka_topic_partition_list_destroy(list);
@@ -952,22 +950,22 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 static struct worker_policy policy_of(const struct cfg *cfg)
 {
 	return (struct worker_policy){
-		.retry = {.max_attempts = cfg->retry.max_attempts,
-			  .base_delay_ms = (int64_t)(cfg->retry.base_delay_s * 1000),
-			  .max_delay_ms = (int64_t)(cfg->retry.max_delay_s * 1000),
-			  .max_elapsed_ms = (int64_t)(cfg->retry.max_elapsed_s * 1000)},
-		.poll_interval_ms = (int64_t)(cfg->operations.poll_interval_s * 1000),
-		.op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000),
-		.group_chat_lookup = cfg->recovery.group_chat_lookup,
+	    .retry = {.max_attempts = cfg->retry.max_attempts,
+	              .base_delay_ms = (int64_t)(cfg->retry.base_delay_s * 1000),
+	              .max_delay_ms = (int64_t)(cfg->retry.max_delay_s * 1000),
+	              .max_elapsed_ms = (int64_t)(cfg->retry.max_elapsed_s * 1000)},
+	    .poll_interval_ms = (int64_t)(cfg->operations.poll_interval_s * 1000),
+	    .op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000),
+	    .group_chat_lookup = cfg->recovery.group_chat_lookup,
 	};
 }
 
 static struct sched_limits limits_of(const struct cfg *cfg)
 {
 	return (struct sched_limits){
-		.per_tenant_limit = cfg->tenants[0].limits.chat_creates_per_10s_per_tenant,
-		.global_limit = cfg->limits.chat_creates_per_10s_global,
-		.window_s = cfg->limits.window_s,
+	    .per_tenant_limit = cfg->tenants[0].limits.chat_creates_per_10s_per_tenant,
+	    .global_limit = cfg->limits.chat_creates_per_10s_global,
+	    .window_s = cfg->limits.window_s,
 	};
 }
 
@@ -980,15 +978,15 @@ static bool create_scheduler(struct pipeline *p)
 		size_t index;
 		const struct cfg_tenant *t = &p->cfg->tenants[i];
 		if (!sched_add_tenant(p->sched, t->name, t->limits.chat_creates_per_10s_per_tenant,
-				      &index) ||
+		                      &index) ||
 		    index != i)
 			return false;
 	}
 	return true;
 }
 
-bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipeline **out,
-		  char *err, size_t errcap)
+bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipeline **out, char *err,
+                  size_t errcap)
 {
 	struct pipeline *p = calloc(1, sizeof *p);
 	if (!p) {
@@ -999,10 +997,10 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 	p->registry = metrics;
 	pthread_mutex_init(&p->counters_lock, NULL);
 	p->limits = (struct event_limits){.max_message_bytes = cfg->kafka.max_message_bytes,
-					  .max_members = cfg->graph.max_members,
-					  .max_topic_length = cfg->graph.max_topic_length};
+	                                  .max_members = cfg->graph.max_members,
+	                                  .max_topic_length = cfg->graph.max_topic_length};
 	if (snprintf(p->bind_root, sizeof p->bind_root, "%s/%s", cfg->graph.graph_root,
-		     cfg->graph.api_version) >= (int)sizeof p->bind_root) {
+	             cfg->graph.api_version) >= (int)sizeof p->bind_root) {
 		snprintf(err, errcap, "graph root too long");
 		goto fail;
 	}
@@ -1046,7 +1044,7 @@ static int64_t collect_lag(struct pipeline *p, bool to_metrics)
 			rd_kafka_topic_partition_t *tp = &assigned->elems[i];
 			int64_t low, high;
 			if (rd_kafka_get_watermark_offsets(p->consumer, tp->topic, tp->partition,
-							   &low, &high) != 0 ||
+			                                   &low, &high) != 0 ||
 			    high < 0)
 				continue;
 			int64_t pos = tp->offset >= 0 ? tp->offset : low;
@@ -1073,13 +1071,12 @@ static void collect_metrics(struct metrics *m, void *arg)
 			continue;
 		auth_get_stats(p->auth, i, &as);
 		struct pipeline_metrics_tenant t = {
-			.queued = ss.queued,
-			.current_rate_per_s = ss.current_rate / p->cfg->limits.window_s,
-			.token_expires_in_s = as.expires_epoch_ms
-						      ? (double)(as.expires_epoch_ms - now_wall) / 1000
-						      : -1,
-			.token_refreshes = as.refreshes,
-			.token_failures = as.failures,
+		    .queued = ss.queued,
+		    .current_rate_per_s = ss.current_rate / p->cfg->limits.window_s,
+		    .token_expires_in_s =
+		        as.expires_epoch_ms ? (double)(as.expires_epoch_ms - now_wall) / 1000 : -1,
+		    .token_refreshes = as.refreshes,
+		    .token_failures = as.failures,
 		};
 		pipeline_metrics_tenant_gauges(p->metrics, i, &t);
 	}
@@ -1102,20 +1099,20 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 	if (n > MAX_WORKERS)
 		n = MAX_WORKERS;
 	for (unsigned i = 0; i < n; i++) {
-		unsigned share = p->cfg->graph.max_in_flight / n +
-				 (i < p->cfg->graph.max_in_flight % n ? 1 : 0);
+		unsigned share =
+		    p->cfg->graph.max_in_flight / n + (i < p->cfg->graph.max_in_flight % n ? 1 : 0);
 		struct worker_conf wc = {.cfg = p->cfg,
-					 .policy = policy_of(p->cfg),
-					 .max_in_flight = share ? share : 1,
-					 .sched = p->sched,
-					 .auth = p->auth,
-					 .metrics = p->metrics,
-					 .on_done = on_job_done,
-					 .hooks = {.is_current = job_is_current,
-						   .post_begin = post_begin,
-						   .post_end = post_end,
-						   .on_accepted = on_accepted},
-					 .arg = p};
+		                         .policy = policy_of(p->cfg),
+		                         .max_in_flight = share ? share : 1,
+		                         .sched = p->sched,
+		                         .auth = p->auth,
+		                         .metrics = p->metrics,
+		                         .on_done = on_job_done,
+		                         .hooks = {.is_current = job_is_current,
+		                                   .post_begin = post_begin,
+		                                   .post_end = post_end,
+		                                   .on_accepted = on_accepted},
+		                         .arg = p};
 		if (!worker_new(&wc, &p->workers[i])) {
 			snprintf(err, errcap, "cannot create HTTP worker");
 			return false;
@@ -1192,7 +1189,7 @@ bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)
 	sched_set_limits(p->sched, &lim);
 	for (size_t i = 0; i < new_cfg->n_tenants; i++)
 		sched_set_tenant_limit(p->sched, i,
-				       new_cfg->tenants[i].limits.chat_creates_per_10s_per_tenant);
+		                       new_cfg->tenants[i].limits.chat_creates_per_10s_per_tenant);
 	struct worker_policy policy = policy_of(new_cfg);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_set_policy(p->workers[i], &policy);

@@ -18,18 +18,18 @@ struct pipeline;
 /* Live counters, for STATUS= and metrics. */
 struct pipeline_counters {
 	uint64_t consumed, succeeded, failed, rejected;
-	size_t in_memory; /* jobs between consumption and acknowledged result */
-	size_t queued;    /* waiting in the scheduler */
-	size_t active;    /* in workers: transfers, operation polls, waiting for a token */
+	size_t in_memory;   /* jobs between consumption and acknowledged result */
+	size_t queued;      /* waiting in the scheduler */
+	size_t active;      /* in workers: transfers, operation polls, waiting for a token */
 	uint64_t throttled; /* 429 answers, all tenants */
 	int64_t lag;        /* messages behind the high watermarks of the assigned partitions;
-			     * -1 while unknown */
+	                     * -1 while unknown */
 	bool paused;
 };
 
 /* cfg must outlive the pipeline (or be replaced through pipeline_reload). metrics may be NULL. */
-bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipeline **out,
-		  char *err, size_t errcap) CP_MUSTCHECK;
+bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipeline **out, char *err,
+                  size_t errcap) CP_MUSTCHECK;
 
 /* Creates the Kafka handles, starts the token thread and the workers, subscribes. */
 bool pipeline_start(struct pipeline *p, char *err, size_t errcap) CP_MUSTCHECK;

@@ -9,9 +9,9 @@
 #include "result.h"
 
 static const double latency_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-					 1,     2.5,  5,     10,   30,  60,  300};
-static const double e2e_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,    2.5,  5,
-				     10,   30,   60,  120,  300, 900, 3600};
+                                         1,     2.5,  5,     10,   30,  60,   300};
+static const double e2e_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,
+                                     10,   30,   60,  120,  300, 900, 3600};
 
 struct tenant_series {
 	struct metrics_series *retries, *throttled, *queued, *rate, *token_expiry;
@@ -34,16 +34,16 @@ struct pipeline_metrics {
 #define L(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 static bool reg(struct pipeline_metrics *pm, struct metrics_family **fam, const char *name,
-		const char *help, enum metrics_type type, const char *const *labels,
-		const double *buckets, size_t n_buckets)
+                const char *help, enum metrics_type type, const char *const *labels,
+                const double *buckets, size_t n_buckets)
 {
 	char err[256];
 	struct metrics_spec spec = {.name = name,
-				    .help = help,
-				    .type = type,
-				    .labels = labels,
-				    .buckets = buckets,
-				    .n_buckets = n_buckets};
+	                            .help = help,
+	                            .type = type,
+	                            .labels = labels,
+	                            .buckets = buckets,
+	                            .n_buckets = n_buckets};
 	if (metrics_register(pm->registry, &spec, fam, err, sizeof err))
 		return true;
 	log_error("metrics: %s", err);
@@ -53,47 +53,47 @@ static bool reg(struct pipeline_metrics *pm, struct metrics_family **fam, const 
 static bool register_families(struct pipeline_metrics *pm)
 {
 	return reg(pm, &pm->requests, "chatprov_requests_total",
-		   "Requests that reached a final outcome, by status.", METRICS_COUNTER,
-		   L("status"), NULL, 0) &&
+	           "Requests that reached a final outcome, by status.", METRICS_COUNTER,
+	           L("status"), NULL, 0) &&
 	       reg(pm, &pm->responses, "chatprov_graph_responses_total",
-		   "Graph answers by tenant profile and HTTP status (0: no answer).",
-		   METRICS_COUNTER, L("tenant", "code"), NULL, 0) &&
+	           "Graph answers by tenant profile and HTTP status (0: no answer).",
+	           METRICS_COUNTER, L("tenant", "code"), NULL, 0) &&
 	       reg(pm, &pm->retries, "chatprov_retries_total",
-		   "Transient failures retried with backoff.", METRICS_COUNTER, L("tenant"), NULL,
-		   0) &&
+	           "Transient failures retried with backoff.", METRICS_COUNTER, L("tenant"), NULL,
+	           0) &&
 	       reg(pm, &pm->throttled, "chatprov_throttled_total",
-		   "429 Too Many Requests answers from Graph.", METRICS_COUNTER, L("tenant"), NULL,
-		   0) &&
+	           "429 Too Many Requests answers from Graph.", METRICS_COUNTER, L("tenant"), NULL,
+	           0) &&
 	       reg(pm, &pm->graph_latency, "chatprov_graph_request_duration_seconds",
-		   "Duration of Graph HTTP exchanges.", METRICS_HISTOGRAM, NULL, latency_buckets,
-		   CP_ARRAY_LEN(latency_buckets)) &&
+	           "Duration of Graph HTTP exchanges.", METRICS_HISTOGRAM, NULL, latency_buckets,
+	           CP_ARRAY_LEN(latency_buckets)) &&
 	       reg(pm, &pm->e2e_latency, "chatprov_request_duration_seconds",
-		   "From consumption (receivedAt) to final outcome (completedAt).",
-		   METRICS_HISTOGRAM, NULL, e2e_buckets, CP_ARRAY_LEN(e2e_buckets)) &&
+	           "From consumption (receivedAt) to final outcome (completedAt).",
+	           METRICS_HISTOGRAM, NULL, e2e_buckets, CP_ARRAY_LEN(e2e_buckets)) &&
 	       reg(pm, &pm->queued, "chatprov_queued_requests",
-		   "Requests waiting in the scheduler, by tenant profile.", METRICS_GAUGE,
-		   L("tenant"), NULL, 0) &&
+	           "Requests waiting in the scheduler, by tenant profile.", METRICS_GAUGE,
+	           L("tenant"), NULL, 0) &&
 	       reg(pm, &pm->rate, "chatprov_send_rate_per_second",
-		   "Current adaptive POST /chats rate, by tenant profile.", METRICS_GAUGE,
-		   L("tenant"), NULL, 0) &&
+	           "Current adaptive POST /chats rate, by tenant profile.", METRICS_GAUGE,
+	           L("tenant"), NULL, 0) &&
 	       reg(pm, &pm->token_expiry, "chatprov_token_expiry_seconds",
-		   "Seconds until the cached access token expires.", METRICS_GAUGE, L("tenant"),
-		   NULL, 0) &&
+	           "Seconds until the cached access token expires.", METRICS_GAUGE, L("tenant"),
+	           NULL, 0) &&
 	       reg(pm, &pm->token_refreshes, "chatprov_token_refreshes_total",
-		   "Access tokens acquired.", METRICS_COUNTER, L("tenant"), NULL, 0) &&
+	           "Access tokens acquired.", METRICS_COUNTER, L("tenant"), NULL, 0) &&
 	       reg(pm, &pm->token_failures, "chatprov_token_failures_total",
-		   "Failed token requests.", METRICS_COUNTER, L("tenant"), NULL, 0) &&
+	           "Failed token requests.", METRICS_COUNTER, L("tenant"), NULL, 0) &&
 	       reg(pm, &pm->in_memory, "chatprov_in_memory_requests",
-		   "Requests consumed whose result is not yet acknowledged.", METRICS_GAUGE, NULL,
-		   NULL, 0) &&
+	           "Requests consumed whose result is not yet acknowledged.", METRICS_GAUGE, NULL,
+	           NULL, 0) &&
 	       reg(pm, &pm->active, "chatprov_in_flight_requests",
-		   "Requests inside HTTP workers (transfers, operation polls).", METRICS_GAUGE,
-		   NULL, NULL, 0) &&
+	           "Requests inside HTTP workers (transfers, operation polls).", METRICS_GAUGE,
+	           NULL, NULL, 0) &&
 	       reg(pm, &pm->paused, "chatprov_consumer_paused",
-		   "1 while consumption is paused for backpressure.", METRICS_GAUGE, NULL, NULL,
-		   0) &&
+	           "1 while consumption is paused for backpressure.", METRICS_GAUGE, NULL, NULL,
+	           0) &&
 	       reg(pm, &pm->lag, "chatprov_consumer_lag", "Messages behind the high watermark.",
-		   METRICS_GAUGE, L("partition"), NULL, 0);
+	           METRICS_GAUGE, L("partition"), NULL, 0);
 }
 
 static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
@@ -123,10 +123,10 @@ struct pipeline_metrics *pipeline_metrics_new(struct metrics *registry, const st
 		return NULL;
 	}
 	static const enum job_status statuses[] = {JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED,
-						   JOB_PENDING};
+	                                           JOB_PENDING};
 	for (size_t i = 0; i < 3; i++)
-		pm->requests_by_status[statuses[i]] = metrics_series(
-			pm->requests, METRICS_LABELS(result_status_name(statuses[i])));
+		pm->requests_by_status[statuses[i]] =
+		    metrics_series(pm->requests, METRICS_LABELS(result_status_name(statuses[i])));
 	pm->graph_latency_all = metrics_series(pm->graph_latency, NULL);
 	pm->e2e_all = metrics_series(pm->e2e_latency, NULL);
 	pm->in_memory_g = metrics_series(pm->in_memory, NULL);
@@ -160,14 +160,14 @@ void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant)
 }
 
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
-				     double seconds)
+                                     double seconds)
 {
 	if (!pm || tenant >= pm->n_tenants)
 		return;
 	char code[16];
 	snprintf(code, sizeof code, "%ld", status);
-	metrics_inc(metrics_series(pm->responses,
-				   METRICS_LABELS(pm->cfg->tenants[tenant].name, code)));
+	metrics_inc(
+	    metrics_series(pm->responses, METRICS_LABELS(pm->cfg->tenants[tenant].name, code)));
 	if (status == 429)
 		metrics_inc(pm->tenants[tenant].throttled);
 	metrics_observe(pm->graph_latency_all, seconds);
@@ -182,7 +182,7 @@ static void add_delta(struct metrics_series *s, uint64_t total, uint64_t *seen)
 }
 
 void pipeline_metrics_tenant_gauges(struct pipeline_metrics *pm, size_t tenant,
-				    const struct pipeline_metrics_tenant *t)
+                                    const struct pipeline_metrics_tenant *t)
 {
 	if (!pm || tenant >= pm->n_tenants)
 		return;
@@ -197,8 +197,8 @@ void pipeline_metrics_tenant_gauges(struct pipeline_metrics *pm, size_t tenant,
 	add_delta(ts->token_failures, t->token_failures, &ts->seen_failures);
 }
 
-void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory,
-				     size_t active, bool paused)
+void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory, size_t active,
+                                     bool paused)
 {
 	if (!pm)
 		return;

@@ -24,7 +24,7 @@ void pipeline_metrics_job_done(struct pipeline_metrics *pm, const struct job *jo
 void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant);
 /* One Graph answer (status 0: no HTTP answer) and how long it took. */
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
-				     double seconds);
+                                     double seconds);
 
 /* Gauges refreshed before each scrape. */
 struct pipeline_metrics_tenant {
@@ -34,9 +34,9 @@ struct pipeline_metrics_tenant {
 	uint64_t token_refreshes, token_failures;
 };
 void pipeline_metrics_tenant_gauges(struct pipeline_metrics *pm, size_t tenant,
-				    const struct pipeline_metrics_tenant *t);
-void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory,
-				     size_t active, bool paused);
+                                    const struct pipeline_metrics_tenant *t);
+void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory, size_t active,
+                                     bool paused);
 void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_t lag);
 
 #endif

@@ -94,7 +94,7 @@ static struct json_object *render_error(const struct job *job)
 	if (!put_string(err, "code", job->err_code) ||
 	    !put_string(err, "message", job->err_message) ||
 	    !put(err, "httpStatus",
-		 job->http_status > 0 ? json_object_new_int((int)job->http_status) : NULL) ||
+	         job->http_status > 0 ? json_object_new_int((int)job->http_status) : NULL) ||
 	    !put(err, "retryable", json_object_new_boolean(job->err_retryable)))
 		goto fail;
 	return err;
@@ -113,7 +113,7 @@ static struct json_object *render_graph(const struct job *job)
 	if (!put_string(graph, "requestId", job->graph_request_id) ||
 	    !put_string(graph, "clientRequestId", job->client_request_id) ||
 	    !put(graph, "httpStatus",
-		 job->http_status > 0 ? json_object_new_int((int)job->http_status) : NULL))
+	         job->http_status > 0 ? json_object_new_int((int)job->http_status) : NULL))
 		goto fail;
 	return graph;
 fail:
@@ -160,7 +160,7 @@ char *result_render(const struct job *job, size_t *len)
 		goto done;
 	size_t n = 0;
 	const char *text = json_object_to_json_string_length(
-		root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+	    root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
 	if (!text)
 		goto done;
 	out = malloc(n + 1);

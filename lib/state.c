@@ -12,19 +12,19 @@
 #include "kafka.h"
 #include "log.h"
 
-#define KEY_BYTES 16
-#define ID_MAX 200
+#define KEY_BYTES          16
+#define ID_MAX             200
 #define RESTORE_TIMEOUT_MS (120 * 1000)
-#define FETCH_TIMEOUT_MS (10 * 1000)
-#define INITIAL_BUCKETS 1024
+#define FETCH_TIMEOUT_MS   (10 * 1000)
+#define INITIAL_BUCKETS    1024
 /*
  * Replays come in bursts (after a crash, every request past the last commit comes again,
  * in input order, and their done records are neighbours in the state partition): one
  * fetch reads ahead and keeps the done records it passes, within these bounds.
  */
-#define FETCH_AHEAD 1024
-#define CACHE_SLOTS 4096
-#define CACHE_BYTES (16u << 20)
+#define FETCH_AHEAD      1024
+#define CACHE_SLOTS      4096
+#define CACHE_BYTES      (16u << 20)
 #define CACHE_RECORD_MAX (64u << 10)
 
 /* Keyed by the 128-bit UUIDv5 of the id: fixed size, no copy of the id string. */
@@ -265,8 +265,8 @@ static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 	json_tokener_free(tok);
 	struct json_object *loc = NULL, *started = NULL;
 	bool ok = root && json_object_object_get_ex(root, "location", &loc) &&
-		  json_object_is_type(loc, json_type_string) &&
-		  json_object_object_get_ex(root, "startedAt", &started);
+	          json_object_is_type(loc, json_type_string) &&
+	          json_object_object_get_ex(root, "startedAt", &started);
 	if (ok) {
 		char *url = strdup(json_object_get_string(loc));
 		ok = url != NULL;
@@ -349,7 +349,7 @@ bool state_apply(struct state *st, const rd_kafka_message_t *msg)
 	e->offset = msg->offset;
 	if (kind == STATE_DONE) {
 		e->done_succeeded = header_value(msg, "chatprov-status", status, sizeof status) &&
-				    strcmp(status, "succeeded") == 0;
+		                    strcmp(status, "succeeded") == 0;
 		free(e->op_url);
 		e->op_url = NULL;
 	} else if (kind == STATE_OPERATION && !apply_operation(e, msg)) {
@@ -431,8 +431,7 @@ size_t state_count(const struct state *st)
 
 /* ---- reading the topic ---- */
 
-static bool assign_at(struct state *st, int32_t partition, int64_t offset, char *err,
-		      size_t errcap)
+static bool assign_at(struct state *st, int32_t partition, int64_t offset, char *err, size_t errcap)
 {
 	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
 	if (!list) {
@@ -444,7 +443,7 @@ static bool assign_at(struct state *st, int32_t partition, int64_t offset, char 
 	rd_kafka_topic_partition_list_destroy(list);
 	if (e) {
 		snprintf(err, errcap, "state topic %s [%d]: %s", st->topic, (int)partition,
-			 rd_kafka_err2str(e));
+		         rd_kafka_err2str(e));
 		return false;
 	}
 	return true;
@@ -457,14 +456,15 @@ static void unassign(struct state *st)
 
 /* Consumes up to `until` (exclusive), applying every record to the mirror. */
 static bool read_range(struct state *st, int32_t partition, int64_t until, int64_t timeout_ms,
-		       size_t *records, char *err, size_t errcap)
+                       size_t *records, char *err, size_t errcap)
 {
 	int64_t deadline = cptime_mono_ms() + timeout_ms;
 	int64_t next = -1;
 	while (next < until) {
 		if (cptime_mono_ms() > deadline) {
-			snprintf(err, errcap, "state topic %s [%d]: timed out at offset %lld of %lld",
-				 st->topic, (int)partition, (long long)next, (long long)until);
+			snprintf(err, errcap,
+			         "state topic %s [%d]: timed out at offset %lld of %lld", st->topic,
+			         (int)partition, (long long)next, (long long)until);
 			return false;
 		}
 		rd_kafka_message_t *msg = rd_kafka_consumer_poll(st->reader, 200);
@@ -496,13 +496,13 @@ static bool read_range(struct state *st, int32_t partition, int64_t until, int64
 
 /* The partition's offset range; on error, err says which and why. */
 static rd_kafka_resp_err_t watermarks(struct state *st, int32_t partition, int64_t *low,
-				      int64_t *high, int timeout_ms, char *err, size_t errcap)
+                                      int64_t *high, int timeout_ms, char *err, size_t errcap)
 {
 	rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(st->reader, st->topic, partition,
-								 low, high, timeout_ms);
+	                                                         low, high, timeout_ms);
 	if (e)
 		snprintf(err, errcap, "state topic %s [%d]: %s", st->topic, (int)partition,
-			 rd_kafka_err2str(e));
+		         rd_kafka_err2str(e));
 	return e;
 }
 
@@ -522,8 +522,8 @@ static void refresh_metadata(struct state *st)
  * A broker that is down or a leader that moves is waited for, up to RESTORE_TIMEOUT_MS:
  * processing a partition without its state is not an option.
  */
-static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *low,
-				int64_t *high, char *err, size_t errcap)
+static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *low, int64_t *high,
+                                char *err, size_t errcap)
 {
 	int64_t deadline = cptime_mono_ms() + RESTORE_TIMEOUT_MS;
 	bool logged = false;
@@ -533,9 +533,9 @@ static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *lo
 		    e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
 			/* A configuration error, not an outage: say what is needed. */
 			snprintf(err, errcap,
-				 "state topic %s has no partition %d: it needs at least as many "
-				 "partitions as the input topic",
-				 st->topic, (int)partition);
+			         "state topic %s has no partition %d: it needs at least as many "
+			         "partitions as the input topic",
+			         st->topic, (int)partition);
 			return false;
 		}
 		if (cptime_mono_ms() > deadline)
@@ -551,8 +551,8 @@ static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *lo
 }
 
 bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
-		   state_expired_fn *on_expired, void *arg, size_t *records, char *err,
-		   size_t errcap)
+                   state_expired_fn *on_expired, void *arg, size_t *records, char *err,
+                   size_t errcap)
 {
 	int64_t low = 0, high = 0;
 	*records = 0;
@@ -580,7 +580,7 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 
 /* Hands over a cached result (the slot is emptied: a replay reads its record once). */
 static bool cache_take(struct state *st, int32_t partition, int64_t offset, char **value,
-		       size_t *len)
+                       size_t *len)
 {
 	for (size_t i = 0; i < CACHE_SLOTS; i++) {
 		struct cached_result *c = &st->cache[i];
@@ -632,7 +632,7 @@ static bool copy_value(const rd_kafka_message_t *msg, char **value, size_t *len)
 
 /* Reads from `offset` (the record wanted) up to `until`, caching the done records after it. */
 static bool read_ahead(struct state *st, int32_t partition, int64_t offset, int64_t until,
-		       char **value, size_t *len, char *err, size_t errcap)
+                       char **value, size_t *len, char *err, size_t errcap)
 {
 	int64_t deadline = cptime_mono_ms() + FETCH_TIMEOUT_MS;
 	int64_t next = offset;
@@ -662,12 +662,12 @@ static bool read_ahead(struct state *st, int32_t partition, int64_t offset, int6
 	}
 	if (!found)
 		snprintf(err, errcap, "state record %s [%d] @%lld not found", st->topic,
-			 (int)partition, (long long)offset);
+		         (int)partition, (long long)offset);
 	return found;
 }
 
 bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **value, size_t *len,
-		 char *err, size_t errcap)
+                 char *err, size_t errcap)
 {
 	int64_t low = 0, high = 0;
 	if (cache_take(st, partition, offset, value, len))
@@ -677,7 +677,7 @@ bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **val
 	/* Otherwise the read would wait for a record that cannot come. */
 	if (offset < low || offset >= high) {
 		snprintf(err, errcap, "state record %s [%d] @%lld outside %lld..%lld", st->topic,
-			 (int)partition, (long long)offset, (long long)low, (long long)high - 1);
+		         (int)partition, (long long)offset, (long long)low, (long long)high - 1);
 		return false;
 	}
 	if (!assign_at(st, partition, offset, err, errcap))

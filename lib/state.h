@@ -38,12 +38,12 @@ enum state_kind {
 struct state_info {
 	enum state_kind kind;
 	int32_t partition;
-	int64_t at_wall_ms;     /* when the record was written */
-	int64_t offset;         /* STATE_DONE: the record holding the result */
-	bool done_succeeded;    /* STATE_DONE: the result's status was "succeeded" */
-	char op_url[2048];      /* STATE_OPERATION: where to poll */
+	int64_t at_wall_ms;  /* when the record was written */
+	int64_t offset;      /* STATE_DONE: the record holding the result */
+	bool done_succeeded; /* STATE_DONE: the result's status was "succeeded" */
+	char op_url[2048];   /* STATE_OPERATION: where to poll */
 	int64_t op_started_wall_ms;
-	bool active;            /* a job for this id is in progress in this instance */
+	bool active; /* a job for this id is in progress in this instance */
 };
 
 struct state;
@@ -60,8 +60,8 @@ typedef void(state_expired_fn)(const char *id, int32_t partition, void *arg);
  * older than retention_ms are not kept: on_expired is told, so the caller tombstones them.
  */
 bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
-		   state_expired_fn *on_expired, void *arg, size_t *records, char *err,
-		   size_t errcap) CP_MUSTCHECK;
+                   state_expired_fn *on_expired, void *arg, size_t *records, char *err,
+                   size_t errcap) CP_MUSTCHECK;
 
 /* Forgets every request of a partition (revoked or lost). */
 void state_drop_partition(struct state *st, int32_t partition);
@@ -71,7 +71,7 @@ void state_get(struct state *st, const char *id, struct state_info *out);
 
 /* Marks a job for id as in progress here (or no longer). False: out of memory. */
 bool state_set_active(struct state *st, const char *id, int32_t partition,
-		      bool active) CP_MUSTCHECK;
+                      bool active) CP_MUSTCHECK;
 
 /*
  * Applies a state record that the broker acknowledged, or one read during a restore:
@@ -81,7 +81,7 @@ bool state_apply(struct state *st, const rd_kafka_message_t *msg) CP_MUSTCHECK;
 
 /* The value of the done record at offset (malloc'd, *len bytes). */
 bool state_fetch(struct state *st, int32_t partition, int64_t offset, char **value, size_t *len,
-		 char *err, size_t errcap) CP_MUSTCHECK;
+                 char *err, size_t errcap) CP_MUSTCHECK;
 
 /*
  * Forgets requests whose last record is older than before_wall_ms (and that are not

@@ -15,11 +15,11 @@
 #include "log.h"
 #include "pipeline_metrics.h"
 
-#define TOKEN_MAX AUTH_TOKEN_BUF
+#define TOKEN_MAX        AUTH_TOKEN_BUF
 #define HEADER_VALUE_MAX 2048
 /* A 404 right after a 202 means Graph has not published the operation yet. */
 #define OP_NOT_FOUND_GRACE_MS (30 * 1000)
-#define LOOP_IDLE_MS 500
+#define LOOP_IDLE_MS          500
 
 enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP };
 
@@ -161,11 +161,11 @@ static bool is_stopping(struct worker *w)
 static void log_ctx_of(const struct job *job, const struct xfer *x, struct log_ctx *ctx)
 {
 	*ctx = (struct log_ctx){
-		.request_id = job->ev ? job->ev->id : NULL,
-		.chat_id = job->chat_id[0] ? job->chat_id : NULL,
-		.graph_request_id = x && x->request_id[0] ? x->request_id : NULL,
-		.client_request_id = job->client_request_id,
-		.tenant = job->ev ? job->ev->tenant : NULL,
+	    .request_id = job->ev ? job->ev->id : NULL,
+	    .chat_id = job->chat_id[0] ? job->chat_id : NULL,
+	    .graph_request_id = x && x->request_id[0] ? x->request_id : NULL,
+	    .client_request_id = job->client_request_id,
+	    .tenant = job->ev ? job->ev->tenant : NULL,
 	};
 }
 
@@ -179,15 +179,15 @@ static void finish_job(struct worker *w, struct job *job)
 /* Backs a job off (never less than the server's Retry-After) and queues it again, or
  * fails it when the retry budget is spent. */
 static void retry_or_fail(struct worker *w, struct job *job, long http_status, const char *code,
-			  const char *message, int64_t retry_after)
+                          const char *message, int64_t retry_after)
 {
 	struct worker_policy p = current_policy(w);
 	int64_t now = cptime_mono_ms();
 	job->transient_failures++;
 	int64_t delay =
-		retry_next_delay_ms(&p.retry, job->transient_failures, retry_after, &w->rng);
+	    retry_next_delay_ms(&p.retry, job->transient_failures, retry_after, &w->rng);
 	if (!retry_may_retry(&p.retry, job->transient_failures, job->first_attempt_mono_ms, now,
-			     delay)) {
+	                     delay)) {
 		job_fail(job, http_status, code, message, true);
 		finish_job(w, job);
 		return;
@@ -204,9 +204,9 @@ static void schedule_poll(struct worker *w, struct job *job, int64_t at)
 {
 	if (at > job->op_deadline_mono_ms) {
 		job_fail(job, job->http_status, "OperationTimeout",
-			 "the async operation did not finish before [operations] timeout_s", true);
+		         "the async operation did not finish before [operations] timeout_s", true);
 		snprintf(job->op_status, sizeof job->op_status, "%s",
-			 job->op_status[0] ? job->op_status : "notStarted");
+		         job->op_status[0] ? job->op_status : "notStarted");
 		finish_job(w, job);
 		return;
 	}
@@ -227,7 +227,7 @@ static int64_t retry_after_ms(const struct xfer *x, int64_t fallback_ms)
 }
 
 static void fail_from_graph_error(struct job *job, const struct xfer *x, long status,
-				  bool retryable)
+                                  bool retryable)
 {
 	struct graphresp_error ge;
 	char message[JOB_ERR_MSG_MAX];
@@ -267,7 +267,7 @@ static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
 	    !graphreq_resolve_location(w->version_root, x->location, url, sizeof url) ||
 	    !job_set_string(&job->op_url, url)) {
 		job_fail(job, 202, "InvalidLocation",
-			 "202 Accepted without a usable Location on this Graph host", false);
+		         "202 Accepted without a usable Location on this Graph host", false);
 		finish_job(w, job);
 		return;
 	}
@@ -319,7 +319,7 @@ static int64_t bounded_block(struct worker *w, int64_t wait)
 }
 
 static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
-			   long status)
+                           long status)
 {
 	int64_t now = cptime_mono_ms();
 	enum retry_class cls = retry_classify(status, (int)rc);
@@ -337,13 +337,13 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		int64_t wait = retry_after_ms(x, -1);
 		bool beyond = beyond_budget(w, job, wait, now);
 		sched_on_result(w->conf.sched, job->tenant, SCHED_THROTTLED, bounded_block(w, wait),
-				now);
+		                now);
 		log_with(LOG_LVL_INFO, &ctx, "throttled by Graph (429), Retry-After %s",
-			 x->retry_after[0] ? x->retry_after : "absent");
+		         x->retry_after[0] ? x->retry_after : "absent");
 		if (beyond) {
 			char message[JOB_ERR_MSG_MAX];
 			snprintf(message, sizeof message,
-				 "Retry-After %s is beyond [retry] max_elapsed_s", x->retry_after);
+			         "Retry-After %s is beyond [retry] max_elapsed_s", x->retry_after);
 			job_fail(job, 429, "TooManyRequests", message, true);
 			finish_job(w, job);
 			return;
@@ -367,34 +367,36 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	case RETRY_TRANSIENT: {
 		char message[JOB_ERR_MSG_MAX];
 		if (rc != CURLE_OK)
-			snprintf(message, sizeof message, "%s", x->errbuf[0] ? x->errbuf
-									 : curl_easy_strerror(rc));
+			snprintf(message, sizeof message, "%s",
+			         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
 		else
 			snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
 		log_with(LOG_LVL_INFO, &ctx, "transient failure: %s", message);
 		if (may_have_created(job, rc, status)) {
 			/* Graph may have made the group chat before failing to say so. */
 			job->needs_lookup = true;
-			log_with(LOG_LVL_NOTICE, &ctx, "outcome unknown: will look the chat up "
-						       "before creating it again");
+			log_with(LOG_LVL_NOTICE, &ctx,
+			         "outcome unknown: will look the chat up "
+			         "before creating it again");
 		}
 		/* A 503's Retry-After holds the whole tenant, not only this request. */
 		int64_t wait = retry_after_ms(x, 0);
-		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, bounded_block(w, wait),
-				now);
-		retry_or_fail(w, job, status, rc != CURLE_OK ? "TransportError" : "ServiceUnavailable",
-			      message, wait);
+		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER,
+		                bounded_block(w, wait), now);
+		retry_or_fail(w, job, status,
+		              rc != CURLE_OK ? "TransportError" : "ServiceUnavailable", message,
+		              wait);
 		return;
 	}
 	case RETRY_PERMANENT:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
 		if (rc != CURLE_OK)
 			job_fail(job, 0, "TransportError",
-				 x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), false);
+			         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), false);
 		else
 			fail_from_graph_error(job, x, status, false);
 		log_with(LOG_LVL_NOTICE, &ctx, "Graph refused the chat: %s (HTTP %ld)",
-			 job->err_code, status);
+		         job->err_code, status);
 		finish_job(w, job);
 		return;
 	}
@@ -408,8 +410,7 @@ static void on_operation(struct worker *w, struct job *job, struct xfer *x)
 	struct graphresp_operation op;
 	char err[256];
 	int64_t now = cptime_mono_ms();
-	if (!graphresp_parse_operation(x->resp ? x->resp : "", x->resp_len, &op, err,
-				       sizeof err)) {
+	if (!graphresp_parse_operation(x->resp ? x->resp : "", x->resp_len, &op, err, sizeof err)) {
 		schedule_poll(w, job, now + p.poll_interval_ms);
 		return;
 	}
@@ -423,21 +424,22 @@ static void on_operation(struct worker *w, struct job *job, struct xfer *x)
 		finish_job(w, job);
 		return;
 	case GRAPHRESP_OP_FAILED:
-		job_fail(job, job->http_status, op.error_code[0] ? op.error_code : "OperationFailed",
-			 op.error_message[0] ? op.error_message : "the async operation failed",
-			 false);
+		job_fail(
+		    job, job->http_status, op.error_code[0] ? op.error_code : "OperationFailed",
+		    op.error_message[0] ? op.error_message : "the async operation failed", false);
 		finish_job(w, job);
 		return;
 	default: {
 		int64_t wait = retry_after_ms(x, p.poll_interval_ms);
-		schedule_poll(w, job, now + (wait > p.poll_interval_ms ? wait : p.poll_interval_ms));
+		schedule_poll(w, job,
+		              now + (wait > p.poll_interval_ms ? wait : p.poll_interval_ms));
 		return;
 	}
 	}
 }
 
 static void on_poll_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
-			   long status)
+                           long status)
 {
 	struct worker_policy p = current_policy(w);
 	int64_t now = cptime_mono_ms();
@@ -464,7 +466,7 @@ static void on_poll_answer(struct worker *w, struct job *job, struct xfer *x, CU
 /* ---- lookup answers (unknown outcomes of group chats) ---- */
 
 static bool parse_lookup(const struct job *job, const struct xfer *x,
-			 struct graphresp_lookup_result *found, char *err, size_t errcap)
+                         struct graphresp_lookup_result *found, char *err, size_t errcap)
 {
 	size_t n = job->ev->n_members;
 	const char **ids = calloc(n, sizeof *ids);
@@ -476,17 +478,17 @@ static bool parse_lookup(const struct job *job, const struct xfer *x,
 		ids[i] = job->ev->members[i].user_id;
 	/* Clocks differ: accept chats created up to a minute before our first attempt. */
 	struct graphresp_lookup_query q = {.topic = job->ev->topic,
-					   .user_ids = ids,
-					   .n_user_ids = n,
-					   .created_after_ms = job->intent_wall_ms - 60 * 1000};
-	bool ok = graphresp_parse_lookup(x->resp ? x->resp : "", x->resp_len, &q, found, err,
-					 errcap);
+	                                   .user_ids = ids,
+	                                   .n_user_ids = n,
+	                                   .created_after_ms = job->intent_wall_ms - 60 * 1000};
+	bool ok =
+	    graphresp_parse_lookup(x->resp ? x->resp : "", x->resp_len, &q, found, err, errcap);
 	free(ids);
 	return ok;
 }
 
 static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
-			     long status)
+                             long status)
 {
 	struct log_ctx ctx;
 	log_ctx_of(job, x, &ctx);
@@ -501,7 +503,8 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 		}
 		job->needs_lookup = false;
 		if (!found.found) {
-			log_with(LOG_LVL_NOTICE, &ctx, "lookup: the chat does not exist; creating it");
+			log_with(LOG_LVL_NOTICE, &ctx,
+			         "lookup: the chat does not exist; creating it");
 			int64_t now = cptime_mono_ms();
 			if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
 				job_fail(job, 0, "QueueFull", "scheduler queue full", true);
@@ -510,7 +513,7 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 			return;
 		}
 		log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s",
-			 found.chat.id);
+		         found.chat.id);
 		job->status = JOB_SUCCEEDED;
 		snprintf(job->chat_id, sizeof job->chat_id, "%s", found.chat.id);
 		snprintf(job->chat_created, sizeof job->chat_created, "%s", found.chat.created);
@@ -528,14 +531,14 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 	}
 	if (cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED) {
 		retry_or_fail(w, job, status, "OutcomeUnknown",
-			      "the group chat may exist and the lookup keeps failing",
-			      retry_after_ms(x, 0));
+		              "the group chat may exist and the lookup keeps failing",
+		              retry_after_ms(x, 0));
 		return;
 	}
 	/* 403 (no Chat.ReadBasic.All), 404, ...: we cannot know, so we do not create again. */
 	char message[JOB_ERR_MSG_MAX];
 	snprintf(message, sizeof message,
-		 "the group chat may exist and Graph refused the lookup (HTTP %ld)", status);
+	         "the group chat may exist and Graph refused the lookup (HTTP %ld)", status);
 	job_fail(job, status, "OutcomeUnknown", message, false);
 	finish_job(w, job);
 }
@@ -643,10 +646,10 @@ static bool xfer_headers(struct xfer *x, const char *token)
 	if (len < 0 || len >= (int)sizeof bearer)
 		return false;
 	bool ok = add_header(&x->headers, "Authorization", bearer) &&
-		  add_header(&x->headers, "client-request-id", job->client_request_id) &&
-		  add_header(&x->headers, "return-client-request-id", "true") &&
-		  add_header(&x->headers, "Accept", "application/json") &&
-		  add_header(&x->headers, "User-Agent", "chatprovd/" CHATPROV_VERSION);
+	          add_header(&x->headers, "client-request-id", job->client_request_id) &&
+	          add_header(&x->headers, "return-client-request-id", "true") &&
+	          add_header(&x->headers, "Accept", "application/json") &&
+	          add_header(&x->headers, "User-Agent", "chatprovd/" CHATPROV_VERSION);
 	explicit_bzero(bearer, (size_t)len);
 	if (!ok)
 		return false;
@@ -680,34 +683,34 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 {
 	const struct cfg *cfg = w->conf.cfg;
 	CURL *e = x->easy;
-	bool ok = curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_URL, xfer_url(w, x)) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_WRITEDATA, x) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_HEADERDATA, x) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-				   (long)(cfg->graph.request_timeout_s * 1000)) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-				   (long)(cfg->graph.connect_timeout_s * 1000)) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS) ==
-			  CURLE_OK &&
-		  /* Waiting to multiplex only makes sense over HTTP/2 (https): on HTTP/1.1 it
-		   * ties every waiting transfer to one connection, hung or not. */
-		  curl_easy_setopt(e, CURLOPT_PIPEWAIT, w->https ? 1L : 0L) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http") == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
-		  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK;
+	bool ok =
+	    curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_URL, xfer_url(w, x)) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, x) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_HEADERDATA, x) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(cfg->graph.request_timeout_s * 1000)) ==
+	        CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+	                     (long)(cfg->graph.connect_timeout_s * 1000)) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS) == CURLE_OK &&
+	    /* Waiting to multiplex only makes sense over HTTP/2 (https): on HTTP/1.1 it
+	     * ties every waiting transfer to one connection, hung or not. */
+	    curl_easy_setopt(e, CURLOPT_PIPEWAIT, w->https ? 1L : 0L) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http") == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK;
 	if (ok && cfg->graph.ca_file[0])
 		ok = curl_easy_setopt(e, CURLOPT_CAINFO, cfg->graph.ca_file) == CURLE_OK;
 	if (ok && x->kind == XFER_POST)
 		ok = curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->job->body) == CURLE_OK &&
 		     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(x->job->body)) ==
-			     CURLE_OK;
+		         CURLE_OK;
 	return ok;
 }
 
@@ -733,7 +736,7 @@ static bool lookup_url(const struct worker *w, const struct job *job, struct xfe
 
 /* Starts an exchange for job with token. false: the job was not started. */
 static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kind,
-			   const char *token)
+                           const char *token)
 {
 	struct xfer *x = calloc(1, sizeof *x);
 	if (!x)
@@ -799,10 +802,10 @@ static bool next_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
 	struct worker_policy p = current_policy(w);
 	if (!p.group_chat_lookup || !job->ev->topic || !lookup_owner(job)) {
 		job_fail(job, job->http_status, "OutcomeUnknown",
-			 p.group_chat_lookup
-				 ? "the group chat may exist; it has no topic or owner to look it up by"
-				 : "the group chat may exist; [recovery] group_chat_lookup is off",
-			 false);
+		         p.group_chat_lookup
+		             ? "the group chat may exist; it has no topic or owner to look it up by"
+		             : "the group chat may exist; [recovery] group_chat_lookup is off",
+		         false);
 		finish_job(w, job);
 		return false;
 	}
@@ -817,8 +820,8 @@ static void launch(struct worker *w, struct job *job)
 	if (!next_kind(w, job, &kind))
 		return;
 	int64_t expires;
-	enum auth_status st = auth_get_token(w->conf.auth, job->tenant, w->token_buf, TOKEN_MAX,
-					     &expires);
+	enum auth_status st =
+	    auth_get_token(w->conf.auth, job->tenant, w->token_buf, TOKEN_MAX, &expires);
 	if (st != AUTH_OK) {
 		/*
 		 * Pending credentials hold the job: nothing fails because the token endpoint
@@ -867,12 +870,11 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 		snprintf(x->errbuf, sizeof x->errbuf, "response body over max_response_bytes");
 	}
 	pipeline_metrics_graph_response(w->conf.metrics, job->tenant, status,
-					(cptime_mono_ms() - x->started_mono_ms) / 1000.0);
+	                                (cptime_mono_ms() - x->started_mono_ms) / 1000.0);
 	/* The result's "graph" part describes the POST; polls only move the operation. */
 	if (x->kind == XFER_POST) {
 		job->http_status = rc == CURLE_OK ? status : 0;
-		snprintf(job->graph_request_id, sizeof job->graph_request_id, "%s",
-			 x->request_id);
+		snprintf(job->graph_request_id, sizeof job->graph_request_id, "%s", x->request_id);
 	}
 	long answer = rc == CURLE_OK ? status : 0;
 	int32_t partition = job->partition; /* job may be gone once its outcome is out */
@@ -896,8 +898,9 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 
 static unsigned capacity(const struct worker *w)
 {
-	return w->in_flight >= w->conf.max_in_flight ? 0
-						      : w->conf.max_in_flight - (unsigned)w->in_flight;
+	return w->in_flight >= w->conf.max_in_flight
+	           ? 0
+	           : w->conf.max_in_flight - (unsigned)w->in_flight;
 }
 
 static void admit_parked(struct worker *w)
@@ -981,11 +984,11 @@ static bool build_roots(struct worker *w)
 {
 	const struct cfg *cfg = w->conf.cfg;
 	return snprintf(w->version_root, sizeof w->version_root, "%s/%s", cfg->graph.base_url,
-			cfg->graph.api_version) < (int)sizeof w->version_root &&
+	                cfg->graph.api_version) < (int)sizeof w->version_root &&
 	       snprintf(w->bind_root, sizeof w->bind_root, "%s/%s", cfg->graph.graph_root,
-			cfg->graph.api_version) < (int)sizeof w->bind_root &&
+	                cfg->graph.api_version) < (int)sizeof w->bind_root &&
 	       snprintf(w->chats_url, sizeof w->chats_url, "%s/chats", w->version_root) <
-		       (int)sizeof w->chats_url;
+	           (int)sizeof w->chats_url;
 }
 
 bool worker_new(const struct worker_conf *conf, struct worker **out)
@@ -1006,7 +1009,7 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	if (!w->token_buf || !w->multi || !build_roots(w))
 		goto fail;
 	if (curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)conf->max_in_flight) !=
-		    CURLM_OK ||
+	        CURLM_OK ||
 	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
 		goto fail;
 	*out = w;

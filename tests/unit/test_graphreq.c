@@ -22,44 +22,41 @@
 #define GUEST(u) "{" AAD ",\"roles\":[\"guest\"],\"user@odata.bind\":\"" ROOT "/users('" u "')\"}"
 
 /* Request bodies of Microsoft's create-chat examples 1-6, as documented. */
-static const char *const doc_body[] =
-    {
-        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
-            "8b081ef6-4792-4def-b2c9-c363a1bf41d5") "," OWNER("82af01c5-f7cc-4a2e-a728-"
-                                                              "3a5df21afd9d") "]}",
-        "{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[" OWNER(
-            "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-"
-                                                              "e555fd399c6f") "," OWNER("3626a173-"
-                                                                                        "f2bc-4883-"
-                                                                                        "bcf7-"
-                                                                                        "01514c3bfb"
-                                                                                        "82") "]}",
-        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
-            "8b081ef6-4792-4def-b2c9-c363a1bf41d5") "," OWNER("82af01c5-f7cc-4a2e-a728-"
-                                                              "3a5df21afd9d") "],\"installedApps\":"
-                                                                              "[{\"teamsApp@odata."
-                                                                              "bind\":"
-                                                                              "\"" ROOT
-                                                                              "/appCatalogs/"
-                                                                              "teamsApps/"
-                                                                              "05F59CEC-A742-4A50-"
-                                                                              "A62E-202A57E478A4\"}"
-                                                                              "]}",
-        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER("jacob@contoso.com") "," OWNER(
-            "alex@contoso.com") "]}",
-        "{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[" OWNER(
-            "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-"
-                                                              "e555fd399c6f") "," GUEST("8ba98gf6-"
-                                                                                        "7fc2-4eb2-"
-                                                                                        "c7f2-"
-                                                                                        "aef9f21fd9"
-                                                                                        "8g") "]}",
-        "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
-            "8b081ef6-4792-4def-b2c9-c363a1bf41d5") ",{" AAD ",\"roles\":[\"owner\"],\"user@odata."
-                                                             "bind\":\"" ROOT
-                                                    "/users('82af01c5-f7cc-4a2e-"
-                                                    "a728-3a5df21afd9d')\",\"tenantId\":\"4dc1fe35-"
-                                                    "8ac6-4f0d-904a-7ebcd364bea1\"}]}",
+static const char *const doc_body[] = {
+    "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
+        "8b081ef6-4792-4def-b2c9-c363a1bf41d5") "," OWNER("82af01c5-f7cc-4a2e-a728-"
+                                                          "3a5df21afd9d") "]}",
+    "{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[" OWNER(
+        "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-"
+                                                          "e555fd399c6f") "," OWNER("3626a173-"
+                                                                                    "f2bc-4883-"
+                                                                                    "bcf7-"
+                                                                                    "01514c3bfb"
+                                                                                    "82") "]}",
+    "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
+        "8b081ef6-4792-4def-b2c9-c363a1bf41d5") "," OWNER("82af01c5-f7cc-4a2e-a728-"
+                                                          "3a5df21afd9d") "],\"installedApps\":"
+                                                                          "[{\"teamsApp@odata."
+                                                                          "bind\":"
+                                                                          "\"" ROOT "/appCatalogs/"
+                                                                          "teamsApps/"
+                                                                          "05F59CEC-A742-4A50-"
+                                                                          "A62E-202A57E478A4\"}"
+                                                                          "]}",
+    "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER("jacob@contoso.com") "," OWNER(
+        "alex@contoso.com") "]}",
+    "{\"chatType\":\"group\",\"topic\":\"Group chat title\",\"members\":[" OWNER(
+        "8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca") "," OWNER("82fe7758-5bb3-4f0d-a43f-"
+                                                          "e555fd399c6f") "," GUEST("8ba98gf6-"
+                                                                                    "7fc2-4eb2-"
+                                                                                    "c7f2-"
+                                                                                    "aef9f21fd9"
+                                                                                    "8g") "]}",
+    "{\"chatType\":\"oneOnOne\",\"members\":[" OWNER(
+        "8b081ef6-4792-4def-b2c9-c363a1bf41d5") ",{" AAD ",\"roles\":[\"owner\"],\"user@odata."
+                                                "bind\":\"" ROOT "/users('82af01c5-f7cc-4a2e-"
+                                                "a728-3a5df21afd9d')\",\"tenantId\":\"4dc1fe35-"
+                                                "8ac6-4f0d-904a-7ebcd364bea1\"}]}",
 };
 
 /* The same six requests as chatprov.request.v1 events. */

@@ -352,9 +352,11 @@ static void test_lookup(void **state)
 	                                 "\"alex@contoso.com\"") "," MEM(G3, "null")) ","
 	    /* an extra member */
 	    CHAT("19:extra@thread.v2", "Welcome, Jane", "2026-11-26T10:00:01Z",
-	         MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001", "\"alex@contoso."
-	                                                                         "com\"") "," MEM(
-	             G3, "null") "," MEM("bbbbbbbb-0000-0000-0000-000000000001", "null")) ","
+	         MEM(G1, "null") "," MEM(
+	             "aaaaaaaa-0000-0000-0000-000000000001",
+	             "\"alex@contoso."
+	             "com\"") "," MEM(G3, "null") "," MEM("bbbbbbbb-0000-0000-0000-000000000001",
+	                                                  "null")) ","
 	    /* another topic */
 	    CHAT("19:topic@thread.v2", "Welcome, Jane!", "2026-11-26T10:00:01Z",
 	         MEM(G1, "null") "," MEM("aaaaaaaa-0000-0000-0000-000000000001",

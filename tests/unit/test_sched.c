@@ -473,7 +473,8 @@ static void test_reload_limits(void **state)
 	while (take(s, 0, NULL, NULL, NULL) == SCHED_TAKEN)
 		;
 	sched_on_result(s, a, SCHED_THROTTLED, 1, 0); /* a at half its limit: 10 */
-	assert_int_equal(take(s, 1, NULL, NULL, NULL), SCHED_TAKEN); /* the probe at the block's end */
+	assert_int_equal(take(s, 1, NULL, NULL, NULL),
+	                 SCHED_TAKEN); /* the probe at the block's end */
 	struct sched_limits lim = {40, 200, 2};
 	assert_true(sched_set_limits(s, &lim));
 	assert_true(stats_of(s, a).configured_limit == 40);
