@@ -318,14 +318,61 @@ static int64_t bounded_block(struct worker *w, int64_t wait)
 	return wait;
 }
 
+/* 429: the tenant slows down and waits out Retry-After; the job goes back in the queue. */
+static void on_throttled(struct worker *w, struct job *job, struct xfer *x, int64_t now,
+                         const struct log_ctx *ctx)
+{
+	int64_t wait = retry_after_ms(x, -1);
+	bool beyond = beyond_budget(w, job, wait, now);
+	sched_on_result(w->conf.sched, job->tenant, SCHED_THROTTLED, bounded_block(w, wait), now);
+	log_with(LOG_LVL_INFO, ctx, "throttled by Graph (429), Retry-After %s",
+	         x->retry_after[0] ? x->retry_after : "absent");
+	if (beyond) {
+		char message[JOB_ERR_MSG_MAX];
+		snprintf(message, sizeof message, "Retry-After %s is beyond [retry] max_elapsed_s",
+		         x->retry_after);
+		job_fail(job, 429, "TooManyRequests", message, true);
+		finish_job(w, job);
+		return;
+	}
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+		job_fail(job, 429, "QueueFull", "scheduler queue full on retry", true);
+		finish_job(w, job);
+	}
+}
+
+/* 5xx, reset, timeout: back off (no less than a 503's Retry-After) and try again. */
+static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+                         long status, int64_t now, const struct log_ctx *ctx)
+{
+	char message[JOB_ERR_MSG_MAX];
+	if (rc != CURLE_OK)
+		snprintf(message, sizeof message, "%s",
+		         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+	else
+		snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
+	log_with(LOG_LVL_INFO, ctx, "transient failure: %s", message);
+	if (may_have_created(job, rc, status)) {
+		/* Graph may have made the group chat before failing to say so. */
+		job->needs_lookup = true;
+		log_with(LOG_LVL_NOTICE, ctx,
+		         "outcome unknown: will look the chat up before creating it again");
+	}
+	/* A 503's Retry-After holds the whole tenant, not only this request. */
+	int64_t wait = retry_after_ms(x, 0);
+	sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, bounded_block(w, wait),
+	                now);
+	retry_or_fail(w, job, status, rc != CURLE_OK ? "TransportError" : "ServiceUnavailable",
+	              message, wait);
+}
+
 static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
                            long status)
 {
 	int64_t now = cptime_mono_ms();
-	enum retry_class cls = retry_classify(status, (int)rc);
 	struct log_ctx ctx;
 	log_ctx_of(job, x, &ctx);
-	switch (cls) {
+	switch (retry_classify(status, (int)rc)) {
 	case RETRY_SUCCESS:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
 		if (status == 202)
@@ -333,27 +380,9 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		else
 			on_created(w, job, x);
 		return;
-	case RETRY_THROTTLED: {
-		int64_t wait = retry_after_ms(x, -1);
-		bool beyond = beyond_budget(w, job, wait, now);
-		sched_on_result(w->conf.sched, job->tenant, SCHED_THROTTLED, bounded_block(w, wait),
-		                now);
-		log_with(LOG_LVL_INFO, &ctx, "throttled by Graph (429), Retry-After %s",
-		         x->retry_after[0] ? x->retry_after : "absent");
-		if (beyond) {
-			char message[JOB_ERR_MSG_MAX];
-			snprintf(message, sizeof message,
-			         "Retry-After %s is beyond [retry] max_elapsed_s", x->retry_after);
-			job_fail(job, 429, "TooManyRequests", message, true);
-			finish_job(w, job);
-			return;
-		}
-		if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
-			job_fail(job, 429, "QueueFull", "scheduler queue full on retry", true);
-			finish_job(w, job);
-		}
+	case RETRY_THROTTLED:
+		on_throttled(w, job, x, now, &ctx);
 		return;
-	}
 	case RETRY_AUTH:
 		auth_invalidate(w->conf.auth, job->tenant, x->token);
 		if (!job->auth_retried) {
@@ -364,30 +393,9 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		fail_from_graph_error(job, x, status, false);
 		finish_job(w, job);
 		return;
-	case RETRY_TRANSIENT: {
-		char message[JOB_ERR_MSG_MAX];
-		if (rc != CURLE_OK)
-			snprintf(message, sizeof message, "%s",
-			         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
-		else
-			snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
-		log_with(LOG_LVL_INFO, &ctx, "transient failure: %s", message);
-		if (may_have_created(job, rc, status)) {
-			/* Graph may have made the group chat before failing to say so. */
-			job->needs_lookup = true;
-			log_with(LOG_LVL_NOTICE, &ctx,
-			         "outcome unknown: will look the chat up "
-			         "before creating it again");
-		}
-		/* A 503's Retry-After holds the whole tenant, not only this request. */
-		int64_t wait = retry_after_ms(x, 0);
-		sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER,
-		                bounded_block(w, wait), now);
-		retry_or_fail(w, job, status,
-		              rc != CURLE_OK ? "TransportError" : "ServiceUnavailable", message,
-		              wait);
+	case RETRY_TRANSIENT:
+		on_transient(w, job, x, rc, status, now, &ctx);
 		return;
-	}
 	case RETRY_PERMANENT:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
 		if (rc != CURLE_OK)
