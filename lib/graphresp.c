@@ -61,17 +61,28 @@ static json_object *parse_object(const char *body, size_t len, size_t max, char 
 	return root;
 }
 
-/* Copies string field key into dst (cap bytes). null counts as absent. */
-static enum copy copy_str(json_object *obj, const char *key, char *dst, size_t cap)
+/* The string field key of obj, with its length; null counts as absent. */
+static enum copy string_field(json_object *obj, const char *key, const char **s, size_t *n)
 {
 	json_object *v;
-	dst[0] = '\0';
 	if (!json_object_object_get_ex(obj, key, &v) || v == NULL)
 		return COPY_ABSENT;
 	if (!json_object_is_type(v, json_type_string))
 		return COPY_BAD_TYPE;
-	size_t n = (size_t)json_object_get_string_len(v);
-	const char *s = json_object_get_string(v);
+	*s = json_object_get_string(v);
+	*n = (size_t)json_object_get_string_len(v);
+	return COPY_OK;
+}
+
+/* Copies string field key into dst (cap bytes); embedded NULs and overlong values refused. */
+static enum copy copy_str(json_object *obj, const char *key, char *dst, size_t cap)
+{
+	const char *s;
+	size_t n;
+	dst[0] = '\0';
+	enum copy r = string_field(obj, key, &s, &n);
+	if (r != COPY_OK)
+		return r;
 	if (n >= cap || strlen(s) != n)
 		return COPY_TOO_LONG;
 	memcpy(dst, s, n + 1);
@@ -81,13 +92,12 @@ static enum copy copy_str(json_object *obj, const char *key, char *dst, size_t c
 /* Like copy_str, but long texts are cut at a UTF-8 character boundary. */
 static enum copy copy_text(json_object *obj, const char *key, char *dst, size_t cap)
 {
-	json_object *v;
+	const char *s;
+	size_t full;
 	dst[0] = '\0';
-	if (!json_object_object_get_ex(obj, key, &v) || v == NULL)
-		return COPY_ABSENT;
-	if (!json_object_is_type(v, json_type_string))
-		return COPY_BAD_TYPE;
-	const char *s = json_object_get_string(v);
+	enum copy r = string_field(obj, key, &s, &full);
+	if (r != COPY_OK)
+		return r;
 	size_t n = strnlen(s, cap - 1);
 	while (n > 0 && s[n] != '\0' && ((unsigned char)s[n] & 0xc0) == 0x80)
 		n--;
