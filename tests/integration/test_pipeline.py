@@ -43,9 +43,11 @@ def test_documented_examples(tmp_path):
         events = examples()
         # Example 3 first: its pair is new, so Graph answers 202 and runs an operation;
         # examples 1 and 6 name the same pair afterwards and get the existing chat.
-        stack.produce([events[2]])
+        trace = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                 ("x-correlation-id", b"onboarding-42")]
+        stack.produce([events[2]], headers=trace)
         stack.wait_results([events[2]["id"]], timeout=60)
-        stack.produce(events[:2] + events[3:])
+        stack.produce(events[:2] + events[3:], headers=trace)
         results = stack.wait_results([e["id"] for e in events], timeout=60)
         ledger = stack.graph.ledger()
         assert_clean_exit(stack.daemon)
@@ -63,6 +65,11 @@ def test_documented_examples(tmp_path):
     assert results["docs-example-1"]["chat"]["id"] == results["docs-example-3"]["chat"]["id"]
     assert results["docs-example-1"]["chat"]["id"] == results["docs-example-6"]["chat"]["id"]
 
+    # Results are keyed like their input (the id here) and carry the input's headers.
+    for entry in stack.result_messages:
+        assert entry["key"] == entry["result"]["id"].encode()
+        assert ("traceparent", trace[0][1]) in entry["headers"], entry["headers"]
+        assert ("x-correlation-id", b"onboarding-42") in entry["headers"]
     ledger_ids = {chat["id"] for chat in ledger["chats"]}
     for result in results.values():
         assert result["chat"]["id"] in ledger_ids
