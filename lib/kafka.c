@@ -67,6 +67,23 @@ static bool apply(rd_kafka_conf_t *conf, const struct cfg *cfg, const struct kv 
 	return true;
 }
 
+/* A configuration with defaults, the user's [librdkafka] entries and the forced settings. */
+static rd_kafka_conf_t *new_conf(const struct cfg *cfg, const struct kv *defaults,
+                                 size_t n_defaults, const struct kv *forced, size_t n_forced,
+                                 char *err, size_t errcap)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	if (!conf) {
+		snprintf(err, errcap, "out of memory");
+		return NULL;
+	}
+	if (!apply(conf, cfg, defaults, n_defaults, forced, n_forced, err, errcap)) {
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	return conf;
+}
+
 /* librdkafka's own messages go through our log, so journald gets their priority. */
 static void on_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
 {
@@ -113,16 +130,10 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
 	    {"queued.max.messages.kbytes", "2048"},
 	    {"fetch.error.backoff.ms", "20"},
 	};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	if (!conf) {
-		snprintf(err, errcap, "out of memory");
+	rd_kafka_conf_t *conf = new_conf(cfg, defaults, CP_ARRAY_LEN(defaults), consumer_forced,
+	                                 CP_ARRAY_LEN(consumer_forced), err, errcap);
+	if (!conf)
 		return NULL;
-	}
-	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), consumer_forced,
-	           CP_ARRAY_LEN(consumer_forced), err, errcap)) {
-		rd_kafka_conf_destroy(conf);
-		return NULL;
-	}
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance);
 	rd_kafka_conf_set_opaque(conf, opaque);
 	rd_kafka_t *rk = create(RD_KAFKA_CONSUMER, conf, err, errcap);
@@ -150,16 +161,10 @@ rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
 	     * still in flight): 500 ms by default, per partition and per replay. */
 	    {"fetch.wait.max.ms", "10"},
 	};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	if (!conf) {
-		snprintf(err, errcap, "out of memory");
+	rd_kafka_conf_t *conf = new_conf(cfg, defaults, CP_ARRAY_LEN(defaults), reader_forced,
+	                                 CP_ARRAY_LEN(reader_forced), err, errcap);
+	if (!conf)
 		return NULL;
-	}
-	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), reader_forced,
-	           CP_ARRAY_LEN(reader_forced), err, errcap)) {
-		rd_kafka_conf_destroy(conf);
-		return NULL;
-	}
 	return create(RD_KAFKA_CONSUMER, conf, err, errcap);
 }
 
@@ -182,16 +187,10 @@ rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_deli
 	    {"compression.type", "lz4"},
 	    {"message.max.bytes", max_bytes},
 	};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	if (!conf) {
-		snprintf(err, errcap, "out of memory");
+	rd_kafka_conf_t *conf = new_conf(cfg, defaults, CP_ARRAY_LEN(defaults), producer_forced,
+	                                 CP_ARRAY_LEN(producer_forced), err, errcap);
+	if (!conf)
 		return NULL;
-	}
-	if (!apply(conf, cfg, defaults, CP_ARRAY_LEN(defaults), producer_forced,
-	           CP_ARRAY_LEN(producer_forced), err, errcap)) {
-		rd_kafka_conf_destroy(conf);
-		return NULL;
-	}
 	rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
 	rd_kafka_conf_set_opaque(conf, opaque);
 	return create(RD_KAFKA_PRODUCER, conf, err, errcap);
