@@ -2,11 +2,6 @@
 #include "retry.h"
 
 #include <curl/curl.h>
-#include <errno.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 /* CURLcodes that say the request could not even be built: retrying sends the same thing. */
 static bool curl_code_is_permanent(int code)
@@ -109,53 +104,4 @@ bool retry_may_retry(const struct retry_policy *p, unsigned attempts_done, int64
 		return true;
 	int64_t start = now_ms + (next_delay_ms > 0 ? next_delay_ms : 0);
 	return start - first_attempt_ms <= p->max_elapsed_ms;
-}
-
-static int64_t clamp_after(double ms)
-{
-	if (!(ms > 0))
-		return 0;
-	if (ms >= (double)RETRY_AFTER_MAX_MS)
-		return RETRY_AFTER_MAX_MS;
-	return (int64_t)ceil(ms);
-}
-
-/* delta-seconds: digits, optionally '.' and digits; surrounding blanks allowed. */
-static bool parse_seconds(const char *v, int64_t *delay_ms)
-{
-	while (*v == ' ' || *v == '\t')
-		v++;
-	if (*v < '0' || *v > '9')
-		return false; /* refuses signs, "inf", "nan", hex that strtod would take */
-	for (const char *c = v; *c && *c != ' ' && *c != '\t'; c++)
-		if ((*c < '0' || *c > '9') && *c != '.')
-			return false;
-	errno = 0;
-	char *end = NULL;
-	double secs = strtod(v, &end);
-	if (end == v || (errno == ERANGE && secs != 0))
-		return false;
-	while (*end == ' ' || *end == '\t')
-		end++;
-	if (*end != '\0')
-		return false;
-	*delay_ms = clamp_after(secs * 1000.0);
-	return true;
-}
-
-bool retry_parse_retry_after(const char *value, int64_t now_epoch_ms, int64_t *delay_ms)
-{
-	if (!value || strlen(value) > 128)
-		return false;
-	if (parse_seconds(value, delay_ms))
-		return true;
-	/* An HTTP-date starts with a day name; curl_getdate also knows RFC 850 and asctime forms.
-	 */
-	if ((*value < 'A' || *value > 'Z') && (*value < 'a' || *value > 'z'))
-		return false;
-	time_t when = curl_getdate(value, NULL);
-	if (when == (time_t)-1)
-		return false;
-	*delay_ms = clamp_after((double)when * 1000.0 - (double)now_epoch_ms);
-	return true;
 }

@@ -57,18 +57,6 @@ int64_t retry_next_delay_ms(const struct retry_policy *p, unsigned attempts_done
 bool retry_may_retry(const struct retry_policy *p, unsigned attempts_done, int64_t first_attempt_ms,
                      int64_t now_ms, int64_t next_delay_ms);
 
-/* The longest Retry-After we accept; larger values are clamped to it. */
-#define RETRY_AFTER_MAX_MS (24LL * 3600 * 1000)
-
-/*
- * Parses a Retry-After header value: delta-seconds, integer ("3") or fractional ("2.128", as
- * Graph sends), or an HTTP-date ("Wed, 21 Oct 2015 07:28:00 GMT", relative to now_epoch_ms).
- * *delay_ms is rounded up to the next millisecond, clamped to [0, RETRY_AFTER_MAX_MS] (a date
- * in the past gives 0). False (and *delay_ms untouched) if the value is neither form.
- */
-bool retry_parse_retry_after(const char *value, int64_t now_epoch_ms,
-                             int64_t *delay_ms) CP_MUSTCHECK;
-
 /* splitmix64: the PRNG behind the jitter, exposed for tests and for seeding per thread. */
 uint64_t retry_rng_next(uint64_t *state);
 

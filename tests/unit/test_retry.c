@@ -153,48 +153,6 @@ static void test_may_retry_limits(void **state)
 	assert_false(retry_may_retry(&one, 1, 0, 0, 0));
 }
 
-static void test_parse_retry_after(void **state)
-{
-	(void)state;
-	int64_t d = -1;
-	assert_true(retry_parse_retry_after("3", 0, &d));
-	assert_int_equal(d, 3000);
-	assert_true(retry_parse_retry_after("2.128", 0, &d));
-	assert_int_equal(d, 2128);
-	assert_true(retry_parse_retry_after("0.0001", 0, &d));
-	assert_int_equal(d, 1); /* rounded up: never early */
-	assert_true(retry_parse_retry_after(" 0 ", 0, &d));
-	assert_int_equal(d, 0);
-	assert_true(retry_parse_retry_after("99999999999", 0, &d));
-	assert_int_equal(d, RETRY_AFTER_MAX_MS);
-	/* Wed, 21 Oct 2015 07:28:00 GMT = 1445412480 */
-	int64_t now = 1445412480000LL - 5500;
-	assert_true(retry_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now, &d));
-	assert_int_equal(d, 5500);
-	assert_true(retry_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now + 60000, &d));
-	assert_int_equal(d, 0);
-	d = 77;
-	const char *bad[] = {"",
-	                     " ",
-	                     "-1",
-	                     "+3",
-	                     "1e3",
-	                     "0x10",
-	                     "inf",
-	                     "nan",
-	                     "3s",
-	                     "3 4",
-	                     "1.2.3",
-	                     "soon",
-	                     "Wed, 99 Foo 2015",
-	                     NULL};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		if (retry_parse_retry_after(bad[i], 0, &d))
-			fail_msg("accepted \"%s\"", bad[i] ? bad[i] : "(null)");
-		assert_int_equal(d, 77);
-	}
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -203,7 +161,6 @@ int main(void)
 	    cmocka_unit_test(test_backoff_edges),
 	    cmocka_unit_test(test_next_delay_honours_retry_after),
 	    cmocka_unit_test(test_may_retry_limits),
-	    cmocka_unit_test(test_parse_retry_after),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
