@@ -122,10 +122,11 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
 	    {"auto.commit.interval.ms", "1000"},
 	    {"enable.partition.eof", "false"},
 	    /*
-	     * Pre-fetch beyond max_queued is only thrown away at the next pause: the 64 MiB
-	     * default queue held ~50 MiB of messages and fetch buffers (heaptrack, 100,000
-	     * backlog). With a small queue, refills must not wait for the fetch error
-	     * back-off, which librdkafka 2.0 also applies to a full queue (500 ms).
+	     * The pre-fetch is the buffer the intake draws from as far as its credit goes:
+	     * the 64 MiB default held ~50 MiB of messages and fetch buffers (heaptrack,
+	     * 100,000 backlog); 1 MiB starves the workers on the mock broker. Refills must not
+	     * wait for the fetch error back-off, which librdkafka 2.0 also applies to a full
+	     * queue (500 ms).
 	     */
 	    {"queued.max.messages.kbytes", "2048"},
 	    {"fetch.error.backoff.ms", "20"},

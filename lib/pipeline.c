@@ -3,11 +3,14 @@
 
 #include <json-c/json.h>
 #include <librdkafka/rdkafka.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "cptime.h"
@@ -25,7 +28,14 @@
 
 #define MAX_WORKERS       16
 #define MESSAGES_PER_TURN 500
-#define RESUME_FRACTION   0.75
+/*
+ * Sendable jobs (and group chats waiting for their intent's ack) kept ahead of the workers:
+ * a quarter of max_in_flight, at least this many, which covers the intent's round trip to
+ * the broker at 10,000+ events/s (docs/performance.md).
+ */
+#define MIN_READ_AHEAD 256
+/* Results awaiting the broker's ack, per unit of read-ahead: room for bursty acks. */
+#define ACKS_PER_READ_AHEAD 4
 /* Offsets finished behind a slow one still cost a little memory each: bounded too. */
 #define TRACKED_PER_QUEUED 4
 #define MAX_PARTITIONS     (OFFTRACK_MAX_PARTITION + 1)
@@ -63,6 +73,18 @@ struct pipeline {
 	atomic_uint *posting;
 	uint64_t next_generation;
 
+	/*
+	 * Intake: every assigned partition's fetch queue forwards to `messages`, which the
+	 * Kafka thread reads only as far as its credit goes (see credit()); the rest waits in
+	 * librdkafka's bounded pre-fetch, so no partition is ever paused for backpressure and no
+	 * resume costs a re-fetch. wake_fd (an eventfd) wakes the thread: librdkafka writes it
+	 * when a queue it sleeps on gets work, the workers and release() when credit returns.
+	 */
+	rd_kafka_queue_t *messages;
+	int wake_fd;
+	atomic_bool wants_credit;
+	size_t read_ahead;
+
 	struct state *state;
 	struct job *followers; /* duplicates waiting for the result of an id in progress */
 	int64_t last_forget_ms;
@@ -72,7 +94,7 @@ struct pipeline {
 	atomic_size_t in_memory;
 	atomic_size_t awaiting_ack;
 	size_t intents_pending; /* group chats waiting for their intent's ack (Kafka thread) */
-	atomic_bool paused;
+	atomic_bool paused;     /* the memory bound (max_queued) stops intake */
 	bool draining, workers_joined, group_joined;
 	atomic_bool fatal;
 	struct pipeline_counters counters;
@@ -127,20 +149,14 @@ static void store_offsets(struct pipeline *p)
 	rd_kafka_topic_partition_list_destroy(list);
 }
 
-static void set_paused(struct pipeline *p, bool pause)
+/* A drain stops fetching altogether. */
+static void pause_all(struct pipeline *p)
 {
 	rd_kafka_topic_partition_list_t *assigned = NULL;
 	if (rd_kafka_assignment(p->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		return;
-	if (pause)
-		rd_kafka_pause_partitions(p->consumer, assigned);
-	else
-		rd_kafka_resume_partitions(p->consumer, assigned);
+	rd_kafka_pause_partitions(p->consumer, assigned);
 	rd_kafka_topic_partition_list_destroy(assigned);
-	if (p->paused != pause)
-		log_info("%s consumption: %zu events in memory (max_queued %zu)",
-		         pause ? "pausing" : "resuming", p->in_memory, p->cfg->kafka.max_queued);
-	p->paused = pause;
 }
 
 static size_t tracked_limit(const struct pipeline *p)
@@ -148,30 +164,73 @@ static size_t tracked_limit(const struct pipeline *p)
 	return p->cfg->kafka.max_queued * TRACKED_PER_QUEUED;
 }
 
+static size_t room_under(size_t used, size_t bound)
+{
+	return used < bound ? bound - used : 0;
+}
+
+static size_t min_size(size_t a, size_t b)
+{
+	return a < b ? a : b;
+}
+
 /*
- * Work still to do counts against max_queued; results only waiting for the broker's
- * acknowledgement come back in bursts and cost little, so they get a second allowance:
- * counting them fully stalled consumption for each burst.
+ * Memory: work still to do counts against max_queued; results waiting for the broker's
+ * acknowledgement against their own, smaller bound (a stalled producer stops intake
+ * instead of piling up results); offsets finished behind a slow one are bounded too.
  */
-static bool over_bound(const struct pipeline *p, double fraction)
+static size_t memory_room(const struct pipeline *p)
 {
 	size_t in_memory = atomic_load(&p->in_memory);
 	size_t awaiting = atomic_load(&p->awaiting_ack);
 	size_t to_do = in_memory > awaiting ? in_memory - awaiting : 0;
-	double max = (double)p->cfg->kafka.max_queued * fraction;
-	return (double)to_do >= max || (double)in_memory >= 2 * max ||
-	       (double)offtrack_tracked_total(p->offsets) >= (double)tracked_limit(p) * fraction;
+	size_t room = room_under(to_do, p->cfg->kafka.max_queued);
+	room = min_size(room, room_under(awaiting, p->read_ahead * ACKS_PER_READ_AHEAD));
+	return min_size(room, room_under(offtrack_tracked_total(p->offsets), tracked_limit(p)));
 }
 
-/* Bounded memory: stop fetching at max_queued, resume below a low watermark. */
-static void apply_backpressure(struct pipeline *p)
+/* The paused flag (metrics, STATUS) says whether a memory bound holds intake back. */
+static void note_memory_bound(struct pipeline *p, size_t room)
+{
+	bool paused = room == 0;
+	if (paused != p->paused)
+		log_debug("%s intake: %zu events in memory, %zu awaiting acks",
+		          paused ? "stopping" : "resuming", (size_t)atomic_load(&p->in_memory),
+		          (size_t)atomic_load(&p->awaiting_ack));
+	p->paused = paused;
+}
+
+/*
+ * How many events may be taken from librdkafka now. Besides the memory bound, a
+ * read-ahead bound: jobs that could be sent now but wait for a free worker slot are pure
+ * queueing delay here (receivedAt counts from consumption), and in Kafka they cost
+ * nothing, so at most read_ahead of them (with the group chats waiting for their intent's
+ * acknowledgement) are held. Work waiting for tokens or a Retry-After is not sendable and
+ * does not count: a throttled tenant never stops the others behind it in a partition.
+ */
+static size_t credit(struct pipeline *p)
 {
 	if (p->draining)
+		return 0;
+	size_t room = memory_room(p);
+	note_memory_bound(p, room);
+	if (room == 0)
+		return 0;
+	size_t ahead =
+	    sched_sendable(p->sched, cptime_mono_ms(), p->read_ahead) + p->intents_pending;
+	return min_size(room, room_under(ahead, p->read_ahead));
+}
+
+/* Workers and releases call this when credit may have returned; cheap when nobody waits. */
+static void wake_for_credit(struct pipeline *p)
+{
+	if (!atomic_load_explicit(&p->wants_credit, memory_order_relaxed) ||
+	    !atomic_exchange(&p->wants_credit, false))
 		return;
-	if (!p->paused && over_bound(p, 1.0))
-		set_paused(p, true);
-	else if (p->paused && !over_bound(p, RESUME_FRACTION))
-		set_paused(p, false);
+	uint64_t one = 1;
+	if (write(p->wake_fd, &one, sizeof one) < 0) {
+		/* EAGAIN: the counter is full, so a wake-up is pending anyway. */
+	}
 }
 
 /* ---- rebalances ---- */
@@ -218,12 +277,24 @@ static bool restore_partition(struct pipeline *p, int32_t partition)
 	return true;
 }
 
+/* The partition's messages go to the intake queue, read as far as the credit goes. */
+static bool forward_to_intake(struct pipeline *p, const char *topic, int32_t partition)
+{
+	rd_kafka_queue_t *q = rd_kafka_queue_get_partition(p->consumer, topic, partition);
+	if (!q)
+		return false;
+	rd_kafka_queue_forward(q, p->messages);
+	rd_kafka_queue_destroy(q);
+	return true;
+}
+
 static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts)
 {
 	for (int i = 0; i < parts->cnt; i++) {
 		int32_t id = parts->elems[i].partition;
 		struct partition_state *ps = partition(p, id);
-		if (!ps || id >= MAX_PARTITIONS || !restore_partition(p, id)) {
+		if (!ps || id >= MAX_PARTITIONS || !restore_partition(p, id) ||
+		    !forward_to_intake(p, parts->elems[i].topic, id)) {
 			/* Processing without the state could create a group chat twice. */
 			atomic_store(&p->fatal, true);
 			continue;
@@ -238,7 +309,7 @@ static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 		log_error("incremental assign failed: %s", rd_kafka_error_string(error));
 		rd_kafka_error_destroy(error);
 	}
-	if (p->paused || p->draining)
+	if (p->draining)
 		rd_kafka_pause_partitions(p->consumer, parts);
 	p->group_joined = true;
 }
@@ -347,6 +418,7 @@ static void release(struct pipeline *p, struct job *job)
 		atomic_fetch_sub(&p->awaiting_ack, 1);
 	atomic_fetch_sub(&p->in_memory, 1);
 	job_free(job);
+	wake_for_credit(p);
 }
 
 static void job_settled(struct pipeline *p, struct job *job)
@@ -499,6 +571,12 @@ static void on_accepted(struct job *job, void *arg)
 	    !queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
 	                  strlen(job->ev->id), value, strlen(value), h, NULL, true))
 		log_warning("cannot record the operation of %s", job->ev->id);
+}
+
+/* A worker took sendable jobs: the read-ahead has room again. */
+static void took_work(void *arg)
+{
+	wake_for_credit(arg);
 }
 
 static void post_begin(int32_t partition, void *arg)
@@ -873,46 +951,70 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 	dispatch(p, job);
 }
 
-/*
- * Fetched just before the pause took effect: read it again later. The seek is
- * asynchronous (timeout 0); if it fails, librdkafka reports it and the message is read
- * again at the latest after a restart, since its offset was never stored.
- */
-static void rewind_to(struct pipeline *p, const rd_kafka_message_t *msg)
+static void take_message(struct pipeline *p, const rd_kafka_message_t *msg)
 {
-	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
-	if (!list)
+	if (msg->err) {
+		if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			log_warning("consumer: %s", rd_kafka_message_errstr(msg));
 		return;
-	rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(msg->rkt), msg->partition)
-	    ->offset = msg->offset;
-	rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 0);
-	if (error) {
-		log_warning("cannot rewind [%d] to %lld: %s", (int)msg->partition,
-		            (long long)msg->offset, rd_kafka_error_string(error));
-		rd_kafka_error_destroy(error);
 	}
-	rd_kafka_topic_partition_list_destroy(list);
+	struct partition_state *ps = partition(p, msg->partition);
+	/* A message of a partition revoked meanwhile is not ours to process. */
+	if (ps && ps->assigned && is_input_topic(p, rd_kafka_topic_name(msg->rkt)))
+		admit(p, msg);
 }
 
-static void consume(struct pipeline *p, int timeout_ms)
+/* Takes up to the credit from the intake queue; returns how many messages it took. */
+static size_t take_messages(struct pipeline *p, size_t credit)
 {
-	for (int i = 0; i < MESSAGES_PER_TURN && (i == 0 || !over_bound(p, 1.0)); i++) {
-		rd_kafka_message_t *msg = rd_kafka_consumer_poll(p->consumer, i ? 0 : timeout_ms);
-		if (!msg)
-			return;
-		if (msg->err) {
-			if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-				log_warning("consumer: %s", rd_kafka_message_errstr(msg));
-		} else if (p->draining) {
-			/* Dropped unread: its offset is never stored, so whoever owns the
-			 * partition next consumes it again. */
-		} else if (over_bound(p, 1.0)) {
-			rewind_to(p, msg);
-		} else if (is_input_topic(p, rd_kafka_topic_name(msg->rkt))) {
-			admit(p, msg);
-		}
+	rd_kafka_message_t *msgs[MESSAGES_PER_TURN];
+	size_t n = credit < MESSAGES_PER_TURN ? credit : MESSAGES_PER_TURN;
+	ssize_t got = rd_kafka_consume_batch_queue(p->messages, 0, msgs, n);
+	for (ssize_t i = 0; i < got; i++) {
+		take_message(p, msgs[i]);
+		rd_kafka_message_destroy(msgs[i]);
+	}
+	return got > 0 ? (size_t)got : 0;
+}
+
+/* Rebalances (through the callback) and consumer errors: the group's own queue. */
+static void serve_consumer_events(struct pipeline *p)
+{
+	rd_kafka_message_t *msg;
+	while ((msg = rd_kafka_consumer_poll(p->consumer, 0)) != NULL) {
+		if (msg->err && msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			log_warning("consumer: %s", rd_kafka_message_errstr(msg));
+		else if (!msg->err)
+			take_message(p, msg); /* not expected: every partition forwards */
 		rd_kafka_message_destroy(msg);
 	}
+}
+
+/*
+ * Sleeps until something is due: an event, a delivery report or (with credit) a message
+ * arrives, librdkafka writing wake_fd as its queue turns non-empty; or credit returns,
+ * a worker or a release writing it. Every queue was drained just before, so no wake-up
+ * is lost; with messages waiting, only credit is waited for.
+ */
+static void wait_for_work(struct pipeline *p, bool has_credit, int timeout_ms)
+{
+	if (has_credit && rd_kafka_queue_length(p->messages) > 0)
+		return;
+	if (!has_credit) {
+		atomic_store(&p->wants_credit, true);
+		if (credit(p) > 0) { /* returned before the flag was up */
+			atomic_store(&p->wants_credit, false);
+			return;
+		}
+	}
+	struct pollfd pfd = {.fd = p->wake_fd, .events = POLLIN};
+	if (poll(&pfd, 1, timeout_ms) > 0) {
+		uint64_t count;
+		if (read(p->wake_fd, &count, sizeof count) < 0) {
+			/* EAGAIN: another reader was faster; nothing to reset */
+		}
+	}
+	atomic_store(&p->wants_credit, false);
 }
 
 /* Requests past retention leave memory; their tombstones come with the next restore. */
@@ -930,10 +1032,10 @@ static void forget_old_state(struct pipeline *p)
 
 bool pipeline_poll(struct pipeline *p, int timeout_ms)
 {
-	apply_backpressure(p);
-	/* Acks are due (results, intents): come back soon to serve the delivery reports. */
-	bool acks_due = atomic_load(&p->awaiting_ack) || p->intents_pending;
-	consume(p, acks_due && timeout_ms > 5 ? 5 : timeout_ms);
+	serve_consumer_events(p);
+	rd_kafka_poll(p->producer, 0);
+	size_t allowed = credit(p);
+	size_t taken = allowed ? take_messages(p, allowed) : 0;
 	rd_kafka_poll(p->producer, 0);
 	store_offsets(p);
 	forget_old_state(p);
@@ -942,6 +1044,10 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 		log_error("producer fatal error: %s", errstr);
 		return false;
 	}
+	if (atomic_load(&p->fatal))
+		return false;
+	if (taken == 0)
+		wait_for_work(p, allowed > 0, timeout_ms);
 	return !atomic_load(&p->fatal);
 }
 
@@ -995,6 +1101,9 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 	}
 	p->cfg = cfg;
 	p->registry = metrics;
+	p->wake_fd = -1;
+	p->read_ahead = cfg->graph.max_in_flight / 4 > MIN_READ_AHEAD ? cfg->graph.max_in_flight / 4
+	                                                              : MIN_READ_AHEAD;
 	pthread_mutex_init(&p->counters_lock, NULL);
 	p->limits = (struct event_limits){.max_message_bytes = cfg->kafka.max_message_bytes,
 	                                  .max_members = cfg->graph.max_members,
@@ -1109,6 +1218,7 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 		                         .metrics = p->metrics,
 		                         .on_done = on_job_done,
 		                         .hooks = {.is_current = job_is_current,
+		                                   .took_work = took_work,
 		                                   .post_begin = post_begin,
 		                                   .post_end = post_end,
 		                                   .on_accepted = on_accepted},
@@ -1126,13 +1236,55 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 	return true;
 }
 
+/* librdkafka writes wake_fd when one of these queues turns non-empty. */
+static void set_wakeups(struct pipeline *p, int fd)
+{
+	static const uint64_t one = 1; /* an eventfd takes 8-byte increments */
+	rd_kafka_queue_t *group = rd_kafka_queue_get_consumer(p->consumer);
+	rd_kafka_queue_t *reports = rd_kafka_queue_get_main(p->producer);
+	rd_kafka_queue_io_event_enable(p->messages, fd, &one, sizeof one);
+	if (group)
+		rd_kafka_queue_io_event_enable(group, fd, &one, sizeof one);
+	if (reports)
+		rd_kafka_queue_io_event_enable(reports, fd, &one, sizeof one);
+	if (group)
+		rd_kafka_queue_destroy(group);
+	if (reports)
+		rd_kafka_queue_destroy(reports);
+}
+
+static bool open_intake(struct pipeline *p, char *err, size_t errcap)
+{
+	p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	p->messages = rd_kafka_queue_new(p->consumer);
+	if (p->wake_fd < 0 || !p->messages) {
+		snprintf(err, errcap, "cannot create the intake queue");
+		return false;
+	}
+	set_wakeups(p, p->wake_fd);
+	return true;
+}
+
+/* Before the consumer goes: librdkafka must not write to a closed descriptor. */
+static void close_intake(struct pipeline *p)
+{
+	if (p->messages) {
+		set_wakeups(p, -1);
+		rd_kafka_queue_destroy(p->messages);
+		p->messages = NULL;
+	}
+	if (p->wake_fd >= 0)
+		close(p->wake_fd);
+	p->wake_fd = -1;
+}
+
 bool pipeline_start(struct pipeline *p, char *err, size_t errcap)
 {
 	p->producer = kafka_producer_new(p->cfg, on_delivery, p, err, errcap);
 	if (!p->producer)
 		return false;
 	p->consumer = kafka_consumer_new(p->cfg, on_rebalance, p, err, errcap);
-	if (!p->consumer)
+	if (!p->consumer || !open_intake(p, err, errcap))
 		return false;
 	if (!start_workers(p, err, errcap))
 		return false;
@@ -1201,7 +1353,7 @@ void pipeline_begin_drain(struct pipeline *p)
 	if (p->draining)
 		return;
 	p->draining = true;
-	set_paused(p, true);
+	pause_all(p);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_stop(p->workers[i]);
 }
@@ -1269,6 +1421,7 @@ void pipeline_finish(struct pipeline *p)
 	rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, NULL, 0);
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
 		log_warning("final commit failed: %s", rd_kafka_err2str(err));
+	close_intake(p);
 	err = rd_kafka_consumer_close(p->consumer);
 	if (err)
 		log_warning("leaving the consumer group: %s", rd_kafka_err2str(err));
@@ -1285,6 +1438,7 @@ void pipeline_free(struct pipeline *p)
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_free(p->workers[i]);
 	p->n_workers = 0;
+	close_intake(p);
 	if (p->consumer)
 		rd_kafka_destroy(p->consumer);
 	if (p->producer) {

@@ -90,8 +90,7 @@ static bool register_families(struct pipeline_metrics *pm)
 	           "Requests inside HTTP workers (transfers, operation polls).", METRICS_GAUGE,
 	           NULL, NULL, 0) &&
 	       reg(pm, &pm->paused, "chatprov_consumer_paused",
-	           "1 while consumption is paused for backpressure.", METRICS_GAUGE, NULL, NULL,
-	           0) &&
+	           "1 while a memory bound holds intake back.", METRICS_GAUGE, NULL, NULL, 0) &&
 	       reg(pm, &pm->lag, "chatprov_consumer_lag", "Messages behind the high watermark.",
 	           METRICS_GAUGE, L("partition"), NULL, 0);
 }

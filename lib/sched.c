@@ -87,7 +87,6 @@ struct sched {
 	size_t n_dheap;
 
 	size_t max_queued, queued;
-	bool full_latched;
 };
 
 /* ---- buckets ---- */
@@ -431,10 +430,8 @@ static bool enqueue(struct sched *s, size_t tenant, void *job, int64_t not_befor
 	see_time(s, now);
 	if (tenant >= s->n_tenants)
 		goto out;
-	if (bounded && s->queued >= s->max_queued) {
-		s->full_latched = true;
+	if (bounded && s->queued >= s->max_queued)
 		goto out;
-	}
 	if (s->free_head == NIL && !pool_grow(s))
 		goto out;
 	uint32_t n = s->free_head;
@@ -444,8 +441,7 @@ static bool enqueue(struct sched *s, size_t tenant, void *job, int64_t not_befor
 	                            .seq = s->seq++,
 	                            .tenant = (uint32_t)tenant,
 	                            .next = NIL};
-	if (++s->queued >= s->max_queued)
-		s->full_latched = true;
+	s->queued++;
 	if (not_before <= now) {
 		fifo_append(s, n, now);
 	} else {
@@ -671,14 +667,34 @@ size_t sched_queued_total(struct sched *s)
 	return q;
 }
 
-bool sched_has_room(struct sched *s, double resume_fraction)
+/* Whole tokens a bucket will hold at now, without refilling it (a read-only view). */
+static double bucket_tokens_at(const struct bucket *b, int64_t now)
+{
+	double tokens = b->tokens;
+	if (b->last_ms != INT64_MIN && now > b->last_ms)
+		tokens = b->tokens + (double)(now - b->last_ms) * b->rate_per_ms;
+	return floor((tokens < b->cap ? tokens : b->cap) + TOKEN_EPS);
+}
+
+size_t sched_sendable(struct sched *s, int64_t now_ms, size_t at_most)
 {
 	pthread_mutex_lock(&s->lock);
-	if (s->full_latched && (double)s->queued <= resume_fraction * (double)s->max_queued)
-		s->full_latched = false;
-	bool room = !s->full_latched;
+	double global = bucket_tokens_at(&s->global, now_ms);
+	size_t sendable = 0;
+	for (size_t i = 0; i < s->n_theap && sendable < at_most; i++) {
+		const struct tenant *tn = &s->tenants[s->theap[i]];
+		if (tn->blocked_until > now_ms)
+			continue;
+		double tokens = bucket_tokens_at(&tn->bucket, now_ms);
+		if (tokens >= 1.0)
+			sendable += (double)tn->ready < tokens ? tn->ready : (size_t)tokens;
+	}
+	if (global < 1.0)
+		sendable = 0;
+	else if ((double)sendable > global)
+		sendable = (size_t)global;
 	pthread_mutex_unlock(&s->lock);
-	return room;
+	return sendable < at_most ? sendable : at_most;
 }
 
 size_t sched_tenant_count(struct sched *s)

@@ -83,8 +83,8 @@ bool sched_add_tenant(struct sched *s, const char *name, double limit,
 
 /*
  * Queues new work. False (the job stays the caller's) if the tenant index is unknown or
- * max_queued jobs are queued: the caller then pauses its Kafka partitions until
- * sched_has_room says otherwise. not_before_ms <= now_ms means ready at once.
+ * max_queued jobs are queued (the caller bounds its intake before that). not_before_ms <=
+ * now_ms means ready at once.
  */
 bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
                 int64_t now_ms) CP_MUSTCHECK;
@@ -126,11 +126,12 @@ size_t sched_drain(struct sched *s, void **jobs, size_t cap);
 size_t sched_queued_total(struct sched *s);
 
 /*
- * Backpressure with hysteresis: becomes false when the queue reaches max_queued (or a push
- * was refused), and true again only once it has drained to resume_fraction * max_queued
- * (e.g. 0.5), so partitions are not paused and resumed on every single job.
+ * Ready jobs that could leave now if workers asked: per tenant not blocked, as many as its
+ * bucket holds whole tokens, in all no more than the global bucket holds; at most at_most
+ * (the scan stops there). Work waiting for tokens or a block is not counted. Read-only: the
+ * caller uses it to keep only a bounded read-ahead of sendable work in memory.
  */
-bool sched_has_room(struct sched *s, double resume_fraction);
+size_t sched_sendable(struct sched *s, int64_t now_ms, size_t at_most);
 
 size_t sched_tenant_count(struct sched *s);
 bool sched_tenant_stats(struct sched *s, size_t tenant,

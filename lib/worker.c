@@ -936,6 +936,7 @@ static int64_t admit_work(struct worker *w, int64_t now)
 		launch(w, heap_pop(&w->polls));
 	if (w->polls.len && w->polls.items[0]->next_poll_mono_ms < wake)
 		wake = w->polls.items[0]->next_poll_mono_ms;
+	bool took = false;
 	while (capacity(w)) {
 		void *job;
 		size_t tenant;
@@ -946,7 +947,10 @@ static int64_t admit_work(struct worker *w, int64_t now)
 		if (st != SCHED_TAKEN)
 			break;
 		launch(w, job);
+		took = true;
 	}
+	if (took && w->conf.hooks.took_work)
+		w->conf.hooks.took_work(w->conf.arg);
 	return wake;
 }
 

@@ -38,6 +38,7 @@ struct worker_policy {
  */
 struct worker_hooks {
 	bool (*is_current)(const struct job *job, void *arg);
+	void (*took_work)(void *arg); /* jobs left the scheduler for this worker */
 	void (*post_begin)(int32_t partition, void *arg);
 	void (*post_end)(int32_t partition, void *arg);
 	void (*on_accepted)(struct job *job, void *arg);

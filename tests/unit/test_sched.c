@@ -389,29 +389,23 @@ static void test_global_caps_the_sum(void **state)
 
 /* ---- bounds, drain, reload ---- */
 
-static void test_max_queued_and_hysteresis(void **state)
+static void test_max_queued(void **state)
 {
 	(void)state;
 	struct sched *s = new_sched(1000, 1000, 1, 10);
 	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
-	assert_true(sched_has_room(s, 0.5));
 	push_n(s, a, 0, 6, 0);
 	for (size_t i = 0; i < 4; i++)
 		assert_true(sched_push(s, b, JOB(100 + i), 5000, 0)); /* delayed ones count too */
-	assert_false(sched_has_room(s, 0.5));
 	assert_false(sched_push(s, a, JOB(50), 0, 0));
 	assert_int_equal(sched_queued_total(s), 10);
 	assert_int_equal(stats_of(s, a).queued, 6);
 	assert_int_equal(stats_of(s, b).queued, 4);
 	size_t id;
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 5; i++)
 		assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
-	assert_false(sched_has_room(s, 0.5)); /* 6 > 5: still paused */
-	assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
-	assert_true(sched_has_room(s, 0.5)); /* 5: resume */
-	assert_true(sched_has_room(s, 0.5));
 	push_n(s, a, 200, 5, 0);
-	assert_false(sched_has_room(s, 0.5));
+	assert_false(sched_push(s, a, JOB(50), 0, 0));
 	/* retries of the 5 taken jobs are accepted beyond max_queued (the pool grows) */
 	for (size_t i = 0; i < 5; i++)
 		assert_true(sched_requeue(s, a, JOB(300 + i), 0, 0));
@@ -420,7 +414,36 @@ static void test_max_queued_and_hysteresis(void **state)
 	void *jobs[32];
 	assert_int_equal(sched_drain(s, jobs, 32), 15);
 	assert_int_equal(sched_queued_total(s), 0);
-	assert_true(sched_has_room(s, 0.5));
+	assert_true(sched_push(s, a, JOB(50), 0, 0));
+	sched_free(s);
+}
+
+/* Sendable: ready, not blocked, covered by whole tokens of the tenant and global buckets. */
+static void test_sendable(void **state)
+{
+	(void)state;
+	/* 10 per 1 s per tenant (burst 10), 15 global */
+	struct sched *s = new_sched(10, 15, 1, 1000);
+	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
+	assert_int_equal(sched_sendable(s, 0, 100), 0);
+	push_n(s, a, 0, 4, 0);
+	assert_int_equal(sched_sendable(s, 0, 100), 4);
+	assert_int_equal(sched_sendable(s, 0, 3), 3); /* at_most caps the answer */
+	push_n(s, a, 10, 20, 0);
+	assert_int_equal(sched_sendable(s, 0, 100), 10); /* a's burst */
+	push_n(s, b, 100, 20, 0);
+	assert_int_equal(sched_sendable(s, 0, 100), 15);   /* the global burst */
+	assert_true(sched_push(s, b, JOB(500), 60000, 0)); /* delayed: never sendable yet */
+	size_t id;
+	for (int i = 0; i < 15; i++)
+		assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(sched_sendable(s, 0, 100), 0); /* global bucket empty */
+	/* 200 ms later: a and b earned 2 each, the global bucket 3 */
+	assert_int_equal(sched_sendable(s, 200, 100), 3);
+	assert_int_equal(sched_sendable(s, 200, 100), 3); /* read-only: asking twice is the same */
+	/* a 429 with Retry-After blocks b: only a's work counts */
+	sched_on_result(s, b, SCHED_THROTTLED, 10000, 200);
+	assert_int_equal(sched_sendable(s, 1000, 100), 10);
 	sched_free(s);
 }
 
@@ -841,7 +864,8 @@ int main(void)
 	    cmocka_unit_test(test_blocked_tenant_does_not_delay_others),
 	    cmocka_unit_test(test_round_robin_when_global_is_the_bottleneck),
 	    cmocka_unit_test(test_global_caps_the_sum),
-	    cmocka_unit_test(test_max_queued_and_hysteresis),
+	    cmocka_unit_test(test_max_queued),
+	    cmocka_unit_test(test_sendable),
 	    cmocka_unit_test(test_drain_returns_everything),
 	    cmocka_unit_test(test_reload_limits),
 	    cmocka_unit_test(test_threads_take_each_job_once),
