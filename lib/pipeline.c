@@ -803,7 +803,8 @@ static bool replay(struct pipeline *p, struct job *job, const struct state_info 
 	char err[CP_ERRSTR_SIZE];
 	char *value = NULL;
 	size_t len = 0;
-	if (!state_fetch(p->state, si->partition, si->offset, &value, &len, err, sizeof err)) {
+	if (!state_fetch(p->state, job->ev->id, si->partition, si->offset, &value, &len, err,
+	                 sizeof err)) {
 		log_warning("cannot fetch the recorded result of %s: %s", job->ev->id, err);
 		return false;
 	}

@@ -1,8 +1,9 @@
 /*
  * test_state.c - the request state mirror against librdkafka's in-process mock cluster:
  * restore to the high watermark, record precedence, tombstones, expiry, fetch by offset,
- * partitions, the active flag and a table that grows. CHATPROV_STATE_BENCH=1 also measures
- * the restore rate of 200,000 records.
+ * partitions, the active flag, a table that grows, compacted done requests (runs) and the
+ * id check of a fetch. CHATPROV_STATE_BENCH=1 also measures the restore rate of 200,000
+ * records and the memory and lookup cost of 1,000,000 done requests.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 #include <cmocka.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <malloc.h>
 
 #include "cfg.h"
 #include "cptime.h"
@@ -316,7 +318,7 @@ static void test_fetch(void **state)
 	char err[256] = "";
 	char *value = NULL;
 	size_t len = 0;
-	if (!state_fetch(f->st, 1, off, &value, &len, err, sizeof err))
+	if (!state_fetch(f->st, "r1", 1, off, &value, &len, err, sizeof err))
 		fail_msg("state_fetch: %s", err);
 	assert_int_equal(len, strlen(done_ok));
 	assert_memory_equal(value, done_ok, len);
@@ -324,7 +326,7 @@ static void test_fetch(void **state)
 	free(value);
 
 	value = NULL;
-	assert_true(state_fetch(f->st, 1, off_bin, &value, &len, err, sizeof err));
+	assert_true(state_fetch(f->st, "r2", 1, off_bin, &value, &len, err, sizeof err));
 	assert_int_equal(len, sizeof binary);
 	assert_memory_equal(value, binary, len);
 	free(value);
@@ -336,8 +338,8 @@ static void test_fetch(void **state)
 	int64_t started = cptime_mono_ms();
 	for (int i = 0; i < 10; i++) {
 		value = NULL;
-		assert_true(
-		    state_fetch(f->st, 1, i % 2 ? off : off_bin, &value, &len, err, sizeof err));
+		assert_true(state_fetch(f->st, i % 2 ? "r1" : "r2", 1, i % 2 ? off : off_bin,
+		                        &value, &len, err, sizeof err));
 		assert_int_equal(len, i % 2 ? strlen(done_ok) : sizeof binary);
 		free(value);
 	}
@@ -353,21 +355,21 @@ static void test_fetch_bad_offset(void **state)
 	char *value = NULL;
 	size_t len = 0;
 	int64_t started = cptime_mono_ms();
-	assert_false(state_fetch(f->st, 0, end + 5, &value, &len, err, sizeof err));
+	assert_false(state_fetch(f->st, "s", 0, end + 5, &value, &len, err, sizeof err));
 	assert_null(value);
 	assert_non_null(strstr(err, f->topic));
 	err[0] = '\0';
-	assert_false(state_fetch(f->st, 0, -7, &value, &len, err, sizeof err));
+	assert_false(state_fetch(f->st, "s", 0, -7, &value, &len, err, sizeof err));
 	assert_null(value);
 	assert_true(err[0] != '\0');
 	/* An empty partition has nothing to fetch either. */
-	assert_false(state_fetch(f->st, 1, 0, &value, &len, err, sizeof err));
+	assert_false(state_fetch(f->st, "s", 1, 0, &value, &len, err, sizeof err));
 	assert_null(value);
 	/* Failing is immediate, not a wait for records that will never come. */
 	assert_true(cptime_mono_ms() - started < 3000);
 
 	/* And the reader still works afterwards. */
-	assert_true(state_fetch(f->st, 0, end - 1, &value, &len, err, sizeof err));
+	assert_true(state_fetch(f->st, "s", 0, end - 1, &value, &len, err, sizeof err));
 	assert_memory_equal(value, done_ok, len);
 	free(value);
 }
@@ -586,9 +588,9 @@ static void test_restore_unknown_partition(void **state)
 	assert_non_null(strstr(err, f->topic));
 }
 
-/* Produces n done records of value_len bytes, ids "<prefix><i>", over `partitions`. */
-static void produce_many(const char *topic, int32_t partitions, const char *prefix, size_t n,
-                         size_t value_len)
+/* Produces n done records of value_len bytes, ids "<prefix><i>", over `partitions`, at ts. */
+static void produce_many_at(const char *topic, int32_t partitions, const char *prefix, size_t n,
+                            size_t value_len, int64_t ts)
 {
 	char *value = malloc(value_len);
 	assert_non_null(value);
@@ -597,12 +599,18 @@ static void produce_many(const char *topic, int32_t partitions, const char *pref
 		char id[64];
 		snprintf(id, sizeof id, "%s%zu", prefix, i);
 		queue(topic, (int32_t)(i % (size_t)partitions), id, "done",
-		      i % 3 ? "succeeded" : "failed", value, value_len, 0, NULL);
+		      i % 3 ? "succeeded" : "failed", value, value_len, ts, NULL);
 		if (i % 1000 == 0)
 			rd_kafka_poll(producer, 0);
 	}
 	flush();
 	free(value);
+}
+
+static void produce_many(const char *topic, int32_t partitions, const char *prefix, size_t n,
+                         size_t value_len)
+{
+	produce_many_at(topic, partitions, prefix, n, value_len, 0);
 }
 
 static void test_many_ids(void **state)
@@ -624,6 +632,268 @@ static void test_many_ids(void **state)
 	/* A restore of the same partition again changes nothing. */
 	assert_int_equal(restore(f, 0), n);
 	assert_int_equal(state_count(f->st), n);
+}
+
+/* ---- compacted done requests (runs) ---- */
+
+/* A topic of its own with more partitions, and a state reading it. */
+static void use_topic(struct fixture *f, const char *suffix, int32_t partitions)
+{
+	char err[256] = "";
+	snprintf(f->cfg->kafka.state_topic, sizeof f->cfg->kafka.state_topic, "%s.%s", f->topic,
+	         suffix);
+	mock_topic(mcluster, producer, f->cfg->kafka.state_topic, partitions);
+	state_free(f->st);
+	f->st = NULL;
+	if (!state_new(f->cfg, &f->st, err, sizeof err))
+		fail_msg("state_new: %s", err);
+}
+
+static const char *id_of(char id[64], const char *prefix, size_t i)
+{
+	snprintf(id, 64, "%s%zu", prefix, i);
+	return id;
+}
+
+/* The request produce_many made i of, as the mirror must tell it. */
+static void assert_done(struct fixture *f, const char *prefix, size_t i, int32_t partitions)
+{
+	char id[64];
+	struct state_info si = get(f, id_of(id, prefix, i));
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.partition, (int32_t)(i % (size_t)partitions));
+	assert_int_equal(si.offset, (int64_t)(i / (size_t)partitions));
+	assert_int_equal(si.done_succeeded, i % 3 != 0);
+	assert_false(si.active);
+}
+
+/*
+ * Records in a partition, none dropped: the mock broker silently drops records beyond its
+ * per-partition size, which would make a test lose some.
+ */
+static int64_t records_in(struct fixture *f, int32_t partition)
+{
+	int64_t low = -1, high = -1;
+	assert_int_equal(rd_kafka_query_watermark_offsets(producer, f->cfg->kafka.state_topic,
+	                                                  partition, &low, &high, 10 * 1000),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	assert_int_equal(low, 0);
+	return high;
+}
+
+/* The mock broker keeps 100,000 records per partition at most: spread over enough. */
+static void restore_all(struct fixture *f, int32_t partitions, size_t n)
+{
+	size_t total = 0;
+	for (int32_t p = 0; p < partitions; p++) {
+		size_t records = restore(f, p);
+		assert_int_equal(records, records_in(f, p));
+		total += records;
+	}
+	assert_int_equal(total, n);
+}
+
+/*
+ * 200,000 done requests: each is found with its offset, partition and status, nearly all
+ * compacted (fingerprint_only) at no more than 24 bytes each; then a partition goes, then
+ * everything past retention.
+ */
+static void test_compacted_many_done(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n = 200000;
+	const int32_t partitions = 8;
+	use_topic(f, "many", partitions);
+	produce_many(f->cfg->kafka.state_topic, partitions, "req-", n, 2);
+	restore_all(f, partitions, n);
+	assert_int_equal(state_count(f->st), n);
+	size_t compacted = 0;
+	char id[64];
+	for (size_t i = 0; i < n; i++) {
+		assert_done(f, "req-", i, partitions);
+		compacted += get(f, id_of(id, "req-", i)).fingerprint_only;
+	}
+	assert_true(compacted > n - 5000);
+	assert_int_equal(get(f, "req-200000").kind, STATE_NONE);
+	size_t bytes = state_memory_bytes(f->st);
+	print_message("%zu done requests: %zu bytes, %.1f per request\n", n, bytes,
+	              (double)bytes / (double)n);
+	assert_true(bytes <= 24 * n);
+
+	state_drop_partition(f->st, 3);
+	assert_int_equal(state_count(f->st), n - n / (size_t)partitions);
+	for (size_t i = 0; i < n; i += 7) {
+		if (i % (size_t)partitions == 3)
+			assert_int_equal(get(f, id_of(id, "req-", i)).kind, STATE_NONE);
+		else
+			assert_done(f, "req-", i, partitions);
+	}
+	assert_true(state_memory_bytes(f->st) < bytes);
+
+	assert_int_equal(state_forget_older(f->st, cptime_wall_ms() - DAY_MS), 0);
+	assert_int_equal(state_count(f->st), n - n / (size_t)partitions);
+	assert_int_equal(state_forget_older(f->st, cptime_wall_ms() + 60 * 1000),
+	                 n - n / (size_t)partitions);
+	assert_int_equal(state_count(f->st), 0);
+	assert_int_equal(get(f, "req-1").kind, STATE_NONE);
+	assert_true(state_memory_bytes(f->st) < 200 * 1000);
+}
+
+/* Later records for compacted requests: same precedence as for the others. */
+static void test_compacted_later_records(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n = 10000;
+	char id[64];
+	produce_many(f->topic, 1, "c-", n, 2);
+	assert_int_equal(restore(f, 0), n);
+	struct state_info si = get(f, "c-5");
+	assert_true(si.fingerprint_only);
+	assert_true(si.at_wall_ms <= cptime_wall_ms() && si.at_wall_ms > cptime_wall_ms() - 60000);
+
+	put(f, 0, "c-5", "intent", NO_STATUS, "{}"); /* done stays done */
+	put(f, 0, "c-6", "operation", NO_STATUS, "{\"location\":\"https://g/op\",\"startedAt\":1}");
+	put(f, 0, "c-7", NULL, NULL, NULL);
+	int64_t again = put(f, 0, "c-8", "done", "failed", "{}"); /* a later done wins */
+	put(f, 0, "c-9", NULL, NULL, NULL);
+	put(f, 0, "c-9", "intent", NO_STATUS, "{}"); /* a new life after its tombstone */
+	assert_int_equal(restore(f, 0), n + 6);
+
+	si = get(f, "c-5");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, 5);
+	assert_true(si.fingerprint_only);
+	si = get(f, "c-6");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, 6);
+	assert_string_equal(si.op_url, "");
+	assert_int_equal(get(f, "c-7").kind, STATE_NONE);
+	si = get(f, "c-8");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, again);
+	assert_false(si.done_succeeded);
+	si = get(f, "c-9");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_false(si.fingerprint_only);
+	assert_int_equal(state_count(f->st), n - 1);
+	for (size_t i = 10; i < n; i += 13)
+		assert_done(f, "c-", i, 1);
+
+	/* A tombstone acknowledged outside a restore, for a compacted request. */
+	rd_kafka_message_t msg = {0};
+	msg.key = (void *)id_of(id, "c-", 4321);
+	msg.key_len = strlen(id);
+	assert_true(state_apply(f->st, &msg));
+	assert_int_equal(get(f, "c-4321").kind, STATE_NONE);
+	assert_int_equal(state_count(f->st), n - 2);
+}
+
+/* A compacted request in progress again, and done with: nothing about it is lost. */
+static void test_compacted_active_again(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n = 10000;
+	produce_many(f->topic, 2, "a-", n, 2);
+	assert_int_equal(restore(f, 0) + restore(f, 1), n);
+	assert_true(get(f, "a-77").fingerprint_only);
+
+	assert_true(state_set_active(f->st, "a-77", 1, true));
+	struct state_info si = get(f, "a-77");
+	assert_true(si.active);
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, 77 / 2);
+	assert_true(si.fingerprint_only); /* still known by its fingerprint only */
+	assert_int_equal(state_count(f->st), n);
+	/* Active requests are not forgotten, and neither are recent ones. */
+	assert_int_equal(state_forget_older(f->st, cptime_wall_ms() - DAY_MS), 0);
+	assert_int_equal(state_count(f->st), n);
+
+	assert_true(state_set_active(f->st, "a-77", 1, false));
+	assert_done(f, "a-", 77, 2);
+	assert_int_equal(state_count(f->st), n);
+	/* Many more in progress and done with: they go back to the runs. */
+	char id[64];
+	for (size_t i = 0; i < n; i += 2)
+		assert_true(state_set_active(f->st, id_of(id, "a-", i), 0, true));
+	for (size_t i = 0; i < n; i += 2)
+		assert_true(state_set_active(f->st, id_of(id, "a-", i), 0, false));
+	assert_int_equal(state_count(f->st), n);
+	for (size_t i = 0; i < n; i++)
+		assert_done(f, "a-", i, 2);
+	assert_true(get(f, "a-4").fingerprint_only);
+	/*
+	 * The minute's pass leaves the runs without dead slots: what remains is 20 bytes a
+	 * request, the table grown for 5,000 jobs at once (64 kB) and the done entries waiting
+	 * for the next compaction (up to 4,096 of 80 bytes).
+	 */
+	assert_int_equal(state_forget_older(f->st, cptime_wall_ms() - DAY_MS), 0);
+	assert_int_equal(state_count(f->st), n);
+	assert_true(state_memory_bytes(f->st) <= 20 * n + 64 * 1024 + 4096 * 80);
+}
+
+struct expired_count {
+	size_t n;
+	int32_t partition;
+	bool saw_recent;
+};
+
+static void count_expired(const char *id, int32_t partition, void *arg)
+{
+	struct expired_count *x = arg;
+	assert_int_equal(partition, x->partition);
+	x->saw_recent |= strcmp(id, "e-3") == 0 || strcmp(id, "e-4") == 0;
+	x->n++;
+}
+
+/* Requests past retention are reported during a restore, compacted or not. */
+static void test_compacted_expiry_during_restore(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n = 10000;
+	int64_t now = cptime_wall_ms();
+	produce_many_at(f->topic, 2, "e-", n, 2, now - 3 * DAY_MS);
+	int64_t recent = put(f, 1, "e-3", "done", "succeeded", done_ok);
+	put(f, 1, "e-5", "intent", NO_STATUS, "{}");
+	struct expired_count x = {.partition = 1};
+	char err[256] = "";
+	size_t records = 0;
+	if (!state_restore(f->st, 1, DAY_MS, count_expired, &x, &records, err, sizeof err))
+		fail_msg("state_restore: %s", err);
+	assert_int_equal(records, n / 2 + 2);
+	assert_int_equal(x.n, n / 2 - 2);
+	assert_false(x.saw_recent);
+	struct state_info si = get(f, "e-3");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, recent);
+	assert_int_equal(get(f, "e-5").kind, STATE_INTENT);
+	assert_int_equal(get(f, "e-7").kind, STATE_NONE);
+	assert_int_equal(state_count(f->st), 2);
+	assert_true(state_memory_bytes(f->st) < 200 * 1000);
+}
+
+/* A fetch gives a request's result only: the record there must have the id as key. */
+static void test_fetch_checks_the_id(void **state)
+{
+	struct fixture *f = *state;
+	int64_t first = put(f, 1, "mine", "done", "succeeded", done_ok);
+	int64_t second = put(f, 1, "next", "done", "failed", "{}");
+	char err[256] = "";
+	char *value = NULL;
+	size_t len = 0;
+	assert_false(state_fetch(f->st, "someone-else", 1, first, &value, &len, err, sizeof err));
+	assert_null(value);
+	assert_non_null(strstr(err, "fingerprint collision"));
+	/* From the read-ahead cache too, which then still has it for the right id. */
+	assert_true(state_fetch(f->st, "mine", 1, first, &value, &len, err, sizeof err));
+	free(value);
+	value = NULL;
+	err[0] = '\0';
+	assert_false(state_fetch(f->st, "mine", 1, second, &value, &len, err, sizeof err));
+	assert_null(value);
+	assert_non_null(strstr(err, "fingerprint collision"));
+	assert_true(state_fetch(f->st, "next", 1, second, &value, &len, err, sizeof err));
+	assert_memory_equal(value, "{}", len);
+	free(value);
 }
 
 /*
@@ -652,12 +922,7 @@ static void test_restore_rate(void **state)
 	int64_t slowest = 0, started = cptime_mono_ms();
 	size_t total = 0;
 	for (int32_t p = 0; p < partitions; p++) {
-		int64_t low = -1, high = -1;
-		assert_int_equal(rd_kafka_query_watermark_offsets(producer,
-		                                                  f->cfg->kafka.state_topic, p,
-		                                                  &low, &high, 10 * 1000),
-		                 RD_KAFKA_RESP_ERR_NO_ERROR);
-		assert_int_equal(low, 0);
+		int64_t high = records_in(f, p);
 		int64_t t = cptime_mono_ms();
 		size_t records = 0;
 		if (!state_restore(f->st, p, 30 * DAY_MS, NULL, NULL, &records, err, sizeof err))
@@ -674,6 +939,75 @@ static void test_restore_rate(void **state)
 	              "(slowest partition %lld ms): %.0f records/s\n",
 	              n, value_len, (int)partitions, (long long)ms, (long long)slowest,
 	              (double)n * 1000.0 / (double)(ms > 0 ? ms : 1));
+}
+
+/* What malloc holds (glibc: every arena, mmapped blocks included). */
+static size_t heap_in_use(void)
+{
+	struct mallinfo2 mi = mallinfo2();
+	return mi.uordblks + mi.hblkhd;
+}
+
+static long rss_kib(void)
+{
+	FILE *fp = fopen("/proc/self/status", "r");
+	char line[256];
+	long kib = -1;
+	while (fp && fgets(line, sizeof line, fp))
+		if (strncmp(line, "VmRSS:", 6) == 0)
+			kib = strtol(line + 6, NULL, 10);
+	if (fp)
+		fclose(fp);
+	return kib;
+}
+
+/* Microseconds per state_get of ids "<prefix><i>" (SHA-1 of the id included). */
+static double lookup_us(struct fixture *f, const char *prefix, size_t n, size_t stride,
+                        enum state_kind want)
+{
+	const size_t lookups = 1000000;
+	int64_t t = cptime_mono_ms();
+	for (size_t i = 0; i < lookups; i++) {
+		char id[64];
+		struct state_info si;
+		state_get(f->st, id_of(id, prefix, (i * stride) % n), &si);
+		assert_int_equal(si.kind, want);
+	}
+	return (double)(cptime_mono_ms() - t) * 1000.0 / (double)lookups;
+}
+
+/*
+ * The memory figure for docs/state.md (CHATPROV_STATE_BENCH=1): 1,000,000 done requests
+ * (CHATPROV_STATE_BENCH_N to change it) restored over 50 partitions; the heap and RSS they
+ * add, what state_memory_bytes says, and the cost of a lookup that finds a request and of
+ * one that does not (a new request: every run is searched).
+ */
+static void test_memory_per_request(void **state)
+{
+	const char *bench = getenv("CHATPROV_STATE_BENCH");
+	if (!bench || strcmp(bench, "1") != 0)
+		skip();
+	struct fixture *f = *state;
+	const char *n_env = getenv("CHATPROV_STATE_BENCH_N");
+	const size_t n = n_env ? strtoul(n_env, NULL, 10) : 1000000;
+	const int32_t partitions = 50;
+	use_topic(f, "memory", partitions);
+	produce_many(f->cfg->kafka.state_topic, partitions, "bench-request-", n, 2);
+	malloc_trim(0);
+	size_t heap = heap_in_use();
+	long rss = rss_kib();
+	restore_all(f, partitions, n);
+	assert_int_equal(state_count(f->st), n);
+	malloc_trim(0);
+	heap = heap_in_use() - heap;
+	rss = rss_kib() - rss;
+	size_t bytes = state_memory_bytes(f->st);
+	double hit = lookup_us(f, "bench-request-", n, 7919, STATE_DONE);
+	double miss = lookup_us(f, "absent-request-", SIZE_MAX, 1, STATE_NONE);
+	print_message("%zu done requests: state_memory_bytes %.1f B each, heap +%.1f B, "
+	              "RSS +%.1f B; state_get %.2f us found, %.2f us not found\n",
+	              n, (double)bytes / (double)n, (double)heap / (double)n,
+	              (double)rss * 1024.0 / (double)n, hit, miss);
 }
 
 int main(void)
@@ -696,7 +1030,13 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_restore_empty_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_restore_unknown_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_ids, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_compacted_many_done, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_compacted_later_records, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_compacted_active_again, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_compacted_expiry_during_restore, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_checks_the_id, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_restore_rate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_memory_per_request, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
