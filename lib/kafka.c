@@ -197,6 +197,20 @@ rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_deli
 	return create(RD_KAFKA_PRODUCER, conf, err, errcap);
 }
 
+void kafka_warm_up(rd_kafka_t *producer, const char *topic, int timeout_ms)
+{
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(producer, topic, NULL);
+	if (!rkt)
+		return;
+	rd_kafka_resp_err_t err = rd_kafka_metadata(producer, 0, rkt, &md, timeout_ms);
+	if (err)
+		log_warning("metadata of %s: %s", topic, rd_kafka_err2str(err));
+	else
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+}
+
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err, size_t errcap)
 {
 	rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);

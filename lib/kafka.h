@@ -32,6 +32,13 @@ rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_deli
 rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap) CP_MUSTCHECK;
 
 /* Subscribes the consumer to one topic. */
+/*
+ * Asks the cluster for the topic's metadata, so that the producer knows its leaders (and is
+ * connected) before the first record: otherwise the first intents wait for that lookup
+ * while the consumer's first fetches keep the broker busy. Failures are only logged.
+ */
+void kafka_warm_up(rd_kafka_t *producer, const char *topic, int timeout_ms);
+
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err,
                      size_t errcap) CP_MUSTCHECK;
 

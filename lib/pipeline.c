@@ -40,6 +40,8 @@
 #define TRACKED_PER_QUEUED 4
 #define MAX_PARTITIONS     (OFFTRACK_MAX_PARTITION + 1)
 #define FORGET_EVERY_MS    (60 * 1000)
+/* How long the start waits for the producer's topic metadata (it goes on without). */
+#define WARM_UP_MS 5000
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
 
@@ -95,7 +97,7 @@ struct pipeline {
 	atomic_size_t awaiting_ack;
 	size_t intents_pending; /* group chats waiting for their intent's ack (Kafka thread) */
 	atomic_bool paused;     /* the memory bound (max_queued) stops intake */
-	bool draining, workers_joined, group_joined;
+	bool draining, workers_joined, group_joined, producer_warm;
 	atomic_bool fatal;
 	struct pipeline_counters counters;
 	pthread_mutex_t counters_lock;
@@ -303,6 +305,12 @@ static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 		new_generation(p, id);
 		offtrack_drop_partition(p->offsets, id);
 		log_info("assigned %s [%d]", parts->elems[i].topic, id);
+	}
+	/* Once the state topic is known to exist (a producer may create what it asks for). */
+	if (!p->producer_warm && !atomic_load(&p->fatal)) {
+		kafka_warm_up(p->producer, p->cfg->kafka.state_topic, WARM_UP_MS);
+		kafka_warm_up(p->producer, p->cfg->kafka.output_topic, WARM_UP_MS);
+		p->producer_warm = true;
 	}
 	rd_kafka_error_t *error = rd_kafka_incremental_assign(p->consumer, parts);
 	if (error) {
