@@ -223,11 +223,14 @@ static size_t credit(struct pipeline *p)
 	return min_size(room, room_under(ahead, p->read_ahead));
 }
 
-/* Workers and releases call this when credit may have returned; cheap when nobody waits. */
+/*
+ * Workers and releases call this after changing what credit() reads; cheap when nobody
+ * waits. Sequentially consistent on both sides (the Kafka thread raises the flag, then
+ * reads): one of the two sees the other, and the poll timeout bounds any miss anyway.
+ */
 static void wake_for_credit(struct pipeline *p)
 {
-	if (!atomic_load_explicit(&p->wants_credit, memory_order_relaxed) ||
-	    !atomic_exchange(&p->wants_credit, false))
+	if (!atomic_load(&p->wants_credit) || !atomic_exchange(&p->wants_credit, false))
 		return;
 	uint64_t one = 1;
 	if (write(p->wake_fd, &one, sizeof one) < 0) {
