@@ -997,13 +997,14 @@ static struct entry *add_from_run(struct state *st, const uint8_t key[KEY_BYTES]
 	struct entry *e = add(st, key);
 	if (!e || !run_find(st, fingerprint(key), &s))
 		return e;
-	uint64_t packed = s.run->packed[s.i];
-	e->kind = STATE_DONE;
-	e->partition = slot_partition(s);
-	e->offset = (int64_t)(packed >> OFFSET_SHIFT);
-	e->done_succeeded = packed & 1;
-	e->at_wall_ms = slot_at_ms(s);
-	e->fingerprint_only = true;
+	struct state_info done; /* slot_read is the one place that unpacks a slot */
+	slot_read(s, &done);
+	e->kind = (uint8_t)done.kind;
+	e->partition = done.partition;
+	e->offset = done.offset;
+	e->done_succeeded = done.done_succeeded;
+	e->at_wall_ms = done.at_wall_ms;
+	e->fingerprint_only = done.fingerprint_only;
 	slot_kill(s);
 	return e;
 }
