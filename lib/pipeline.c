@@ -1048,7 +1048,6 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 	rd_kafka_poll(p->producer, 0);
 	size_t allowed = credit(p);
 	size_t taken = allowed ? take_messages(p, allowed) : 0;
-	rd_kafka_poll(p->producer, 0);
 	store_offsets(p);
 	forget_old_state(p);
 	char errstr[512];
@@ -1058,9 +1057,10 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 	}
 	if (atomic_load(&p->fatal))
 		return false;
+	/* Reports that arrived meanwhile are served next turn: their queue wakes the wait. */
 	if (taken == 0)
 		wait_for_work(p, allowed > 0, timeout_ms);
-	return !atomic_load(&p->fatal);
+	return true;
 }
 
 /* ---- lifecycle ---- */
