@@ -126,6 +126,8 @@ def test_metrics_match_ledger(tmp_path):
         time.sleep(0.5)  # the last results' counters are updated before they are published
         ledger = stack.graph.ledger()
         after = Scrape(port)
+        # Tokens refresh in the background: one may be granted between the two reads.
+        grants_by_then = stack.graph.ledger()["token_grants"]["client_secret"]
 
         # /readyz turns 503 "stopping" as soon as the drain starts: hold a request in flight.
         stack.graph.config(latency_ms=3000)
@@ -173,7 +175,8 @@ def test_metrics_match_ledger(tmp_path):
     # Tokens: 4 s lifetimes during a run of several seconds mean several refreshes.
     grants = ledger["token_grants"]["client_secret"]
     assert grants >= 2, ledger["token_grants"]
-    assert after.value("chatprov_token_refreshes_total", tenant="default") == grants
+    assert grants <= after.value("chatprov_token_refreshes_total", tenant="default") \
+        <= grants_by_then
     assert after.value("chatprov_token_failures_total", tenant="default") == \
         sum(ledger["token_failures"].values())
     assert 0 < after.value("chatprov_token_expiry_seconds", tenant="default") <= 4
