@@ -49,6 +49,12 @@
 struct partition_state {
 	bool assigned;
 	bool dirty; /* offsets progressed since the last store */
+	/*
+	 * During a revoke's hand-over, the generation being given up: its workers start
+	 * nothing more, but the results they flush still count, so that they are committed
+	 * before the partition goes (0: none).
+	 */
+	uint64_t handing_over;
 };
 
 struct pipeline {
@@ -246,6 +252,15 @@ static bool job_is_current(const struct job *job, void *arg)
 	return atomic_load(&p->generations[job->partition]) == job->generation;
 }
 
+/* A result of this job may still move its partition's offsets and state. */
+static bool settles_here(struct pipeline *p, const struct job *job)
+{
+	struct partition_state *ps = partition(p, job->partition);
+	return ps && ps->assigned &&
+	       (job_is_current(job, p) ||
+	        (ps->handing_over && job->generation == ps->handing_over));
+}
+
 static void new_generation(struct pipeline *p, int32_t partition)
 {
 	atomic_store(&p->generations[partition], ++p->next_generation);
@@ -365,9 +380,15 @@ static bool follower_revoked(struct pipeline *p, struct job *job)
 
 static void on_revoke(struct pipeline *p, rd_kafka_topic_partition_list_t *parts, bool lost)
 {
-	for (int i = 0; i < parts->cnt; i++)
-		if (parts->elems[i].partition < MAX_PARTITIONS)
-			new_generation(p, parts->elems[i].partition);
+	for (int i = 0; i < parts->cnt; i++) {
+		int32_t id = parts->elems[i].partition;
+		struct partition_state *ps = partition(p, id);
+		if (id >= MAX_PARTITIONS)
+			continue;
+		if (ps && !lost)
+			ps->handing_over = atomic_load(&p->generations[id]);
+		new_generation(p, id);
+	}
 	if (!lost)
 		hand_over(p, parts);
 	for (int i = 0; i < parts->cnt; i++) {
@@ -376,6 +397,7 @@ static void on_revoke(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 		if (!ps)
 			continue;
 		ps->assigned = false;
+		ps->handing_over = 0;
 		offtrack_drop_partition(p->offsets, id);
 		state_drop_partition(p->state, id);
 		log_info("%s %s [%d]", lost ? "lost" : "revoked", parts->elems[i].topic, id);
@@ -437,8 +459,9 @@ static void restart_followers(struct pipeline *p, const char *id);
 static void job_settled(struct pipeline *p, struct job *job)
 {
 	struct partition_state *ps = partition(p, job->partition);
-	/* A result from before a revoke no longer moves this assignment's offsets. */
-	bool current = ps && ps->assigned && job_is_current(job, p);
+	/* A result from before a revoke no longer moves this assignment's offsets; one
+	 * flushed by the revoke's hand-over does, so that it is committed. */
+	bool current = settles_here(p, job);
 	if (current && offtrack_done(p->offsets, job->partition, job->offset))
 		ps->dirty = true;
 	if (current && job->ev && !state_set_active(p->state, job->ev->id, job->partition, false))
@@ -651,7 +674,7 @@ static enum state_kind record_kind(const rd_kafka_message_t *msg)
 static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job)
 {
 	struct partition_state *ps = partition(p, msg->partition);
-	bool owned = ps && ps->assigned && (!job || job_is_current(job, p));
+	bool owned = job ? settles_here(p, job) : ps && ps->assigned;
 	enum state_kind kind = record_kind(msg);
 	if (owned && kind != STATE_NONE && !state_apply(p->state, msg))
 		log_warning("state: out of memory mirroring a record");
