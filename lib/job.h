@@ -76,6 +76,7 @@ struct job {
 
 	/* Deliveries still outstanding before the offset is done (result, state, DLQ copy). */
 	int pending_deliveries;
+	unsigned delivery_failures; /* delivery reports with an error, over all its records */
 	bool result_queued; /* its result is in the producer: counted as awaiting ack */
 };
 

@@ -44,6 +44,29 @@
 #define WARM_UP_MS 5000
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
+/*
+ * A record the broker refused is produced again after a backoff (doubling from the base,
+ * up to the max); a job's records are given up after this many refusals.
+ */
+#define REFUSALS_MAX         5
+#define REPRODUCE_BASE_MS    100
+#define REPRODUCE_MAX_MS     10000
+
+/*
+ * A record that failed (a delivery report with an error, or refused by produce()), waiting
+ * to be judged (err) and produced again (due_ms). Any thread adds; the Kafka thread judges.
+ */
+struct reproduce {
+	struct reproduce *next;
+	rd_kafka_resp_err_t err; /* the failure still to judge; 0 once judged */
+	int64_t due_ms;
+	char *topic;
+	int32_t partition;
+	void *key, *value;
+	size_t key_len, len;
+	rd_kafka_headers_t *headers;
+	struct job *job;
+};
 
 /* What the Kafka thread knows of one input partition. */
 struct partition_state {
@@ -95,6 +118,8 @@ struct pipeline {
 
 	struct state *state;
 	struct job *followers; /* duplicates waiting for the result of an id in progress */
+	struct reproduce *reproduce; /* failed records waiting for their backoff */
+	pthread_mutex_t reproduce_lock;
 	int64_t last_forget_ms;
 
 	/* Jobs consumed and not yet acknowledged or abandoned; of those, the ones whose
@@ -499,6 +524,11 @@ static rd_kafka_headers_t *state_headers(enum state_kind kind, const char *statu
 	return h;
 }
 
+static bool record_failed(struct pipeline *p, const char *topic, int32_t partition,
+                          const void *key, size_t key_len, const void *value, size_t len,
+                          const rd_kafka_headers_t *headers, struct job *job,
+                          rd_kafka_resp_err_t err);
+
 /*
  * Queues one record, retrying while the producer queue is full. From worker threads
  * (block) librdkafka waits for space; the Kafka thread cannot wait on itself, so it
@@ -516,11 +546,13 @@ static bool queue_record(struct pipeline *p, const char *topic, int32_t partitio
 		if (!err)
 			break;
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || block) {
-			log_error("cannot queue a record for %s: %s", topic, rd_kafka_err2str(err));
+			/* Refused before it left (too large, topic not authorized...): judged by
+			 * the Kafka thread like a failed delivery, never a reason to exit. */
+			bool kept = record_failed(p, topic, partition, key, key_len, value, len,
+			                          headers, job, err);
 			if (headers)
 				rd_kafka_headers_destroy(headers);
-			atomic_store(&p->fatal, true);
-			return false;
+			return kept;
 		}
 		rd_kafka_poll(p->producer, 50);
 	}
@@ -629,32 +661,23 @@ static void post_end(int32_t partition, void *arg)
 	atomic_fetch_sub(&p->posting[partition], 1);
 }
 
-/* A record that failed for good is queued again: the offset must never move past it. */
-static void republish(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job)
-{
-	rd_kafka_headers_t *hdrs = NULL, *copy = NULL;
-	if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs)
-		copy = rd_kafka_headers_copy(hdrs);
-	rd_kafka_resp_err_t err =
-	    produce(p, rd_kafka_topic_name(msg->rkt), msg->partition, msg->key, msg->key_len,
-	            msg->payload, msg->len, RD_KAFKA_MSG_F_COPY, copy, job);
-	if (err) {
-		log_error("cannot queue a record again: %s", rd_kafka_err2str(err));
-		atomic_store(&p->fatal, true);
-	}
-}
-
 static void queue_job(struct pipeline *p, struct job *job);
 static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done);
+
+static bool headers_have(const rd_kafka_headers_t *hdrs, const char *name, const char *value)
+{
+	const void *val = NULL;
+	size_t size = 0;
+	return hdrs &&
+	       rd_kafka_header_get_last(hdrs, name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	       val && size == strlen(value) && memcmp(val, value, size) == 0;
+}
 
 static bool header_is(const rd_kafka_message_t *msg, const char *name, const char *value)
 {
 	rd_kafka_headers_t *hdrs = NULL;
-	const void *val = NULL;
-	size_t size = 0;
 	return msg->payload && rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	       rd_kafka_header_get_last(hdrs, name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	       val && size == strlen(value) && memcmp(val, value, size) == 0;
+	       headers_have(hdrs, name, value);
 }
 
 static enum job_status record_status(const rd_kafka_message_t *done)
@@ -692,18 +715,221 @@ static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg
 	}
 }
 
+/* ---- failed records ---- */
+
+static void reproduce_free(struct reproduce *r)
+{
+	if (r->headers)
+		rd_kafka_headers_destroy(r->headers);
+	free(r->topic);
+	free(r->key);
+	free(r->value);
+	free(r);
+}
+
+static void *copy_bytes(const void *src, size_t len)
+{
+	void *out = malloc(len ? len : 1);
+	if (out && len)
+		memcpy(out, src, len);
+	return out;
+}
+
+/*
+ * A record failed: a copy of it (headers borrowed, copied) goes to the Kafka thread, which
+ * judges it at its next turn. Any thread; false only when memory runs out (then fatal).
+ */
+static bool record_failed(struct pipeline *p, const char *topic, int32_t partition,
+                          const void *key, size_t key_len, const void *value, size_t len,
+                          const rd_kafka_headers_t *headers, struct job *job,
+                          rd_kafka_resp_err_t err)
+{
+	struct reproduce *r = calloc(1, sizeof *r);
+	if (!r)
+		goto fail;
+	r->err = err;
+	r->topic = strdup(topic);
+	r->partition = partition;
+	r->key_len = key_len;
+	r->key = key ? copy_bytes(key, key_len) : NULL;
+	r->len = len;
+	r->value = value ? copy_bytes(value, len) : NULL;
+	r->headers = headers ? rd_kafka_headers_copy(headers) : NULL;
+	r->job = job;
+	if (!r->topic || (key && !r->key) || (value && !r->value) || (headers && !r->headers))
+		goto fail;
+	pthread_mutex_lock(&p->reproduce_lock);
+	r->next = p->reproduce;
+	p->reproduce = r;
+	pthread_mutex_unlock(&p->reproduce_lock);
+	return true;
+fail:
+	if (r)
+		reproduce_free(r);
+	log_error("out of memory keeping a failed record for %s", topic);
+	atomic_store(&p->fatal, true);
+	return false;
+}
+
+/* Errors that say the cluster could not take the record in time, not that it refused it. */
+static bool is_timeout(rd_kafka_resp_err_t err)
+{
+	switch (err) {
+	case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+	case RD_KAFKA_RESP_ERR__TIMED_OUT:
+	case RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE:
+	case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+	case RD_KAFKA_RESP_ERR__TRANSPORT:
+	case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+	case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+	case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+	case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+	case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* The intent could not be written: the POST must not go; the request fails without Graph. */
+static void intent_refused(struct pipeline *p, struct job *job, rd_kafka_resp_err_t err)
+{
+	char message[256];
+	p->intents_pending--;
+	if (!job_is_current(job, p) || p->draining) {
+		release(p, job);
+		return;
+	}
+	snprintf(message, sizeof message,
+	         "the state topic refused the request's intent record (%s); Graph was not called",
+	         rd_kafka_err2str(err));
+	job_fail(job, 0, "StateWriteRefused", message, true);
+	job->completed_wall_ms = cptime_wall_ms();
+	pipeline_metrics_job_done(p->metrics, job);
+	(void)publish_result(p, job, false);
+}
+
+/*
+ * A record refused for good (docs/crash-safety.md, "Records the broker refuses"): its
+ * request does not hold its partition's offsets back. A refused intent fails the request
+ * without a POST; a result, a done record or a DLQ copy counts as delivered; a record
+ * without a job (operation, tombstone) is dropped. The log and a metric say what was lost.
+ */
+static void give_up_record(struct pipeline *p, const struct reproduce *r, unsigned failures)
+{
+	struct log_ctx ctx = {.request_id = r->job ? job_id(r->job) : NULL};
+	log_with(LOG_LVL_ERROR, &ctx,
+	         "record for %s [%d] refused for good by the broker: %s; given up after %u "
+	         "attempt(s)",
+	         r->topic, (int)r->partition, rd_kafka_err2str(r->err), failures);
+	pipeline_metrics_record_refused(p->metrics, r->topic);
+	if (!r->job)
+		return;
+	if (strcmp(r->topic, p->cfg->kafka.state_topic) == 0 &&
+	    headers_have(r->headers, STATE_HEADER, state_kind_name(STATE_INTENT)))
+		intent_refused(p, r->job, r->err);
+	else if (--r->job->pending_deliveries == 0)
+		job_settled(p, r->job);
+}
+
+/*
+ * librdkafka has retried what it can: a failed record was either not taken in time (the
+ * cluster unreachable for message.timeout.ms) or refused (too large, not authorized...). A
+ * timed-out record is produced again without bound, so that an outage loses nothing; a
+ * refused one at most REFUSALS_MAX times. Both after a backoff, never in a hot loop.
+ * False: given up (r may go).
+ */
+static bool judge_failure(struct pipeline *p, struct reproduce *r, int64_t now)
+{
+	unsigned failures = r->job ? ++r->job->delivery_failures : 1;
+	if (!is_timeout(r->err) && (!r->job || failures > REFUSALS_MAX)) {
+		give_up_record(p, r, failures);
+		return false;
+	}
+	unsigned shift = failures - 1 < 16 ? failures - 1 : 16;
+	int64_t delay = REPRODUCE_BASE_MS << shift;
+	if (delay > REPRODUCE_MAX_MS)
+		delay = REPRODUCE_MAX_MS;
+	log_warning("delivery to %s failed: %s; trying again in %lld ms", r->topic,
+	            rd_kafka_err2str(r->err), (long long)delay);
+	r->due_ms = now + delay;
+	r->err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	return true;
+}
+
+/* False: the record left (queued, or given up); r may go. */
+static bool serve_failed_record(struct pipeline *p, struct reproduce *r, int64_t now)
+{
+	if (r->err && !judge_failure(p, r, now))
+		return false;
+	if (r->due_ms > now)
+		return true;
+	rd_kafka_headers_t *h = r->headers ? rd_kafka_headers_copy(r->headers) : NULL;
+	rd_kafka_resp_err_t err = produce(p, r->topic, r->partition, r->key, r->key_len, r->value,
+	                                  r->len, RD_KAFKA_MSG_F_COPY, h, r->job);
+	if (!err)
+		return false;
+	r->err = err; /* refused again before it left: judged like any failure */
+	return judge_failure(p, r, now);
+}
+
+/* Kafka thread, every turn: judges new failures, produces again those whose backoff ended. */
+static void reproduce_due(struct pipeline *p)
+{
+	pthread_mutex_lock(&p->reproduce_lock);
+	struct reproduce *list = p->reproduce, *keep = NULL;
+	p->reproduce = NULL;
+	pthread_mutex_unlock(&p->reproduce_lock);
+	int64_t now = cptime_mono_ms();
+	while (list) {
+		struct reproduce *r = list;
+		list = r->next;
+		if (serve_failed_record(p, r, now)) {
+			r->next = keep;
+			keep = r;
+		} else {
+			reproduce_free(r);
+		}
+	}
+	if (!keep)
+		return;
+	struct reproduce *last = keep;
+	while (last->next)
+		last = last->next;
+	pthread_mutex_lock(&p->reproduce_lock);
+	last->next = p->reproduce;
+	p->reproduce = keep;
+	pthread_mutex_unlock(&p->reproduce_lock);
+}
+
+/* At exit: the jobs stay with whoever holds them; only the copies go. */
+static void reproduce_drop_all(struct pipeline *p)
+{
+	while (p->reproduce) {
+		struct reproduce *next = p->reproduce->next;
+		reproduce_free(p->reproduce);
+		p->reproduce = next;
+	}
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
 	struct pipeline *p = opaque;
 	struct job *job = msg->_private;
 	(void)rk;
 	if (msg->err) {
-		log_warning("delivery to %s failed: %s; retrying", rd_kafka_topic_name(msg->rkt),
-		            rd_kafka_err2str(msg->err));
-		if (msg->err == RD_KAFKA_RESP_ERR__FATAL)
+		rd_kafka_headers_t *hdrs = NULL;
+		if (rd_kafka_message_headers(msg, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			hdrs = NULL;
+		if (msg->err == RD_KAFKA_RESP_ERR__FATAL) {
+			log_error("delivery to %s failed: %s", rd_kafka_topic_name(msg->rkt),
+			          rd_kafka_err2str(msg->err));
 			atomic_store(&p->fatal, true);
-		else
-			republish(p, msg, job);
+		} else {
+			record_failed(p, rd_kafka_topic_name(msg->rkt), msg->partition, msg->key,
+			              msg->key_len, msg->payload, msg->len, hdrs, job, msg->err);
+		}
 		return;
 	}
 	if (strcmp(rd_kafka_topic_name(msg->rkt), p->cfg->kafka.state_topic) == 0)
@@ -1099,6 +1325,7 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 {
 	serve_consumer_events(p);
 	rd_kafka_poll(p->producer, 0);
+	reproduce_due(p);
 	size_t allowed = credit(p);
 	size_t taken = allowed ? take_messages(p, allowed) : 0;
 	store_offsets(p);
@@ -1170,6 +1397,7 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 	p->read_ahead = cfg->graph.max_in_flight / 4 > MIN_READ_AHEAD ? cfg->graph.max_in_flight / 4
 	                                                              : MIN_READ_AHEAD;
 	pthread_mutex_init(&p->counters_lock, NULL);
+	pthread_mutex_init(&p->reproduce_lock, NULL);
 	p->limits = (struct event_limits){.max_message_bytes = cfg->kafka.max_message_bytes,
 	                                  .max_members = cfg->graph.max_members,
 	                                  .max_topic_length = cfg->graph.max_topic_length};
@@ -1524,6 +1752,7 @@ void pipeline_free(struct pipeline *p)
 		job_free(p->followers);
 		p->followers = next;
 	}
+	reproduce_drop_all(p);
 	state_free(p->state);
 	offtrack_free(p->offsets);
 	pipeline_metrics_free(p->metrics);
@@ -1531,5 +1760,6 @@ void pipeline_free(struct pipeline *p)
 	free(p->generations);
 	free(p->posting);
 	pthread_mutex_destroy(&p->counters_lock);
+	pthread_mutex_destroy(&p->reproduce_lock);
 	free(p);
 }

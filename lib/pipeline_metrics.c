@@ -23,7 +23,7 @@ struct pipeline_metrics {
 	struct metrics *registry;
 	struct metrics_family *requests, *responses, *retries, *throttled, *graph_latency;
 	struct metrics_family *e2e_latency, *queued, *rate, *token_expiry, *token_refreshes;
-	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag;
+	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag, *refused;
 	struct metrics_series *requests_by_status[4];
 	struct metrics_series *graph_latency_all, *e2e_all, *in_memory_g, *active_g, *paused_g;
 	const struct cfg *cfg;
@@ -92,7 +92,10 @@ static bool register_families(struct pipeline_metrics *pm)
 	       reg(pm, &pm->paused, "chatprov_consumer_paused",
 	           "1 while a memory bound holds intake back.", METRICS_GAUGE, NULL, NULL, 0) &&
 	       reg(pm, &pm->lag, "chatprov_consumer_lag", "Messages behind the high watermark.",
-	           METRICS_GAUGE, L("partition"), NULL, 0);
+	           METRICS_GAUGE, L("partition"), NULL, 0) &&
+	       reg(pm, &pm->refused, "chatprov_records_refused_total",
+	           "Records the broker refused for good, given up after bounded retries, by topic.",
+	           METRICS_COUNTER, L("topic"), NULL, 0);
 }
 
 static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
@@ -170,6 +173,12 @@ void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant,
 	if (status == 429)
 		metrics_inc(pm->tenants[tenant].throttled);
 	metrics_observe(pm->graph_latency_all, seconds);
+}
+
+void pipeline_metrics_record_refused(struct pipeline_metrics *pm, const char *topic)
+{
+	if (pm)
+		metrics_inc(metrics_series(pm->refused, METRICS_LABELS(topic)));
 }
 
 /* Counters fed from another module's running totals: add only what is new. */

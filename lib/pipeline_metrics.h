@@ -26,6 +26,9 @@ void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant);
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
                                      double seconds);
 
+/* A record the broker refused for good and that was given up, by topic. */
+void pipeline_metrics_record_refused(struct pipeline_metrics *pm, const char *topic);
+
 /* Gauges refreshed before each scrape. */
 struct pipeline_metrics_tenant {
 	size_t queued;

@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from chaos import (FAST_GROUP, Trickle, drain_results, mixed_events, wait_copies, wait_for_log,
                    with_overrides)
-from stack import INPUT, OUTPUT, DLQ, STATE, Stack
+from stack import INPUT, OUTPUT, DLQ, STATE, Stack, group_event, one_on_one_event
 
 GROUP = "chatprovd-test"
 
@@ -22,6 +22,20 @@ def lead_all(stack, topic, broker):
     for p in range(stack.partitions):
         reply = stack.kafka.command("leader %s %d %d" % (topic, p, broker))
         assert reply == "OK %s [%d] leader %d" % (topic, p, broker), reply
+
+
+def isolate(stack, topic):
+    """Broker 2 leads every partition of `topic`, broker 1 everything else and the group."""
+    for other in (INPUT, OUTPUT, DLQ, STATE):
+        lead_all(stack, other, 2 if other == topic else 1)
+    assert stack.kafka.command("coordinator group %s 1" % GROUP).startswith("OK")
+
+
+def refuse_produce(stack, error, count):
+    """Broker 2 refuses its next `count` Produce requests (a multiple of 64) with `error`."""
+    for _ in range(count // 64):
+        reply = stack.kafka.command("broker-errors 2 0 " + ",".join([error] * 64))
+        assert reply.startswith("OK pushed 64"), reply
 
 
 def committed_and_ends(stack):
@@ -44,7 +58,7 @@ def wait_all_committed(stack, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         offsets = committed_and_ends(stack)
-        if all(c == high for c, high in offsets.values()):
+        if all(c == high or (high == 0 and c < 0) for c, high in offsets.values()):
             return offsets
         if time.monotonic() > deadline:
             raise AssertionError("input offsets not all committed: %s" % offsets)
@@ -90,11 +104,8 @@ def test_duplicate_racing_the_results_ack_is_answered(tmp_path):
     groups = [e for e in events if e["chatType"] == "group"]
     again = {e["id"]: e for e in groups[::2]}
     sent = set()
-    with Stack(tmp_path, partitions=4, brokers=3) as stack:
-        for topic in (INPUT, STATE, DLQ):
-            lead_all(stack, topic, 1)
-        lead_all(stack, OUTPUT, 2)
-        assert stack.kafka.command("coordinator group %s 1" % GROUP).startswith("OK")
+    with Stack(tmp_path, partitions=4, brokers=2) as stack:
+        isolate(stack, OUTPUT)
         assert stack.kafka.command("rtt 2 400") == "OK broker 2 rtt 400 ms"
         resend = Producer({"bootstrap.servers": stack.kafka.bootstrap, "linger.ms": 0})
 
@@ -161,3 +172,71 @@ def test_rebalance_replays_nothing_already_answered(tmp_path):
     assert revoked > 0, "the first instance gave no partition up"
     twice = sorted(i for i, copies in stack.results.items() if len(copies) > 1)
     assert not twice, "%d ids answered more than once, e.g. %s" % (len(twice), twice[:5])
+
+
+def scrape(daemon, name):
+    """Sum of a metric's samples on the daemon's /metrics endpoint."""
+    port = metrics_port(daemon)
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read()
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def metrics_port(daemon):
+    for line in daemon.log_text().splitlines():
+        if "metrics on port " in line:
+            return int(line.rsplit(" ", 1)[1])
+    raise AssertionError("no metrics port in the log")
+
+
+def test_result_refused_for_good_is_bounded(tmp_path):
+    """Item 9. The output topic's leader refuses every Produce request with
+    MSG_SIZE_TOO_LARGE (a refusal librdkafka does not retry) for a while. Each result is
+    tried a bounded number of times with backoff, then given up with an error, a metric, and
+    its offset committed (the result stays in the state topic); the old code republished it
+    at once, forever, in a hot loop that burnt through the refusals and kept every offset."""
+    events = [one_on_one_event(i) for i in range(10)]
+    with Stack(tmp_path, partitions=4, brokers=2) as stack:
+        isolate(stack, OUTPUT)
+        refuse_produce(stack, "MSG_SIZE_TOO_LARGE", 320)
+        daemon = stack.start_daemon(**FAST_GROUP)
+        assert wait_for_log(daemon, "ready: group joined", 30)
+        started = time.monotonic()
+        stack.produce(events)
+        offsets = wait_all_committed(stack, timeout=60)
+        took = time.monotonic() - started
+        log = daemon.log_text()
+        refused = log.count("delivery to %s failed" % OUTPUT)
+        given_up = scrape(daemon, "chatprov_records_refused_total")
+    assert sum(high for _, high in offsets.values()) == len(events), offsets
+    assert given_up == len(events), (given_up, log[-3000:])
+    assert refused <= len(events) * 6, "%d refused deliveries for %d results" \
+        % (refused, len(events))
+    assert "refused for good" in log
+    print("offsets committed after %.1f s, %d refused deliveries" % (took, refused))
+
+
+def test_intent_refused_for_good_fails_without_graph(tmp_path):
+    """Item 9, the state topic's side. Its leader refuses every Produce request with
+    TOPIC_AUTHORIZATION_FAILED: a group chat's intent cannot be made durable, so its POST must
+    never go. After bounded retries the request ends `failed` with StateWriteRefused, Graph
+    was never asked, and the offsets move on."""
+    events = [group_event(i) for i in range(5)]
+    with Stack(tmp_path, partitions=4, brokers=2) as stack:
+        isolate(stack, STATE)
+        daemon = stack.start_daemon(**FAST_GROUP)
+        assert wait_for_log(daemon, "ready: group joined", 30)
+        refuse_produce(stack, "TOPIC_AUTHORIZATION_FAILED", 256)
+        stack.produce(events)
+        results = stack.wait_results([e["id"] for e in events], timeout=60)
+        wait_all_committed(stack)
+        refused = scrape(daemon, "chatprov_records_refused_total")
+        ledger = stack.graph.ledger()
+    for ev in events:
+        r = results[ev["id"]]
+        assert r["status"] == "failed" and r["error"]["code"] == "StateWriteRefused", r
+    assert not ledger["chat_posts"], ledger["chat_posts"][:2]
+    assert refused >= len(events), refused

@@ -229,32 +229,69 @@ static bool parse_api_key(const char *s, int16_t *out, char *reply, size_t size)
 	return true;
 }
 
+/* "ERR[,ERR...]" into errs; false (reply filled) if a code is unknown or too many. */
+static bool parse_error_list(char *list, rd_kafka_resp_err_t *errs, size_t *cnt, char *reply,
+                             size_t size)
+{
+	char *save = NULL;
+
+	*cnt = 0;
+	for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (*cnt == KMOCK_PUSH_MAX) {
+			reply_err(reply, size, "at most %d errors per command", KMOCK_PUSH_MAX);
+			return false;
+		}
+		if (!parse_error_code(tok, &errs[*cnt])) {
+			reply_err(reply, size, "unknown error code '%s'", tok);
+			return false;
+		}
+		(*cnt)++;
+	}
+	return true;
+}
+
 static void cmd_push_errors(struct kmock *km, char **w, char *reply, size_t size)
 {
 	rd_kafka_resp_err_t errs[KMOCK_PUSH_MAX];
-	size_t cnt = 0;
-	char *save = NULL;
+	size_t cnt;
 	int16_t api;
 
-	if (!parse_api_key(w[1], &api, reply, size))
+	if (!parse_api_key(w[1], &api, reply, size) ||
+	    !parse_error_list(w[2], errs, &cnt, reply, size))
 		return;
-	for (char *tok = strtok_r(w[2], ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		if (cnt == KMOCK_PUSH_MAX) {
-			reply_err(reply, size, "at most %d errors per command", KMOCK_PUSH_MAX);
-			return;
-		}
-		if (!parse_error_code(tok, &errs[cnt])) {
-			reply_err(reply, size, "unknown error code '%s'", tok);
-			return;
-		}
-		cnt++;
-	}
 	if (cnt == 0) {
 		reply_err(reply, size, "usage: push-errors APIKEY ERR[,ERR...]");
 		return;
 	}
 	rd_kafka_mock_push_request_errors_array(km->mcluster, api, cnt, errs);
 	reply_ok(reply, size, "pushed %zu error(s) for api key %d", cnt, (int)api);
+}
+
+/* Like push-errors, for the requests one broker receives (e.g. the leader of one topic). */
+static void cmd_broker_errors(struct kmock *km, char **w, char *reply, size_t size)
+{
+	rd_kafka_resp_err_t errs[KMOCK_PUSH_MAX];
+	size_t cnt;
+	int32_t id;
+	int16_t api;
+
+	if (!parse_broker(km, w[1], &id, reply, size) || !parse_api_key(w[2], &api, reply, size) ||
+	    !parse_error_list(w[3], errs, &cnt, reply, size))
+		return;
+	if (cnt == 0) {
+		reply_err(reply, size, "usage: broker-errors ID APIKEY ERR[,ERR...]");
+		return;
+	}
+	for (size_t i = 0; i < cnt; i++) {
+		rd_kafka_resp_err_t rc = rd_kafka_mock_broker_push_request_error_rtts(
+		    km->mcluster, id, api, 1, errs[i], 0);
+		if (rc) {
+			reply_err(reply, size, "%s", rd_kafka_err2str(rc));
+			return;
+		}
+	}
+	reply_ok(reply, size, "pushed %zu error(s) for api key %d on broker %d", cnt, (int)api,
+	         (int)id);
 }
 
 static void cmd_clear_errors(struct kmock *km, char **w, char *reply, size_t size)
@@ -337,6 +374,7 @@ static const struct command commands[] = {
     {"broker", 3, "broker down|up ID", cmd_broker},
     {"rtt", 3, "rtt ID MS", cmd_rtt},
     {"push-errors", 3, "push-errors APIKEY ERR[,ERR...]", cmd_push_errors},
+    {"broker-errors", 4, "broker-errors ID APIKEY ERR[,ERR...]", cmd_broker_errors},
     {"clear-errors", 2, "clear-errors APIKEY", cmd_clear_errors},
     {"create-topic", 3, "create-topic NAME PARTITIONS", cmd_create_topic},
     {"coordinator", 4, "coordinator group|transaction NAME BROKERID", cmd_coordinator},
