@@ -104,6 +104,8 @@ static const struct cfg_key global_keys[] = {
 	NUM("kafka", "max_message_bytes", CFG_T_UINT, "1048576", 1024, 16777216, 0,
 	    kafka.max_message_bytes),
 	NUM("kafka", "max_queued", CFG_T_UINT, "10000", 1, 1000000, 0, kafka.max_queued),
+	NUM("kafka", "max_queued_bytes", CFG_T_UINT, "268435456", 1048576, 68719476736.0, 0,
+	    kafka.max_queued_bytes),
 	{"graph", "cloud", CFG_T_ENUM, "global", 0, 0, 0, G(graph.cloud), cloud_names},
 	{"graph", "base_url", CFG_T_URL, "", 0, 0, 0, G(graph.base_url), NULL},
 	{"graph", "api_version", CFG_T_CHOICE, "v1.0", 0, 0, 0, G(graph.api_version),
@@ -1211,6 +1213,14 @@ static bool check_cross(struct load *ld)
 		global_origin(ld, "operations", "poll_interval_s", at, sizeof(at));
 		fail(ld, 0, "%s: [operations] poll_interval_s (%g) must not exceed timeout_s (%g)",
 		     at, cfg->operations.poll_interval_s, cfg->operations.timeout_s);
+		return false;
+	}
+	if (cfg->kafka.max_queued_bytes < 4 * cfg->kafka.max_message_bytes) {
+		global_origin(ld, "kafka", "max_queued_bytes", at, sizeof(at));
+		fail(ld, 0,
+		     "%s: [kafka] max_queued_bytes (%zu) must be at least 4 x max_message_bytes "
+		     "(%zu): an event costs up to about twice its size",
+		     at, cfg->kafka.max_queued_bytes, cfg->kafka.max_message_bytes);
 		return false;
 	}
 	return true;

@@ -77,6 +77,7 @@ struct job {
 	/* Deliveries still outstanding before the offset is done (result, state, DLQ copy). */
 	int pending_deliveries;
 	unsigned delivery_failures; /* delivery reports with an error, over all its records */
+	size_t memory_bytes;        /* what it counts against [kafka] max_queued_bytes */
 	bool result_queued; /* its result is in the producer: counted as awaiting ack */
 };
 

@@ -126,6 +126,8 @@ struct pipeline {
 	 * result is already in the producer (cheap: only waiting for the broker's ack). */
 	atomic_size_t in_memory;
 	atomic_size_t awaiting_ack;
+	atomic_size_t memory_bytes; /* of the jobs in memory: see event_memory_bytes() */
+	size_t largest_event;       /* memory_bytes of the largest event taken so far */
 	size_t intents_pending; /* group chats waiting for their intent's ack (Kafka thread) */
 	atomic_bool paused;     /* the memory bound (max_queued) stops intake */
 	bool draining, workers_joined, group_joined, producer_warm;
@@ -218,6 +220,8 @@ static size_t memory_room(const struct pipeline *p)
 	size_t awaiting = atomic_load(&p->awaiting_ack);
 	size_t to_do = in_memory > awaiting ? in_memory - awaiting : 0;
 	size_t room = room_under(to_do, p->cfg->kafka.max_queued);
+	if (atomic_load(&p->memory_bytes) >= p->cfg->kafka.max_queued_bytes)
+		room = 0;
 	room = min_size(room, room_under(awaiting, p->read_ahead * ACKS_PER_READ_AHEAD));
 	return min_size(room, room_under(offtrack_tracked_total(p->offsets), tracked_limit(p)));
 }
@@ -474,6 +478,7 @@ static void release(struct pipeline *p, struct job *job)
 {
 	if (job->result_queued)
 		atomic_fetch_sub(&p->awaiting_ack, 1);
+	atomic_fetch_sub(&p->memory_bytes, job->memory_bytes);
 	atomic_fetch_sub(&p->in_memory, 1);
 	job_free(job);
 	wake_for_credit(p);
@@ -1208,6 +1213,27 @@ static void drop_followers(struct pipeline *p, bool (*drop)(struct pipeline *, s
 	}
 }
 
+/*
+ * What an event costs in memory until its result is acknowledged: the job, its copies of
+ * the key and headers, and twice the value (the decoded event, and the request body built
+ * from it). Large headers count: each job keeps a copy to carry them to the result.
+ */
+static size_t event_memory_bytes(const rd_kafka_message_t *msg)
+{
+	size_t bytes = sizeof(struct job) + msg->key_len + 2 * msg->len;
+	rd_kafka_headers_t *hdrs = NULL;
+	const char *name;
+	const void *value;
+	size_t size;
+	if (rd_kafka_message_headers(msg, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return bytes;
+	for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &size) ==
+	                   RD_KAFKA_RESP_ERR_NO_ERROR;
+	     i++)
+		bytes += strlen(name) + size + 16;
+	return bytes;
+}
+
 static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 {
 	uint64_t generation = atomic_load(&p->generations[msg->partition]);
@@ -1224,6 +1250,10 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 		atomic_store(&p->fatal, true);
 		return;
 	}
+	job->memory_bytes = event_memory_bytes(msg);
+	if (job->memory_bytes > p->largest_event)
+		p->largest_event = job->memory_bytes;
+	atomic_fetch_add(&p->memory_bytes, job->memory_bytes);
 	atomic_fetch_add(&p->in_memory, 1);
 	pthread_mutex_lock(&p->counters_lock);
 	p->counters.consumed++;
@@ -1255,11 +1285,23 @@ static void take_message(struct pipeline *p, const rd_kafka_message_t *msg)
 		admit(p, msg);
 }
 
+/*
+ * Events that fit in the byte bound, judged by the largest event seen (or, before any, the
+ * largest message allowed): a batch passes max_queued_bytes by one event at most.
+ */
+static size_t fit_in_bytes(struct pipeline *p)
+{
+	size_t room = room_under(atomic_load(&p->memory_bytes), p->cfg->kafka.max_queued_bytes);
+	size_t largest = p->largest_event ? p->largest_event : p->cfg->kafka.max_message_bytes;
+	size_t n = room / largest;
+	return n ? n : 1;
+}
+
 /* Takes up to the credit from the intake queue; returns how many messages it took. */
 static size_t take_messages(struct pipeline *p, size_t credit)
 {
 	rd_kafka_message_t *msgs[MESSAGES_PER_TURN];
-	size_t n = credit < MESSAGES_PER_TURN ? credit : MESSAGES_PER_TURN;
+	size_t n = min_size(min_size(credit, MESSAGES_PER_TURN), fit_in_bytes(p));
 	ssize_t got = rd_kafka_consume_batch_queue(p->messages, 0, msgs, n);
 	for (ssize_t i = 0; i < got; i++) {
 		take_message(p, msgs[i]);
@@ -1485,6 +1527,7 @@ static void collect_metrics(struct metrics *m, void *arg)
 	struct pipeline_counters c;
 	pipeline_counters(p, &c);
 	pipeline_metrics_process_gauges(p->metrics, c.in_memory, c.active, c.paused);
+	pipeline_metrics_memory_bytes(p->metrics, atomic_load(&p->memory_bytes));
 	(void)collect_lag(p, true);
 }
 

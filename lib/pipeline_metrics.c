@@ -24,6 +24,7 @@ struct pipeline_metrics {
 	struct metrics_family *requests, *responses, *retries, *throttled, *graph_latency;
 	struct metrics_family *e2e_latency, *queued, *rate, *token_expiry, *token_refreshes;
 	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag, *refused;
+	struct metrics_family *memory_bytes;
 	struct metrics_series *requests_by_status[4];
 	struct metrics_series *graph_latency_all, *e2e_all, *in_memory_g, *active_g, *paused_g;
 	const struct cfg *cfg;
@@ -95,7 +96,10 @@ static bool register_families(struct pipeline_metrics *pm)
 	           METRICS_GAUGE, L("partition"), NULL, 0) &&
 	       reg(pm, &pm->refused, "chatprov_records_refused_total",
 	           "Records the broker refused for good, given up after bounded retries, by topic.",
-	           METRICS_COUNTER, L("topic"), NULL, 0);
+	           METRICS_COUNTER, L("topic"), NULL, 0) &&
+	       reg(pm, &pm->memory_bytes, "chatprov_in_memory_bytes",
+	           "Bytes of the requests in memory, as counted against [kafka] max_queued_bytes.",
+	           METRICS_GAUGE, NULL, NULL, 0);
 }
 
 static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
@@ -173,6 +177,12 @@ void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant,
 	if (status == 429)
 		metrics_inc(pm->tenants[tenant].throttled);
 	metrics_observe(pm->graph_latency_all, seconds);
+}
+
+void pipeline_metrics_memory_bytes(struct pipeline_metrics *pm, size_t bytes)
+{
+	if (pm)
+		metrics_gauge_set(metrics_series(pm->memory_bytes, NULL), (double)bytes);
 }
 
 void pipeline_metrics_record_refused(struct pipeline_metrics *pm, const char *topic)

@@ -41,5 +41,7 @@ void pipeline_metrics_tenant_gauges(struct pipeline_metrics *pm, size_t tenant,
 void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory, size_t active,
                                      bool paused);
 void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_t lag);
+/* Bytes the requests in memory count against [kafka] max_queued_bytes. */
+void pipeline_metrics_memory_bytes(struct pipeline_metrics *pm, size_t bytes);
 
 #endif
