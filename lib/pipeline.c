@@ -42,6 +42,9 @@
 #define FORGET_EVERY_MS    (60 * 1000)
 /* How long the start waits for the producer's topic metadata (it goes on without). */
 #define WARM_UP_MS 5000
+/* An unreadable input message is fetched again after this, doubling up to the max. */
+#define REFETCH_BASE_MS 100
+#define REFETCH_MAX_MS  30000
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
 /*
@@ -78,6 +81,14 @@ struct partition_state {
 	 * before the partition goes (0: none).
 	 */
 	uint64_t handing_over;
+	/*
+	 * A consumer error at refetch_offset (a message that could not be read): nothing at or
+	 * after it is taken until it is fetched again, at refetch_due_ms; refetch_tries drives
+	 * the backoff and resets once a message past it is taken.
+	 */
+	bool refetch_pending;
+	int64_t refetch_offset, refetch_due_ms;
+	unsigned refetch_tries;
 };
 
 struct pipeline {
@@ -349,6 +360,8 @@ static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 			continue;
 		}
 		ps->assigned = true;
+		ps->refetch_pending = false;
+		ps->refetch_tries = 0;
 		new_generation(p, id);
 		offtrack_drop_partition(p->offsets, id);
 		log_info("assigned %s [%d]", parts->elems[i].topic, id);
@@ -1272,17 +1285,80 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 	dispatch(p, job);
 }
 
+/*
+ * A consumer error at an offset of an input partition (a corrupt batch librdkafka skips,
+ * a fetch that failed there): the message at that offset was not read, so nothing after it
+ * may be taken, or its offset would be committed past it without a result. The partition
+ * is held there and sought back to it after a backoff (refetch_unreadable); a message that
+ * stays unreadable holds its partition, with an error each time (docs/crash-safety.md).
+ */
+static void hold_unreadable(struct pipeline *p, struct partition_state *ps,
+                            const rd_kafka_message_t *msg)
+{
+	if (ps->refetch_pending && msg->offset >= ps->refetch_offset)
+		return; /* held at or before it already */
+	unsigned shift = ps->refetch_tries < 16 ? ps->refetch_tries : 16;
+	int64_t delay = (int64_t)REFETCH_BASE_MS << shift;
+	if (delay > REFETCH_MAX_MS)
+		delay = REFETCH_MAX_MS;
+	ps->refetch_pending = true;
+	ps->refetch_offset = msg->offset;
+	ps->refetch_due_ms = cptime_mono_ms() + delay;
+	ps->refetch_tries++;
+	pipeline_metrics_unreadable(p->metrics);
+	log_error("%s [%d] @%lld unreadable: %s; nothing after it is taken, fetching it again "
+	          "in %lld ms",
+	          rd_kafka_topic_name(msg->rkt), (int)msg->partition, (long long)msg->offset,
+	          rd_kafka_message_errstr(msg), (long long)delay);
+}
+
+/* Seeks the held partitions whose backoff ended back to their unreadable message. */
+static void refetch_unreadable(struct pipeline *p)
+{
+	int64_t now = cptime_mono_ms();
+	for (size_t i = 0; i < p->n_parts; i++) {
+		struct partition_state *ps = &p->parts[i];
+		if (!ps->assigned || !ps->refetch_pending || ps->refetch_due_ms > now)
+			continue;
+		rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+		if (!list)
+			return;
+		rd_kafka_topic_partition_list_add(list, p->cfg->kafka.input_topic, (int32_t)i)
+		    ->offset = ps->refetch_offset;
+		/* Asynchronous; what was fetched before it is discarded by librdkafka. */
+		rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 0);
+		if (error) {
+			log_warning("cannot seek [%d] back to @%lld: %s", (int)i,
+			            (long long)ps->refetch_offset, rd_kafka_error_string(error));
+			rd_kafka_error_destroy(error);
+			ps->refetch_due_ms = now + REFETCH_BASE_MS;
+		} else {
+			ps->refetch_pending = false;
+		}
+		rd_kafka_topic_partition_list_destroy(list);
+	}
+}
+
 static void take_message(struct pipeline *p, const rd_kafka_message_t *msg)
 {
+	struct partition_state *ps = partition(p, msg->partition);
+	/* A message of a partition revoked meanwhile is not ours to process. */
+	bool ours =
+	    ps && ps->assigned && msg->rkt && is_input_topic(p, rd_kafka_topic_name(msg->rkt));
 	if (msg->err) {
-		if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			return;
+		if (ours && msg->offset >= 0)
+			hold_unreadable(p, ps, msg);
+		else
 			log_warning("consumer: %s", rd_kafka_message_errstr(msg));
 		return;
 	}
-	struct partition_state *ps = partition(p, msg->partition);
-	/* A message of a partition revoked meanwhile is not ours to process. */
-	if (ps && ps->assigned && is_input_topic(p, rd_kafka_topic_name(msg->rkt)))
-		admit(p, msg);
+	if (!ours || (ps->refetch_pending && msg->offset >= ps->refetch_offset))
+		return; /* not ours, or behind an unreadable one: fetched again after the seek */
+	if (ps->refetch_tries && msg->offset >= ps->refetch_offset)
+		ps->refetch_tries = 0;
+	admit(p, msg);
 }
 
 /*
@@ -1315,10 +1391,7 @@ static void serve_consumer_events(struct pipeline *p)
 {
 	rd_kafka_message_t *msg;
 	while ((msg = rd_kafka_consumer_poll(p->consumer, 0)) != NULL) {
-		if (msg->err && msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-			log_warning("consumer: %s", rd_kafka_message_errstr(msg));
-		else if (!msg->err)
-			take_message(p, msg); /* not expected: every partition forwards */
+		take_message(p, msg); /* errors; messages not expected: every partition forwards */
 		rd_kafka_message_destroy(msg);
 	}
 }
@@ -1368,6 +1441,7 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 	serve_consumer_events(p);
 	rd_kafka_poll(p->producer, 0);
 	reproduce_due(p);
+	refetch_unreadable(p);
 	size_t allowed = credit(p);
 	size_t taken = allowed ? take_messages(p, allowed) : 0;
 	store_offsets(p);

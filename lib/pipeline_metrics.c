@@ -24,7 +24,7 @@ struct pipeline_metrics {
 	struct metrics_family *requests, *responses, *retries, *throttled, *graph_latency;
 	struct metrics_family *e2e_latency, *queued, *rate, *token_expiry, *token_refreshes;
 	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag, *refused;
-	struct metrics_family *memory_bytes;
+	struct metrics_family *memory_bytes, *unreadable;
 	struct metrics_series *requests_by_status[4];
 	struct metrics_series *graph_latency_all, *e2e_all, *in_memory_g, *active_g, *paused_g;
 	const struct cfg *cfg;
@@ -99,7 +99,10 @@ static bool register_families(struct pipeline_metrics *pm)
 	           METRICS_COUNTER, L("topic"), NULL, 0) &&
 	       reg(pm, &pm->memory_bytes, "chatprov_in_memory_bytes",
 	           "Bytes of the requests in memory, as counted against [kafka] max_queued_bytes.",
-	           METRICS_GAUGE, NULL, NULL, 0);
+	           METRICS_GAUGE, NULL, NULL, 0) &&
+	       reg(pm, &pm->unreadable, "chatprov_unreadable_messages_total",
+	           "Consumer errors at an input offset: the message is fetched again, never skipped.",
+	           METRICS_COUNTER, NULL, NULL, 0);
 }
 
 static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
@@ -177,6 +180,12 @@ void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant,
 	if (status == 429)
 		metrics_inc(pm->tenants[tenant].throttled);
 	metrics_observe(pm->graph_latency_all, seconds);
+}
+
+void pipeline_metrics_unreadable(struct pipeline_metrics *pm)
+{
+	if (pm)
+		metrics_inc(metrics_series(pm->unreadable, NULL));
 }
 
 void pipeline_metrics_memory_bytes(struct pipeline_metrics *pm, size_t bytes)

@@ -26,6 +26,8 @@ void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant);
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
                                      double seconds);
 
+/* An input message the consumer could not read (it is fetched again, never skipped). */
+void pipeline_metrics_unreadable(struct pipeline_metrics *pm);
 /* A record the broker refused for good and that was given up, by topic. */
 void pipeline_metrics_record_refused(struct pipeline_metrics *pm, const char *topic);
 

@@ -13,6 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from chaos import (FAST_GROUP, Trickle, drain_results, mixed_events, wait_copies, wait_for_log,
                    with_overrides)
+from rawkafka import batch, produce_batches
 from stack import INPUT, OUTPUT, DLQ, STATE, Stack, group_event, one_on_one_event
 
 GROUP = "chatprovd-test"
@@ -290,3 +291,32 @@ def test_memory_bound_counts_header_bytes(tmp_path):
     assert paused == 1, "intake not held back: %s" % samples[-3:]
     assert max(s[1] for s in samples) <= 8 * MIB + 80 * 1024, samples
     assert 100 < in_memory < 300, samples[-3:]
+
+
+def test_unreadable_message_is_never_skipped(tmp_path):
+    """Item 10. Partition 0 holds events A, B and C, B in a batch of a format version
+    librdkafka cannot read: it delivers A, reports B as a consumer error at offset 1, and
+    delivers C. The old code logged the error and went on, so C's offset was
+    committed past B, which was lost without a result. Now the partition is held at B and B
+    fetched again with backoff: the committed offset never passes 1, C is not taken behind
+    it, each try logs an error and counts, and the other partition goes on."""
+    a, b, c, d = (one_on_one_event(i) for i in range(4))
+    with Stack(tmp_path, partitions=2) as stack:
+        host, port = stack.kafka.bootstrap.split(",")[0].split(":")
+        error, base = produce_batches(host, int(port), INPUT, 0, [
+            batch(a["id"].encode(), json.dumps(a).encode(), records_claimed=2),
+            batch(b["id"].encode(), json.dumps(b).encode(), base_offset=1, magic=3)])
+        assert (error, base) == (0, 0), (error, base)
+        stack.produce([c], partition=0)
+        daemon = stack.start_daemon(**FAST_GROUP)
+        stack.produce([d], partition=1)
+        stack.wait_results([a["id"], d["id"]], timeout=60)
+        time.sleep(4)
+        stack.read_results(timeout=1)
+        offsets = committed_and_ends(stack)
+        unreadable = scrape(daemon, "chatprov_unreadable_messages_total")
+        log = daemon.log_text()
+    assert offsets[0][0] <= 1, "partition 0 committed past the unreadable message: %s" % offsets
+    assert c["id"] not in stack.results, "an event behind the unreadable one was taken"
+    tries = log.count("unreadable: ")
+    assert 2 <= tries <= 12 and unreadable == tries, (tries, unreadable)
