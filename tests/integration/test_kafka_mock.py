@@ -12,7 +12,7 @@ import queue
 import time
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from kafkamock import KafkaMock, binary_path, fixture
 
@@ -76,6 +76,8 @@ def test_commands(kafka):
     assert kafka.command("rtt 1 50") == "OK broker 1 rtt 50 ms"
     assert kafka.command("rtt 1 0") == "OK broker 1 rtt 0 ms"
     assert kafka.command("push-errors 0 6,NOT_ENOUGH_REPLICAS").startswith("OK pushed 2 ")
+    assert kafka.command("broker-errors 1 0 MSG_SIZE_TOO_LARGE,10") == \
+        "OK pushed 2 error(s) for api key 0 on broker 1"
     assert kafka.command("clear-errors 0").startswith("OK")
     assert kafka.command("create-topic extra 3") == "OK topic extra partitions 3"
     assert kafka.command("coordinator group g1 1").startswith("OK")
@@ -91,7 +93,8 @@ def test_commands(kafka):
 @pytest.mark.parametrize("line", [
     "frobnicate", "", "broker", "broker sideways 1", "broker down 2", "broker down x",
     "broker down 1 2", "rtt 1 -5", "rtt 1 10ms", "push-errors 0 99999", "push-errors x 6",
-    "push-errors 0 ,", "create-topic extra 0", "create-topic bad/name 2",
+    "push-errors 0 ,", "broker-errors 2 0 6", "broker-errors 1 0 99999", "broker-errors 1 0",
+    "create-topic extra 0", "create-topic bad/name 2",
     "create-topic events 4", "coordinator cluster g 1", "leader events 99 1",
     "x" * 5000,
 ])
@@ -342,3 +345,12 @@ def test_group_of_two_processes_shares_partitions(kafka):
                 except subprocess.TimeoutExpired:
                     m.proc.kill()
     assert [m.proc.returncode for m in members] == [0, 0]
+
+
+def test_broker_errors_refuse_that_brokers_produce_requests(kafka):
+    """broker-errors: the pushed error answers the next Produce request the broker gets;
+    MSG_SIZE_TOO_LARGE is not retried by librdkafka, so the delivery report carries it."""
+    assert kafka.command("broker-errors 1 0 MSG_SIZE_TOO_LARGE").startswith("OK pushed 1 ")
+    errors = produce(kafka.bootstrap, "events", [b"refused"], partition=0)
+    assert [e.code() for e in errors] == [KafkaError.MSG_SIZE_TOO_LARGE], errors
+    assert produce(kafka.bootstrap, "events", [b"taken"], partition=0) == []
