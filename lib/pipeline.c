@@ -424,9 +424,9 @@ static void on_revoke(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 {
 	for (int i = 0; i < parts->cnt; i++) {
 		int32_t id = parts->elems[i].partition;
-		struct partition_state *ps = partition(p, id);
 		if (id >= MAX_PARTITIONS)
 			continue;
+		struct partition_state *ps = partition(p, id);
 		if (ps && !lost)
 			ps->handing_over = atomic_load(&p->generations[id]);
 		new_generation(p, id);
