@@ -78,8 +78,7 @@ static void sb_put_root(struct sbuf *b, const char *root)
 }
 
 /* "{root}/{segment}('{key}')", key as an OData literal, percent-encoded. */
-static bool keyed_url(const char *root, const char *segment, const char *key, char *out,
-                      size_t cap)
+static bool keyed_url(const char *root, const char *segment, const char *key, char *out, size_t cap)
 {
 	struct sbuf b;
 	sb_init(&b, out, cap);

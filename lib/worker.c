@@ -785,11 +785,11 @@ static bool xfer_own_url(const struct worker *w, const struct job *job, struct x
 {
 	char url[GRAPHREQ_URL_MAX + 1];
 	const char *owner = lookup_owner(job);
-	bool built = x->kind == XFER_CHAT
-	                 ? graphreq_chat_url(w->version_root, job->chat_id, url, sizeof url)
-	                 : owner && job->ev->topic &&
-	                       graphreq_lookup_url(w->version_root, owner, job->ev->topic, url,
-	                                           sizeof url);
+	bool built =
+	    x->kind == XFER_CHAT
+	        ? graphreq_chat_url(w->version_root, job->chat_id, url, sizeof url)
+	        : owner && job->ev->topic &&
+	              graphreq_lookup_url(w->version_root, owner, job->ev->topic, url, sizeof url);
 	if (!built)
 		return false;
 	x->url = strdup(url);

@@ -400,7 +400,7 @@ int main(void)
 	    cmocka_unit_test(test_documented_bodies),  cmocka_unit_test(test_example5_guest),
 	    cmocka_unit_test(test_body_json_escaping), cmocka_unit_test(test_bind_url_escaping),
 	    cmocka_unit_test(test_client_request_id),  cmocka_unit_test(test_location),
-	    cmocka_unit_test(test_lookup_url),        cmocka_unit_test(test_location_restored),
+	    cmocka_unit_test(test_lookup_url),         cmocka_unit_test(test_location_restored),
 	    cmocka_unit_test(test_chat_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

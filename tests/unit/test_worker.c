@@ -47,9 +47,9 @@
 struct srv {
 	struct MHD_Daemon *d;
 	unsigned port;
-	bool async;              /* POST /chats answers 202 with an operation */
-	atomic_int posts;        /* POST /chats received */
-	atomic_int chat_reads;   /* GET /chats('…') received */
+	bool async;            /* POST /chats answers 202 with an operation */
+	atomic_int posts;      /* POST /chats received */
+	atomic_int chat_reads; /* GET /chats('…') received */
 };
 
 static struct srv srv;
@@ -68,16 +68,17 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
 	return rc;
 }
 
-static const char chat_json[] = "{\"id\":\"" CHAT_ID "\",\"chatType\":\"group\",\"topic\":"
-                                "\"t\",\"webUrl\":\"" WEB_URL "\",\"createdDateTime\":\"" CREATED
-                                "\"}";
+static const char chat_json[] =
+    "{\"id\":\"" CHAT_ID "\",\"chatType\":\"group\",\"topic\":"
+    "\"t\",\"webUrl\":\"" WEB_URL "\",\"createdDateTime\":\"" CREATED "\"}";
 
 static enum MHD_Result answer(struct MHD_Connection *c, const char *url, const char *method)
 {
 	if (strstr(url, "/oauth2/v2.0/token"))
-		return reply(c, 200,
-		             "{\"token_type\":\"Bearer\",\"expires_in\":3599,\"access_token\":\"tok\"}",
-		             NULL);
+		return reply(
+		    c, 200,
+		    "{\"token_type\":\"Bearer\",\"expires_in\":3599,\"access_token\":\"tok\"}",
+		    NULL);
 	if (strcmp(method, "POST") == 0 && strcmp(url, "/beta/chats") == 0) {
 		atomic_fetch_add(&srv.posts, 1);
 		if (srv.async)
@@ -124,11 +125,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 struct owner {
 	atomic_ullong generation;
 	atomic_uint posting;
-	int hook_calls;     /* hook calls made for the job so far (worker thread only) */
-	int revoke_after;   /* run the revoke right after this hook call (0: never) */
+	int hook_calls;   /* hook calls made for the job so far (worker thread only) */
+	int revoke_after; /* run the revoke right after this hook call (0: never) */
 	bool revoke_pending;
 	bool revoke_over;
-	int posts_at_revoke; /* POSTs the server had received when the revoke was over */
+	int posts_at_revoke;         /* POSTs the server had received when the revoke was over */
 	int64_t accepted_op_started; /* op_started_mono_ms seen by on_accepted */
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
@@ -261,7 +262,9 @@ static int setup(void **state)
 		return -1;
 	struct worker_conf wc = {
 	    .cfg = f->cfg,
-	    .policy = {.retry = {.max_attempts = 3, .base_delay_ms = 10, .max_delay_ms = 100,
+	    .policy = {.retry = {.max_attempts = 3,
+	                         .base_delay_ms = 10,
+	                         .max_delay_ms = 100,
 	                         .max_elapsed_ms = 10000},
 	               .poll_interval_ms = 50,
 	               .op_timeout_ms = 30000,
