@@ -125,19 +125,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 struct owner {
 	atomic_ullong generation;
 	atomic_uint posting;
-	int hook_calls;   /* hook calls made for the job so far (worker thread only) */
+	pthread_mutex_t mu; /* guards what follows: the hooks run on the worker thread */
+	pthread_cond_t cond;
+	int hook_calls;   /* hook calls made for the job so far */
 	int revoke_after; /* run the revoke right after this hook call (0: never) */
 	bool revoke_pending;
 	bool revoke_over;
 	int posts_at_revoke;         /* POSTs the server had received when the revoke was over */
 	int64_t accepted_op_started; /* op_started_mono_ms seen by on_accepted */
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	struct job *done; /* handed back by on_done */
+	struct job *done;            /* handed back by on_done */
 };
 
 static struct owner own;
 
+/* own.mu held. */
 static void revoke_check(void)
 {
 	if (own.revoke_pending && atomic_load(&own.posting) == 0) {
@@ -150,11 +151,13 @@ static void revoke_check(void)
 /* After each hook call: the revoke lands here when its turn has come. */
 static void after_hook(void)
 {
-	if (++own.hook_calls != own.revoke_after)
-		return;
-	atomic_fetch_add(&own.generation, 1);
-	own.revoke_pending = true;
-	revoke_check();
+	pthread_mutex_lock(&own.mu);
+	if (++own.hook_calls == own.revoke_after) {
+		atomic_fetch_add(&own.generation, 1);
+		own.revoke_pending = true;
+		revoke_check();
+	}
+	pthread_mutex_unlock(&own.mu);
 }
 
 static bool is_current(const struct job *job, void *arg)
@@ -178,13 +181,17 @@ static void post_end(int32_t partition, void *arg)
 	(void)partition;
 	(void)arg;
 	atomic_fetch_sub(&own.posting, 1);
+	pthread_mutex_lock(&own.mu);
 	revoke_check(); /* a waiting revoke ends when the last POST is out */
+	pthread_mutex_unlock(&own.mu);
 }
 
 static void on_accepted(struct job *job, void *arg)
 {
 	(void)arg;
+	pthread_mutex_lock(&own.mu);
 	own.accepted_op_started = job->op_started_mono_ms;
+	pthread_mutex_unlock(&own.mu);
 }
 
 static void on_done(struct job *job, void *arg)
@@ -367,25 +374,32 @@ static void test_revoke_between_check_and_post(void **state)
 	wait_token(f);
 	bool posted_unrevoked = false;
 	for (int n = 1; n <= 6 && !posted_unrevoked; n++) {
+		pthread_mutex_lock(&own.mu);
 		own.hook_calls = 0;
 		own.revoke_after = n;
 		own.revoke_pending = own.revoke_over = false;
+		pthread_mutex_unlock(&own.mu);
 		int posts_before = atomic_load(&srv.posts);
 		struct job *job = run(f, group_job(f->cfg));
 		usleep(100 * 1000); /* a POST that would still leave has time to arrive */
 		int posts = atomic_load(&srv.posts) - posts_before;
+		pthread_mutex_lock(&own.mu);
+		bool over = own.revoke_over, pending = own.revoke_pending;
+		int posts_at_revoke = own.posts_at_revoke;
+		bool revoked = own.revoke_after <= own.hook_calls;
+		pthread_mutex_unlock(&own.mu);
 		print_message("revoke after hook call %d: job %s, %d POST(s), revoke %s\n", n,
 		              job->status == JOB_ABANDONED ? "abandoned" : "finished", posts,
-		              own.revoke_over ? "over" : (own.revoke_pending ? "waiting" : "none"));
-		if (own.revoke_over)
-			assert_int_equal(atomic_load(&srv.posts), own.posts_at_revoke);
+		              over ? "over" : (pending ? "waiting" : "none"));
+		if (over)
+			assert_int_equal(atomic_load(&srv.posts), posts_at_revoke);
 		assert_int_equal(atomic_load(&own.posting), 0);
 		if (job->status == JOB_ABANDONED) {
 			assert_int_equal(posts, 0);
 		} else {
 			assert_int_equal(job->status, JOB_SUCCEEDED);
 			assert_int_equal(posts, 1);
-			posted_unrevoked = own.revoke_after > own.hook_calls;
+			posted_unrevoked = !revoked;
 		}
 		job_free(job);
 	}
@@ -402,13 +416,18 @@ static void test_operation_start_and_chat(void **state)
 	struct fixture *f = *state;
 	srv.async = true;
 	wait_token(f);
+	pthread_mutex_lock(&own.mu);
 	own.revoke_after = 0;
 	own.accepted_op_started = -1;
+	pthread_mutex_unlock(&own.mu);
 	int64_t before = cptime_mono_ms();
 	int reads = atomic_load(&srv.chat_reads);
 	struct job *job = run(f, group_job(f->cfg));
-	assert_true(own.accepted_op_started >= before);
-	assert_true(own.accepted_op_started <= cptime_mono_ms());
+	pthread_mutex_lock(&own.mu);
+	int64_t started = own.accepted_op_started;
+	pthread_mutex_unlock(&own.mu);
+	assert_true(started >= before);
+	assert_true(started <= cptime_mono_ms());
 	assert_int_equal(job->status, JOB_SUCCEEDED);
 	assert_int_equal(job->attempts, 1);
 	assert_string_equal(job->chat_id, CHAT_ID);
