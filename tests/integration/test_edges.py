@@ -39,7 +39,8 @@ def test_multibyte_ids_across_restarts(tmp_path):
         events.append(ev)
     ids = [e["id"] for e in events]
     assert len(ids[1].encode()) == 800 and len(ids[0].encode()) == 400
-    with Stack(tmp_path, sim_config=CHAOS_SIM) as stack:
+    # 4 requests in flight at 100 ms each: 200 take 5 s, so the kill lands half-way.
+    with Stack(tmp_path, sim_config=dict(CHAOS_SIM, latency_ms=100)) as stack:
         config = stack.write_config(**with_overrides(FAST_GROUP,
                                                      {"graph": {"max_in_flight": "4"}}))
         stack.start_daemon(config)
@@ -48,6 +49,7 @@ def test_multibyte_ids_across_restarts(tmp_path):
         while len(stack.results) < 100 and time.monotonic() < deadline:
             stack.read_results(timeout=0.2)
         assert stack.daemon.sigkill() == -9
+        assert 100 <= len(stack.results) < 200, len(stack.results)
         stack.start_daemon(config)
         stack.wait_results(ids, timeout=120)
         assert stack.daemon.stop(signal.SIGTERM) == 0, stack.daemon.log_text()[-3000:]
