@@ -1,0 +1,167 @@
+"""traffic - the soak's input: mixed requests and upstream duplicates, produced at a steady
+rate from a thread of its own.
+
+Every event goes to the input partition derived from its id (not its key), so a duplicate
+sent under a second key lands where the original did: state lives in the state partition
+of the input's number (docs/state.md), and that is the promise the soak attacks.
+"""
+
+import json
+import threading
+import time
+import zlib
+
+from confluent_kafka import Producer
+
+from stack import INPUT, group_event, one_on_one_event
+
+# A tenant profile besides the default one (the soak configures it in graph-sim and chatprovd).
+SECOND_TENANT = "fabrikam"
+# Ids of 200 code points but 400 bytes: valid (lib/event.c), the largest in bytes.
+LONG_ID_CHAR = "\u00e9"
+
+
+def partition_of(event_id, partitions):
+    return zlib.crc32(event_id.encode()) % partitions
+
+
+class Mix:
+    """Draws events: ~45 % group (every 4th with an app: a 202 operation), ~50 % one-on-one
+    (some pairs repeat, every 6th with an app), ~2 % invalid, ~2 % group chats whose id is
+    200 two-byte characters; a third of the valid ones for the second tenant when asked."""
+
+    def __init__(self, rng, tenants):
+        self.rng = rng
+        self.tenants = tenants
+        self.pairs = [(1000 + rng.randrange(60), 2000 + rng.randrange(60)) for _ in range(50)]
+        self.expected = {}   # id -> "succeeded" | "rejected"
+        self.kinds = {}      # id -> "group" | "oneOnOne" | "invalid"
+        self.by_tenant = {}  # tenant name ("default") -> ids
+
+    def event(self, i):
+        rng = self.rng
+        roll = rng.random()
+        tenant = SECOND_TENANT if self.tenants > 1 and rng.random() < 1 / 3 else None
+        if roll < 0.02:
+            ev = one_on_one_event(i)
+            ev["id"] = "bad-%06d" % i
+            ev["topic"] = "a topic on a one-on-one chat"
+            kind, status, tenant = "invalid", "rejected", None
+        elif roll < 0.04:
+            ev = group_event(i, members=3, tenant=tenant)
+            ev["id"] = ("%06d" % i) + LONG_ID_CHAR * 194
+            kind, status = "group", "succeeded"
+        elif roll < 0.49:
+            ev = group_event(i, members=2 + i % 5, app=(i % 4 == 0), tenant=tenant)
+            kind, status = "group", "succeeded"
+        else:
+            pair = rng.choice(self.pairs) if i % 3 == 0 else (100000 + 2 * i, 100001 + 2 * i)
+            ev = one_on_one_event(i, pair=pair, app=(i % 6 == 0))
+            if tenant:
+                ev["tenant"] = tenant
+            kind, status = "oneOnOne", "succeeded"
+        self.expected[ev["id"]] = status
+        self.kinds[ev["id"]] = kind
+        self.by_tenant.setdefault(tenant or "default", []).append(ev["id"])
+        return ev
+
+
+class Feeder(threading.Thread):
+    """Produces `rate` new events per second until stop(), with upstream duplicates: the same
+    message again at once (dup_share), again 5-60 s later, and under a second key (same
+    partition) at once or later. Later copies still due when stop() is called are sent
+    then. Its own producer: the Stack's is not shared across threads."""
+
+    def __init__(self, bootstrap, mix, partitions, rate, rng, dup_share=0.05):
+        super().__init__(daemon=True)
+        self.mix = mix
+        self.partitions = partitions
+        self.rate = rate
+        self.rng = rng
+        self.dup_share = dup_share
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                  "message.timeout.ms": 300000})
+        self.stopping = threading.Event()
+        self.later = []  # (due monotonic, event, key)
+        self.lock = threading.Lock()
+        self.counts = {"messages": 0, "dup_at_once": 0, "dup_later": 0, "dup_second_key": 0}
+        self.error = None
+        self.delivery_errors = []
+        self.extra_events = []
+
+    def send(self, ev, key):
+        value = json.dumps(ev, ensure_ascii=False).encode()
+        self.producer.produce(INPUT, value=value, key=key.encode(),
+                              partition=partition_of(ev["id"], self.partitions),
+                              on_delivery=self._delivered)
+        self.producer.poll(0)
+        self.counts["messages"] += 1
+
+    def _delivered(self, err, msg):
+        if err is not None:
+            self.delivery_errors.append(str(err))
+
+    def duplicate(self, ev):
+        roll = self.rng.random()
+        share = self.dup_share
+        if roll < share:
+            self.send(ev, ev["id"])
+            self.counts["dup_at_once"] += 1
+        elif roll < 2 * share:
+            self.later.append((time.monotonic() + self.rng.uniform(5, 60), ev, ev["id"]))
+            self.counts["dup_later"] += 1
+        elif roll < 3 * share:
+            key = ev["id"] + "#second-key"
+            if self.rng.random() < 0.5:
+                self.send(ev, key)
+            else:
+                self.later.append((time.monotonic() + self.rng.uniform(1, 30), ev, key))
+            self.counts["dup_second_key"] += 1
+
+    def send_due(self, now):
+        due = [x for x in self.later if x[0] <= now]
+        self.later = [x for x in self.later if x[0] > now]
+        for _, ev, key in due:
+            self.send(ev, key)
+
+    def run(self):
+        try:
+            start = time.monotonic()
+            i = 0
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                while i < (now - start) * self.rate:
+                    with self.lock:
+                        ev = self.mix.event(i)
+                    self.send(ev, ev["id"])
+                    self.duplicate(ev)
+                    i += 1
+                self.send_due(now)
+                time.sleep(0.05)
+            self.send_due(float("inf"))
+            left = self.producer.flush(120)
+            if left:
+                self.error = "%d input messages not delivered" % left
+        except Exception as e:  # reported by finish()
+            self.error = repr(e)
+
+    def produce_now(self, events):
+        """Events added after the traffic (the self-test's injections), produced and flushed
+        from the caller's thread once the feeder has finished."""
+        for ev in events:
+            self.mix.expected[ev["id"]] = "succeeded"
+            self.mix.kinds[ev["id"]] = ev["chatType"]
+            self.send(ev, ev["id"])
+        assert self.producer.flush(60) == 0
+
+    def stop(self):
+        self.stopping.set()
+
+    def finish(self, timeout=180):
+        self.stop()
+        self.join(timeout)
+        if self.is_alive():
+            return "the producer thread did not finish"
+        if self.delivery_errors:
+            return "input delivery errors: %s" % self.delivery_errors[:3]
+        return self.error
