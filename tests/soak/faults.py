@@ -1,6 +1,6 @@
 """faults - what the soak does to the stack while traffic flows: SIGKILL and restart of
 chatprovd, a second instance joining and leaving the group, broker outages on kafka-mock
-(with or without failover), bursts of graph-sim faults, and cut HTTP/2 connections when
+(with or without failover) and slow brokers, bursts of graph-sim faults, and cut HTTP/2 connections when
 graph-sim has a knob for it. Each kind of fault runs on a timer of its own, so they overlap.
 
 Driven from the soak's main loop: tick() never blocks for long (a leaving instance is
@@ -20,6 +20,8 @@ BASE_FAULTS = {"fault_500_rate": 0.01, "fault_503_rate": 0.01, "fault_504_rate":
                "fault_reset_rate": 0.01, "fault_hang_rate": 0.004,
                "fault_created_504_rate": 0.02}
 BURST_FACTOR = 6
+BASE_LATENCY_MS = 20
+CUT_LATENCY_MS = 200
 NO_FAULTS = {k: 0 for k in BASE_FAULTS}
 # A knob that cuts graph-sim's busiest HTTP/2 connection: found by name in GET /_sim/config.
 CUT_KNOB = re.compile(r"cut", re.IGNORECASE)
@@ -56,7 +58,7 @@ def find_cut_knob(graph):
         if isinstance(default, bool):
             return name, True
         if name.endswith("_s") or name.endswith("_ms"):
-            return name, 3 if name.endswith("_s") else 3000
+            return name, 1 if name.endswith("_s") else 1000
         if name.endswith("rate"):
             return name, 0.05
         if isinstance(default, (int, float)):
@@ -81,9 +83,11 @@ class Chaos:
         now = time.monotonic()
         self.next = {"kill": now + self.gap(8, 18), "member": now + self.gap(10, 25),
                      "outage": now + self.gap(15, 35), "burst": now + self.gap(6, 20),
-                     "cut": now + self.gap(5, 15)}
+                     "cut": now + self.gap(5, 15), "slow": now + self.gap(5, 15)}
+        self.slow = None  # (broker, until)
         self.figures = {"kills": 0, "restarts": 0, "joins": 0, "leaves_sigterm": 0,
-                        "second_killed": 0, "outages": 0, "failovers": 0, "fault_bursts": 0,
+                        "second_killed": 0, "outages": 0, "failovers": 0, "slow_brokers": 0,
+                        "fault_bursts": 0,
                         "h2_cut_periods": 0,
                         "h2_cut_knob": self.cut_knob[0] if self.cut_knob else None}
         assert stack.kafka.command("coordinator group %s 1" % GROUP).startswith("OK")
@@ -109,6 +113,9 @@ class Chaos:
         if self.burst_until is not None and now >= self.burst_until:
             self.stack.graph.config(**BASE_FAULTS)
             self.burst_until = None
+        if self.slow is not None and now >= self.slow[1]:
+            self.set_rtt(self.slow[0], 0)
+            self.slow = None
         if self.cut_until is not None and now >= self.cut_until:
             self.set_cut(False)
         for kind, due in list(self.next.items()):
@@ -208,6 +215,21 @@ class Chaos:
         reply = self.stack.kafka.command("broker up %d" % broker)
         assert reply == "OK broker %d up" % broker, reply
 
+    def do_slow(self, now):
+        """A slow broker: every answer of one broker delayed (acks of results, state records
+        and commits arrive late, so duplicates land between them)."""
+        self.next["slow"] = now + self.gap(10, 25)
+        if self.slow is not None:
+            return
+        broker = self.rng.randint(1, BROKERS)
+        self.set_rtt(broker, self.rng.choice((50, 150, 400)))
+        self.slow = (broker, now + self.gap(4, 10))
+        self.figures["slow_brokers"] += 1
+
+    def set_rtt(self, broker, ms):
+        reply = self.stack.kafka.command("rtt %d %d" % (broker, ms))
+        assert reply.startswith("OK"), reply
+
     # ---- graph-sim ----
 
     def do_burst(self, now):
@@ -228,8 +250,11 @@ class Chaos:
         self.figures["h2_cut_periods"] += 1
 
     def set_cut(self, on):
+        """Cuts (while on) with slower answers, so that many POSTs are in flight on the
+        connection that goes away."""
         name, value = self.cut_knob
-        self.stack.graph.config(**{name: value if on else None})
+        self.stack.graph.config(**{name: value if on else None,
+                                   "latency_ms": CUT_LATENCY_MS if on else BASE_LATENCY_MS})
         if not on:
             self.cut_until = None
 
@@ -242,6 +267,9 @@ class Chaos:
         if self.outage is not None:
             self.broker_up(self.outage["broker"])
             self.outage = None
+        if self.slow is not None:
+            self.set_rtt(self.slow[0], 0)
+            self.slow = None
         self.stack.graph.config(**NO_FAULTS)
         self.burst_until = None
         if self.cut_knob is not None and self.cut_until is not None:

@@ -34,6 +34,7 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,8 +47,10 @@ os.environ.setdefault("CHATPROV_BUILD_DIR", os.path.join(SOURCE, "build"))
 sys.path.insert(0, os.path.join(SOURCE, "tests", "integration"))
 
 from chaos import FAST_GROUP, client_request_id, group_chats_by_crid, with_overrides  # noqa: E402
-from graphsim import USER_A, USER_B, chat_body  # noqa: E402
+from graphsim import USER_A, USER_B, GraphSim, chat_body  # noqa: E402
+from graphsim import binary as graph_sim_binary  # noqa: E402
 from stack import CLIENT_ID, OUTPUT, SECRET, TENANT, Stack, group_event  # noqa: E402
+from test_tls import make_ca, make_server_cert  # noqa: E402
 
 import faults  # noqa: E402
 import invariants  # noqa: E402
@@ -82,6 +85,8 @@ def parse_args(argv):
                    help="comma-separated breaches to make on purpose: " + ",".join(INJECTIONS))
     p.add_argument("--expect-violations", action="store_true",
                    help="exit 0 only if every injected breach was reported")
+    p.add_argument("--http1", action="store_true",
+                   help="plain HTTP/1.1 to graph-sim even when it has an HTTP/2 front")
     p.add_argument("--json", help="also write the figures and violations to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = p.parse_args(argv)
@@ -95,7 +100,8 @@ def parse_args(argv):
 
 
 def sim_config():
-    return dict(faults.BASE_FAULTS, latency_ms=20, hang_s=3, fault_503_retry_after_s=1,
+    return dict(faults.BASE_FAULTS, limit_per_tenant=1000000, limit_global=1000000,
+                latency_ms=faults.BASE_LATENCY_MS, hang_s=3, fault_503_retry_after_s=1,
                 operation_in_progress_after_s=0.2, operation_done_after_s=1.0,
                 token_lifetime_s=60, token_fault_503_rate=0.02,
                 clients=[{"tenant": TENANT, "client_id": CLIENT_ID, "secret": SECRET},
@@ -103,12 +109,33 @@ def sim_config():
                           "secret": SECOND_SECRET}])
 
 
-def daemon_config(stack, tmp):
+def h2_front_available():
+    """graph-sim's HTTP/2 + TLS front (--http2) and a test helper that speaks to its
+    control port: both or nothing."""
+    usage = subprocess.run([graph_sim_binary(), "--help"], capture_output=True, text=True)
+    return "--http2" in usage.stdout + usage.stderr and hasattr(GraphSim(), "control_url")
+
+
+def start_h2_graph(stack, tmp):
+    """Replaces the stack's graph-sim with one that speaks HTTP/2 over TLS only (what Graph
+    speaks), its certificate from a private CA; returns the CA file for [graph] ca_file."""
+    ca_key, ca = make_ca(tmp, "ca")
+    key, cert = make_server_cert(tmp, ca_key, ca)
+    stack.graph.stop()
+    stack.graph = GraphSim(ssl_context=ssl.create_default_context(cafile=ca)).start(
+        config=sim_config(), args=["--tls-cert", cert, "--tls-key", key, "--http2"])
+    return ca
+
+
+def daemon_config(stack, tmp, ca_file=None):
     secret = os.path.join(tmp, "fab-secret")
     with open(secret, "w") as f:
         f.write(SECOND_SECRET + "\n")
+    graph = {"max_in_flight": "32"}
+    if ca_file:
+        graph["ca_file"] = ca_file
     return stack.write_config(**with_overrides(FAST_GROUP, {
-        "graph": {"max_in_flight": "32"},
+        "graph": graph,
         "auth": {"refresh_ahead_s": "10"},
         "retry": {"max_attempts": "30", "base_delay_s": "0.05", "max_delay_s": "1"},
         "operations": {"poll_interval_s": "0.2", "timeout_s": "60"},
@@ -121,11 +148,18 @@ class Soak:
     def __init__(self, args, tmp):
         self.args = args
         self.tmp = tmp
-        self.rng = random.Random(args.seed)
         self.violations = faults.Violations()
+        self.figures = {}
+        self.stack = None
+        self.offsets_reader = None
+
+    def setup(self):
+        args, tmp = self.args, self.tmp
         self.stack = Stack(tmp, partitions=args.partitions, brokers=faults.BROKERS,
                            sim_config=sim_config())
-        self.config = daemon_config(self.stack, tmp)
+        self.h2 = h2_front_available() and not args.http1
+        ca_file = start_h2_graph(self.stack, tmp) if self.h2 else None
+        self.config = daemon_config(self.stack, tmp, ca_file)
         self.mix = traffic.Mix(random.Random(args.seed + 1), args.tenants)
         self.chaos = faults.Chaos(self.stack, self.config, random.Random(args.seed + 2),
                                   self.violations, scale=args.time_scale,
@@ -134,7 +168,12 @@ class Soak:
                                      args.rate, random.Random(args.seed + 3))
         self.monitor = offsets.Monitor(self.stack.kafka.bootstrap, args.partitions)
         self.offsets_reader = offsets.offsets_consumer(self.stack.kafka.bootstrap)
-        self.figures = {}
+
+    def close(self):
+        if self.offsets_reader is not None:
+            self.offsets_reader.close()
+        if self.stack is not None:
+            self.stack.close()
 
     def ids_between(self, p, low, high):
         return offsets.ids_between(self.stack.kafka.bootstrap, p, low, high)
@@ -277,6 +316,7 @@ class Soak:
                                             if traffic.LONG_ID_CHAR in i)}
         f["input_messages"] = dict(self.feeder.counts)
         f["chaos"] = dict(self.chaos.figures)
+        f["graph_transport"] = "HTTP/2 over TLS" if self.h2 else "HTTP/1.1"
         f["rebalances"] = self.rebalances()
         posts = ledger["chat_posts"]
         fault_kinds = {}
@@ -287,7 +327,9 @@ class Soak:
                       "requests": ledger["requests"], "chats": len(ledger["chats"]),
                       "operations": len(ledger["operations"]),
                       "token_failures": ledger["token_failures"],
-                      "retry_after_violations": ledger["retry_after_violations"]}
+                      "retry_after_violations": ledger["retry_after_violations"],
+                      "connections_accepted": ledger.get("connections_accepted"),
+                      "connections_cut": ledger.get("connections_cut")}
         copies = [len(c) for c in results.values()]
         statuses = {}
         for c in results.values():
@@ -329,20 +371,24 @@ def print_figures(f):
         ("events", "%d ids: %d group, %d oneOnOne, %d invalid; per tenant %s; %d ids of 200 "
          "two-byte characters" % (e["ids"], e["group"], e["oneOnOne"], e["invalid"],
                                   e["per_tenant"], e["long_utf8_ids"])),
-        ("input", "%d messages; duplicates: %d at once, %d later, %d under a second key"
-         % (m["messages"], m["dup_at_once"], m["dup_later"], m["dup_second_key"])),
+        ("input", "%d messages; duplicates: %d at once, %d within 3 s, %d 5-60 s later, "
+         "%d of them under a second key" % (m["messages"], m["dup_at_once"], m["dup_soon"],
+                                            m["dup_later"], m["dup_second_key"])),
         ("kills", "%d SIGKILL, %d restarts" % (c["kills"], c["restarts"])),
         ("group", "second instance: %d joins, %d SIGTERM leaves, %d killed and gone; %d "
          "assignment callbacks (%d partition moves) over %d instances started"
          % (c["joins"], c["leaves_sigterm"], c["second_killed"], f["rebalances"]["callbacks"],
             f["rebalances"]["partition_moves"], f["rebalances"]["instances_started"])),
-        ("brokers", "%d outages, %d with failover" % (c["outages"], c["failovers"])),
-        ("graph", "%d fault bursts; POST faults %s; %d POSTs, %d chats, %d operations; "
-         "retry-after violations %d; HTTP/2 cuts: %s"
-         % (c["fault_bursts"], g["post_faults"], g["chat_posts"], g["chats"], g["operations"],
-            g["retry_after_violations"],
-            "%d periods (%s)" % (c["h2_cut_periods"], c["h2_cut_knob"]) if c["h2_cut_knob"]
-            else "skipped (graph-sim has no cut knob)")),
+        ("brokers", "%d outages, %d with failover; %d slow-broker periods"
+         % (c["outages"], c["failovers"], c["slow_brokers"])),
+        ("graph", "%s; %d fault bursts; POST faults %s; %d POSTs, %d chats, %d operations; "
+         "retry-after violations %d" % (f["graph_transport"], c["fault_bursts"],
+                                        g["post_faults"], g["chat_posts"], g["chats"],
+                                        g["operations"], g["retry_after_violations"])),
+        ("h2 cuts", "%d periods of %s, %s connections cut of %s accepted"
+         % (c["h2_cut_periods"], c["h2_cut_knob"], g["connections_cut"],
+            g["connections_accepted"]) if c["h2_cut_knob"]
+         else "skipped (graph-sim has no knob that cuts HTTP/2 connections)"),
         ("results", "%d messages for %d ids, first status %s; %d ids with several copies "
          "(%d extra)" % (r["messages"], r["ids"], r["first_status"],
                          r["ids_with_several_copies"], r["extra_copies"])),
@@ -367,10 +413,10 @@ def main(argv):
     tmp = tempfile.mkdtemp(prefix="chatprov-soak-")
     print("soak: seed %d, %.0f s, work directory %s" % (args.seed, args.duration, tmp),
           flush=True)
-    soak = None
+    soak = Soak(args, tmp)
     code = 2
     try:
-        soak = Soak(args, tmp)
+        soak.setup()
         soak.run()
         print_figures(soak.figures)
         invariants.report(soak.violations, lambda s: print(shorten(s)))
@@ -391,9 +437,7 @@ def main(argv):
                            "seed": args.seed, "duration": args.duration}, f, indent=1,
                           ensure_ascii=False)
     finally:
-        if soak is not None:
-            soak.offsets_reader.close()
-            soak.stack.close()
+        soak.close()
         if code == 0 and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -67,10 +67,9 @@ class Mix:
 
 
 class Feeder(threading.Thread):
-    """Produces `rate` new events per second until stop(), with upstream duplicates: the same
-    message again at once (dup_share), again 5-60 s later, and under a second key (same
-    partition) at once or later. Later copies still due when stop() is called are sent
-    then. Its own producer: the Stack's is not shared across threads."""
+    """Produces `rate` new events per second until stop(), with upstream duplicates (see
+    duplicate()); a second key keeps the partition. Copies still due when stop() is called
+    are sent then. Its own producer: the Stack's is not shared across threads."""
 
     def __init__(self, bootstrap, mix, partitions, rate, rng, dup_share=0.05):
         super().__init__(daemon=True)
@@ -84,7 +83,8 @@ class Feeder(threading.Thread):
         self.stopping = threading.Event()
         self.later = []  # (due monotonic, event, key)
         self.lock = threading.Lock()
-        self.counts = {"messages": 0, "dup_at_once": 0, "dup_later": 0, "dup_second_key": 0}
+        self.counts = {"messages": 0, "dup_at_once": 0, "dup_soon": 0, "dup_later": 0,
+                       "dup_second_key": 0}
         self.error = None
         self.delivery_errors = []
         self.extra_events = []
@@ -102,21 +102,23 @@ class Feeder(threading.Thread):
             self.delivery_errors.append(str(err))
 
     def duplicate(self, ev):
-        roll = self.rng.random()
-        share = self.dup_share
-        if roll < share:
-            self.send(ev, ev["id"])
-            self.counts["dup_at_once"] += 1
-        elif roll < 2 * share:
-            self.later.append((time.monotonic() + self.rng.uniform(5, 60), ev, ev["id"]))
-            self.counts["dup_later"] += 1
-        elif roll < 3 * share:
-            key = ev["id"] + "#second-key"
-            if self.rng.random() < 0.5:
-                self.send(ev, key)
-            else:
-                self.later.append((time.monotonic() + self.rng.uniform(1, 30), ev, key))
+        """Sends ev again, for dup_share of the events each: at once, soon (0.1-3 s: while
+        the first copy's records and result are being acknowledged), or later (5-60 s:
+        across kills and rebalances); 40 % of them under a second key."""
+        roll = self.rng.random() / self.dup_share
+        if roll >= 3:
+            return
+        when = ("at_once", "soon", "later")[int(roll)]
+        key = ev["id"]
+        if self.rng.random() < 0.4:
+            key += "#second-key"
             self.counts["dup_second_key"] += 1
+        self.counts["dup_" + when] += 1
+        if when == "at_once":
+            self.send(ev, key)
+            return
+        delay = self.rng.uniform(0.1, 3) if when == "soon" else self.rng.uniform(5, 60)
+        self.later.append((time.monotonic() + delay, ev, key))
 
     def send_due(self, now):
         due = [x for x in self.later if x[0] <= now]
