@@ -81,6 +81,9 @@ class Monitor(threading.Thread):
                 except Exception as e:  # a broker outage: no sample this time
                     self.errors += 1
                     self.last_error = repr(e)
+                    # After a failover the old consumer keeps asking the old leader.
+                    consumer.close()
+                    consumer = offsets_consumer(self.bootstrap)
                     continue
                 self.record(sample, time.monotonic())
         finally:

@@ -297,6 +297,7 @@ class Soak:
         stack, v = self.stack, self.violations
         results, expected, kinds = stack.results, self.mix.expected, self.mix.kinds
         ledger = stack.graph.ledger()
+        self.keep_evidence(ledger)
         invariants.check_every_id_answered(v, results, expected)
         invariants.check_copies_agree(v, results)
         invariants.check_expected_status(v, results, expected)
@@ -305,6 +306,14 @@ class Soak:
         final = offsets.committed_and_high(self.offsets_reader, self.args.partitions, 15)
         invariants.check_offsets_committed(v, final, self.ids_between)
         self.collect_figures(ledger, final)
+
+    def keep_evidence(self, ledger):
+        """graph-sim's ledger and every result read, next to the chatprovd logs."""
+        with open(os.path.join(self.tmp, "ledger.json"), "w") as f:
+            json.dump(ledger, f)
+        with open(os.path.join(self.tmp, "results.jsonl"), "w") as f:
+            for entry in self.stack.result_messages:
+                f.write(json.dumps(entry["result"], ensure_ascii=False) + "\n")
 
     def collect_figures(self, ledger, final):
         f, mix, results = self.figures, self.mix, self.stack.results
