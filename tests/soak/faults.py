@@ -1,7 +1,8 @@
 """faults - what the soak does to the stack while traffic flows: SIGKILL and restart of
 chatprovd, a second instance joining and leaving the group, broker outages on kafka-mock
-(with or without failover) and slow brokers, bursts of graph-sim faults, and cut HTTP/2 connections when
-graph-sim has a knob for it. Each kind of fault runs on a timer of its own, so they overlap.
+(with or without failover) and slow brokers, bursts of graph-sim faults, and cut HTTP/2
+connections when graph-sim has a knob for it. Each kind of fault runs on a timer of its own,
+so they overlap.
 
 Driven from the soak's main loop: tick() never blocks for long (a leaving instance is
 polled, not waited for), calm() ends every fault before the drain.

@@ -62,7 +62,9 @@ SECOND_CLIENT = "00000000-0000-0000-0000-0000000000fa"
 SECOND_SECRET = "fab-secret"
 # What each --inject breaks, as the invariants that must then be reported.
 INJECTIONS = {"lost": {"one-outcome-per-id", "every-offset-committed"},
-              "disagree": {"one-outcome-per-id"},
+              "disagree": {"one-outcome-per-id", "results-name-real-chats"},
+              "failed": {"expected-outcome"},
+              "crash": {"clean-exits"},
               "twice": {"no-group-chat-twice"},
               "stall": {"no-partition-stalled"}}
 ASSIGNMENT_LOG = re.compile(r"\] (assigned|revoked|lost) chat\.requests \[\d+\]")
@@ -76,6 +78,9 @@ def parse_args(argv):
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--tenants", type=int, choices=(1, 2), default=2)
     p.add_argument("--no-second-instance", action="store_true")
+    p.add_argument("--cross-partition-dups", type=float, default=0.0, metavar="SHARE",
+                   help="share of second-key duplicates sent to their key's own partition "
+                   "(docs/state.md: beyond the promise when another instance owns it)")
     p.add_argument("--drain-timeout", type=float, default=180)
     p.add_argument("--stall-limit", type=float, default=60,
                    help="longest acceptable time an input offset stays with work waiting")
@@ -165,7 +170,8 @@ class Soak:
                                   self.violations, scale=args.time_scale,
                                   second_instance=not args.no_second_instance)
         self.feeder = traffic.Feeder(self.stack.kafka.bootstrap, self.mix, args.partitions,
-                                     args.rate, random.Random(args.seed + 3))
+                                     args.rate, random.Random(args.seed + 3),
+                                     cross_share=args.cross_partition_dups)
         self.monitor = offsets.Monitor(self.stack.kafka.bootstrap, args.partitions)
         self.offsets_reader = offsets.offsets_consumer(self.stack.kafka.bootstrap)
 
@@ -193,12 +199,17 @@ class Soak:
         self.chaos.calm()
         if "stall" in self.args.inject:
             self.inject_stall()
+        if "failed" in self.args.inject:
+            self.inject_failed()
         drained_s = self.drain()
         self.figures["drain_s"] = drained_s
         self.monitor.stop()
         limit = self.args.stall_limit * self.args.time_scale
         invariants.check_no_stall(self.violations, self.monitor.stalls(limit), limit,
                                   self.ids_between)
+        if "crash" in self.args.inject:
+            self.chaos.primary.daemon.send(signal.SIGABRT)
+            self.chaos.primary.daemon.proc.wait(30)
         self.stop_all()
         self.read_quiet()
         self.inject_after()
@@ -239,7 +250,12 @@ class Soak:
             d = inst.daemon
             if d is None:
                 continue
-            if d.alive():
+            if not d.alive():
+                self.violations.add("clean-exits", "%s instance exited on its own with %s "
+                                    "before the end (log %s)" % (inst.name, d.proc.poll(),
+                                                                d.log_path))
+                d.kill()
+            else:
                 try:
                     code = d.stop(signal.SIGTERM, timeout=90 * self.args.time_scale)
                 except subprocess.TimeoutExpired:
@@ -249,7 +265,6 @@ class Soak:
                     self.violations.add("clean-exits", "%s instance exited %s after SIGTERM at "
                                         "the end (log %s)" % (inst.name, code, d.log_path))
             inst.daemon = None
-        self.chaos.watch_exits()
 
     def read_quiet(self, quiet=3.0):
         while self.stack.read_results(timeout=quiet):
@@ -268,6 +283,16 @@ class Soak:
             self.stack.read_results(timeout=0.5)
         for d in live:
             d.send(signal.SIGCONT)
+
+    def inject_failed(self):
+        """One more request with an app whose operation graph-sim fails."""
+        self.stack.graph.config(operation_fail_rate=1)
+        ev = group_event(980000, app=True)
+        self.feeder.produce_now([ev])
+        deadline = time.monotonic() + 60 * self.args.time_scale
+        while ev["id"] not in self.stack.results and time.monotonic() < deadline:
+            self.stack.read_results(timeout=0.5)
+        self.stack.graph.config(operation_fail_rate=0)
 
     def inject_after(self):
         group_ids = sorted(i for i, k in self.mix.kinds.items() if i.startswith("grp-")
@@ -381,8 +406,9 @@ def print_figures(f):
          "two-byte characters" % (e["ids"], e["group"], e["oneOnOne"], e["invalid"],
                                   e["per_tenant"], e["long_utf8_ids"])),
         ("input", "%d messages; duplicates: %d at once, %d within 3 s, %d 5-60 s later, "
-         "%d of them under a second key" % (m["messages"], m["dup_at_once"], m["dup_soon"],
-                                            m["dup_later"], m["dup_second_key"])),
+         "%d of them under a second key (%d to that key's partition)"
+         % (m["messages"], m["dup_at_once"], m["dup_soon"], m["dup_later"],
+            m["dup_second_key"], m["dup_other_partition"])),
         ("kills", "%d SIGKILL, %d restarts" % (c["kills"], c["restarts"])),
         ("group", "second instance: %d joins, %d SIGTERM leaves, %d killed and gone; %d "
          "assignment callbacks (%d partition moves) over %d instances started"

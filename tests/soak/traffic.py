@@ -71,28 +71,33 @@ class Feeder(threading.Thread):
     duplicate()); a second key keeps the partition. Copies still due when stop() is called
     are sent then. Its own producer: the Stack's is not shared across threads."""
 
-    def __init__(self, bootstrap, mix, partitions, rate, rng, dup_share=0.05):
+    def __init__(self, bootstrap, mix, partitions, rate, rng, dup_share=0.05,
+                 cross_share=0.0):
         super().__init__(daemon=True)
         self.mix = mix
         self.partitions = partitions
         self.rate = rate
         self.rng = rng
         self.dup_share = dup_share
+        self.cross_share = cross_share
+        self.cross_keys = set()  # second keys sent to their own partition
         self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
                                   "message.timeout.ms": 300000})
         self.stopping = threading.Event()
         self.later = []  # (due monotonic, event, key)
         self.lock = threading.Lock()
         self.counts = {"messages": 0, "dup_at_once": 0, "dup_soon": 0, "dup_later": 0,
-                       "dup_second_key": 0}
+                       "dup_second_key": 0, "dup_other_partition": 0}
         self.error = None
         self.delivery_errors = []
         self.extra_events = []
 
     def send(self, ev, key):
         value = json.dumps(ev, ensure_ascii=False).encode()
+        # A second key keeps the id's partition, except for the cross-partition share.
+        by = key if key in self.cross_keys else ev["id"]
         self.producer.produce(INPUT, value=value, key=key.encode(),
-                              partition=partition_of(ev["id"], self.partitions),
+                              partition=partition_of(by, self.partitions),
                               on_delivery=self._delivered)
         self.producer.poll(0)
         self.counts["messages"] += 1
@@ -113,6 +118,9 @@ class Feeder(threading.Thread):
         if self.rng.random() < 0.4:
             key += "#second-key"
             self.counts["dup_second_key"] += 1
+            if self.rng.random() < self.cross_share:
+                self.cross_keys.add(key)
+                self.counts["dup_other_partition"] += 1
         self.counts["dup_" + when] += 1
         if when == "at_once":
             self.send(ev, key)
