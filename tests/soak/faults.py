@@ -68,7 +68,8 @@ def find_cut_knob(graph):
 
 
 class Chaos:
-    def __init__(self, stack, config_path, rng, violations, scale=1.0, second_instance=True):
+    def __init__(self, stack, config_path, rng, violations, storm, scale=1.0,
+                 second_instance=True):
         self.stack = stack
         self.config_path = config_path
         self.rng = rng
@@ -84,11 +85,14 @@ class Chaos:
         now = time.monotonic()
         self.next = {"kill": now + self.gap(8, 18), "member": now + self.gap(10, 25),
                      "outage": now + self.gap(15, 35), "burst": now + self.gap(6, 20),
-                     "cut": now + self.gap(5, 15), "slow": now + self.gap(5, 15)}
+                     "cut": now + self.gap(5, 15), "slow": now + self.gap(5, 15),
+                     "storm": now + self.gap(15, 30)}
         self.slow = None  # (broker, until)
+        self.storm = storm  # the feeder's duplicate storm switch
+        self.storm_until = None
         self.figures = {"kills": 0, "restarts": 0, "joins": 0, "leaves_sigterm": 0,
                         "second_killed": 0, "outages": 0, "failovers": 0, "slow_brokers": 0,
-                        "fault_bursts": 0,
+                        "fault_bursts": 0, "dup_storms": 0,
                         "h2_cut_periods": 0,
                         "h2_cut_knob": self.cut_knob[0] if self.cut_knob else None}
         assert stack.kafka.command("coordinator group %s 1" % GROUP).startswith("OK")
@@ -119,6 +123,8 @@ class Chaos:
             self.slow = None
         if self.cut_until is not None and now >= self.cut_until:
             self.set_cut(False)
+        if self.storm_until is not None and now >= self.storm_until:
+            self.end_storm()
         for kind, due in list(self.next.items()):
             if now >= due:
                 getattr(self, "do_" + kind)(now)
@@ -220,12 +226,29 @@ class Chaos:
         """A slow broker: every answer of one broker delayed (acks of results, state records
         and commits arrive late, so duplicates land between them)."""
         self.next["slow"] = now + self.gap(10, 25)
-        if self.slow is not None:
+        if self.slow is not None or self.storm_until is not None:
             return
         broker = self.rng.randint(1, BROKERS)
         self.set_rtt(broker, self.rng.choice((50, 150, 400)))
         self.slow = (broker, now + self.gap(4, 10))
         self.figures["slow_brokers"] += 1
+
+    def do_storm(self, now):
+        """One broker 150 ms slow for 4-8 s (so the acknowledgements of a request's done
+        record and of its result, on different partitions, come apart) while every group
+        event is sent again a few times within a second (traffic.Feeder.duplicate)."""
+        self.next["storm"] = now + self.gap(20, 40)
+        if self.storm_until is not None or self.slow is not None:
+            return
+        self.slow = (self.rng.randint(1, BROKERS), now + self.gap(4, 8))
+        self.set_rtt(self.slow[0], 150)
+        self.storm.set()
+        self.storm_until = self.slow[1]
+        self.figures["dup_storms"] += 1
+
+    def end_storm(self):
+        self.storm.clear()
+        self.storm_until = None
 
     def set_rtt(self, broker, ms):
         reply = self.stack.kafka.command("rtt %d %d" % (broker, ms))
@@ -271,6 +294,8 @@ class Chaos:
         if self.slow is not None:
             self.set_rtt(self.slow[0], 0)
             self.slow = None
+        if self.storm_until is not None:
+            self.end_storm()
         self.stack.graph.config(**NO_FAULTS)
         self.burst_until = None
         if self.cut_knob is not None and self.cut_until is not None:

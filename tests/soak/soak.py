@@ -166,12 +166,12 @@ class Soak:
         ca_file = start_h2_graph(self.stack, tmp) if self.h2 else None
         self.config = daemon_config(self.stack, tmp, ca_file)
         self.mix = traffic.Mix(random.Random(args.seed + 1), args.tenants)
-        self.chaos = faults.Chaos(self.stack, self.config, random.Random(args.seed + 2),
-                                  self.violations, scale=args.time_scale,
-                                  second_instance=not args.no_second_instance)
         self.feeder = traffic.Feeder(self.stack.kafka.bootstrap, self.mix, args.partitions,
                                      args.rate, random.Random(args.seed + 3),
                                      cross_share=args.cross_partition_dups)
+        self.chaos = faults.Chaos(self.stack, self.config, random.Random(args.seed + 2),
+                                  self.violations, self.feeder.storm, scale=args.time_scale,
+                                  second_instance=not args.no_second_instance)
         self.monitor = offsets.Monitor(self.stack.kafka.bootstrap, args.partitions)
         self.offsets_reader = offsets.offsets_consumer(self.stack.kafka.bootstrap)
 
@@ -406,9 +406,9 @@ def print_figures(f):
          "two-byte characters" % (e["ids"], e["group"], e["oneOnOne"], e["invalid"],
                                   e["per_tenant"], e["long_utf8_ids"])),
         ("input", "%d messages; duplicates: %d at once, %d within 3 s, %d 5-60 s later, "
-         "%d of them under a second key (%d to that key's partition)"
+         "%d of them under a second key (%d to that key's partition); %d storms: %d copies"
          % (m["messages"], m["dup_at_once"], m["dup_soon"], m["dup_later"],
-            m["dup_second_key"], m["dup_other_partition"])),
+            m["dup_second_key"], m["dup_other_partition"], c["dup_storms"], m["dup_storm"])),
         ("kills", "%d SIGKILL, %d restarts" % (c["kills"], c["restarts"])),
         ("group", "second instance: %d joins, %d SIGTERM leaves, %d killed and gone; %d "
          "assignment callbacks (%d partition moves) over %d instances started"

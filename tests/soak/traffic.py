@@ -17,6 +17,7 @@ from stack import INPUT, group_event, one_on_one_event
 
 # A tenant profile besides the default one (the soak configures it in graph-sim and chatprovd).
 SECOND_TENANT = "fabrikam"
+STORM_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 # Ids of 200 code points but 400 bytes: valid (lib/event.c), the largest in bytes.
 LONG_ID_CHAR = "\u00e9"
 
@@ -81,13 +82,14 @@ class Feeder(threading.Thread):
         self.dup_share = dup_share
         self.cross_share = cross_share
         self.cross_keys = set()  # second keys sent to their own partition
+        self.storm = threading.Event()  # set by the faults: a duplicate storm
         self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
                                   "message.timeout.ms": 300000})
         self.stopping = threading.Event()
         self.later = []  # (due monotonic, event, key)
         self.lock = threading.Lock()
         self.counts = {"messages": 0, "dup_at_once": 0, "dup_soon": 0, "dup_later": 0,
-                       "dup_second_key": 0, "dup_other_partition": 0}
+                       "dup_second_key": 0, "dup_other_partition": 0, "dup_storm": 0}
         self.error = None
         self.delivery_errors = []
         self.extra_events = []
@@ -109,7 +111,14 @@ class Feeder(threading.Thread):
     def duplicate(self, ev):
         """Sends ev again, for dup_share of the events each: at once, soon (0.1-3 s: while
         the first copy's records and result are being acknowledged), or later (5-60 s:
-        across kills and rebalances); 40 % of them under a second key."""
+        across kills and rebalances); 40 % of them under a second key. During a storm,
+        every group event is also sent again under a second key after 50, 100, 200, 400
+        and 800 ms, so that some copy arrives between the acknowledgements of its first
+        copy's done record and of its result (issue 13 item 5)."""
+        if self.storm.is_set() and ev.get("chatType") == "group":
+            for delay in STORM_DELAYS:
+                self.later.append((time.monotonic() + delay, ev, ev["id"] + "#storm"))
+                self.counts["dup_storm"] += 1
         roll = self.rng.random() / self.dup_share
         if roll >= 3:
             return
