@@ -46,10 +46,22 @@ def check_expected_status(v, results, expected):
               "invalid=rejected" % len(wrong), wrong)
 
 
+def posts_evidence(posts):
+    """The POST /chats graph-sim saw for one client-request-id: status or fault, and ms
+    after the first."""
+    first = posts[0]["at"] if posts else 0
+    return ", ".join("%s+%dms" % (p.get("fault") or p["status"], p["at"] - first) for p in posts)
+
+
 def check_no_group_chat_twice(v, ledger, kinds):
     by_crid = group_chats_by_crid(ledger)
     id_of = {client_request_id(i): i for i in kinds}
-    twice = ["%s: %s" % (id_of.get(crid, "crid " + crid), chats)
+    posts = {}
+    for post in ledger["chat_posts"]:
+        posts.setdefault(post["clientRequestId"], []).append(post)
+    twice = ["%s (%d bytes): %d chats; POSTs %s" % (id_of.get(crid, "crid " + crid),
+                                                   len(id_of.get(crid, "").encode()),
+                                                   len(chats), posts_evidence(posts.get(crid, [])))
              for crid, chats in sorted(by_crid.items()) if len(chats) > 1]
     if twice:
         v.add("no-group-chat-twice", "%d ids have more than one group chat in graph-sim's "
@@ -116,6 +128,7 @@ def check_no_stall(v, stalls, limit, ids_between):
 def report(violations, out):
     for name, detail, ids in violations.items:
         out("VIOLATION %s: %s" % (name, detail))
-        if ids:
-            more = " (+%d more)" % (len(ids) - EXAMPLES) if len(ids) > EXAMPLES else ""
-            out("    ids: %s%s" % (", ".join(str(i) for i in ids[:EXAMPLES]), more))
+        for i in ids[:EXAMPLES]:
+            out("    %s" % (i,))
+        if len(ids) > EXAMPLES:
+            out("    (+%d more)" % (len(ids) - EXAMPLES))
