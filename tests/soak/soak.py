@@ -347,7 +347,7 @@ class Soak:
                        "oneOnOne": kinds.count("oneOnOne"), "invalid": kinds.count("invalid"),
                        "per_tenant": {t: len(ids) for t, ids in mix.by_tenant.items()},
                        "long_utf8_ids": sum(1 for i in mix.expected
-                                            if traffic.LONG_ID_CHAR in i)}
+                                            if traffic.is_long(i))}
         f["input_messages"] = dict(self.feeder.counts)
         f["chaos"] = dict(self.chaos.figures)
         f["graph_transport"] = "HTTP/2 over TLS" if self.h2 else "HTTP/1.1"
@@ -403,8 +403,9 @@ def print_figures(f):
     e, m, c, r, g = f["events"], f["input_messages"], f["chaos"], f["results"], f["graph"]
     lines = [
         ("events", "%d ids: %d group, %d oneOnOne, %d invalid; per tenant %s; %d ids of 200 "
-         "two-byte characters" % (e["ids"], e["group"], e["oneOnOne"], e["invalid"],
-                                  e["per_tenant"], e["long_utf8_ids"])),
+         "characters but 394 or 800 bytes"
+         % (e["ids"], e["group"], e["oneOnOne"], e["invalid"], e["per_tenant"],
+            e["long_utf8_ids"])),
         ("input", "%d messages; duplicates: %d at once, %d within 3 s, %d 5-60 s later, "
          "%d of them under a second key (%d to that key's partition); %d storms: %d copies"
          % (m["messages"], m["dup_at_once"], m["dup_soon"], m["dup_later"],
@@ -439,8 +440,9 @@ def print_figures(f):
 
 
 def shorten(text):
-    return re.sub("(%s){8,}" % traffic.LONG_ID_CHAR,
-                  lambda m: "%s...(x%d)" % (traffic.LONG_ID_CHAR, len(m.group(0))), text)
+    """Long runs of one non-ASCII character (the long ids) as the character and a count."""
+    return re.sub(r"([^\x00-\x7f])\1{7,}",
+                  lambda m: "%s...(x%d)" % (m.group(1), len(m.group(0))), text)
 
 
 def main(argv):

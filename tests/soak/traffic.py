@@ -18,8 +18,23 @@ from stack import INPUT, group_event, one_on_one_event
 # A tenant profile besides the default one (the soak configures it in graph-sim and chatprovd).
 SECOND_TENANT = "fabrikam"
 STORM_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
-# Ids of 200 code points but 400 bytes: valid (lib/event.c), the largest in bytes.
-LONG_ID_CHAR = "\u00e9"
+# Ids of 200 code points are valid (lib/event.c) whatever their size in bytes: some of 394
+# bytes (two-byte characters) and some of 800, the largest valid id (four-byte characters,
+# the index written with four-byte digits too).
+TWO_BYTE_CHAR = "\u00e9"
+FOUR_BYTE_CHAR = "\U0001F4AC"
+FOUR_BYTE_DIGIT_0 = 0x1D7CE  # MATHEMATICAL BOLD DIGIT ZERO
+
+
+def long_id(i):
+    if i % 2:
+        return ("%06d" % i) + TWO_BYTE_CHAR * 194
+    digits = "".join(chr(FOUR_BYTE_DIGIT_0 + int(d)) for d in "%06d" % i)
+    return digits + FOUR_BYTE_CHAR * 194
+
+
+def is_long(event_id):
+    return len(event_id.encode()) > 200
 
 
 def partition_of(event_id, partitions):
@@ -29,7 +44,8 @@ def partition_of(event_id, partitions):
 class Mix:
     """Draws events: ~45 % group (every 4th with an app: a 202 operation), ~50 % one-on-one
     (some pairs repeat, every 6th with an app), ~2 % invalid, ~2 % group chats whose id is
-    200 two-byte characters; a third of the valid ones for the second tenant when asked."""
+    200 characters of 394 or 800 bytes; a third of the valid ones for the second tenant
+    when asked."""
 
     def __init__(self, rng, tenants):
         self.rng = rng
@@ -50,7 +66,7 @@ class Mix:
             kind, status, tenant = "invalid", "rejected", None
         elif roll < 0.04:
             ev = group_event(i, members=3, tenant=tenant)
-            ev["id"] = ("%06d" % i) + LONG_ID_CHAR * 194
+            ev["id"] = long_id(i)
             kind, status = "group", "succeeded"
         elif roll < 0.49:
             ev = group_event(i, members=2 + i % 5, app=(i % 4 == 0), tenant=tenant)
