@@ -49,6 +49,8 @@ struct job {
 	unsigned transient_failures; /* what the retry budget counts: 429s are the scheduler's */
 	bool auth_retried;           /* a 401 has been answered with one refresh already */
 	bool needs_lookup;           /* a group-chat POST may have succeeded: look before posting */
+	unsigned not_found_retries;  /* 404s waited out: [retry] not_found_s is their budget */
+	int64_t not_found_since_mono_ms; /* the first 404 */
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;

@@ -99,6 +99,7 @@ struct pipeline {
 	atomic_bool paused;     /* the memory bound (max_queued) stops intake */
 	bool draining, workers_joined, group_joined, producer_warm;
 	atomic_bool fatal;
+	atomic_bool forbidden_hinted[CFG_MAX_TENANTS]; /* the workers' 403 hint, once per tenant */
 	struct pipeline_counters counters;
 	pthread_mutex_t counters_lock;
 };
@@ -1072,6 +1073,9 @@ static struct worker_policy policy_of(const struct cfg *cfg)
 	              .base_delay_ms = (int64_t)(cfg->retry.base_delay_s * 1000),
 	              .max_delay_ms = (int64_t)(cfg->retry.max_delay_s * 1000),
 	              .max_elapsed_ms = (int64_t)(cfg->retry.max_elapsed_s * 1000)},
+	    .not_found = {.budget_ms = (int64_t)(cfg->retry.not_found_s * 1000),
+	                  .base_delay_ms = (int64_t)(cfg->retry.not_found_base_delay_s * 1000),
+	                  .max_delay_ms = (int64_t)(cfg->retry.not_found_max_delay_s * 1000)},
 	    .poll_interval_ms = (int64_t)(cfg->operations.poll_interval_s * 1000),
 	    .op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000),
 	    .group_chat_lookup = cfg->recovery.group_chat_lookup,
@@ -1228,6 +1232,7 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 		                         .sched = p->sched,
 		                         .auth = p->auth,
 		                         .metrics = p->metrics,
+		                         .forbidden_hinted = p->forbidden_hinted,
 		                         .on_done = on_job_done,
 		                         .hooks = {.is_current = job_is_current,
 		                                   .took_work = took_work,
