@@ -6,13 +6,12 @@ run starts instead of 20..60 s, and every [retry] not_found_* duration shrinks a
 1 runs it at the real durations.
 """
 
+import calendar
 import json
 import os
 import random
 import re
 import time
-
-from confluent_kafka import Producer
 
 from chaos import (assert_no_duplicate_group_chats, chat_id, client_request_id,
                    group_chats_by_crid, posts_by_crid)
@@ -38,9 +37,9 @@ def warm_up(stack):
 
 
 def completed_ms(result):
-    stamp = result["completedAt"]
-    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) * 1000 \
-        - time.timezone * 1000 + int(stamp[20:23])
+    stamp = result["completedAt"]  # 2026-12-02T13:40:11.123Z
+    return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) * 1000 \
+        + int(stamp[20:23])
 
 
 def test_late_users_all_succeed(tmp_path):
@@ -119,7 +118,7 @@ def test_user_never_appears_fails_after_not_found_s(tmp_path):
         r = stack.wait_results([ev["id"]], timeout=60)[ev["id"]]
         ledger = stack.graph.ledger()
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
-        dlq = stack.read_topic(DLQ)
+        dlq = read_dlq(stack, [ev["id"]])
         log = daemon.log_text()
 
     assert r["status"] == "failed", r
@@ -140,19 +139,35 @@ def test_user_never_appears_fails_after_not_found_s(tmp_path):
     assert headers["chatprov-http-status"] == b"404"
 
 
+def read_dlq(stack, ids, timeout=30):
+    """The DLQ records of these ids, once all of them are there (the copy is acknowledged
+    before the offset is committed, not before the result is read)."""
+    keys = {i.encode() for i in ids}
+    deadline = time.time() + timeout
+    while True:
+        found = [m for m in stack.read_topic(DLQ) if m.key() in keys]
+        if {m.key() for m in found} >= keys or time.time() > deadline:
+            return found
+
+
 def redrive(stack, dlq_messages):
     """What `chatprovctl redrive` does: each DLQ record back to the input topic with its
     original key, value and headers (those the DLQ added are left out)."""
-    producer = Producer({"bootstrap.servers": stack.kafka.bootstrap,
-                         "enable.idempotence": True})
     for msg in dlq_messages:
         original = [(k, v) for k, v in (msg.headers() or []) if not k.startswith("chatprov-")]
-        producer.produce(INPUT, key=msg.key(), value=msg.value(), headers=original)
-    assert producer.flush(30) == 0
+        stack.produce([msg.value()], topic=INPUT, key=msg.key(), headers=original, flush=False)
+    stack.flush_producer()
 
 
-def input_coordinates(stack):
-    return {m.key(): (m.partition(), m.offset()) for m in stack.read_topic(INPUT)}
+def input_coordinates(stack, ids, timeout=30):
+    """Where each id's message sits in the input topic: {key: (partition, offset)}."""
+    keys = {i.encode() for i in ids}
+    deadline = time.time() + timeout
+    while True:
+        found = {m.key(): (m.partition(), m.offset()) for m in stack.read_topic(INPUT)
+                 if m.key() in keys}
+        if set(found) >= keys or time.time() > deadline:
+            return found
 
 
 def test_consent_missing_then_redrive(tmp_path):
@@ -185,8 +200,8 @@ def test_consent_missing_then_redrive(tmp_path):
         time.sleep(0.5)
         scrape = Scrape(port)
         ledger = stack.graph.ledger()
-        dlq = [m for m in stack.read_topic(DLQ) if m.key().decode() in failed]
-        coordinates = input_coordinates(stack)
+        dlq = read_dlq(stack, ids)
+        coordinates = input_coordinates(stack, ids)
 
         # --- consent granted: re-drive every failed request ---
         stack.graph.config(consent_missing=[])
@@ -208,7 +223,7 @@ def test_consent_missing_then_redrive(tmp_path):
         final_scrape = Scrape(port)
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
         log = daemon.log_text()
-        dlq_after = stack.read_topic(DLQ)
+        dlq_after = read_dlq(stack, ids)
 
     # The first run: failed with Graph's code, at once, nothing created.
     for ev in events:
@@ -296,8 +311,7 @@ def test_redrive_looks_up_an_unknown_outcome(tmp_path):
         stack.produce([refused])
         stack.wait_results([refused["id"]], timeout=60)
         stack.graph.config(consent_missing=[])
-        dlq = [m for m in stack.read_topic(DLQ)
-               if m.key() in (made["id"].encode(), refused["id"].encode())]
+        dlq = read_dlq(stack, [made["id"], refused["id"]])
         lookups_before = sum(stack.graph.ledger()["requests"]
                              .get("GET /{version}/users/{id}/chats", {}).values())
         redrive(stack, dlq)
