@@ -40,6 +40,7 @@ void job_free(struct job *job)
 	if (!job)
 		return;
 	free(job->key);
+	free(job->payload);
 	if (job->headers)
 		rd_kafka_headers_destroy(job->headers);
 	event_free(job->ev);
@@ -49,6 +50,27 @@ void job_free(struct job *job)
 	free(job->chat_web_url);
 	free(job->err_message);
 	free(job);
+}
+
+bool job_keep_payload(struct job *job, const rd_kafka_message_t *msg)
+{
+	if (!msg->payload || !msg->len)
+		return true;
+	job->payload = malloc(msg->len);
+	if (!job->payload)
+		return false;
+	memcpy(job->payload, msg->payload, msg->len);
+	job->payload_len = msg->len;
+	return true;
+}
+
+bool job_chat_may_exist(const struct job *job)
+{
+	if (job->status != JOB_FAILED || !job->ev || job->ev->chat_type != EVENT_CHAT_GROUP)
+		return false;
+	/* needs_lookup stays set until a lookup answered; a 202 leaves its Location. */
+	return job->needs_lookup || job->op_url || job->http_status == 201 ||
+	       job->http_status == 202;
 }
 
 void job_fail(struct job *job, long http_status, const char *code, const char *message,

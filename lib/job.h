@@ -36,6 +36,8 @@ struct job {
 	void *key;
 	size_t key_len;
 	rd_kafka_headers_t *headers; /* copy of the input headers, carried to the result */
+	void *payload;               /* the input value, kept for a DLQ copy (job_keep_payload) */
+	size_t payload_len;
 	struct job *next_follower;   /* a duplicate of an id in progress waits for its result */
 
 	/* What to do (NULL for a rejected event). */
@@ -51,6 +53,8 @@ struct job {
 	bool auth_retried;           /* a 401 has been answered with one refresh already */
 	bool needs_lookup;           /* a group-chat POST may have succeeded: look before posting */
 	unsigned chat_reads;         /* JOB_PHASE_CHAT: GETs of the chat tried */
+	unsigned not_found_retries;  /* 404s waited out: [retry] not_found_s is their budget */
+	int64_t not_found_since_mono_ms; /* the first 404 */
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
@@ -84,6 +88,15 @@ struct job {
 /* Copies key and headers of msg; the job owns them. NULL on allocation failure. */
 struct job *job_new(const rd_kafka_message_t *msg, uint64_t generation) CP_MUSTCHECK;
 void job_free(struct job *job);
+
+/* Keeps a copy of msg's value, so that a failed request can be copied to the DLQ as it came. */
+bool job_keep_payload(struct job *job, const rd_kafka_message_t *msg) CP_MUSTCHECK;
+
+/*
+ * A failed group chat that may exist all the same: a POST whose answer was lost, a 202
+ * operation not seen to its end, a 201 without a usable chat. A re-drive looks it up first.
+ */
+bool job_chat_may_exist(const struct job *job);
 
 /* Records a final failure (code as Graph names it where there is one). */
 void job_fail(struct job *job, long http_status, const char *code, const char *message,

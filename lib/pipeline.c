@@ -99,6 +99,7 @@ struct pipeline {
 	atomic_bool paused;     /* the memory bound (max_queued) stops intake */
 	bool draining, workers_joined, group_joined, producer_warm;
 	atomic_bool fatal;
+	atomic_bool forbidden_hinted[CFG_MAX_TENANTS]; /* the workers' 403 hint, once per tenant */
 	struct pipeline_counters counters;
 	pthread_mutex_t counters_lock;
 };
@@ -513,9 +514,85 @@ static void result_key(const struct job *job, const void **key, size_t *key_len)
 	}
 }
 
+/* Headers a DLQ copy gets; a re-driven message may carry them already from its last trip. */
+static const char *const dlq_header_names[] = {
+    "chatprov-status",        "chatprov-error-code",       "chatprov-error-message",
+    "chatprov-http-status",   "chatprov-reject-reason",    "chatprov-dlq-truncated",
+    "chatprov-source-topic",  "chatprov-source-partition", "chatprov-source-offset"};
+
+static bool add_header_num(rd_kafka_headers_t *h, const char *name, long long value)
+{
+	char num[32];
+	snprintf(num, sizeof num, "%lld", value);
+	return rd_kafka_header_add(h, name, -1, num, -1) == 0;
+}
+
+/*
+ * Why a request is in the DLQ, so that an operator can select and re-drive it: its status,
+ * the error (Graph's code and message where Graph answered), Graph's HTTP status when there
+ * is one, and where the message came from.
+ */
+static bool add_dlq_headers(const struct pipeline *p, rd_kafka_headers_t *h, const struct job *job)
+{
+	const char *message = job->err_message ? job->err_message : "";
+	bool ok = rd_kafka_header_add(h, "chatprov-status", -1, result_status_name(job->status),
+	                              -1) == 0 &&
+	          rd_kafka_header_add(h, "chatprov-error-code", -1, job->err_code, -1) == 0 &&
+	          rd_kafka_header_add(h, "chatprov-error-message", -1, message, -1) == 0;
+	if (ok && job->http_status > 0)
+		ok = add_header_num(h, "chatprov-http-status", job->http_status);
+	return ok &&
+	       rd_kafka_header_add(h, "chatprov-source-topic", -1, p->cfg->kafka.input_topic, -1) ==
+	           0 &&
+	       add_header_num(h, "chatprov-source-partition", job->partition) &&
+	       add_header_num(h, "chatprov-source-offset", job->offset);
+}
+
+/* The input headers, without what an earlier DLQ trip added. NULL: out of memory. */
+static rd_kafka_headers_t *dlq_base_headers(const struct job *job)
+{
+	rd_kafka_headers_t *h =
+	    job->headers ? rd_kafka_headers_copy(job->headers) : rd_kafka_headers_new(8);
+	for (size_t i = 0; h && i < CP_ARRAY_LEN(dlq_header_names); i++)
+		(void)rd_kafka_header_remove(h, dlq_header_names[i]);
+	return h;
+}
+
+/* A failed request goes to the DLQ as it came (key, value, input headers), with why. */
+static bool copy_failed_to_dlq(struct pipeline *p, struct job *job, bool block)
+{
+	rd_kafka_headers_t *h = dlq_base_headers(job);
+	if (!h || !add_dlq_headers(p, h, job)) {
+		if (h)
+			rd_kafka_headers_destroy(h);
+		log_error("out of memory copying a failed request to the DLQ");
+		atomic_store(&p->fatal, true);
+		return false;
+	}
+	return queue_record(p, p->cfg->kafka.dlq_topic, RD_KAFKA_PARTITION_UA, job->key,
+	                    job->key_len, job->payload, job->payload_len, h, job, block);
+}
+
+/*
+ * A failed group chat that may exist all the same (job_chat_may_exist) says so in its done
+ * record, with the time from which it may have been created: a re-drive looks it up first.
+ */
+static bool mark_outcome_unknown(rd_kafka_headers_t *h, const struct job *job)
+{
+	if (!job_chat_may_exist(job))
+		return true;
+	int64_t since = job->intent_wall_ms;
+	if (!since && job->op_started_mono_ms)
+		since = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms);
+	if (since <= 0)
+		since = job->received_wall_ms;
+	return add_header_num(h, STATE_HEADER_OUTCOME_UNKNOWN, since);
+}
+
 /*
  * The result goes to the output topic and, for a request Graph saw, the same bytes to the
- * state topic as its final record: a replay is answered from there without Graph.
+ * state topic as its final record: a replay of a success is answered from there without
+ * Graph. A failure is copied to the DLQ as well, for a re-drive.
  */
 static bool publish_result(struct pipeline *p, struct job *job, bool block)
 {
@@ -530,13 +607,19 @@ static bool publish_result(struct pipeline *p, struct job *job, bool block)
 	size_t key_len;
 	result_key(job, &key, &key_len);
 	bool with_state = job->ev != NULL;
-	job->pending_deliveries += with_state ? 2 : 1;
+	bool with_dlq = job->status == JOB_FAILED && p->cfg->kafka.dlq_topic[0];
+	job->pending_deliveries += (with_state ? 2 : 1) + (with_dlq ? 1 : 0);
 	mark_result_queued(p, job);
+	bool ok = !with_dlq || copy_failed_to_dlq(p, job, block);
 	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
-	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
-	                       value, len, h, job, block);
+	ok = ok && queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key,
+	                        key_len, value, len, h, job, block);
 	if (ok && with_state) {
 		h = state_headers(STATE_DONE, result_status_name(job->status));
+		if (h && !mark_outcome_unknown(h, job)) {
+			rd_kafka_headers_destroy(h);
+			h = NULL;
+		}
 		ok = h && queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
 		                       strlen(job->ev->id), value, len, h, job, block);
 	}
@@ -688,20 +771,6 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 
 /* ---- admission ---- */
 
-static bool add_reason_headers(rd_kafka_headers_t *h, const rd_kafka_message_t *msg,
-                               const char *reason)
-{
-	char num[32];
-	bool ok = rd_kafka_header_add(h, "chatprov-reject-reason", -1, reason, -1) == 0 &&
-	          rd_kafka_header_add(h, "chatprov-source-topic", -1, rd_kafka_topic_name(msg->rkt),
-	                              -1) == 0;
-	snprintf(num, sizeof num, "%d", (int)msg->partition);
-	ok = ok && rd_kafka_header_add(h, "chatprov-source-partition", -1, num, -1) == 0;
-	snprintf(num, sizeof num, "%lld", (long long)msg->offset);
-	return ok && rd_kafka_header_add(h, "chatprov-source-offset", -1, num, -1) == 0;
-}
-
-/* The original message, byte for byte, with headers that say why it was rejected. */
 /*
  * The original message, byte for byte, with headers that say why it was rejected. A
  * message over max_message_bytes may not fit in a produce request at all: its copy keeps
@@ -711,12 +780,10 @@ static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struc
                         const char *reason)
 {
 	bool truncate = msg->len > p->cfg->kafka.max_message_bytes;
-	char size[32];
-	rd_kafka_headers_t *h =
-	    job->headers ? rd_kafka_headers_copy(job->headers) : rd_kafka_headers_new(4);
-	snprintf(size, sizeof size, "%zu", msg->len);
-	if (!h || !add_reason_headers(h, msg, reason) ||
-	    (truncate && rd_kafka_header_add(h, "chatprov-dlq-truncated", -1, size, -1) != 0)) {
+	rd_kafka_headers_t *h = dlq_base_headers(job);
+	if (!h || rd_kafka_header_add(h, "chatprov-reject-reason", -1, reason, -1) != 0 ||
+	    !add_dlq_headers(p, h, job) ||
+	    (truncate && !add_header_num(h, "chatprov-dlq-truncated", (long long)msg->len))) {
 		if (h)
 			rd_kafka_headers_destroy(h);
 		return false;
@@ -876,6 +943,29 @@ static bool is_group(const struct job *job)
 	return job->ev->chat_type == EVENT_CHAT_GROUP;
 }
 
+/*
+ * A recorded failure whose chat cannot exist (Graph refused it, or it was never sent): the
+ * request starts afresh. A failure that may have created the chat is recorded as an intent
+ * instead (see state.h), so it is looked up first. A compacted record known only by its
+ * fingerprint is confirmed first: another id's failure must not skip this one's lookup.
+ */
+static bool refused_before(struct pipeline *p, const struct job *job, const struct state_info *si)
+{
+	char err[CP_ERRSTR_SIZE];
+	char *value = NULL;
+	size_t len = 0;
+	if (si->kind != STATE_DONE || si->done_succeeded)
+		return false;
+	if (!si->fingerprint_only)
+		return true;
+	bool mine = state_fetch(p->state, job->ev->id, si->partition, si->offset, &value, &len,
+	                        err, sizeof err);
+	free(value);
+	if (!mine)
+		log_warning("cannot confirm the recorded failure of %s: %s", job->ev->id, err);
+	return mine;
+}
+
 /* Routes a valid job by what the state says about its id. */
 static void dispatch(struct pipeline *p, struct job *job)
 {
@@ -887,11 +977,18 @@ static void dispatch(struct pipeline *p, struct job *job)
 		p->followers = job;
 		return;
 	}
-	if (si.kind == STATE_DONE && replay(p, job, &si))
+	/* Only a success is final; a failure is attempted again when its id comes back. */
+	if (si.kind == STATE_DONE && si.done_succeeded && replay(p, job, &si))
 		return;
+	bool again = refused_before(p, job, &si);
+	if (again) {
+		struct log_ctx ctx = {.request_id = job->ev->id,
+		                      .client_request_id = job->client_request_id};
+		log_with(LOG_LVL_INFO, &ctx, "request failed before: attempting it again");
+	}
 	if (si.kind == STATE_OPERATION)
 		resume_operation(p, job, &si);
-	if ((si.kind == STATE_INTENT || si.kind == STATE_DONE) && is_group(job)) {
+	if ((si.kind == STATE_INTENT || (si.kind == STATE_DONE && !again)) && is_group(job)) {
 		/* Sent before, outcome unknown (or its record unreadable): look before posting. */
 		job->needs_lookup = true;
 		job->intent_wall_ms = si.at_wall_ms;
@@ -901,7 +998,7 @@ static void dispatch(struct pipeline *p, struct job *job)
 		atomic_store(&p->fatal, true);
 		return;
 	}
-	if (si.kind == STATE_NONE && is_group(job))
+	if ((si.kind == STATE_NONE || again) && is_group(job))
 		write_intent(p, job);
 	else
 		queue_job(p, job);
@@ -977,6 +1074,13 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 		event_free(job->ev);
 		job->ev = NULL;
 		reject(p, msg, job, reason);
+		return;
+	}
+	if (p->cfg->kafka.dlq_topic[0] && !job_keep_payload(job, msg)) {
+		/* A failure could not be copied to the DLQ as it came. */
+		log_error("out of memory admitting an event");
+		atomic_store(&p->fatal, true);
+		release(p, job);
 		return;
 	}
 	dispatch(p, job);
@@ -1091,6 +1195,9 @@ static struct worker_policy policy_of(const struct cfg *cfg)
 	              .base_delay_ms = (int64_t)(cfg->retry.base_delay_s * 1000),
 	              .max_delay_ms = (int64_t)(cfg->retry.max_delay_s * 1000),
 	              .max_elapsed_ms = (int64_t)(cfg->retry.max_elapsed_s * 1000)},
+	    .not_found = {.budget_ms = (int64_t)(cfg->retry.not_found_s * 1000),
+	                  .base_delay_ms = (int64_t)(cfg->retry.not_found_base_delay_s * 1000),
+	                  .max_delay_ms = (int64_t)(cfg->retry.not_found_max_delay_s * 1000)},
 	    .poll_interval_ms = (int64_t)(cfg->operations.poll_interval_s * 1000),
 	    .op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000),
 	    .group_chat_lookup = cfg->recovery.group_chat_lookup,
@@ -1247,6 +1354,7 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 		                         .sched = p->sched,
 		                         .auth = p->auth,
 		                         .metrics = p->metrics,
+		                         .forbidden_hinted = p->forbidden_hinted,
 		                         .on_done = on_job_done,
 		                         .hooks = {.is_current = job_is_current,
 		                                   .took_work = took_work,

@@ -15,7 +15,7 @@ static const double e2e_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,
 
 struct tenant_series {
 	struct metrics_series *retries, *throttled, *queued, *rate, *token_expiry;
-	struct metrics_series *token_refreshes, *token_failures;
+	struct metrics_series *token_refreshes, *token_failures, *not_found, *forbidden;
 	uint64_t seen_refreshes, seen_failures;
 };
 
@@ -24,6 +24,7 @@ struct pipeline_metrics {
 	struct metrics_family *requests, *responses, *retries, *throttled, *graph_latency;
 	struct metrics_family *e2e_latency, *queued, *rate, *token_expiry, *token_refreshes;
 	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag;
+	struct metrics_family *not_found, *forbidden;
 	struct metrics_series *requests_by_status[4];
 	struct metrics_series *graph_latency_all, *e2e_all, *in_memory_g, *active_g, *paused_g;
 	const struct cfg *cfg;
@@ -92,7 +93,13 @@ static bool register_families(struct pipeline_metrics *pm)
 	       reg(pm, &pm->paused, "chatprov_consumer_paused",
 	           "1 while a memory bound holds intake back.", METRICS_GAUGE, NULL, NULL, 0) &&
 	       reg(pm, &pm->lag, "chatprov_consumer_lag", "Messages behind the high watermark.",
-	           METRICS_GAUGE, L("partition"), NULL, 0);
+	           METRICS_GAUGE, L("partition"), NULL, 0) &&
+	       reg(pm, &pm->not_found, "chatprov_not_found_retries_total",
+	           "404 answers to POST /chats waited out: a member not yet known to Teams.",
+	           METRICS_COUNTER, L("tenant"), NULL, 0) &&
+	       reg(pm, &pm->forbidden, "chatprov_forbidden_total",
+	           "403 answers to POST /chats: the app lacks a permission (admin consent).",
+	           METRICS_COUNTER, L("tenant"), NULL, 0);
 }
 
 static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
@@ -106,6 +113,8 @@ static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
 	ts->token_expiry = metrics_series(pm->token_expiry, t);
 	ts->token_refreshes = metrics_series(pm->token_refreshes, t);
 	ts->token_failures = metrics_series(pm->token_failures, t);
+	ts->not_found = metrics_series(pm->not_found, t);
+	ts->forbidden = metrics_series(pm->forbidden, t);
 }
 
 struct pipeline_metrics *pipeline_metrics_new(struct metrics *registry, const struct cfg *cfg)
@@ -156,6 +165,18 @@ void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant)
 {
 	if (pm && tenant < pm->n_tenants)
 		metrics_inc(pm->tenants[tenant].retries);
+}
+
+void pipeline_metrics_not_found_retry(struct pipeline_metrics *pm, size_t tenant)
+{
+	if (pm && tenant < pm->n_tenants)
+		metrics_inc(pm->tenants[tenant].not_found);
+}
+
+void pipeline_metrics_forbidden(struct pipeline_metrics *pm, size_t tenant)
+{
+	if (pm && tenant < pm->n_tenants)
+		metrics_inc(pm->tenants[tenant].forbidden);
 }
 
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,

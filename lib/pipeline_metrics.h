@@ -22,6 +22,10 @@ void pipeline_metrics_free(struct pipeline_metrics *pm);
 void pipeline_metrics_job_done(struct pipeline_metrics *pm, const struct job *job);
 /* A transient failure that will be retried. */
 void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant);
+/* A 404 from POST /chats that will be tried again ([retry] not_found_s). */
+void pipeline_metrics_not_found_retry(struct pipeline_metrics *pm, size_t tenant);
+/* A 403 from POST /chats (missing permission or consent). */
+void pipeline_metrics_forbidden(struct pipeline_metrics *pm, size_t tenant);
 /* One Graph answer (status 0: no HTTP answer) and how long it took. */
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
                                      double seconds);

@@ -30,6 +30,13 @@
 #include "common.h"
 
 #define STATE_HEADER "chatprov-state"
+/*
+ * On a failed done record whose group chat may exist all the same (a POST whose answer was
+ * lost, an operation not seen to its end): the time (epoch ms) from which the chat may have
+ * been created. The mirror takes such a record for an intent of that time, so the request
+ * is looked up before it is created again.
+ */
+#define STATE_HEADER_OUTCOME_UNKNOWN "chatprov-outcome-unknown"
 
 enum state_kind {
 	STATE_NONE,      /* nothing known */

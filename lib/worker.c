@@ -376,6 +376,69 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 	              message, wait);
 }
 
+/* The member Graph's 404 names (its message quotes the id or UPN), else "unnamed". */
+static const char *unknown_member(const struct job *job, const char *graph_message)
+{
+	for (size_t i = 0; i < job->ev->n_members; i++)
+		if (strcasestr(graph_message, job->ev->members[i].user_id))
+			return job->ev->members[i].user_id;
+	return "unnamed";
+}
+
+/*
+ * 404 from POST /chats: a member Teams does not know yet (a new account still replicating
+ * from Entra ID). The request waits on [retry] not_found_s, a budget apart from the
+ * transient one: the wait is a delayed requeue in the scheduler, so this worker and the
+ * tenant's other requests go on meanwhile. False: the budget is spent, the request fails.
+ */
+static bool wait_for_member(struct worker *w, struct job *job, const struct xfer *x,
+                            int64_t now, const struct log_ctx *ctx)
+{
+	struct worker_policy p = current_policy(w);
+	struct graphresp_error ge = {.message = ""};
+	if (x->resp && !graphresp_parse_error(x->resp, x->resp_len, &ge))
+		ge.message[0] = '\0';
+	const char *member = unknown_member(job, ge.message);
+	if (!job->not_found_since_mono_ms)
+		job->not_found_since_mono_ms = now;
+	int64_t delay = retry_not_found_delay_ms(&p.not_found, ++job->not_found_retries,
+	                                         job->not_found_since_mono_ms, now, &w->rng);
+	if (delay < 0) {
+		log_with(LOG_LVL_NOTICE, ctx,
+		         "member %s still unknown to Teams after [retry] not_found_s (%u tries): %s",
+		         member, job->attempts, ge.message);
+		return false;
+	}
+	log_with(job->not_found_retries == 1 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, ctx,
+	         "member %s unknown to Teams (%s): trying again in %.1f s, for up to "
+	         "[retry] not_found_s",
+	         member, ge.message[0] ? ge.message : "404 Not Found", (double)delay / 1000);
+	pipeline_metrics_not_found_retry(w->conf.metrics, job->tenant);
+	/* Waiting for replication is not a transient failure: max_elapsed_s does not count it. */
+	job->first_attempt_mono_ms += delay;
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
+		job_fail(job, 404, "QueueFull", "scheduler queue full on retry", true);
+		finish_job(w, job);
+	}
+	return true;
+}
+
+/* 403 from POST /chats: counted per tenant; the first one tells the operator what to grant. */
+static void note_forbidden(struct worker *w, const struct job *job, const struct log_ctx *ctx)
+{
+	pipeline_metrics_forbidden(w->conf.metrics, job->tenant);
+	if (w->conf.forbidden_hinted &&
+	    atomic_exchange(&w->conf.forbidden_hinted[job->tenant], true))
+		return;
+	log_with(LOG_LVL_WARNING, ctx,
+	         "Graph refused POST /chats with 403 %s for tenant profile %s: %s. Hint: the app "
+	         "registration needs the application permission Chat.Create, granted with admin "
+	         "consent in this tenant (docs/real-tenant.md); once it is, re-drive the failed "
+	         "requests from the DLQ (chatprovctl redrive --code %s)",
+	         job->err_code, w->conf.cfg->tenants[job->tenant].name,
+	         job->err_message ? job->err_message : "no message", job->err_code);
+}
+
 static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
                            long status)
 {
@@ -408,11 +471,17 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		return;
 	case RETRY_PERMANENT:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
+		enum retry_refusal refusal =
+		    rc == CURLE_OK ? retry_classify_refusal(status) : RETRY_REFUSAL_FINAL;
+		if (refusal == RETRY_REFUSAL_NOT_FOUND && wait_for_member(w, job, x, now, &ctx))
+			return;
 		if (rc != CURLE_OK)
 			job_fail(job, 0, "TransportError",
 			         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), false);
 		else
 			fail_from_graph_error(job, x, status, false);
+		if (refusal == RETRY_REFUSAL_FORBIDDEN)
+			note_forbidden(w, job, &ctx);
 		log_with(LOG_LVL_NOTICE, &ctx, "Graph refused the chat: %s (HTTP %ld)",
 		         job->err_code, status);
 		finish_job(w, job);

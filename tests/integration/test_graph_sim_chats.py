@@ -187,6 +187,51 @@ def test_unknown_user_refused(sim, tok):
     assert sim.ledger()["chats"] == []
 
 
+def test_late_users_known_after_their_delay(sim, tok):
+    """A late user is unknown (404, nothing created) until after_s from when the knob was
+    set; other knobs set meanwhile do not restart its clock; a UPN matches its GUID too."""
+    sim.config(late_users=[{"user": "New.Hire@Contoso.com", "after_s": 1.5},
+                           {"user": USER_C, "after_s": 0}])
+    body = chat_body("group", [USER_A, "new.hire@contoso.com"], topic="welcome")
+    r = sim.post_chat(body, tok)
+    assert_graph_error(r, 404, "NotFound")
+    assert "new.hire@contoso.com" in r.json()["error"]["message"]
+    assert sim.post_chat(chat_body("oneOnOne", [USER_A, USER_C]), tok).status == 201
+    time.sleep(0.8)
+    sim.config(latency_ms=0)  # another knob: the late user's clock goes on
+    assert sim.post_chat(body, tok).status == 404
+    time.sleep(1.0)
+    r = sim.post_chat(body, tok)
+    assert r.status == 201, r
+    assert [p["status"] for p in sim.ledger()["chat_posts"]] == [404, 201, 404, 201]
+    # the knob reads back, and a bad one is refused without changing anything
+    assert sim.request("GET", "/_sim/config").json()["late_users"][0]["after_s"] == 1.5
+    for bad in ([{"user": USER_A}], [{"user": USER_A, "after_s": -1}],
+                [{"user": 5, "after_s": 1}], {"user": USER_A, "after_s": 1},
+                [{"user": USER_A, "after_s": 1, "extra": 0}]):
+        assert sim.request("POST", "/_sim/config", {"late_users": bad}).status == 400, bad
+
+
+def test_consent_missing_is_forbidden(sim, tok):
+    """A tenant without admin consent: POST /chats and lookups are 403 Forbidden with
+    Graph's message for missing application permissions; nothing is created; granting
+    consent (removing the tenant) lets the same request through."""
+    sim.config(consent_missing=["Contoso.onmicrosoft.com"])
+    body = chat_body("group", [USER_A, USER_B], topic="no consent")
+    r = sim.post_chat(body, tok)
+    assert_graph_error(r, 403, "Forbidden")
+    assert r.json()["error"]["message"] == (
+        "Missing role permissions on the request. API requires one of 'Chat.Create'. "
+        "Roles on the request ''.")
+    r = sim.request("GET", "/v1.0/users/%s/chats" % USER_A, token=tok)
+    assert_graph_error(r, 403, "Forbidden")
+    assert "Chat.ReadBasic.All" in r.json()["error"]["message"]
+    led = sim.ledger()
+    assert led["chats"] == [] and [p["status"] for p in led["chat_posts"]] == [403]
+    sim.config(consent_missing=[])
+    assert sim.post_chat(body, tok).status == 201
+
+
 def test_one_on_one_pair_dedup(sim, tok):
     r1 = sim.post_chat(chat_body("oneOnOne", [USER_A, USER_B]), tok)
     r2 = sim.post_chat(chat_body("oneOnOne", [USER_B, USER_A]), tok)

@@ -391,11 +391,50 @@ static bool front_door_locked(const struct gs_req *q, struct gs_reply *r, const 
 	return true;
 }
 
+/* An unknown user, or a late one whose time has not come (matched by id, UPN or its GUID). */
+static bool user_unknown_locked(const struct gs_member *m, int64_t now)
+{
+	if (gs_strlist_has(&gs.k.unknown_users, m->user_id, true) ||
+	    gs_strlist_has(&gs.k.unknown_users, m->guid, true))
+		return true;
+	for (size_t i = 0; i < gs.k.n_late_users; i++) {
+		const struct gs_late_user *u = &gs.k.late_users[i];
+		if (now < u->known_at_mono &&
+		    (strcasecmp(u->user, m->user_id) == 0 || strcasecmp(u->user, m->guid) == 0))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * A tenant whose admin has not consented to the app's permissions: its tokens carry no
+ * roles, and Graph refuses with 403 and the message it gives for missing application
+ * permissions. True when the reply was written.
+ */
+static bool consent_missing_locked(const struct gs_req *q, struct gs_reply *r,
+                                   const struct gs_token *t, const char *permissions)
+{
+	if (!gs_strlist_has(&gs.k.consent_missing, t->tenant, true) &&
+	    !gs_strlist_has(&gs.k.consent_missing, t->tenant_guid, true))
+		return false;
+	gs_reply_graph_error(r, q, 403, "Forbidden",
+	                     "Missing role permissions on the request. API requires one of '%s'. "
+	                     "Roles on the request ''.",
+	                     permissions);
+	return true;
+}
+
 static void post_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
                         struct gs_chat *c, const struct gs_graph_err *err)
 {
 	const struct gs_token *t = gs_auth_bearer_locked(q, r);
-	if (!t || !front_door_locked(q, r, t->tenant))
+	if (!t)
+		goto out;
+	if (consent_missing_locked(q, r, t, "Chat.Create")) {
+		record_post(q, 403, NULL);
+		goto out;
+	}
+	if (!front_door_locked(q, r, t->tenant))
 		goto out;
 	if (!c) {
 		gs_reply_graph_error(r, q, err->status, err->code, "%s", err->msg);
@@ -403,8 +442,7 @@ static void post_locked(const struct gs_req *q, struct gs_reply *r, const char *
 		goto out;
 	}
 	for (size_t i = 0; i < c->nm; i++) {
-		if (gs_strlist_has(&gs.k.unknown_users, c->m[i].user_id, true) ||
-		    gs_strlist_has(&gs.k.unknown_users, c->m[i].guid, true)) {
+		if (user_unknown_locked(&c->m[i], q->mono_ms)) {
 			gs_reply_graph_error(r, q, 404, "NotFound",
 			                     "User '%s' was not found in the directory.",
 			                     c->m[i].user_id);
@@ -729,6 +767,8 @@ static void graph_locked(const struct gs_req *q, struct gs_reply *r, const char 
 	char a[GS_ID_MAX * 2], b[GS_ID_MAX * 2];
 	bool get = strcmp(q->method, "GET") == 0;
 	const char *p = rest;
+	if (consent_missing_locked(q, r, t, "Chat.ReadBasic.All, Chat.Read.All, Chat.ReadWrite.All"))
+		return;
 	if (strncmp(p, "chats", 5) == 0 && (p[5] == '\0' || p[5] == '/' || p[5] == '(')) {
 		p += 5;
 		if (!*p && get) {

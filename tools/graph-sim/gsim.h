@@ -72,6 +72,12 @@ struct gs_client {
 	struct gs_strlist federated;       /* accepted federated assertions */
 };
 
+/* A user Teams does not know until a while after the knob was set (replication delay). */
+struct gs_late_user {
+	char *user; /* id or UPN, lower case */
+	int64_t known_at_mono;
+};
+
 /* Every knob of POST /_sim/config (see docs/graph-sim.md). */
 struct gs_knobs {
 	struct gs_client *clients;
@@ -81,6 +87,9 @@ struct gs_knobs {
 	char *mi_client_id;          /* managed identity's client id */
 	double token_lifetime_s;
 	struct gs_strlist unknown_users; /* lower case */
+	struct gs_late_user *late_users;
+	size_t n_late_users;
+	struct gs_strlist consent_missing; /* tenants (names or GUIDs) without admin consent */
 	double limit_per_tenant, limit_global, limit_window_s;
 	enum gs_retry_mode retry_mode;
 	double fault_503_rate, fault_503_retry_after_s, fault_504_rate, fault_500_rate;

@@ -20,6 +20,8 @@ struct gs_state gs = {.mu = PTHREAD_MUTEX_INITIALIZER};
 /* Serialises appliers; the state lock is held only for the swap. */
 static pthread_mutex_t apply_mu = PTHREAD_MUTEX_INITIALIZER;
 static json_object *merged; /* every knob set so far */
+/* When late_users was last set: its users become known after_s from then. */
+static int64_t late_users_set_mono;
 
 struct num_knob {
 	const char *name;
@@ -74,6 +76,10 @@ void gs_knobs_free_struct(struct gs_knobs *k)
 	free(k->clients);
 	gs_strlist_free(&k->federated);
 	gs_strlist_free(&k->unknown_users);
+	for (size_t i = 0; i < k->n_late_users; i++)
+		free(k->late_users[i].user);
+	free(k->late_users);
+	gs_strlist_free(&k->consent_missing);
 	free(k->expected_scope);
 	free(k->mi_client_id);
 	free(k->foreign_root);
@@ -232,6 +238,49 @@ static bool default_client(struct gs_knobs *k)
 	return c->tenant && c->client_id && c->secret;
 }
 
+/* late_users: [{"user": id or UPN, "after_s": seconds after the knob was set}]. */
+static bool late_users_from(json_object *a, struct gs_knobs *k, char *err, size_t errcap)
+{
+	static const char what[] = "late_users must be an array of {\"user\": string, "
+	                           "\"after_s\": number 0..86400}";
+	if (!json_object_is_type(a, json_type_array)) {
+		snprintf(err, errcap, "%s", what);
+		return false;
+	}
+	size_t n = json_object_array_length(a);
+	k->late_users = calloc(n ? n : 1, sizeof(*k->late_users));
+	if (!k->late_users) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_object *e = json_object_array_get_idx(a, i), *user, *after;
+		if (!json_object_is_type(e, json_type_object) || json_object_object_length(e) != 2 ||
+		    !json_object_object_get_ex(e, "user", &user) ||
+		    !json_object_is_type(user, json_type_string) ||
+		    !json_object_object_get_ex(e, "after_s", &after) ||
+		    !(json_object_is_type(after, json_type_int) ||
+		      json_object_is_type(after, json_type_double))) {
+			snprintf(err, errcap, "%s", what);
+			return false;
+		}
+		double s = json_object_get_double(after);
+		if (!isfinite(s) || s < 0 || s > 86400) {
+			snprintf(err, errcap, "%s", what);
+			return false;
+		}
+		struct gs_late_user *u = &k->late_users[i];
+		u->user = gs_strdup_lower(json_object_get_string(user));
+		if (!u->user) {
+			snprintf(err, errcap, "out of memory");
+			return false;
+		}
+		u->known_at_mono = late_users_set_mono + (int64_t)(s * 1000);
+		k->n_late_users = i + 1;
+	}
+	return true;
+}
+
 static int enum_index(const char *const *names, size_t n, json_object *v)
 {
 	if (!json_object_is_type(v, json_type_string))
@@ -277,6 +326,10 @@ static bool set_knob(const char *key, json_object *v, struct gs_knobs *k, char *
 		return strlist_from(v, &k->federated, false, key, err, errcap);
 	if (strcmp(key, "unknown_users") == 0)
 		return strlist_from(v, &k->unknown_users, true, key, err, errcap);
+	if (strcmp(key, "late_users") == 0)
+		return late_users_from(v, k, err, errcap);
+	if (strcmp(key, "consent_missing") == 0)
+		return strlist_from(v, &k->consent_missing, true, key, err, errcap);
 	if (strcmp(key, "expected_scope") == 0)
 		return str_knob(v, &k->expected_scope, key, err, errcap);
 	if (strcmp(key, "managed_identity_client_id") == 0)
@@ -331,6 +384,9 @@ bool gs_knobs_apply(json_object *patch, char *err, size_t errcap)
 		return false;
 	}
 	pthread_mutex_lock(&apply_mu);
+	int64_t late_before = late_users_set_mono;
+	if (json_object_object_get_ex(patch, "late_users", NULL))
+		late_users_set_mono = gs_mono_ms(); /* their clocks start now */
 	if (json_object_deep_copy(merged, &next, NULL) != 0)
 		goto fail;
 	json_object_object_foreach(patch, key, val)
@@ -355,6 +411,7 @@ bool gs_knobs_apply(json_object *patch, char *err, size_t errcap)
 	pthread_mutex_unlock(&apply_mu);
 	return true;
 fail:
+	late_users_set_mono = late_before;
 	json_object_put(next);
 	pthread_mutex_unlock(&apply_mu);
 	return false;
@@ -403,7 +460,8 @@ json_object *gs_knobs_to_json(void)
 	gs_unlock();
 	json_object_object_foreach(merged, key, val)
 	{
-		if (strcmp(key, "unknown_users") == 0 || strcmp(key, "expected_scope") == 0 ||
+		if (strcmp(key, "unknown_users") == 0 || strcmp(key, "late_users") == 0 ||
+		    strcmp(key, "consent_missing") == 0 || strcmp(key, "expected_scope") == 0 ||
 		    strcmp(key, "managed_identity_client_id") == 0 ||
 		    strcmp(key, "foreign_location_root") == 0)
 			json_object_object_add(o, key, json_object_get(val));
