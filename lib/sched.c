@@ -728,3 +728,153 @@ bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stat
 	pthread_mutex_unlock(&s->lock);
 	return ok;
 }
+
+/* ---- ETA ---- */
+
+double sched_full_bucket(double per_window)
+{
+	return per_window > 1.0 ? per_window : 1.0;
+}
+
+/*
+ * Max-min fair shares of `total` among the entries with left[i] > 0 (water-filling): an
+ * entry whose cap is below an equal share of what is left gets its cap, the others split
+ * the rest equally. O(n^2): n is the number of tenant profiles (CFG_MAX_TENANTS).
+ */
+static void fair_shares(size_t n, const double *cap, const double *left, double total,
+                        double *alloc)
+{
+	size_t open = 0;
+	for (size_t i = 0; i < n; i++) {
+		alloc[i] = left[i] > 0 ? -1 : 0; /* -1: share not settled yet */
+		open += left[i] > 0;
+	}
+	bool settled = true;
+	while (open > 0 && settled) {
+		double share = total / (double)open;
+		settled = false;
+		for (size_t i = 0; i < n; i++) {
+			if (alloc[i] >= 0 || cap[i] > share)
+				continue;
+			alloc[i] = cap[i];
+			total -= cap[i];
+			open--;
+			settled = true;
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		if (alloc[i] < 0)
+			alloc[i] = total / (double)open;
+}
+
+static bool eta_input_ok(const struct sched_eta_tenant *t, size_t n, double global_rate,
+                         double global_tokens, double window_s)
+{
+	if (!isfinite(window_s) || window_s <= 0 || !isfinite(global_rate) || global_rate < 0 ||
+	    !isfinite(global_tokens) || global_tokens < 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(t[i].events) || t[i].events < 0 || !isfinite(t[i].rate) ||
+		    t[i].rate < 0 || !isfinite(t[i].tokens) || t[i].tokens < 0)
+			return false;
+	return true;
+}
+
+/* Runs the fluid model; cap, left and alloc are scratch arrays of n. */
+static double eta_fluid(struct sched_eta_tenant *v, size_t n, double *cap, double *left,
+                        double *alloc, double global_rate, double global_tokens, double window_s)
+{
+	/* At once: what the tenant buckets hold, within the global bucket. */
+	for (size_t i = 0; i < n; i++) {
+		double burst = floor(v[i].tokens + TOKEN_EPS);
+		cap[i] = burst < v[i].events ? burst : v[i].events;
+		left[i] = cap[i];
+	}
+	fair_shares(n, cap, left, floor(global_tokens + TOKEN_EPS), alloc);
+	for (size_t i = 0; i < n; i++) {
+		left[i] = v[i].events - alloc[i];
+		cap[i] = v[i].rate / window_s;
+		v[i].eta_s = 0;
+	}
+	double now = 0;
+	for (;;) {
+		fair_shares(n, cap, left, global_rate / window_s, alloc);
+		double step = INFINITY;
+		bool any = false;
+		for (size_t i = 0; i < n; i++) {
+			if (left[i] <= TOKEN_EPS)
+				continue;
+			any = true;
+			if (alloc[i] > 0 && left[i] / alloc[i] < step)
+				step = left[i] / alloc[i];
+		}
+		if (!any)
+			return now;
+		if (isinf(step)) {
+			for (size_t i = 0; i < n; i++)
+				if (left[i] > TOKEN_EPS)
+					v[i].eta_s = INFINITY;
+			return INFINITY;
+		}
+		now += step;
+		for (size_t i = 0; i < n; i++) {
+			if (left[i] <= TOKEN_EPS)
+				continue;
+			left[i] -= alloc[i] * step;
+			if (left[i] <= TOKEN_EPS * (1 + v[i].events)) {
+				left[i] = 0;
+				v[i].eta_s = now;
+			}
+		}
+	}
+}
+
+bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double global_tokens,
+               double window_s, double *total_s)
+{
+	if (!eta_input_ok(t, n, global_rate, global_tokens, window_s))
+		return false;
+	*total_s = 0;
+	if (n == 0)
+		return true;
+	double *scratch = calloc(3 * n, sizeof *scratch);
+	if (!scratch)
+		return false;
+	*total_s = eta_fluid(t, n, scratch, scratch + n, scratch + 2 * n, global_rate,
+	                     global_tokens, window_s);
+	free(scratch);
+	return true;
+}
+
+bool sched_backlog_eta(struct sched *s, double unqueued, struct sched_eta_tenant *out, size_t n,
+                       double *total_s)
+{
+	pthread_mutex_lock(&s->lock);
+	if (n > s->n_tenants)
+		n = s->n_tenants;
+	double queued = 0, global = s->lim.global_limit, window = s->lim.window_s;
+	for (size_t i = 0; i < n; i++) {
+		out[i] = (struct sched_eta_tenant){
+		    .events = (double)(s->tenants[i].ready + s->tenants[i].delayed),
+		    .rate = s->tenants[i].rate};
+		queued += out[i].events;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (n == 0) {
+		*total_s = 0;
+		return true;
+	}
+	struct sched_eta_tenant *all = calloc(n, sizeof *all);
+	if (!all)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		all[i] = out[i];
+		double share = queued > 0 ? out[i].events / queued : i == 0;
+		all[i].events += unqueued > 0 ? unqueued * share : 0;
+	}
+	double ignored;
+	bool ok = sched_eta(out, n, global, 0, window, &ignored) &&
+	          sched_eta(all, n, global, 0, window, total_s);
+	free(all);
+	return ok;
+}
