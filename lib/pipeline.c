@@ -1195,6 +1195,8 @@ static void collect_metrics(struct metrics *m, void *arg)
 	pipeline_counters(p, &c);
 	pipeline_metrics_process_gauges(p->metrics, c.in_memory, c.active, c.paused);
 	(void)collect_lag(p, true);
+	pipeline_metrics_backlog(p->metrics, p->sched, (double)c.backlog,
+	                         (double)(c.backlog - (int64_t)c.queued));
 }
 
 static void on_token_change(void *arg)
@@ -1313,6 +1315,17 @@ bool pipeline_progressing(struct pipeline *p, int64_t now, int64_t max_age_ms)
 	return true;
 }
 
+/* The backlog (lag plus work in memory) and its ETA at the rates the scheduler allows now. */
+static void backlog_eta(struct pipeline *p, struct pipeline_counters *out)
+{
+	struct sched_eta_tenant t[CFG_MAX_TENANTS];
+	out->backlog = (out->lag > 0 ? out->lag : 0) + (int64_t)out->in_memory;
+	double unqueued = (double)(out->backlog - (int64_t)out->queued);
+	if (!sched_backlog_eta(p->sched, unqueued > 0 ? unqueued : 0, t, CFG_MAX_TENANTS,
+	                       &out->backlog_eta_s))
+		out->backlog_eta_s = -1;
+}
+
 void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 {
 	pthread_mutex_lock(&p->counters_lock);
@@ -1331,6 +1344,7 @@ void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 			out->throttled += ts.throttled;
 	}
 	out->lag = collect_lag(p, false);
+	backlog_eta(p, out);
 }
 
 bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)
