@@ -82,23 +82,22 @@ static char *read_quoted(struct cursor *c)
 	while (c->p < c->end && *c->p != '"' && n < room) {
 		char ch = *c->p++;
 		if (ch == '\\') {
-			if (c->p >= c->end)
-				break;
-			ch = *c->p++;
+			ch = c->p < c->end ? *c->p++ : '\0';
 			if (ch == 'n')
 				ch = '\n';
 			else if (ch != '\\' && ch != '"')
-				break;
+				goto fail; /* not one of the three escapes */
 		}
 		out[n++] = ch;
 	}
-	if (c->p >= c->end || *c->p != '"') {
-		free(out);
-		return NULL;
+	if (c->p < c->end && *c->p == '"') {
+		c->p++;
+		out[n] = '\0';
+		return out;
 	}
-	c->p++;
-	out[n] = '\0';
-	return out;
+fail:
+	free(out);
+	return NULL;
 }
 
 static bool read_labels(struct cursor *c, struct sample *s)
@@ -195,6 +194,8 @@ static bool append(struct promtext *pt, struct sample *s)
 static bool take_line(struct promtext *pt, const char *line, size_t len, char *err,
                       size_t errcap, size_t line_no)
 {
+	if (len > 0 && line[len - 1] == '\r')
+		len--; /* CRLF line ends */
 	struct cursor c = {line, line + len};
 	skip_blanks(&c);
 	if (c.p == c.end || *c.p == '#')

@@ -10,9 +10,7 @@
 #include <time.h>
 
 #define DLQ_PREFIX "chatprov-"
-/* The event's tenant name is at most this long (EVENT_TENANT_MAX), the value at most this deep. */
-#define TENANT_MAX 64
-#define JSON_DEPTH 32
+#define JSON_DEPTH 32 /* the event decoder's nesting limit */
 
 /* The last value of a header as a string (headers are not NUL-terminated). */
 static bool header_text(const rd_kafka_headers_t *h, const char *name, char *out, size_t cap)
@@ -51,8 +49,8 @@ static bool record_code(const rd_kafka_headers_t *h, const char *status, char *o
 	return true;
 }
 
-/* The event's "tenant" ("default" when absent or null); false when the value is not JSON. */
-static bool event_tenant(const void *value, size_t len, char *out, size_t cap)
+/* Whether the event's "tenant" ("default" when absent or null) is want, byte for byte. */
+static bool tenant_is(const void *value, size_t len, const char *want)
 {
 	json_tokener *tok = json_tokener_new_ex(JSON_DEPTH);
 	if (!tok || !value || len == 0 || len > (size_t)INT32_MAX) {
@@ -60,25 +58,26 @@ static bool event_tenant(const void *value, size_t len, char *out, size_t cap)
 		return false;
 	}
 	json_object *root = json_tokener_parse_ex(tok, value, (int)len);
-	bool ok = root && json_tokener_get_error(tok) == json_tokener_success &&
-	          json_object_is_type(root, json_type_object);
+	bool is = false;
 	json_object *t = NULL;
-	if (ok && json_object_object_get_ex(root, "tenant", &t) && t) {
-		ok = json_object_is_type(t, json_type_string);
-		if (ok)
-			snprintf(out, cap, "%s", json_object_get_string(t));
-	} else if (ok) {
-		snprintf(out, cap, "default");
-	}
+	if (!root || json_tokener_get_error(tok) != json_tokener_success ||
+	    !json_object_is_type(root, json_type_object))
+		goto out;
+	if (!json_object_object_get_ex(root, "tenant", &t) || !t)
+		is = strcmp(want, "default") == 0;
+	else if (json_object_is_type(t, json_type_string))
+		is = (size_t)json_object_get_string_len(t) == strlen(want) &&
+		     memcmp(json_object_get_string(t), want, strlen(want)) == 0;
+out:
 	json_object_put(root);
 	json_tokener_free(tok);
-	return ok;
+	return is;
 }
 
 bool redrive_match(const struct redrive_filter *f, const rd_kafka_headers_t *headers,
                    const void *value, size_t len, int64_t timestamp_ms)
 {
-	char status[32], code[256], tenant[TENANT_MAX + 2];
+	char status[32], code[256];
 	if (!record_status(headers, status, sizeof status) || strcmp(status, f->status) != 0)
 		return false;
 	if (f->code && (!record_code(headers, status, code, sizeof code) ||
@@ -86,12 +85,7 @@ bool redrive_match(const struct redrive_filter *f, const rd_kafka_headers_t *hea
 		return false;
 	if (f->since_ms != INT64_MIN && (timestamp_ms < 0 || timestamp_ms < f->since_ms))
 		return false;
-	if (f->tenant) {
-		const char *want = f->tenant[0] ? f->tenant : "default";
-		if (!event_tenant(value, len, tenant, sizeof tenant) || strcmp(tenant, want) != 0)
-			return false;
-	}
-	return true;
+	return !f->tenant || tenant_is(value, len, f->tenant[0] ? f->tenant : "default");
 }
 
 bool redrive_truncated(const rd_kafka_headers_t *headers)
