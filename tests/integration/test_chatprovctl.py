@@ -415,3 +415,42 @@ def test_usage_and_failures_exit_codes(tmp_path):
     assert ctl(config, "status", "extra").returncode == 2
     assert ctl(config, "plan", "-").returncode == 1  # the configuration cannot be read
     assert subprocess.run([CTL, "--version"], capture_output=True).returncode == 0
+
+
+STATUS_ETA = re.compile(r"backlog (\d+), ETA ([^,]+)")
+
+
+def test_daemon_status_line_and_metrics_show_the_backlog_eta(tmp_path, monkeypatch):
+    """STATUS= and chatprov_backlog_* under a throttled backlog: an ETA that falls to 0."""
+    from test_systemd_notify import NotifySocket
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notify = NotifySocket(os.path.join(str(tmp_path), "notify.sock"))
+    try:
+        with Stack(tmp_path) as stack:
+            port = free_port()
+            limits = {"chat_creates_per_10s_per_tenant": "10", "window_s": "1"}
+            config = stack.write_config(limits=limits,
+                                        metrics={"listen": "127.0.0.1:%d" % port})
+            stack.start_daemon(config, env={"NOTIFY_SOCKET": notify.path})
+            wait_ready(port)
+            ids = ["grp-%06d" % i for i in range(80)]
+            stack.produce([group_event(i) for i in range(80)])
+            time.sleep(2)
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port) as r:
+                metrics = r.read().decode()
+            stack.wait_results(ids, timeout=60)
+            time.sleep(1.5)
+            assert stack.daemon.stop() == 0
+    finally:
+        notify.close()
+
+    looks = [(int(m.group(1)), seconds(m.group(2)), s) for s in notify.statuses()
+             for m in [STATUS_ETA.search(s)] if m]
+    busy = [(b, e) for b, e, _ in looks if b > 0]
+    assert len(busy) >= 3, [s for _, _, s in looks]
+    assert busy[0][1] >= 5 and busy[-1][1] < busy[0][1], busy
+    assert looks[-1][0] == 0 and looks[-1][1] == 0
+    total = re.search(r'^chatprov_backlog_eta_seconds\{tenant=""\} (\S+)$', metrics, re.M)
+    tenant = re.search(r'^chatprov_backlog_events\{tenant="default"\} (\S+)$', metrics, re.M)
+    assert total and 2 <= float(total.group(1)) <= 9, metrics
+    assert tenant and float(tenant.group(1)) > 0
