@@ -15,10 +15,11 @@ static bool topic_partitions(rd_kafka_t *rk, const char *topic, int32_t **ids, s
 {
 	const struct rd_kafka_metadata *md = NULL;
 	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-	rd_kafka_resp_err_t e =
-	    rkt ? rd_kafka_metadata(rk, 0, rkt, &md, META_TIMEOUT_MS) : rd_kafka_last_error();
+	rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__INVALID_ARG;
+	if (rkt)
+		e = rd_kafka_metadata(rk, 0, rkt, &md, META_TIMEOUT_MS);
 	bool ok = false;
-	if (e != RD_KAFKA_RESP_ERR_NO_ERROR || md->topic_cnt != 1) {
+	if (e != RD_KAFKA_RESP_ERR_NO_ERROR || !md || md->topic_cnt != 1) {
 		snprintf(err, errcap, "%s: cannot read its metadata: %s", topic, rd_kafka_err2str(e));
 		goto fail;
 	}

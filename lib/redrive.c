@@ -23,7 +23,8 @@ static bool header_text(const rd_kafka_headers_t *h, const char *name, char *out
 		n = 0;
 	if (n >= cap)
 		n = cap - 1;
-	memcpy(out, v, n);
+	if (n)
+		memcpy(out, v, n);
 	out[n] = '\0';
 	return true;
 }
@@ -129,9 +130,15 @@ static bool parse_zone(const char *p, int64_t *frac_ms, int *offset_s)
 		*offset_s = 0;
 		return true;
 	}
-	int hh, mm, used = 0;
-	if ((*p != '+' && *p != '-') || sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &used) != 2 ||
-	    used != 5 || p[6] != '\0' || hh > 23 || mm > 59)
+	/* ±HH:MM, exactly */
+	const char *d = p + 1;
+	if ((*p != '+' && *p != '-') || strlen(d) != 5 || d[2] != ':')
+		return false;
+	for (int i = 0; i < 5; i++)
+		if (i != 2 && !isdigit((unsigned char)d[i]))
+			return false;
+	int hh = (d[0] - '0') * 10 + (d[1] - '0'), mm = (d[3] - '0') * 10 + (d[4] - '0');
+	if (hh > 23 || mm > 59)
 		return false;
 	*offset_s = (*p == '-' ? -1 : 1) * (hh * 3600 + mm * 60);
 	return true;
