@@ -17,7 +17,10 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stack import DLQ, INPUT, Stack, build_path, group_event, one_on_one_event, source_path
+import pytest
+
+from stack import (CLIENT_ID, DLQ, INPUT, SECRET, TENANT, Stack, build_path, group_event,
+                   one_on_one_event, source_path)
 
 CTL = build_path("daemon", "chatprovctl")
 
@@ -116,16 +119,44 @@ def test_plan_requests_are_what_graph_receives(tmp_path):
     assert rejected and compared >= len(events) - len(rejected) - 2
 
 
-def test_plan_eta_is_the_drain_time(tmp_path):
-    """200 group chats at 20 per 1 s (graph-sim a little above it): plan's ETA is within 10 %
-    of the time from the first POST to the last."""
-    events = [group_event(i, topic="Drain %d" % i) for i in range(200)]
-    limits = {"chat_creates_per_10s_per_tenant": "20", "chat_creates_per_10s_global": "200",
-              "window_s": "1"}
-    sim = {"limit_per_tenant": 25, "limit_window_s": 1}
+FAB_TENANT = "fabrikam.onmicrosoft.com"
+FAB_CLIENT = "00000000-0000-0000-0000-0000000000fa"
+
+# (events of default, events of fabrikam, [limits], fabrikam's limit, plan's ETA)
+DRAINS = {
+    # 20 at once, 180 at 20/s.
+    "one tenant": (200, 0, {"chat_creates_per_10s_per_tenant": "20",
+                            "chat_creates_per_10s_global": "200"}, None, 9.0),
+    # The global 24/s binds: fabrikam keeps its 10/s, default gets the rest (14/s) until
+    # fabrikam is done, then its own 20/s: 14 + 10 at once, 7 s, then 48 at 20/s.
+    "global binds": (160, 80, {"chat_creates_per_10s_per_tenant": "20",
+                               "chat_creates_per_10s_global": "24"}, "10", 9.4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DRAINS))
+def test_plan_eta_is_the_drain_time(tmp_path, case):
+    """A throttled backlog (window 1 s, graph-sim a little above the limits): plan's ETA is
+    within 10 % of the time from the first POST to the last."""
+    n_default, n_fab, limits, fab_limit, expected = DRAINS[case]
+    events = [group_event(i, topic="Drain %d" % i) for i in range(n_default)]
+    events += [dict(group_event(1000 + i, topic="Drain fab %d" % i), tenant="fabrikam")
+               for i in range(n_fab)]
+    random.Random(3).shuffle(events)
+    sim = {"limit_per_tenant": 25, "limit_window_s": 1,
+           "clients": [{"tenant": TENANT, "client_id": CLIENT_ID, "secret": SECRET},
+                       {"tenant": FAB_TENANT, "client_id": FAB_CLIENT, "secret": "fab"}]}
+    secret = os.path.join(str(tmp_path), "fab-secret")
+    with open(secret, "w") as f:
+        f.write("fab\n")
+    overrides = {"limits": dict(limits, window_s="1")}
+    if fab_limit:
+        overrides["tenant.fabrikam"] = {"tenant_id": FAB_TENANT, "client_id": FAB_CLIENT,
+                                        "client_secret_file": secret,
+                                        "chat_creates_per_10s_per_tenant": fab_limit}
     with Stack(tmp_path, sim_config=sim) as stack:
         port = free_port()
-        config = stack.write_config(limits=limits, metrics={"listen": "127.0.0.1:%d" % port})
+        config = stack.write_config(metrics={"listen": "127.0.0.1:%d" % port}, **overrides)
         proc = ctl(config, "plan", write_events(tmp_path, events))
         _, summary = plan_lines(proc)
         stack.start_daemon(config)
@@ -136,13 +167,14 @@ def test_plan_eta_is_the_drain_time(tmp_path):
         ledger = stack.graph.ledger()
         assert stack.daemon.stop() == 0
 
-    assert proc.returncode == 0
+    assert proc.returncode == 0, proc.stderr
     eta = summary["etaSeconds"]
-    assert abs(eta - 9.0) < 0.05 and summary["tenants"]["default"]["etaSeconds"] == eta
+    assert abs(eta - expected) < 0.05, summary
+    assert summary["tenants"]["default"]["chats"] == n_default
     at = sorted(p["at"] for p in ledger["chat_posts"] if p["status"] in (201, 202))
-    assert len(at) == 200 and all(p["status"] != 429 for p in ledger["chat_posts"])
+    assert len(at) == len(events) and all(p["status"] != 429 for p in ledger["chat_posts"])
     drain = (at[-1] - at[0]) / 1000.0
-    print("plan ETA %.1f s, measured drain %.2f s" % (eta, drain))
+    print("%s: plan ETA %.1f s, measured drain %.2f s" % (case, eta, drain))
     assert abs(drain - eta) <= 0.1 * eta, (drain, eta)
 
 
