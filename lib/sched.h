@@ -144,7 +144,7 @@ bool sched_tenant_stats(struct sched *s, size_t tenant,
  * tenants together could send faster than the global rate, the global rate is shared among
  * the tenants with work left, as the round-robin shares it (max-min fair: a tenant below its
  * share keeps its rate, the rest split what remains). Retry-After blocks, 429s and Graph's
- * one-on-one dedup are not predicted. The model never beats the scheduler: it may be late by
+ * one-on-one dedup are not predicted. The model errs on the late side: it may be late by
  * what a tenant's bucket saves while the global rate holds it below its own rate (at most one
  * window, spent later at the global rate), and by a token interval per tenant.
  */
