@@ -780,53 +780,113 @@ static bool eta_input_ok(const struct sched_eta_tenant *t, size_t n, double glob
 	return true;
 }
 
-/* Runs the fluid model; cap, left and alloc are scratch arrays of n. */
-static double eta_fluid(struct sched_eta_tenant *v, size_t n, double *cap, double *left,
-                        double *alloc, double global_rate, double global_tokens, double window_s)
+/* The fluid model's state: per tenant work left and tokens saved; the global bucket's tokens. */
+struct fluid {
+	size_t n;
+	struct sched_eta_tenant *t;
+	double *left, *tokens, *burst, *rate, *cap, *alloc; /* per tenant; rates per second */
+	double global_tokens, global_burst, global_rate;
+	double now;
+};
+
+static bool working(const struct fluid *f, size_t i)
 {
-	/* At once: what the tenant buckets hold, within the global bucket. */
-	for (size_t i = 0; i < n; i++) {
-		double burst = floor(v[i].tokens + TOKEN_EPS);
-		cap[i] = burst < v[i].events ? burst : v[i].events;
-		left[i] = cap[i];
+	return f->left[i] > TOKEN_EPS;
+}
+
+/* Sends at once what the tenants' saved tokens allow, within the global bucket's tokens. */
+static void fluid_burst(struct fluid *f)
+{
+	for (size_t i = 0; i < f->n; i++) {
+		double sendable = working(f, i) ? floor(f->tokens[i] + TOKEN_EPS) : 0;
+		f->cap[i] = sendable < f->left[i] ? sendable : f->left[i];
 	}
-	fair_shares(n, cap, left, floor(global_tokens + TOKEN_EPS), alloc);
-	for (size_t i = 0; i < n; i++) {
-		left[i] = v[i].events - alloc[i];
-		cap[i] = v[i].rate / window_s;
-		v[i].eta_s = 0;
+	fair_shares(f->n, f->cap, f->cap, floor(f->global_tokens + TOKEN_EPS), f->alloc);
+	for (size_t i = 0; i < f->n; i++) {
+		f->left[i] -= f->alloc[i];
+		f->tokens[i] -= f->alloc[i];
+		f->global_tokens -= f->alloc[i];
+		if (!working(f, i) && f->t[i].eta_s < 0)
+			f->t[i].eta_s = f->now;
 	}
-	double now = 0;
-	for (;;) {
-		fair_shares(n, cap, left, global_rate / window_s, alloc);
-		double step = INFINITY;
+}
+
+/*
+ * The rates until the next event. With tokens in the global bucket every working tenant
+ * goes at its own rate (fluid_burst left none with a whole saved token); without, the global
+ * rate is shared: a tenant with saved tokens may take more than its own rate, spending them.
+ */
+static void fluid_rates(struct fluid *f, double *sum)
+{
+	bool global_free = f->global_tokens >= 1.0 - TOKEN_EPS;
+	for (size_t i = 0; i < f->n; i++) {
+		f->cap[i] = f->tokens[i] >= 1.0 - TOKEN_EPS && !global_free ? INFINITY : f->rate[i];
+		f->alloc[i] = working(f, i) ? f->cap[i] : 0;
+	}
+	if (!global_free)
+		fair_shares(f->n, f->cap, f->left, f->global_rate, f->alloc);
+	*sum = 0;
+	for (size_t i = 0; i < f->n; i++)
+		*sum += f->alloc[i];
+}
+
+/* How long the rates hold: until a tenant finishes, runs out of saved tokens, or the global
+ * bucket does. INFINITY: never (nothing can move). */
+static double fluid_step(const struct fluid *f, double sum)
+{
+	double step = INFINITY;
+	for (size_t i = 0; i < f->n; i++) {
+		if (!working(f, i) || f->alloc[i] <= 0)
+			continue;
+		step = fmin(step, f->left[i] / f->alloc[i]);
+		if (f->alloc[i] > f->rate[i] && f->tokens[i] > 0)
+			step = fmin(step, (f->tokens[i] - (1.0 - TOKEN_EPS) + TOKEN_EPS) /
+			                      (f->alloc[i] - f->rate[i]));
+	}
+	if (f->global_tokens >= 1.0 - TOKEN_EPS && sum > f->global_rate)
+		step = fmin(step, (f->global_tokens - (1.0 - TOKEN_EPS) + TOKEN_EPS) /
+		                      (sum - f->global_rate));
+	return step;
+}
+
+static void fluid_advance(struct fluid *f, double step, double sum)
+{
+	f->now += step;
+	for (size_t i = 0; i < f->n; i++) {
+		if (!working(f, i))
+			continue;
+		f->left[i] -= f->alloc[i] * step;
+		f->tokens[i] = fmin(f->burst[i], fmax(0, f->tokens[i] + (f->rate[i] - f->alloc[i]) * step));
+		if (!working(f, i)) {
+			f->left[i] = 0;
+			f->t[i].eta_s = f->now;
+		}
+	}
+	f->global_tokens = fmin(f->global_burst,
+	                        fmax(0, f->global_tokens + (f->global_rate - sum) * step));
+}
+
+/* Runs the model to its end; the time the last work may leave. */
+static double fluid_run(struct fluid *f)
+{
+	for (size_t guard = 0; guard < 16 * f->n + 16; guard++) {
+		fluid_burst(f);
+		double sum;
+		fluid_rates(f, &sum);
 		bool any = false;
-		for (size_t i = 0; i < n; i++) {
-			if (left[i] <= TOKEN_EPS)
-				continue;
-			any = true;
-			if (alloc[i] > 0 && left[i] / alloc[i] < step)
-				step = left[i] / alloc[i];
-		}
+		for (size_t i = 0; i < f->n; i++)
+			any = any || working(f, i);
 		if (!any)
-			return now;
-		if (isinf(step)) {
-			for (size_t i = 0; i < n; i++)
-				if (left[i] > TOKEN_EPS)
-					v[i].eta_s = INFINITY;
-			return INFINITY;
-		}
-		now += step;
-		for (size_t i = 0; i < n; i++) {
-			if (left[i] <= TOKEN_EPS)
-				continue;
-			left[i] -= alloc[i] * step;
-			if (left[i] <= TOKEN_EPS * (1 + v[i].events)) {
-				left[i] = 0;
-				v[i].eta_s = now;
-			}
-		}
+			return f->now;
+		double step = fluid_step(f, sum);
+		if (isinf(step))
+			break;
+		fluid_advance(f, step, sum);
 	}
+	for (size_t i = 0; i < f->n; i++)
+		if (working(f, i))
+			f->t[i].eta_s = INFINITY;
+	return INFINITY;
 }
 
 bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double global_tokens,
@@ -837,11 +897,22 @@ bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double 
 	*total_s = 0;
 	if (n == 0)
 		return true;
-	double *scratch = calloc(3 * n, sizeof *scratch);
+	double *scratch = calloc(6 * n, sizeof *scratch);
 	if (!scratch)
 		return false;
-	*total_s = eta_fluid(t, n, scratch, scratch + n, scratch + 2 * n, global_rate,
-	                     global_tokens, window_s);
+	struct fluid f = {.n = n, .t = t, .left = scratch, .tokens = scratch + n,
+	                  .burst = scratch + 2 * n, .rate = scratch + 3 * n, .cap = scratch + 4 * n,
+	                  .alloc = scratch + 5 * n, .global_tokens = global_tokens,
+	                  .global_burst = sched_full_bucket(global_rate),
+	                  .global_rate = global_rate / window_s};
+	for (size_t i = 0; i < n; i++) {
+		f.left[i] = t[i].events;
+		f.tokens[i] = t[i].tokens;
+		f.burst[i] = fmax(t[i].tokens, sched_full_bucket(t[i].rate));
+		f.rate[i] = t[i].rate / window_s;
+		t[i].eta_s = t[i].events > TOKEN_EPS ? -1 : 0;
+	}
+	*total_s = fluid_run(&f);
 	free(scratch);
 	return true;
 }

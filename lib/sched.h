@@ -143,10 +143,10 @@ bool sched_tenant_stats(struct sched *s, size_t tenant,
  * (tokens, no more than the global bucket's tokens shared fairly), then at its rate; when the
  * tenants together could send faster than the global rate, the global rate is shared among
  * the tenants with work left, as the round-robin shares it (max-min fair: a tenant below its
- * share keeps its rate, the rest split what remains). Retry-After blocks, 429s and Graph's
- * one-on-one dedup are not predicted. The model errs on the late side: it may be late by
- * what a tenant's bucket saves while the global rate holds it below its own rate (at most one
- * window, spent later at the global rate), and by a token interval per tenant.
+ * share keeps its rate, the rest split what remains). A tenant held below its own rate saves
+ * tokens in its bucket (up to the bucket's size) and spends them later above its rate, as
+ * far as the global bucket allows. Retry-After blocks, 429s and Graph's one-on-one dedup are
+ * not predicted. Against the scheduler itself the model is within a token interval.
  */
 struct sched_eta_tenant {
 	double events; /* work to do */
