@@ -869,7 +869,8 @@ static void fluid_advance(struct fluid *f, double step, double sum)
 /* Runs the model to its end; the time the last work may leave. */
 static double fluid_run(struct fluid *f)
 {
-	for (size_t guard = 0; guard < 16 * f->n + 16; guard++) {
+	/* Each tenant finishes once and runs out of saved tokens about once: a few events each. */
+	for (size_t guard = 0; guard < 64 * f->n + 64; guard++) {
 		fluid_burst(f);
 		double sum;
 		fluid_rates(f, &sum);
