@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "chatreq.h"
 #include "cptime.h"
 #include "event.h"
 #include "graphreq.h"
@@ -821,22 +822,12 @@ static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job
 /* Turns a valid event into a job ready to queue; false: rejected with reason. */
 static bool prepare(struct pipeline *p, struct job *job, char *reason, size_t cap)
 {
-	int tenant = cfg_tenant_index(p->cfg, job->ev->tenant);
-	if (tenant < 0) {
-		snprintf(reason, cap, "tenant: no profile named '%s' is configured",
-		         job->ev->tenant);
+	struct chatreq req;
+	if (!chatreq_prepare(p->cfg, p->bind_root, job->ev, &req, reason, cap))
 		return false;
-	}
-	job->tenant = (size_t)tenant;
-	if (!graphreq_client_request_id(job->ev->id, job->client_request_id)) {
-		snprintf(reason, cap, "id: cannot derive client-request-id");
-		return false;
-	}
-	job->body = graphreq_chat_body(job->ev, p->bind_root);
-	if (!job->body) {
-		snprintf(reason, cap, "cannot build the Graph request body");
-		return false;
-	}
+	job->tenant = req.tenant;
+	memcpy(job->client_request_id, req.client_request_id, sizeof job->client_request_id);
+	job->body = req.body;
 	return true;
 }
 
@@ -1243,14 +1234,13 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 	p->read_ahead = cfg->graph.max_in_flight / 4 > MIN_READ_AHEAD ? cfg->graph.max_in_flight / 4
 	                                                              : MIN_READ_AHEAD;
 	pthread_mutex_init(&p->counters_lock, NULL);
-	p->limits = (struct event_limits){.max_message_bytes = cfg->kafka.max_message_bytes,
-	                                  .max_members = cfg->graph.max_members,
-	                                  .max_topic_length = cfg->graph.max_topic_length};
-	if (snprintf(p->bind_root, sizeof p->bind_root, "%s/%s", cfg->graph.graph_root,
-	             cfg->graph.api_version) >= (int)sizeof p->bind_root) {
+	p->limits = chatreq_event_limits(cfg);
+	struct chatreq_roots roots;
+	if (!chatreq_roots(cfg, &roots)) {
 		snprintf(err, errcap, "graph root too long");
 		goto fail;
 	}
+	memcpy(p->bind_root, roots.bind_root, sizeof p->bind_root);
 	p->generations = calloc(MAX_PARTITIONS, sizeof *p->generations);
 	p->posting = calloc(MAX_PARTITIONS, sizeof *p->posting);
 	if (!p->generations || !p->posting ||
@@ -1331,6 +1321,8 @@ static void collect_metrics(struct metrics *m, void *arg)
 	pipeline_counters(p, &c);
 	pipeline_metrics_process_gauges(p->metrics, c.in_memory, c.active, c.paused);
 	(void)collect_lag(p, true);
+	pipeline_metrics_backlog(p->metrics, p->sched, (double)c.backlog,
+	                         (double)(c.backlog - (int64_t)c.queued));
 }
 
 static void on_token_change(void *arg)
@@ -1450,6 +1442,17 @@ bool pipeline_progressing(struct pipeline *p, int64_t now, int64_t max_age_ms)
 	return true;
 }
 
+/* The backlog (lag plus work in memory) and its ETA at the rates the scheduler allows now. */
+static void backlog_eta(struct pipeline *p, struct pipeline_counters *out)
+{
+	struct sched_eta_tenant t[CFG_MAX_TENANTS];
+	out->backlog = (out->lag > 0 ? out->lag : 0) + (int64_t)out->in_memory;
+	double unqueued = (double)(out->backlog - (int64_t)out->queued);
+	if (!sched_backlog_eta(p->sched, unqueued > 0 ? unqueued : 0, t, CFG_MAX_TENANTS,
+	                       &out->backlog_eta_s))
+		out->backlog_eta_s = -1;
+}
+
 void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 {
 	pthread_mutex_lock(&p->counters_lock);
@@ -1468,6 +1471,7 @@ void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 			out->throttled += ts.throttled;
 	}
 	out->lag = collect_lag(p, false);
+	backlog_eta(p, out);
 }
 
 bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)

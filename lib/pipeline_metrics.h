@@ -11,6 +11,7 @@
 #include "common.h"
 #include "job.h"
 #include "metrics.h"
+#include "sched.h"
 
 struct pipeline_metrics;
 
@@ -42,5 +43,13 @@ void pipeline_metrics_tenant_gauges(struct pipeline_metrics *pm, size_t tenant,
 void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory, size_t active,
                                      bool paused);
 void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_t lag);
+/*
+ * chatprov_backlog_events and chatprov_backlog_eta_seconds: per tenant profile its queued
+ * work and when it may all have left at the rates the scheduler allows now; under
+ * tenant="" (Prometheus reads it as no tenant label) the whole backlog, `backlog` events of
+ * which `unqueued` are not in the scheduler yet (consumer lag, work being decoded).
+ */
+void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct sched *sched, double backlog,
+                              double unqueued);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "chatreq.h"
 #include "cptime.h"
 #include "graphreq.h"
 #include "graphresp.h"
@@ -1141,13 +1142,13 @@ static void *worker_main(void *arg)
 
 static bool build_roots(struct worker *w)
 {
-	const struct cfg *cfg = w->conf.cfg;
-	return snprintf(w->version_root, sizeof w->version_root, "%s/%s", cfg->graph.base_url,
-	                cfg->graph.api_version) < (int)sizeof w->version_root &&
-	       snprintf(w->bind_root, sizeof w->bind_root, "%s/%s", cfg->graph.graph_root,
-	                cfg->graph.api_version) < (int)sizeof w->bind_root &&
-	       snprintf(w->chats_url, sizeof w->chats_url, "%s/chats", w->version_root) <
-	           (int)sizeof w->chats_url;
+	struct chatreq_roots roots;
+	if (!chatreq_roots(w->conf.cfg, &roots))
+		return false;
+	memcpy(w->version_root, roots.version_root, sizeof w->version_root);
+	memcpy(w->bind_root, roots.bind_root, sizeof w->bind_root);
+	memcpy(w->chats_url, roots.chats_url, sizeof w->chats_url);
+	return true;
 }
 
 bool worker_new(const struct worker_conf *conf, struct worker **out)
