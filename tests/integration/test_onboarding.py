@@ -11,11 +11,12 @@ import json
 import os
 import random
 import re
+import subprocess
 import time
 
 from chaos import (assert_no_duplicate_group_chats, chat_id, client_request_id,
                    group_chats_by_crid, posts_by_crid)
-from stack import DLQ, INPUT, Stack, group_event, one_on_one_event
+from stack import DLQ, INPUT, Stack, build_path, group_event, one_on_one_event
 from test_metrics import Scrape, metrics_port
 
 SCALE = float(os.environ.get("CHATPROV_ONBOARDING_SCALE", "0.2"))
@@ -159,6 +160,14 @@ def redrive(stack, dlq_messages):
     stack.flush_producer()
 
 
+def chatprovctl(config, *args):
+    """The operator's command against the stack's configuration; its stdout."""
+    proc = subprocess.run([build_path("daemon", "chatprovctl"), "--config", config] + list(args),
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()
+
+
 def input_coordinates(stack, ids, timeout=30):
     """Where each id's message sits in the input topic: {key: (partition, offset)}."""
     keys = {i.encode() for i in ids}
@@ -205,7 +214,8 @@ def test_consent_missing_then_redrive(tmp_path):
 
         # --- consent granted: re-drive every failed request ---
         stack.graph.config(consent_missing=[])
-        redrive(stack, dlq)
+        dry = chatprovctl(daemon.config_path, "redrive", "--code", "Forbidden", "--dry-run")
+        moved = chatprovctl(daemon.config_path, "redrive", "--code", "Forbidden")
         deadline = time.time() + 90
         while time.time() < deadline and not all(len(stack.results[i]) >= 2 for i in ids):
             stack.read_results(timeout=0.5)
@@ -213,7 +223,7 @@ def test_consent_missing_then_redrive(tmp_path):
 
         # --- a succeeded id again, and the whole re-drive again: from the state topic ---
         stack.produce([events[1]], headers=[("traceparent", b"again")])
-        redrive(stack, dlq)
+        moved_again = chatprovctl(daemon.config_path, "redrive", "--code", "Forbidden")
         deadline = time.time() + 60
         while time.time() < deadline and not (
                 len(stack.results[events[1]["id"]]) >= 4 and
@@ -260,6 +270,13 @@ def test_consent_missing_then_redrive(tmp_path):
             ("chatprov-source-partition", str(partition).encode()),
             ("chatprov-source-offset", str(offset).encode()),
         ], msg.headers()
+
+    # chatprovctl redrive --code Forbidden: --dry-run counts, the run moves every record,
+    # the second run moves them again (harmless: answered from the state topic).
+    for out in (moved, moved_again):
+        assert "moved %d records" % len(events) in out, out
+        assert len(re.findall(r"^moved \S+ \[\d+\] @\d+ key ", out, re.M)) == len(events)
+    assert "moved" not in dry.replace("would be moved", ""), dry
 
     # The re-drive: every id succeeded, each group chat once, with the input's headers.
     posts = posts_by_crid(after)
