@@ -341,3 +341,12 @@ bool graphreq_lookup_url(const char *version_root, const char *owner_user_id, co
 	sb_puts(&b, "'&$expand=members");
 	return b.ok;
 }
+
+/* The same URL as a bind, which names the user the same way, plus the query. */
+bool graphreq_user_id_url(const char *version_root, const char *user, char *out, size_t cap)
+{
+	if (!graphreq_user_bind_url(version_root, user, out, cap))
+		return false;
+	size_t n = strlen(out);
+	return snprintf(out + n, cap - n, "?$select=id") < (int)(cap - n);
+}

@@ -42,6 +42,7 @@ void job_free(struct job *job)
 	free(job->key);
 	if (job->headers)
 		rd_kafka_headers_destroy(job->headers);
+	job_lookup_end(job);
 	event_free(job->ev);
 	free(job->body);
 	free(job->rejected_id);
@@ -49,6 +50,17 @@ void job_free(struct job *job)
 	free(job->chat_web_url);
 	free(job->err_message);
 	free(job);
+}
+
+void job_lookup_end(struct job *job)
+{
+	struct job_lookup *l = job->lookup;
+	if (!l)
+		return;
+	free(l->object_ids);
+	free(l->next_page);
+	free(l);
+	job->lookup = NULL;
 }
 
 void job_fail(struct job *job, long http_status, const char *code, const char *message,

@@ -513,6 +513,21 @@ static void result_key(const struct job *job, const void **key, size_t *key_len)
 	}
 }
 
+/* A done record also says when the request's first POST may have left (state.h). */
+static rd_kafka_headers_t *done_headers(const struct job *job)
+{
+	char at[24];
+	rd_kafka_headers_t *h = state_headers(STATE_DONE, result_status_name(job->status));
+	if (!h || !job->intent_wall_ms)
+		return h;
+	snprintf(at, sizeof at, "%lld", (long long)job->intent_wall_ms);
+	if (rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, at, -1) != 0) {
+		rd_kafka_headers_destroy(h);
+		return NULL;
+	}
+	return h;
+}
+
 /*
  * The result goes to the output topic and, for a request Graph saw, the same bytes to the
  * state topic as its final record: a replay is answered from there without Graph.
@@ -536,7 +551,7 @@ static bool publish_result(struct pipeline *p, struct job *job, bool block)
 	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
 	                       value, len, h, job, block);
 	if (ok && with_state) {
-		h = state_headers(STATE_DONE, result_status_name(job->status));
+		h = done_headers(job);
 		ok = h && queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
 		                       strlen(job->ev->id), value, len, h, job, block);
 	}
