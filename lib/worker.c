@@ -899,7 +899,7 @@ static bool lookup_needs_user(struct worker *w, struct job *job)
 	int64_t now = cptime_mono_ms();
 	for (; l->resolved < job->ev->n_members; l->resolved++) {
 		const struct event_member *m = &job->ev->members[l->resolved];
-		if (m->tenant_id || !strchr(m->user_id, '@'))
+		if (m->tenant_id || !event_is_upn(m->user_id))
 			continue;
 		if (!idcache_get(w->ids, job->ev->tenant, m->user_id, now, l->object_ids[l->resolved]))
 			return true;
