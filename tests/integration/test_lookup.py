@@ -58,3 +58,35 @@ def test_lookup_reads_every_page(tmp_path):
         ledger = assert_found_once(stack, events, results)
     pages = ledger["requests"]["GET /{version}/users/{id}/chats"]
     assert pages.get("200", 0) >= 4 * len(events), pages
+
+
+# Directory users whose UPN is not their mail: Graph lists chat members by object id and mail.
+USERS = [{"upn": "jane.doe@contoso.onmicrosoft.com", "mail": "jane@contoso.com",
+          "id": "5f0c3d1e-6a7b-4c8d-9e0f-1a2b3c4d5e6f"},
+         {"upn": "bob.roe@contoso.onmicrosoft.com", "mail": "bob.roe@fabrikam.com",
+          "id": "6e1d4e2f-7b8c-4d9e-8f10-2b3c4d5e6f70"}]
+
+
+def test_lookup_resolves_members_named_by_upn(tmp_path):
+    """Members named by UPN (the owner too) whose mail differs: the lookup resolves them to
+    object ids (GET /users/{upn}) and finds the chat. Never created twice. A later lookup of
+    the same members asks Graph for no id again (cached)."""
+    events = []
+    for i in range(5):
+        event = group_event(i)
+        event["members"][:2] = [{"userId": "Jane.Doe@contoso.onmicrosoft.com"},
+                                {"userId": "bob.roe@contoso.onmicrosoft.com"}]
+        events.append(event)
+    first, later = events[:3], events[3:]
+    with Stack(tmp_path, sim_config=dict(CREATED_504, users=USERS)) as stack:
+        stack.start_daemon(**FAST_GROUP)
+        stack.produce(first, partition=0)
+        stack.wait_results([e["id"] for e in first], timeout=60)
+        resolved = stack.graph.ledger()["requests"].get("GET /{version}/users/{id}", {})
+        stack.produce(later, partition=0)
+        stack.wait_results([e["id"] for e in later], timeout=60)
+        assert stack.daemon.stop(signal.SIGTERM) == 0, stack.daemon.log_text()[-3000:]
+        results = {e["id"]: stack.results[e["id"]][0] for e in events}
+        ledger = assert_found_once(stack, events, results)
+    assert set(resolved) == {"200"} and 2 <= resolved["200"] <= 2 * len(first), resolved
+    assert ledger["requests"]["GET /{version}/users/{id}"] == resolved
