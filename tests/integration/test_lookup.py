@@ -9,9 +9,9 @@ import uuid
 
 from chaos import (FAST_GROUP, READY_LOG, assert_no_duplicate_group_chats, chat_id,
                    client_request_id, drain_results, group_chats_by_crid, posts_by_crid,
-                   wait_for_log)
+                   wait_copies, wait_for_log)
 from graphsim import chat_body
-from stack import STATE, Stack, group_event
+from stack import Stack, group_event
 
 # Every group-chat POST creates its chat and answers 504: each request goes through the lookup.
 CREATED_504 = {"fault_created_504_rate": 1}
@@ -90,3 +90,38 @@ def test_lookup_resolves_members_named_by_upn(tmp_path):
         ledger = assert_found_once(stack, events, results)
     assert set(resolved) == {"200"} and 2 <= resolved["200"] <= 2 * len(first), resolved
     assert ledger["requests"]["GET /{version}/users/{id}"] == resolved
+
+
+def test_lookup_window_starts_at_the_intent(tmp_path):
+    """Graph's clock runs 50 s behind ours (the lookup allows 60 s of skew) and every answer
+    takes 8 s: the first POST creates the chat and answers 504, the lookup finds it and the
+    result is recorded about 16 s after the intent. A new instance then gets the request
+    again and cannot fetch the recorded result (kafka-mock fails every ListOffsets): it
+    looks the chat up from the intent's time, not the result's, finds it, creates nothing."""
+    event = group_event(1)
+    sim = dict(CREATED_504, clock_skew_s=-50, latency_ms=8000)
+    with Stack(tmp_path, sim_config=sim) as stack:
+        first = run(stack, [event], timeout=90)[event["id"]]
+        assert first["status"] == "succeeded", first
+        stack.graph.config(fault_created_504_rate=0, latency_ms=0)
+        stack.start_daemon(**FAST_GROUP)
+        assert wait_for_log(stack.daemon, READY_LOG, 30)
+        assert wait_for_log(stack.daemon, "restored state of partition 0", 30)
+        errors = ",".join(["TOPIC_AUTHORIZATION_FAILED"] * 40)
+        assert stack.kafka.command("push-errors 2 " + errors).startswith("OK")
+        stack.produce([event], partition=0)
+        wait_copies(stack, [event["id"]], 2, timeout=60)
+        assert stack.kafka.command("clear-errors 2").startswith("OK")
+        assert stack.daemon.stop(signal.SIGTERM) == 0, stack.daemon.log_text()[-3000:]
+        log = stack.daemon.log_text()
+        drain_results(stack)
+        ledger = stack.graph.ledger()
+    assert "cannot fetch the recorded result" in log, log[-3000:]
+    assert "lookup: found the chat created earlier" in log, log[-3000:]
+    assert_no_duplicate_group_chats(ledger)
+    copies = stack.results[event["id"]]
+    assert [c["status"] for c in copies] == ["succeeded", "succeeded"], copies
+    assert chat_id(copies[1]) == chat_id(first), copies
+    crid = client_request_id(event["id"])
+    assert group_chats_by_crid(ledger)[crid] == [chat_id(first)]
+    assert [p.get("fault") for p in posts_by_crid(ledger)[crid]] == ["created_504"]
