@@ -221,7 +221,10 @@ fail:
 	return ok;
 }
 
-/* Printable ASCII without '\', '#', "..", "%2e": nothing that could re-aim a path. */
+/*
+ * Printable ASCII without '\', '#', and no "..", "%2e" before the query: nothing that could
+ * re-aim a path. A query may hold them: a next link carries the $filter's topic.
+ */
 static bool location_chars_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -232,7 +235,12 @@ static bool location_chars_ok(const char *s)
 		if (ch <= 0x20 || ch >= 0x7f || ch == '\\' || ch == '#')
 			return false;
 	}
-	return !strstr(s, "..") && !strcasestr(s, "%2e");
+	size_t path_len = strcspn(s, "?");
+	for (size_t i = 0; i + 1 < path_len; i++)
+		if ((s[i] == '.' && s[i + 1] == '.') ||
+		    (i + 2 < path_len && strncasecmp(s + i, "%2e", 3) == 0))
+			return false;
+	return true;
 }
 
 /* The parts of an absolute http(s) URL that decide where a request goes. */
