@@ -12,6 +12,7 @@ from chaos import (FAST_GROUP, READY_LOG, assert_no_duplicate_group_chats, chat_
                    wait_copies, wait_for_log)
 from graphsim import chat_body
 from stack import Stack, group_event
+from test_hostile_servers import OtherHost
 
 # Every group-chat POST creates its chat and answers 504: each request goes through the lookup.
 CREATED_504 = {"fault_created_504_rate": 1}
@@ -125,3 +126,39 @@ def test_lookup_window_starts_at_the_intent(tmp_path):
     crid = client_request_id(event["id"])
     assert group_chats_by_crid(ledger)[crid] == [chat_id(first)]
     assert [p.get("fault") for p in posts_by_crid(ledger)[crid]] == ["created_504"]
+
+
+def test_foreign_next_link_is_not_followed(tmp_path):
+    """A chat list whose @odata.nextLink names another host (a listener of our own): the
+    lookup neither follows it (the bearer token would go there) nor creates the chat again:
+    the request ends failed/OutcomeUnknown after its one POST."""
+    events = [group_event(i, topic="Standup") for i in range(2)]
+    other = OtherHost()
+    try:
+        sim = {"chats_page_size": 1, "hostile_mode": "foreign_next_link",
+               "foreign_location_root": "http://127.0.0.1:%d/beta" % other.port}
+        with Stack(tmp_path, sim_config=sim) as stack:
+            token = stack.graph.token()
+            for event in events:
+                r = stack.graph.post_chat(
+                    chat_body("group", [event["members"][0]["userId"], event["members"][1]
+                                        ["userId"]], topic="Standup"),
+                    token, headers={"client-request-id": str(uuid.uuid4())})
+                assert r.status == 201, r
+            stack.graph.config(**CREATED_504)
+            results = run(stack, events)
+            log = stack.daemon.log_text()
+            drain_results(stack)
+            ledger = stack.graph.ledger()
+    finally:
+        other.close()
+    assert other.requests == [], "the lookup followed a next link to another host"
+    assert "the lookup's next page is not on the Graph host" in log, log[-3000:]
+    assert_no_duplicate_group_chats(ledger)
+    posts = posts_by_crid(ledger)
+    for event in events:
+        result = results[event["id"]]
+        assert result["status"] == "failed", result
+        assert result["error"]["code"] == "OutcomeUnknown", result
+        crid = client_request_id(event["id"])
+        assert [p.get("fault") for p in posts[crid]] == ["created_504"], posts[crid]

@@ -687,12 +687,21 @@ static void keep_arg(const struct gs_req *q, const char *name, char *buf, size_t
 	snprintf(buf + n, cap - n, "%s=%s&", name, enc);
 }
 
-/* The URL of the page after `next`: the same request with $skiptoken=next. */
+/*
+ * The URL of the page after `next`: the same request with $skiptoken=next, on this host or,
+ * in hostile mode foreign_next_link, on foreign_location_root's.
+ */
 static json_object *next_link(const struct gs_req *q, size_t next)
 {
 	char origin[256], path[1024], buf[4096];
+	const char *rest = strchr(q->path + 1, '/'); /* after the version */
 	gs_req_origin(q, origin, sizeof(origin));
 	url_encode(q->path, "/'()@:$!*,;=", path, sizeof(path));
+	if (gs.k.hostile == GS_H_FOREIGN_NEXT_LINK && rest && gs_roll(gs.k.hostile_rate)) {
+		url_encode(rest, "/'()@:$!*,;=", path, sizeof(path));
+		snprintf(origin, sizeof(origin), "%s",
+		         gs.k.foreign_root ? gs.k.foreign_root : "https://graph.attacker.example/v1.0");
+	}
 	snprintf(buf, sizeof(buf), "%s%s?", origin, path);
 	keep_arg(q, "$filter", buf, sizeof(buf));
 	keep_arg(q, "$expand", buf, sizeof(buf));

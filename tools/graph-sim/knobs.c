@@ -58,7 +58,7 @@ static const struct num_knob num_knobs[] = {
 static const char *const retry_modes[] = {"integer", "fractional", "absent"};
 static const char *const hostile_modes[] = {
     "none",         "oversized_body",   "invalid_json_201", "201_without_id",
-    "endless_body", "foreign_location", "retry_after_year"};
+    "endless_body", "foreign_location", "retry_after_year", "foreign_next_link"};
 
 static void client_free(struct gs_client *c)
 {
