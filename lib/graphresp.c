@@ -450,7 +450,8 @@ static bool member_has(json_object *m, const struct graphresp_lookup_query *q, s
 		    !json_object_is_type(v, json_type_string))
 			continue;
 		const char *s = json_object_get_string(v);
-		if (strcasecmp(s, q->user_ids[j]) == 0 || (k == 0 && oid && strcasecmp(s, oid) == 0))
+		if (strcasecmp(s, q->user_ids[j]) == 0 ||
+		    (k == 0 && oid && strcasecmp(s, oid) == 0))
 			return true;
 	}
 	return false;

@@ -29,9 +29,9 @@ enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL };
  */
 struct job_lookup {
 	char (*object_ids)[37]; /* per member: its object id once resolved, "" if none */
-	size_t resolved;   /* members whose object id has been asked for (or is not needed) */
-	char *next_page;   /* the "@odata.nextLink" to read next; NULL: the first page */
-	unsigned pages;    /* pages read */
+	size_t resolved;        /* members whose object id has been asked for (or is not needed) */
+	char *next_page;        /* the "@odata.nextLink" to read next; NULL: the first page */
+	unsigned pages;         /* pages read */
 };
 
 /*

@@ -540,8 +540,8 @@ static void lookup_next_page(struct worker *w, struct job *job, const char *next
 }
 
 /* A lookup request that did not succeed: try again, refresh the token, or give up. */
-static void lookup_failed(struct worker *w, struct job *job, struct xfer *x,
-                          enum retry_class cls, long status)
+static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enum retry_class cls,
+                          long status)
 {
 	if (cls == RETRY_AUTH && !job->auth_retried) {
 		auth_invalidate(w->conf.auth, job->tenant, x->token);
@@ -596,8 +596,7 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 		requeue_now(w, job);
 		return;
 	}
-	log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s",
-	         found.chat.id);
+	log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s", found.chat.id);
 	job->status = JOB_SUCCEEDED;
 	snprintf(job->chat_id, sizeof job->chat_id, "%s", found.chat.id);
 	snprintf(job->chat_created, sizeof job->chat_created, "%s", found.chat.created);
@@ -901,7 +900,8 @@ static bool lookup_needs_user(struct worker *w, struct job *job)
 		const struct event_member *m = &job->ev->members[l->resolved];
 		if (m->tenant_id || !event_is_upn(m->user_id))
 			continue;
-		if (!idcache_get(w->ids, job->ev->tenant, m->user_id, now, l->object_ids[l->resolved]))
+		if (!idcache_get(w->ids, job->ev->tenant, m->user_id, now,
+		                 l->object_ids[l->resolved]))
 			return true;
 	}
 	return false;

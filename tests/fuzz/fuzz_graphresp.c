@@ -1,7 +1,7 @@
 /*
  * fuzz_graphresp.c - every Graph response parser on the same input: chat, operation,
- * error, lookup (members by UPN, mail or object id) and user. Properties: no crash, and every string field filled is terminated
- * within its record.
+ * error, lookup (members by UPN, mail or object id) and user. Properties: no crash, and every
+ * string field filled is terminated within its record.
  */
 #include <stdint.h>
 #include <stdlib.h>

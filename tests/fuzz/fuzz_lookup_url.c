@@ -56,7 +56,8 @@ static void check_user_id_url(const char *root, const char *owner, char *url, si
 	if (!dec)
 		abort();
 	const char *p = skip(skip(url, root), "/users('");
-	if (!odata_take(p, dec, &end) || strcmp(dec, owner) != 0 || strcmp(end, "')?$select=id") != 0)
+	if (!odata_take(p, dec, &end) || strcmp(dec, owner) != 0 ||
+	    strcmp(end, "')?$select=id") != 0)
 		abort();
 	free(dec);
 }

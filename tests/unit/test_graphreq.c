@@ -360,14 +360,14 @@ static void test_user_id_url(void **state)
 {
 	(void)state;
 	char out[1024];
-	assert_true(graphreq_user_id_url(ROOT "/", "o'brien_x.com#EXT#@contoso.onmicrosoft.com", out,
-	                                 sizeof out));
+	assert_true(graphreq_user_id_url(ROOT "/", "o'brien_x.com#EXT#@contoso.onmicrosoft.com",
+	                                 out, sizeof out));
 	assert_string_equal(out, ROOT "/users('o''brien_x.com%23EXT%23@contoso.onmicrosoft.com')"
 	                              "?$select=id");
 	assert_false(graphreq_user_id_url(ROOT, "", out, sizeof out));
 	assert_false(graphreq_user_id_url(ROOT, "a@b.com", out, strlen(ROOT "/users('a@b.com')")));
-	assert_true(graphreq_user_id_url(ROOT, "a@b.com", out,
-	                                 sizeof ROOT "/users('a@b.com')?$select=id"));
+	assert_true(
+	    graphreq_user_id_url(ROOT, "a@b.com", out, sizeof ROOT "/users('a@b.com')?$select=id"));
 	assert_false(graphreq_user_id_url(ROOT, "a@b.com", out,
 	                                  sizeof ROOT "/users('a@b.com')?$select=id" - 1));
 }

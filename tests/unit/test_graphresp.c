@@ -407,9 +407,9 @@ static void test_lookup(void **state)
 static void test_lookup_by_object_id(void **state)
 {
 	(void)state;
-	const char *body = "{\"value\":["
-	    CHAT("19:ours@thread.v2", "T", "2026-11-26T10:00:02Z",
-	         MEM(G1, "\"jane@contoso.com\"") "," MEM(G3, "\"bob@fabrikam.com\"")) "]}";
+	const char *body = "{\"value\":[" CHAT(
+	    "19:ours@thread.v2", "T", "2026-11-26T10:00:02Z",
+	    MEM(G1, "\"jane@contoso.com\"") "," MEM(G3, "\"bob@fabrikam.com\"")) "]}";
 	const char *ids[] = {"jane.doe@contoso.onmicrosoft.com", "bob@fabrikam.com"};
 	const char *oids[] = {"8C0A1A67-50CE-4114-BB6C-DA9C5DBCF6CA", NULL};
 	struct graphresp_lookup_query q = {

@@ -700,7 +700,8 @@ static json_object *next_link(const struct gs_req *q, size_t next)
 	if (gs.k.hostile == GS_H_FOREIGN_NEXT_LINK && rest && gs_roll(gs.k.hostile_rate)) {
 		url_encode(rest, "/'()@:$!*,;=", path, sizeof(path));
 		snprintf(origin, sizeof(origin), "%s",
-		         gs.k.foreign_root ? gs.k.foreign_root : "https://graph.attacker.example/v1.0");
+		         gs.k.foreign_root ? gs.k.foreign_root
+		                           : "https://graph.attacker.example/v1.0");
 	}
 	snprintf(buf, sizeof(buf), "%s%s?", origin, path);
 	keep_arg(q, "$filter", buf, sizeof(buf));
@@ -818,8 +819,8 @@ static void user_get_locked(const struct gs_req *q, struct gs_reply *r, const ch
 	json_object_object_add(o, "@odata.context", json_object_new_string(buf));
 	for (size_t i = 0; i < CP_ARRAY_LEN(fields); i++)
 		if (!select || selected(select, fields[i]))
-			json_object_object_add(o, fields[i],
-			                       values[i] ? json_object_new_string(values[i]) : NULL);
+			json_object_object_add(
+			    o, fields[i], values[i] ? json_object_new_string(values[i]) : NULL);
 	gs_reply_json(r, 200, o);
 }
 
