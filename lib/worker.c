@@ -532,7 +532,7 @@ static void lookup_next_page(struct worker *w, struct job *job, const char *next
 		why = "the group chat may exist; out of memory reading the lookup's next page";
 	if (why) {
 		log_with(LOG_LVL_WARNING, ctx, "lookup: %s", why);
-		job_fail(job, 200, "OutcomeUnknown", why, false);
+		job_fail(job, job->http_status, "OutcomeUnknown", why, false);
 		finish_job(w, job);
 		return;
 	}
@@ -619,7 +619,7 @@ static void on_resolve_answer(struct worker *w, struct job *job, struct xfer *x,
 		char err[256];
 		if (!graphresp_parse_user(x->resp ? x->resp : "", x->resp_len, &user, err,
 		                          sizeof err)) {
-			job_fail(job, status, "OutcomeUnknown", err, false);
+			job_fail(job, job->http_status, "OutcomeUnknown", err, false);
 			finish_job(w, job);
 			return;
 		}

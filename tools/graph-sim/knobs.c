@@ -224,7 +224,7 @@ static bool user_from(json_object *o, struct gs_user *u, char *err, size_t errca
 		return false;
 	}
 	u->upn = gs_strdup_lower(json_object_get_string(v));
-	if (json_object_object_get_ex(o, "mail", &v) &&
+	if (json_object_object_get_ex(o, "mail", &v) && v &&
 	    (!json_object_is_type(v, json_type_string) ||
 	     !(u->mail = strdup(json_object_get_string(v))))) {
 		snprintf(err, errcap, "users[]: \"mail\" must be a string");
