@@ -77,17 +77,29 @@ static void sb_put_root(struct sbuf *b, const char *root)
 	sb_putn(b, root, n);
 }
 
-bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out, size_t cap)
+/* "{root}/{segment}('{key}')", key as an OData literal, percent-encoded. */
+static bool keyed_url(const char *root, const char *segment, const char *key, char *out, size_t cap)
 {
 	struct sbuf b;
 	sb_init(&b, out, cap);
-	if (!bind_root || !*bind_root || !user_id || !*user_id)
+	if (!root || !*root || !key || !*key)
 		return false;
-	sb_put_root(&b, bind_root);
-	sb_puts(&b, "/users('");
-	sb_put_literal(&b, user_id);
+	sb_put_root(&b, root);
+	sb_puts(&b, segment);
+	sb_puts(&b, "('");
+	sb_put_literal(&b, key);
 	sb_puts(&b, "')");
 	return b.ok;
+}
+
+bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out, size_t cap)
+{
+	return keyed_url(bind_root, "/users", user_id, out, cap);
+}
+
+bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out, size_t cap)
+{
+	return keyed_url(version_root, "/chats", chat_id, out, cap);
 }
 
 /* Adds val under key, taking ownership of val in every case; NULL val means OOM. */

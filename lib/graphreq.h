@@ -36,6 +36,13 @@ char *graphreq_chat_body(const struct event_request *ev, const char *bind_root) 
 bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out,
                             size_t cap) CP_MUSTCHECK;
 
+/*
+ * "{version_root}/chats('{X}')", X the chat id as an OData string literal, percent-encoded:
+ * where a chat made by an async operation is read back (its webUrl, createdDateTime).
+ */
+bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out,
+                       size_t cap) CP_MUSTCHECK;
+
 /* The client-request-id of an event: lower-case UUIDv5 of event_id in the namespace above. */
 bool graphreq_client_request_id(const char *event_id, char out[37]) CP_MUSTCHECK;
 

@@ -21,7 +21,8 @@
 
 /* JOB_ABANDONED: its partition was revoked; it goes away without a result. */
 enum job_status { JOB_PENDING, JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED, JOB_ABANDONED };
-enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL };
+/* JOB_PHASE_CHAT: the operation made the chat; its details are being read back. */
+enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL, JOB_PHASE_CHAT };
 
 /*
  * A group-chat lookup in progress (worker.c): the object ids of members named by UPN, then
@@ -60,6 +61,7 @@ struct job {
 	unsigned transient_failures; /* what the retry budget counts: 429s are the scheduler's */
 	bool auth_retried;           /* a 401 has been answered with one refresh already */
 	bool needs_lookup;           /* a group-chat POST may have succeeded: look before posting */
+	unsigned chat_reads;         /* JOB_PHASE_CHAT: GETs of the chat tried */
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;

@@ -587,6 +587,7 @@ static void on_accepted(struct job *job, void *arg)
 	if (o) {
 		json_object_object_add(o, "location", json_object_new_string(job->op_url));
 		json_object_object_add(o, "startedAt", json_object_new_int64(started));
+		json_object_object_add(o, "attempts", json_object_new_int64(job->attempts));
 		snprintf(value, sizeof value, "%s",
 		         json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
 		                                               JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -743,7 +744,7 @@ static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struc
 static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
                    const char *reason)
 {
-	char id[256];
+	char id[EVENT_ID_MAX_BYTES + 1];
 	if (!job->rejected_id && event_peek_id(msg->payload, msg->len, id, sizeof id))
 		job->rejected_id = strdup(id);
 	job->status = JOB_REJECTED;
@@ -850,17 +851,35 @@ static bool replay(struct pipeline *p, struct job *job, const struct state_info 
 	return ok;
 }
 
-/* Picks up a 202 operation recorded by whichever instance started it. */
+/*
+ * Picks up a 202 operation recorded by whichever instance started it. The recorded poll URL
+ * is outside input like a fresh Location (a forged or stale record, another base_url): it
+ * passes the same check, or the operation is not followed and the request is treated as
+ * sent with an unknown outcome (a group chat is looked up, a one-on-one chat posted again),
+ * so the bearer token never goes to another host.
+ */
 static void resume_operation(struct pipeline *p, struct job *job, const struct state_info *si)
 {
 	int64_t now_mono = cptime_mono_ms(), now_wall = cptime_wall_ms();
 	int64_t started = si->op_started_wall_ms ? si->op_started_wall_ms : si->at_wall_ms;
-	if (!job_set_string(&job->op_url, si->op_url)) {
+	char version_root[JOB_URL_MAX], url[JOB_URL_MAX];
+	if (snprintf(version_root, sizeof version_root, "%s/%s", p->cfg->graph.base_url,
+	             p->cfg->graph.api_version) >= (int)sizeof version_root ||
+	    !graphreq_resolve_location(version_root, si->op_url, url, sizeof url)) {
+		log_warning("request %s: the recorded operation URL is not on %s: not polled",
+		            job->ev->id, version_root);
+		job->needs_lookup = job->ev->chat_type == EVENT_CHAT_GROUP;
+		job->intent_wall_ms = si->at_wall_ms;
+		return;
+	}
+	if (!job_set_string(&job->op_url, url)) {
 		atomic_store(&p->fatal, true);
 		return;
 	}
 	job->phase = JOB_PHASE_POLL;
 	job->http_status = 202;
+	/* A record without the count still stands for the POST that got the 202. */
+	job->attempts = si->op_attempts ? si->op_attempts : 1;
 	job->op_started_mono_ms = now_mono - (now_wall - started);
 	job->op_deadline_mono_ms =
 	    job->op_started_mono_ms + (int64_t)(p->cfg->operations.timeout_s * 1000);

@@ -35,12 +35,14 @@
 #include <time.h>
 
 #include "cptime.h"
+#include "event.h"
 #include "graphreq.h"
 #include "kafka.h"
 #include "log.h"
 
 #define KEY_BYTES          16
-#define ID_MAX             200
+/* Ids are up to 200 characters, EVENT_ID_MAX_BYTES bytes: a longer key is not ours. */
+#define ID_MAX             EVENT_ID_MAX_BYTES
 #define RESTORE_TIMEOUT_MS (120 * 1000)
 #define FETCH_TIMEOUT_MS   (10 * 1000)
 #define INITIAL_BUCKETS    1024
@@ -95,6 +97,7 @@ struct entry {
 	int64_t offset;
 	char *op_url; /* STATE_OPERATION only */
 	int64_t op_started_wall_ms;
+	uint32_t op_attempts; /* STATE_OPERATION only */
 };
 
 /*
@@ -768,7 +771,7 @@ static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 		return false;
 	struct json_object *root = json_tokener_parse_ex(tok, msg->payload, (int)msg->len);
 	json_tokener_free(tok);
-	struct json_object *loc = NULL, *started = NULL;
+	struct json_object *loc = NULL, *started = NULL, *attempts = NULL;
 	bool ok = root && json_object_object_get_ex(root, "location", &loc) &&
 	          json_object_is_type(loc, json_type_string) &&
 	          json_object_object_get_ex(root, "startedAt", &started);
@@ -779,6 +782,11 @@ static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 			free(e->op_url);
 			e->op_url = url;
 			e->op_started_wall_ms = json_object_get_int64(started);
+			/* Absent in records of older versions: 0, "not recorded". */
+			int64_t n = json_object_object_get_ex(root, "attempts", &attempts)
+			                ? json_object_get_int64(attempts)
+			                : 0;
+			e->op_attempts = n > 0 && n <= UINT32_MAX ? (uint32_t)n : 0;
 		}
 	}
 	json_object_put(root);
@@ -987,6 +995,7 @@ static void entry_read(const struct entry *e, struct state_info *out)
 	out->active = e->active;
 	out->fingerprint_only = e->fingerprint_only;
 	out->op_started_wall_ms = e->op_started_wall_ms;
+	out->op_attempts = e->op_attempts;
 	if (e->op_url)
 		snprintf(out->op_url, sizeof out->op_url, "%s", e->op_url);
 }

@@ -7,7 +7,7 @@
  * input partition P restores state partition P before processing it. Records carry their
  * kind in the "chatprov-state" header:
  *   intent     written and acknowledged before POST /chats of a group chat
- *   operation  after a 202: {"location": url, "startedAt": epoch ms}
+ *   operation  after a 202: {"location": url, "startedAt": epoch ms, "attempts": POSTs sent}
  *   done       the final result, byte for byte as published on the output topic
  * and a tombstone (null value) removes a request. Requests past [recovery]
  * state_retention_s are dropped from memory, and tombstoned when their partition is next
@@ -54,6 +54,7 @@ struct state_info {
 	bool done_succeeded; /* STATE_DONE: the result's status was "succeeded" */
 	char op_url[2048];   /* STATE_OPERATION: where to poll */
 	int64_t op_started_wall_ms;
+	unsigned op_attempts; /* STATE_OPERATION: POSTs sent up to the 202 (0: not recorded) */
 	bool active; /* a job for this id is in progress in this instance */
 	/*
 	 * STATE_DONE known by a 64-bit fingerprint of the id only (a compacted request):

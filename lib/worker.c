@@ -26,8 +26,10 @@
 /* Object ids of members named by UPN, per worker: how many, for how long. */
 #define IDCACHE_CAPACITY 512
 #define IDCACHE_TTL_MS   (60 * 60 * 1000)
+/* Reads of a chat an operation made, before the result goes out without its details. */
+#define CHAT_READ_TRIES 3
 
-enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP, XFER_RESOLVE };
+enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP, XFER_RESOLVE, XFER_CHAT };
 
 /* One HTTP exchange in flight. Lives from start_transfer to finish_transfer. */
 struct xfer {
@@ -37,7 +39,7 @@ struct xfer {
 	CURL *easy;
 	struct curl_slist *headers;
 	char *token; /* the bearer token sent, for auth_invalidate on 401 */
-	char *url;   /* XFER_LOOKUP, XFER_RESOLVE: the query */
+	char *url;   /* XFER_LOOKUP, XFER_RESOLVE: the query; XFER_CHAT: the chat */
 	char *resp;
 	size_t resp_len, resp_cap, resp_limit;
 	bool resp_overflow;
@@ -248,6 +250,16 @@ static void fail_from_graph_error(struct job *job, const struct xfer *x, long st
 
 /* ---- POST /chats answers ---- */
 
+/* A chat Graph described: the result names it with its details. */
+static void take_chat(struct job *job, const struct graphresp_chat *chat)
+{
+	job->status = JOB_SUCCEEDED;
+	snprintf(job->chat_id, sizeof job->chat_id, "%s", chat->id);
+	bool stored = job_set_string(&job->chat_web_url, chat->web_url);
+	(void)stored; /* without memory the result lacks only the web URL */
+	snprintf(job->chat_created, sizeof job->chat_created, "%s", chat->created);
+}
+
 static void on_created(struct worker *w, struct job *job, struct xfer *x)
 {
 	struct graphresp_chat chat;
@@ -258,11 +270,7 @@ static void on_created(struct worker *w, struct job *job, struct xfer *x)
 		finish_job(w, job);
 		return;
 	}
-	job->status = JOB_SUCCEEDED;
-	snprintf(job->chat_id, sizeof job->chat_id, "%s", chat.id);
-	bool stored = job_set_string(&job->chat_web_url, chat.web_url);
-	(void)stored; /* without memory the result lacks only the web URL */
-	snprintf(job->chat_created, sizeof job->chat_created, "%s", chat.created);
+	take_chat(job, &chat);
 	finish_job(w, job);
 }
 
@@ -280,10 +288,12 @@ static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
 	}
 	int64_t now = cptime_mono_ms();
 	job->phase = JOB_PHASE_POLL;
-	if (w->conf.hooks.on_accepted)
-		w->conf.hooks.on_accepted(job, w->conf.arg);
+	/* Before the hook: the operation record carries this start, which bounds the
+	 * operation's deadline and its 404 grace for whichever instance resumes it. */
 	job->op_started_mono_ms = now;
 	job->op_deadline_mono_ms = now + p.op_timeout_ms;
+	if (w->conf.hooks.on_accepted)
+		w->conf.hooks.on_accepted(job, w->conf.arg);
 	int64_t wait = retry_after_ms(x, p.poll_interval_ms);
 	schedule_poll(w, job, now + (wait > p.poll_interval_ms ? wait : p.poll_interval_ms));
 }
@@ -419,6 +429,18 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 
 /* ---- operation poll answers ---- */
 
+/*
+ * An operation names only the chat's id: its webUrl and createdDateTime are read with
+ * GET /chats('{id}'), so that the result reads like a 201's, resumed operation or not.
+ */
+static void read_chat(struct worker *w, struct job *job, int64_t at)
+{
+	job->phase = JOB_PHASE_CHAT;
+	job->next_poll_mono_ms = at;
+	if (!job->chat_id[0] || !heap_push(&w->polls, job))
+		finish_job(w, job); /* succeeded all the same, without the details */
+}
+
 static void on_operation(struct worker *w, struct job *job, struct xfer *x)
 {
 	struct worker_policy p = current_policy(w);
@@ -436,7 +458,7 @@ static void on_operation(struct worker *w, struct job *job, struct xfer *x)
 	case GRAPHRESP_OP_SUCCEEDED:
 		job->status = JOB_SUCCEEDED;
 		snprintf(job->chat_id, sizeof job->chat_id, "%s", op.target_resource_id);
-		finish_job(w, job);
+		read_chat(w, job, now);
 		return;
 	case GRAPHRESP_OP_FAILED:
 		job_fail(
@@ -476,6 +498,36 @@ static void on_poll_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	if (fresh_404 || cls == RETRY_AUTH)
 		wait = retry_after_ms(x, 1000);
 	schedule_poll(w, job, now + wait);
+}
+
+/* The chat of a finished operation: its details, or, after a few tries, the result without. */
+static void on_chat_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+                           long status)
+{
+	struct graphresp_chat chat;
+	char err[256] = "";
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (cls == RETRY_SUCCESS &&
+	    graphresp_parse_chat(x->resp ? x->resp : "", x->resp_len, &chat, err, sizeof err) &&
+	    strcmp(chat.id, job->chat_id) == 0) {
+		take_chat(job, &chat);
+		finish_job(w, job);
+		return;
+	}
+	if (cls == RETRY_AUTH)
+		auth_invalidate(w->conf.auth, job->tenant, x->token);
+	bool again = cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED || cls == RETRY_AUTH;
+	if (again && ++job->chat_reads < CHAT_READ_TRIES) {
+		read_chat(w, job, cptime_mono_ms() + retry_after_ms(x, 1000));
+		return;
+	}
+	struct log_ctx ctx;
+	log_ctx_of(job, x, &ctx);
+	log_with(LOG_LVL_NOTICE, &ctx,
+	         "operation succeeded; reading the chat failed (HTTP %ld%s%s): no webUrl in the "
+	         "result",
+	         status, err[0] ? ": " : "", err);
+	finish_job(w, job);
 }
 
 /* ---- lookup answers (unknown outcomes of group chats) ---- */
@@ -597,11 +649,7 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 		return;
 	}
 	log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s", found.chat.id);
-	job->status = JOB_SUCCEEDED;
-	snprintf(job->chat_id, sizeof job->chat_id, "%s", found.chat.id);
-	snprintf(job->chat_created, sizeof job->chat_created, "%s", found.chat.created);
-	bool stored = job_set_string(&job->chat_web_url, found.chat.web_url);
-	(void)stored;
+	take_chat(job, &found.chat);
 	finish_job(w, job);
 }
 
@@ -772,6 +820,7 @@ static const char *xfer_url(const struct worker *w, const struct xfer *x)
 		return x->job->op_url;
 	case XFER_LOOKUP:
 	case XFER_RESOLVE:
+	case XFER_CHAT:
 		break;
 	}
 	return x->url;
@@ -821,21 +870,26 @@ static const char *lookup_owner(const struct job *job)
 	return NULL;
 }
 
-/* The lookup's next request: a member's object id, the first page, or the next one. */
-static bool lookup_url(const struct worker *w, const struct job *job, struct xfer *x)
+/* The URL of a lookup step (a member's object id, the first page, the next) or a chat read. */
+static bool xfer_own_url(const struct worker *w, const struct job *job, struct xfer *x)
 {
-	char url[GRAPHREQ_URL_MAX];
+	char url[GRAPHREQ_URL_MAX + 1];
 	const struct job_lookup *l = job->lookup;
 	const char *owner = lookup_owner(job);
-	if (x->kind == XFER_RESOLVE) {
-		if (!graphreq_user_id_url(w->version_root, job->ev->members[l->resolved].user_id,
-		                          url, sizeof url))
-			return false;
+	bool built;
+	if (x->kind == XFER_CHAT) {
+		built = graphreq_chat_url(w->version_root, job->chat_id, url, sizeof url);
+	} else if (x->kind == XFER_RESOLVE) {
+		built = graphreq_user_id_url(w->version_root, job->ev->members[l->resolved].user_id,
+		                             url, sizeof url);
 	} else if (l->next_page) {
 		x->url = strdup(l->next_page);
 		return x->url != NULL;
-	} else if (!owner || !job->ev->topic ||
-	           !graphreq_lookup_url(w->version_root, owner, job->ev->topic, url, sizeof url)) {
+	} else {
+		built = owner && job->ev->topic &&
+		        graphreq_lookup_url(w->version_root, owner, job->ev->topic, url, sizeof url);
+	}
+	if (!built) {
 		return false;
 	}
 	x->url = strdup(url);
@@ -848,7 +902,7 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 {
 	struct xfer *x = calloc(1, sizeof *x);
 	if (!x)
-		return false;
+		goto fail;
 	x->w = w;
 	x->job = job;
 	x->kind = kind;
@@ -857,16 +911,11 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	x->token = strdup(token);
 	x->easy = curl_easy_init();
 	if (!x->token || !x->easy ||
-	    ((kind == XFER_LOOKUP || kind == XFER_RESOLVE) && !lookup_url(w, job, x)) ||
-	    !xfer_headers(x, token) || !xfer_setup(w, x))
+	    ((kind == XFER_LOOKUP || kind == XFER_RESOLVE || kind == XFER_CHAT) &&
+	     !xfer_own_url(w, job, x)) ||
+	    !xfer_headers(x, token) || !xfer_setup(w, x) ||
+	    curl_multi_add_handle(w->multi, x->easy) != CURLM_OK)
 		goto fail;
-	if (kind == XFER_POST && w->conf.hooks.post_begin)
-		w->conf.hooks.post_begin(job->partition, w->conf.arg);
-	if (curl_multi_add_handle(w->multi, x->easy) != CURLM_OK) {
-		if (kind == XFER_POST && w->conf.hooks.post_end)
-			w->conf.hooks.post_end(job->partition, w->conf.arg);
-		goto fail;
-	}
 	w->in_flight++;
 	if (kind == XFER_POST) {
 		job->attempts++;
@@ -877,6 +926,8 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	}
 	return true;
 fail:
+	if (kind == XFER_POST && w->conf.hooks.post_end) /* begun by launch */
+		w->conf.hooks.post_end(job->partition, w->conf.arg);
 	xfer_free(x);
 	return false;
 }
@@ -928,6 +979,25 @@ static bool lookup_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
 }
 
 /*
+ * Counts a POST in flight, then checks that the partition is still ours: in this order, a
+ * revoke (which changes the generation, then waits until no POST is counted) either sees
+ * this one and waits for it, or happened before the check, which then fails. Checking first
+ * would leave a window in which a revoke sees nothing in flight and the POST still leaves,
+ * while the next owner's lookup may run before it lands. False: not ours, nothing counted.
+ */
+static bool begin_post(struct worker *w, struct job *job)
+{
+	const struct worker_hooks *h = &w->conf.hooks;
+	if (h->post_begin)
+		h->post_begin(job->partition, w->conf.arg);
+	if (!h->is_current || h->is_current(job, w->conf.arg))
+		return true;
+	if (h->post_end)
+		h->post_end(job->partition, w->conf.arg);
+	return false;
+}
+
+/*
  * What a job needs next: a poll of its operation, a lookup of a group chat whose creation
  * may have happened already, or a POST. A lookup that cannot be made ends the job with
  * OutcomeUnknown rather than risk a second chat. Returns false when the job was finished.
@@ -939,8 +1009,8 @@ static bool next_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
 		abandon(w, job);
 		return false;
 	}
-	if (job->phase == JOB_PHASE_POLL) {
-		*kind = XFER_POLL;
+	if (job->phase == JOB_PHASE_POLL || job->phase == JOB_PHASE_CHAT) {
+		*kind = job->phase == JOB_PHASE_POLL ? XFER_POLL : XFER_CHAT;
 		return true;
 	}
 	if (!job->needs_lookup) {
@@ -994,6 +1064,11 @@ static void launch(struct worker *w, struct job *job)
 		}
 		return;
 	}
+	if (kind == XFER_POST && !begin_post(w, job)) {
+		explicit_bzero(w->token_buf, strlen(w->token_buf));
+		abandon(w, job); /* the new owner resumes from the state topic */
+		return;
+	}
 	bool ok = start_transfer(w, job, kind, w->token_buf);
 	explicit_bzero(w->token_buf, strlen(w->token_buf));
 	if (!ok) {
@@ -1039,6 +1114,9 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 		break;
 	case XFER_RESOLVE:
 		on_resolve_answer(w, job, x, rc, answer);
+		break;
+	case XFER_CHAT:
+		on_chat_answer(w, job, x, rc, answer);
 		break;
 	}
 	xfer_free(x);

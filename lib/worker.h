@@ -34,6 +34,9 @@ struct worker_policy {
  * is_current: false once the job's partition was revoked; it must not be sent then.
  * post_begin/post_end bracket a POST /chats, from before it is sent until its outcome is
  * recorded (result, operation record or requeue): a revoke waits for these to drain.
+ * A POST is counted (post_begin) before its last is_current check, and both must be
+ * sequentially consistent with the revoke's generation change and its wait: then a revoke
+ * that sees no POST in flight is sure that none will start for that generation.
  * on_accepted: a 202 gave an operation to follow; the pipeline records it.
  */
 struct worker_hooks {

@@ -20,6 +20,7 @@
 
 #include "cfg.h"
 #include "cptime.h"
+#include "event.h"
 #include "mock_kafka.h"
 #include "state.h"
 
@@ -301,20 +302,28 @@ static void test_operation_parsed(void **state)
 	const char *url = "https://graph.microsoft.com/v1.0/chats('19:a@thread.v2')/"
 	                  "operations('op-1')";
 	char value[512];
-	snprintf(value, sizeof value, "{\"location\": \"%s\", \"startedAt\": 1767225600123}", url);
+	snprintf(value, sizeof value,
+	         "{\"location\": \"%s\", \"startedAt\": 1767225600123, \"attempts\": 3}", url);
 	put(f, 1, "op", "operation", NO_STATUS, value);
+	/* Written by an older version: no attempts. */
+	snprintf(value, sizeof value, "{\"location\": \"%s\", \"startedAt\": 5}", url);
+	put(f, 1, "op-old", "operation", NO_STATUS, value);
 	/* Unreadable: not JSON, no location, a location that is not a string, no startedAt. */
 	put(f, 1, "bad1", "operation", NO_STATUS, "not json");
 	put(f, 1, "bad2", "operation", NO_STATUS, "{\"startedAt\": 5}");
 	put(f, 1, "bad3", "operation", NO_STATUS, "{\"location\": 7, \"startedAt\": 5}");
 	put(f, 1, "bad4", "operation", NO_STATUS, "{\"location\": \"https://g/op\"}");
-	assert_int_equal(restore(f, 1), 5);
+	assert_int_equal(restore(f, 1), 6);
 
 	struct state_info si = get(f, "op");
 	assert_int_equal(si.kind, STATE_OPERATION);
 	assert_int_equal(si.partition, 1);
 	assert_string_equal(si.op_url, url);
 	assert_int_equal(si.op_started_wall_ms, 1767225600123LL);
+	assert_int_equal(si.op_attempts, 3);
+	si = get(f, "op-old");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_int_equal(si.op_attempts, 0);
 	for (int i = 1; i <= 4; i++) {
 		char id[8];
 		snprintf(id, sizeof id, "bad%d", i);
@@ -394,6 +403,70 @@ static void test_fetch(void **state)
 		free(value);
 	}
 	assert_true(cptime_mono_ms() - started < 2500);
+}
+
+/* n copies of the UTF-8 character ch: an id of n code points, n * strlen(ch) bytes. */
+static const char *repeat_char(char *buf, size_t cap, const char *ch, size_t n)
+{
+	size_t k = strlen(ch);
+	assert_true(n * k < cap);
+	for (size_t i = 0; i < n; i++)
+		memcpy(buf + i * k, ch, k);
+	buf[n * k] = '\0';
+	return buf;
+}
+
+/*
+ * The id limit is 200 characters (code points), not bytes: the longest valid ids, 200
+ * two-byte or four-byte characters (400 and 800 bytes), keep their state like any other,
+ * whichever store holds it and whichever record kind; a key one byte beyond what a valid
+ * id can be is not one of ours.
+ */
+static void test_multibyte_ids(void **state)
+{
+	struct fixture *f = *state;
+	char e_acute[EVENT_ID_MAX_BYTES + 1], emoji[EVENT_ID_MAX_BYTES + 1];
+	char intent[EVENT_ID_MAX_BYTES + 1], too_long[EVENT_ID_MAX_BYTES + 2];
+	repeat_char(e_acute, sizeof e_acute, "\xc3\xa9", EVENT_ID_MAX_CHARS);
+	repeat_char(emoji, sizeof emoji, "\xf0\x9f\x98\x80", EVENT_ID_MAX_CHARS);
+	repeat_char(intent, sizeof intent, "\xe2\x82\xac", EVENT_ID_MAX_CHARS);
+	repeat_char(too_long, sizeof too_long, "x", EVENT_ID_MAX_BYTES + 1);
+	assert_int_equal(strlen(emoji), EVENT_ID_MAX_BYTES);
+	int64_t off_e = put(f, 1, e_acute, "done", "succeeded", done_ok);
+	int64_t off_emoji = put(f, 1, emoji, "done", "failed", done_ok);
+	put(f, 1, intent, "intent", NO_STATUS, "{}");
+	put(f, 1, too_long, "intent", NO_STATUS, "{}");
+	assert_int_equal(restore(f, 1), 4);
+
+	struct state_info si = get(f, e_acute);
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off_e);
+	assert_true(si.done_succeeded);
+	si = get(f, emoji);
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off_emoji);
+	assert_false(si.done_succeeded);
+	assert_int_equal(get(f, intent).kind, STATE_INTENT);
+	assert_int_equal(get(f, too_long).kind, STATE_NONE);
+	assert_int_equal(state_count(f->st), 3);
+
+	/* A replay fetches the result by the id and checks the record's key is that id. */
+	char err[256] = "";
+	char *value = NULL;
+	size_t len = 0;
+	if (!state_fetch(f->st, emoji, 1, off_emoji, &value, &len, err, sizeof err))
+		fail_msg("state_fetch: %s", err);
+	assert_int_equal(len, strlen(done_ok));
+	free(value);
+	value = NULL;
+	assert_false(state_fetch(f->st, e_acute, 1, off_emoji, &value, &len, err, sizeof err));
+	assert_null(value);
+
+	/* Active and back: moved through the live table like a short id. */
+	assert_true(state_set_active(f->st, e_acute, 1, true));
+	assert_true(get(f, e_acute).active);
+	assert_true(state_set_active(f->st, e_acute, 1, false));
+	assert_int_equal(get(f, e_acute).kind, STATE_DONE);
 }
 
 static void test_fetch_bad_offset(void **state)
@@ -1072,6 +1145,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_multibyte_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry_during_restore, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry_uses_last_record, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_forget_older, setup, teardown),
