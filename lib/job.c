@@ -43,6 +43,7 @@ void job_free(struct job *job)
 	free(job->payload);
 	if (job->headers)
 		rd_kafka_headers_destroy(job->headers);
+	job_lookup_end(job);
 	event_free(job->ev);
 	free(job->body);
 	free(job->rejected_id);
@@ -71,6 +72,17 @@ bool job_chat_may_exist(const struct job *job)
 	/* needs_lookup stays set until a lookup answered; a 202 leaves its Location. */
 	return job->needs_lookup || job->op_url || job->http_status == 201 ||
 	       job->http_status == 202;
+}
+
+void job_lookup_end(struct job *job)
+{
+	struct job_lookup *l = job->lookup;
+	if (!l)
+		return;
+	free(l->object_ids);
+	free(l->next_page);
+	free(l);
+	job->lookup = NULL;
 }
 
 void job_fail(struct job *job, long http_status, const char *code, const char *message,

@@ -25,6 +25,17 @@ enum job_status { JOB_PENDING, JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED, JOB_ABAN
 enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL, JOB_PHASE_CHAT };
 
 /*
+ * A group-chat lookup in progress (worker.c): the object ids of members named by UPN, then
+ * the pages of the owner's chats. Lives from the first lookup request to its answer.
+ */
+struct job_lookup {
+	char (*object_ids)[37]; /* per member: its object id once resolved, "" if none */
+	size_t resolved;        /* members whose object id has been asked for (or is not needed) */
+	char *next_page;        /* the "@odata.nextLink" to read next; NULL: the first page */
+	unsigned pages;         /* pages read */
+};
+
+/*
  * Large or rare strings are allocated when needed: tens of thousands of jobs can be in
  * memory at once, and most never need a Location or an error message.
  */
@@ -63,6 +74,7 @@ struct job {
 	int64_t op_deadline_mono_ms;
 	int64_t next_poll_mono_ms;
 	char *op_url; /* the operation's absolute URL, once a 202 gave one */
+	struct job_lookup *lookup;
 
 	/* Outcome. */
 	enum job_status status;
@@ -97,6 +109,9 @@ bool job_keep_payload(struct job *job, const rd_kafka_message_t *msg) CP_MUSTCHE
  * operation not seen to its end, a 201 without a usable chat. A re-drive looks it up first.
  */
 bool job_chat_may_exist(const struct job *job);
+
+/* Frees a lookup's state and clears job->lookup. */
+void job_lookup_end(struct job *job);
 
 /* Records a final failure (code as Graph names it where there is one). */
 void job_fail(struct job *job, long http_status, const char *code, const char *message,

@@ -590,6 +590,21 @@ static bool mark_outcome_unknown(rd_kafka_headers_t *h, const struct job *job)
 	return add_header_num(h, STATE_HEADER_OUTCOME_UNKNOWN, since);
 }
 
+/* A done record also says when the request's first POST may have left (state.h). */
+static rd_kafka_headers_t *done_headers(const struct job *job)
+{
+	char at[24];
+	rd_kafka_headers_t *h = state_headers(STATE_DONE, result_status_name(job->status));
+	if (!h || !job->intent_wall_ms)
+		return h;
+	snprintf(at, sizeof at, "%lld", (long long)job->intent_wall_ms);
+	if (rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, at, -1) != 0) {
+		rd_kafka_headers_destroy(h);
+		return NULL;
+	}
+	return h;
+}
+
 /*
  * The result goes to the output topic and, for a request Graph saw, the same bytes to the
  * state topic as its final record: a replay of a success is answered from there without
@@ -616,7 +631,7 @@ static bool publish_result(struct pipeline *p, struct job *job, bool block)
 	ok = ok && queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key,
 	                        key_len, value, len, h, job, block);
 	if (ok && with_state) {
-		h = state_headers(STATE_DONE, result_status_name(job->status));
+		h = done_headers(job);
 		if (h && !mark_outcome_unknown(h, job)) {
 			rd_kafka_headers_destroy(h);
 			h = NULL;

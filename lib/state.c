@@ -839,6 +839,18 @@ static void read_outcome_unknown(const rd_kafka_message_t *msg, struct record *r
 		rec->at_wall_ms = at;
 }
 
+/* A done record's STATE_INTENT_AT_HEADER, if present and not after the record itself. */
+static void take_intent_time(const rd_kafka_message_t *msg, int64_t *at_wall_ms)
+{
+	char text[24], *end;
+	if (!header_value(msg, STATE_INTENT_AT_HEADER, text, sizeof text))
+		return;
+	errno = 0;
+	long long v = strtoll(text, &end, 10);
+	if (errno == 0 && end != text && *end == '\0' && v > 0 && v <= *at_wall_ms)
+		*at_wall_ms = v;
+}
+
 /* False: not one of ours (no id, no kind or an unknown one). */
 static bool record_read(struct state *st, const rd_kafka_message_t *msg, struct record *rec)
 {
@@ -860,6 +872,8 @@ static bool record_read(struct state *st, const rd_kafka_message_t *msg, struct 
 	rd_kafka_timestamp_type_t tstype;
 	int64_t ts = rd_kafka_message_timestamp(msg, &tstype);
 	rec->at_wall_ms = ts > 0 ? ts : cptime_wall_ms();
+	if (rec->kind == STATE_DONE)
+		take_intent_time(msg, &rec->at_wall_ms);
 	rec->succeeded = rec->kind == STATE_DONE &&
 	                 header_value(msg, "chatprov-status", status, sizeof status) &&
 	                 strcmp(status, "succeeded") == 0;

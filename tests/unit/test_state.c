@@ -295,6 +295,56 @@ static void test_failed_outcome_unknown_reads_as_intent(void **state)
 
 }
 
+/* A done record as the pipeline writes it: with the intent's time (any text for a test). */
+static void put_done_since(const struct fixture *f, const char *id, const char *intent_at)
+{
+	int64_t offset = -1;
+	rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+	assert_non_null(h);
+	assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, "done", -1), 0);
+	assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1), 0);
+	assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(f->topic),
+	                                   RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY(id, strlen(id)),
+	                                   RD_KAFKA_V_VALUE((void *)done_ok, strlen(done_ok)),
+	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+	                                   RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(&offset),
+	                                   RD_KAFKA_V_END),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	flush();
+	assert_true(offset >= 0);
+}
+
+/*
+ * A done record's time is its request's intent's, when it names one: a lookup after a
+ * failed replay fetch searches from when the POST may have left, not from the result.
+ */
+static void test_done_keeps_the_intent_time(void **state)
+{
+	struct fixture *f = *state;
+	char at[32];
+	int64_t now = cptime_wall_ms(), intent = (now - 3600 * 1000) / 1000 * 1000;
+	snprintf(at, sizeof at, "%lld", (long long)intent);
+	put(f, 0, "a", "intent", NO_STATUS, "{}");
+	put_done_since(f, "a", at);
+	snprintf(at, sizeof at, "%lld", (long long)(now + 3600 * 1000));
+	put_done_since(f, "future", at);
+	put_done_since(f, "junk", "12x");
+	put_done_since(f, "negative", "-5");
+	put_done_since(f, "huge", "99999999999999999999999");
+	assert_int_equal(restore(f, 0), 6);
+	struct state_info si = get(f, "a");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.at_wall_ms, intent);
+	/* Anything else than a time before the record's own: the record's time. */
+	static const char *const others[] = {"future", "junk", "negative", "huge"};
+	for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+		si = get(f, others[i]);
+		assert_int_equal(si.kind, STATE_DONE);
+		assert_true(si.at_wall_ms >= now / 1000 * 1000 - 60 * 1000);
+		assert_true(si.at_wall_ms <= cptime_wall_ms());
+	}
+}
+
 static void test_tombstone_removes(void **state)
 {
 	struct fixture *f = *state;
@@ -1158,6 +1208,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_later_records_win, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_outcome_unknown_reads_as_intent, setup,
 	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_done_keeps_the_intent_time, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_tombstone_removes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
