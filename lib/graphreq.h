@@ -47,7 +47,8 @@ bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out,
 bool graphreq_client_request_id(const char *event_id, char out[37]) CP_MUSTCHECK;
 
 /*
- * The URL to poll for a 202's Location. version_root is "{base_url}/{version}". A relative
+ * The URL to poll for a 202's Location, or to read a lookup's next page from an
+ * "@odata.nextLink". version_root is "{base_url}/{version}". A relative
  * Location ("/chats('…')/operations('…')") is appended to version_root. An absolute one is
  * accepted only with version_root's scheme, host and port, no user info, and a path under
  * version_root's path; the result is then version_root + the rest, so the host written in
@@ -65,5 +66,12 @@ bool graphreq_resolve_location(const char *version_root, const char *location, c
  */
 bool graphreq_lookup_url(const char *version_root, const char *owner_user_id, const char *topic,
                          char *out, size_t cap) CP_MUSTCHECK;
+
+/*
+ * The object id of a user named by UPN: "{version_root}/users('{user}')?$select=id", user
+ * escaped as an OData literal and percent-encoded.
+ */
+bool graphreq_user_id_url(const char *version_root, const char *user, char *out,
+                          size_t cap) CP_MUSTCHECK;
 
 #endif

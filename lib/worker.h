@@ -11,6 +11,8 @@
 #ifndef CHATPROV_WORKER_H
 #define CHATPROV_WORKER_H
 
+#include <stdatomic.h>
+
 #include "auth.h"
 #include "cfg.h"
 #include "common.h"
@@ -24,6 +26,7 @@ struct pipeline_metrics;
 /* The parts of the configuration a running worker may see change on SIGHUP. */
 struct worker_policy {
 	struct retry_policy retry;
+	struct retry_not_found_policy not_found; /* 404 from POST /chats: its own budget */
 	int64_t poll_interval_ms;
 	int64_t op_timeout_ms;
 	bool group_chat_lookup;
@@ -54,6 +57,8 @@ struct worker_conf {
 	struct sched *sched;
 	struct auth *auth;
 	struct pipeline_metrics *metrics; /* may be NULL */
+	/* Per tenant profile, shared by the workers: the 403 hint was logged (NULL: always log). */
+	atomic_bool *forbidden_hinted;
 	/* Called from the worker thread with a job whose status is final (or abandoned). */
 	void (*on_done)(struct job *job, void *arg);
 	struct worker_hooks hooks;

@@ -305,6 +305,16 @@ static void test_location(void **state)
 	    {ROOT, "/chats('a')\n", NULL},
 	    {ROOT, "/chats('a') x", NULL},
 	    {ROOT, "/chats/../../x", NULL},
+	    {ROOT, "/chats/..?x=1", NULL},
+	    {ROOT, "/chats/%2E?x=1", NULL},
+	    /* @odata.nextLink pages: the query keeps the topic, dots and all. */
+	    {ROOT,
+	     "https://graph.microsoft.com/beta/users('a%40b.com')/chats?$filter=topic%20eq%20"
+	     "'Q3...%2e'&$expand=members&$skiptoken=X%2744537074%27",
+	     ROOT "/users('a%40b.com')/chats?$filter=topic%20eq%20'Q3...%2e'&$expand=members"
+	          "&$skiptoken=X%2744537074%27"},
+	    {ROOT, "https://evil.example/beta/users('a')/chats?$skiptoken=1", NULL},
+	    {ROOT, "http://graph.microsoft.com/beta/users('a')/chats?$skiptoken=1", NULL},
 	    {ROOT, "/chats/%2e%2E/x", NULL},
 	    {ROOT, "/chats\\..\\x", NULL},
 	    {ROOT, "/\\evil.example/x", NULL},
@@ -394,6 +404,22 @@ static void test_lookup_url(void **state)
 	assert_false(graphreq_lookup_url(ROOT, "a@b.com", "t", out, 30));
 }
 
+static void test_user_id_url(void **state)
+{
+	(void)state;
+	char out[1024];
+	assert_true(graphreq_user_id_url(ROOT "/", "o'brien_x.com#EXT#@contoso.onmicrosoft.com",
+	                                 out, sizeof out));
+	assert_string_equal(out, ROOT "/users('o''brien_x.com%23EXT%23@contoso.onmicrosoft.com')"
+	                              "?$select=id");
+	assert_false(graphreq_user_id_url(ROOT, "", out, sizeof out));
+	assert_false(graphreq_user_id_url(ROOT, "a@b.com", out, strlen(ROOT "/users('a@b.com')")));
+	assert_true(
+	    graphreq_user_id_url(ROOT, "a@b.com", out, sizeof ROOT "/users('a@b.com')?$select=id"));
+	assert_false(graphreq_user_id_url(ROOT, "a@b.com", out,
+	                                  sizeof ROOT "/users('a@b.com')?$select=id" - 1));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -401,7 +427,7 @@ int main(void)
 	    cmocka_unit_test(test_body_json_escaping), cmocka_unit_test(test_bind_url_escaping),
 	    cmocka_unit_test(test_client_request_id),  cmocka_unit_test(test_location),
 	    cmocka_unit_test(test_lookup_url),         cmocka_unit_test(test_location_restored),
-	    cmocka_unit_test(test_chat_url),
+	    cmocka_unit_test(test_chat_url),           cmocka_unit_test(test_user_id_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
