@@ -938,6 +938,9 @@ static void resume_operation(struct pipeline *p, struct job *job, const struct s
 	job->http_status = 202;
 	/* A record without the count still stands for the POST that got the 202. */
 	job->attempts = si->op_attempts ? si->op_attempts : 1;
+	/* The POST that got the 202 left just before it: the done record's lookup window. */
+	if (!job->intent_wall_ms)
+		job->intent_wall_ms = started;
 	job->op_started_mono_ms = now_mono - (now_wall - started);
 	job->op_deadline_mono_ms =
 	    job->op_started_mono_ms + (int64_t)(p->cfg->operations.timeout_s * 1000);
