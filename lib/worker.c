@@ -40,6 +40,7 @@ struct xfer {
 	char location[JOB_URL_MAX];
 	char retry_after[64];
 	char errbuf[CURL_ERROR_SIZE];
+	size_t body_len, body_sent; /* XFER_POST: the job's body, as read by libcurl */
 };
 
 /* Jobs waiting for a time: operation polls. A binary min-heap on job->next_poll_mono_ms. */
@@ -687,6 +688,45 @@ static const char *xfer_url(const struct worker *w, const struct xfer *x)
 	return x->url;
 }
 
+/* XFER_POST: hands libcurl the job's body. */
+static size_t read_body(char *buf, size_t size, size_t nitems, void *arg)
+{
+	struct xfer *x = arg;
+	size_t left = x->body_len - x->body_sent;
+	size_t n = size * nitems < left ? size * nitems : left;
+	memcpy(buf, x->job->body + x->body_sent, n);
+	x->body_sent += n;
+	return n;
+}
+
+/*
+ * When a reused connection dies before an answer, libcurl sends the request again on a new
+ * one by itself, rewinding the body first; the POST may have reached Graph already and
+ * nothing would tell the worker. A body that cannot be rewound makes that resend fail, so
+ * the error reaches on_post_answer: a group chat goes through the unknown-outcome path
+ * (lookup), a one-on-one chat is retried (Graph returns the same chat).
+ */
+static int refuse_rewind(void *arg, curl_off_t offset, int origin)
+{
+	(void)arg;
+	(void)offset;
+	(void)origin;
+	return CURL_SEEKFUNC_CANTSEEK;
+}
+
+static bool xfer_post_body(struct xfer *x)
+{
+	CURL *e = x->easy;
+	x->body_len = strlen(x->job->body);
+	return curl_easy_setopt(e, CURLOPT_POST, 1L) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_READFUNCTION, read_body) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_READDATA, x) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, refuse_rewind) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_SEEKDATA, x) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len) ==
+	           CURLE_OK;
+}
+
 static bool xfer_setup(struct worker *w, struct xfer *x)
 {
 	const struct cfg *cfg = w->conf.cfg;
@@ -716,9 +756,7 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 	if (ok && cfg->graph.ca_file[0])
 		ok = curl_easy_setopt(e, CURLOPT_CAINFO, cfg->graph.ca_file) == CURLE_OK;
 	if (ok && x->kind == XFER_POST)
-		ok = curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->job->body) == CURLE_OK &&
-		     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(x->job->body)) ==
-		         CURLE_OK;
+		ok = xfer_post_body(x);
 	return ok;
 }
 

@@ -93,9 +93,8 @@ class GraphSim:
             err = self.proc.stderr.read().decode()
             raise RuntimeError("graph-sim did not start: %r %s" % (line, err))
         self.url = line.split()[1]
-        if "--http2" in args:
-            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-            line = self.proc.stdout.readline().decode() if ready else ""
+        if "--http2" in args:  # printed and flushed with the LISTEN line
+            line = self.proc.stdout.readline().decode()
             if not line.startswith("CONTROL "):
                 self.proc.kill()
                 raise RuntimeError("graph-sim --http2 printed no CONTROL line: %r" % line)
