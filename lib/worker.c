@@ -718,7 +718,10 @@ static bool xfer_post_body(struct xfer *x)
 {
 	CURL *e = x->easy;
 	x->body_len = strlen(x->job->body);
+	/* A read callback makes libcurl allocate an upload buffer per transfer, 64 KiB by
+	 * default: the smallest it takes (bodies are a few KiB) keeps 1,000 in flight small. */
 	return curl_easy_setopt(e, CURLOPT_POST, 1L) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L) == CURLE_OK &&
 	       curl_easy_setopt(e, CURLOPT_READFUNCTION, read_body) == CURLE_OK &&
 	       curl_easy_setopt(e, CURLOPT_READDATA, x) == CURLE_OK &&
 	       curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, refuse_rewind) == CURLE_OK &&
@@ -1058,9 +1061,18 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	w->multi = curl_multi_init();
 	if (!w->token_buf || !w->multi || !build_roots(w))
 		goto fail;
+	/*
+	 * libcurl puts at most CURLMOPT_MAX_CONCURRENT_STREAMS (default 100) streams on one
+	 * HTTP/2 connection, whatever the server allows; past that each waiting transfer
+	 * opens a connection of its own (PIPEWAIT only waits for a connection still being
+	 * set up): 1,000 in flight opened 160 TLS connections. The server's own
+	 * SETTINGS_MAX_CONCURRENT_STREAMS still applies below this.
+	 */
 	if (curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)conf->max_in_flight) !=
 	        CURLM_OK ||
-	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
+	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK ||
+	    curl_multi_setopt(w->multi, CURLMOPT_MAX_CONCURRENT_STREAMS,
+	                      (long)conf->max_in_flight) != CURLM_OK)
 		goto fail;
 	*out = w;
 	return true;
