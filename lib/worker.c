@@ -752,6 +752,9 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 	    /* Waiting to multiplex only makes sense over HTTP/2 (https): on HTTP/1.1 it
 	     * ties every waiting transfer to one connection, hung or not. */
 	    curl_easy_setopt(e, CURLOPT_PIPEWAIT, w->https ? 1L : 0L) == CURLE_OK &&
+	    /* Answers are a few KiB: a 4 KiB receive buffer instead of 16 KiB per transfer
+	     * (a thousand in flight); a larger answer is only read in more steps. */
+	    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http") == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
