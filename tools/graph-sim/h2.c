@@ -379,6 +379,11 @@ static int on_close(nghttp2_session *ng, int32_t id, uint32_t code, void *arg)
 
 static void conn_close(struct h2_conn *c, bool cut)
 {
+	for (struct h2_conn **d = &h2.dirty; c->dirty && *d; d = &(*d)->dirty_next)
+		if (*d == c) {
+			*d = c->dirty_next;
+			break;
+		}
 	while (c->streams) {
 		if (c->ng)
 			(void)nghttp2_session_set_stream_user_data(c->ng, c->streams->id, NULL);
