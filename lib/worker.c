@@ -1047,6 +1047,20 @@ static bool build_roots(struct worker *w)
 	           (int)sizeof w->chats_url;
 }
 
+/*
+ * Once libcurl knows the host multiplexes, PIPEWAIT no longer holds a new transfer for a
+ * connection still being set up: after a connection died with 1,000 streams, their retries
+ * opened ~700 TLS connections at once. A cap makes the surplus wait (libcurl's pending
+ * queue) for a connection to multiplex on. It is what max_in_flight needs at the 100
+ * streams per connection HTTP/2 servers should allow at least; an https server speaking
+ * only HTTP/1.1 gets this many requests at a time.
+ */
+static long https_connections(unsigned max_in_flight)
+{
+	long n = ((long)max_in_flight + 99) / 100;
+	return n < 4 ? 4 : n;
+}
+
 bool worker_new(const struct worker_conf *conf, struct worker **out)
 {
 	struct worker *w = calloc(1, sizeof *w);
@@ -1075,7 +1089,9 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	        CURLM_OK ||
 	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK ||
 	    curl_multi_setopt(w->multi, CURLMOPT_MAX_CONCURRENT_STREAMS,
-	                      (long)conf->max_in_flight) != CURLM_OK)
+	                      (long)conf->max_in_flight) != CURLM_OK ||
+	    (w->https && curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+	                                   https_connections(conf->max_in_flight)) != CURLM_OK))
 		goto fail;
 	*out = w;
 	return true;
