@@ -58,6 +58,7 @@ struct worker {
 	char bind_root[JOB_URL_MAX];    /* what bodies name: {graph_root}/{version} */
 	char chats_url[JOB_URL_MAX];
 	bool https;
+	bool multiplexing; /* answered over HTTP/2: connections capped (note_protocol) */
 
 	pthread_mutex_t lock; /* guards policy and stop flag */
 	struct worker_policy policy;
@@ -907,12 +908,33 @@ static void launch(struct worker *w, struct job *job)
 	}
 }
 
+/*
+ * Once libcurl knows the host multiplexes, PIPEWAIT no longer holds a new transfer for a
+ * connection still being set up: after a connection died with 1,000 streams, their retries
+ * opened ~700 TLS connections at once. From the first answer over HTTP/2 on, a cap makes
+ * the surplus wait (libcurl's pending queue) for a connection to multiplex on: what
+ * max_in_flight needs at the 100 streams per connection HTTP/2 servers should allow at
+ * least. A server that answers over HTTP/1.1 is never capped.
+ */
+static void note_protocol(struct worker *w, CURL *easy)
+{
+	long version = 0;
+	if (w->multiplexing || !w->https ||
+	    curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version) != CURLE_OK ||
+	    version != CURL_HTTP_VERSION_2_0)
+		return;
+	long n = ((long)w->conf.max_in_flight + 99) / 100;
+	w->multiplexing =
+	    curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, n < 4 ? 4 : n) == CURLM_OK;
+}
+
 static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 {
 	struct xfer *x = NULL;
 	long status = 0;
 	curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+	note_protocol(w, easy);
 	curl_multi_remove_handle(w->multi, easy);
 	w->in_flight--;
 	struct job *job = x->job;
@@ -1047,20 +1069,6 @@ static bool build_roots(struct worker *w)
 	           (int)sizeof w->chats_url;
 }
 
-/*
- * Once libcurl knows the host multiplexes, PIPEWAIT no longer holds a new transfer for a
- * connection still being set up: after a connection died with 1,000 streams, their retries
- * opened ~700 TLS connections at once. A cap makes the surplus wait (libcurl's pending
- * queue) for a connection to multiplex on. It is what max_in_flight needs at the 100
- * streams per connection HTTP/2 servers should allow at least; an https server speaking
- * only HTTP/1.1 gets this many requests at a time.
- */
-static long https_connections(unsigned max_in_flight)
-{
-	long n = ((long)max_in_flight + 99) / 100;
-	return n < 4 ? 4 : n;
-}
-
 bool worker_new(const struct worker_conf *conf, struct worker **out)
 {
 	struct worker *w = calloc(1, sizeof *w);
@@ -1089,9 +1097,7 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	        CURLM_OK ||
 	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK ||
 	    curl_multi_setopt(w->multi, CURLMOPT_MAX_CONCURRENT_STREAMS,
-	                      (long)conf->max_in_flight) != CURLM_OK ||
-	    (w->https && curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-	                                   https_connections(conf->max_in_flight)) != CURLM_OK))
+	                      (long)conf->max_in_flight) != CURLM_OK)
 		goto fail;
 	*out = w;
 	return true;
