@@ -1,7 +1,9 @@
 /*
  * gsim.h - graph-sim: a Microsoft Graph + Entra ID simulator for tests and benchmarks.
  *
- * One process, libmicrohttpd with a small epoll thread pool. All shared state (knobs,
+ * One process, libmicrohttpd with a small epoll thread pool (HTTP/1.1), and with --http2
+ * an HTTP/2-over-TLS front of its own (h2.c: nghttp2, OpenSSL, one epoll thread) that
+ * routes through the same gs_serve. All shared state (knobs,
  * tokens, chats, operations, ledger, throttling buckets) lives in one `struct gs_state`
  * behind one mutex: requests are short, so one lock keeps the invariants simple and is
  * not the bottleneck. Handlers build a `struct gs_reply`; http.c turns it into an MHD
