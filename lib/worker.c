@@ -918,14 +918,16 @@ static void launch(struct worker *w, struct job *job)
  */
 static void note_protocol(struct worker *w, CURL *easy)
 {
+	const long streams_per_connection = 100, min_connections = 4;
 	long version = 0;
 	if (w->multiplexing || !w->https ||
 	    curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version) != CURLE_OK ||
 	    version != CURL_HTTP_VERSION_2_0)
 		return;
-	long n = ((long)w->conf.max_in_flight + 99) / 100;
-	w->multiplexing =
-	    curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, n < 4 ? 4 : n) == CURLM_OK;
+	long n =
+	    ((long)w->conf.max_in_flight + streams_per_connection - 1) / streams_per_connection;
+	w->multiplexing = curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+	                                    n < min_connections ? min_connections : n) == CURLM_OK;
 }
 
 static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
@@ -1095,7 +1097,8 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	 */
 	if (curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)conf->max_in_flight) !=
 	        CURLM_OK ||
-	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK ||
+	    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) !=
+	        CURLM_OK ||
 	    curl_multi_setopt(w->multi, CURLMOPT_MAX_CONCURRENT_STREAMS,
 	                      (long)conf->max_in_flight) != CURLM_OK)
 		goto fail;

@@ -195,8 +195,8 @@ static struct h2_stream *heap_pop(void)
 
 /* ---- answers ---- */
 
-static ssize_t body_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t max,
-                         uint32_t *flags, nghttp2_data_source *src, void *arg)
+static ssize_t body_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t max, uint32_t *flags,
+                         nghttp2_data_source *src, void *arg)
 {
 	struct h2_stream *s = src->ptr;
 	const struct gs_reply *r = &s->reply;
@@ -341,8 +341,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 	return 0;
 }
 
-static int on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
-                   size_t len, void *arg)
+static int on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
+                   void *arg)
 {
 	(void)flags;
 	(void)arg;
@@ -437,7 +437,8 @@ static bool conn_flush(struct h2_conn *c)
 		}
 		if (c->out_len == 0) {
 			want_out(c, false);
-			return nghttp2_session_want_read(c->ng) || nghttp2_session_want_write(c->ng);
+			return nghttp2_session_want_read(c->ng) ||
+			       nghttp2_session_want_write(c->ng);
 		}
 		ERR_clear_error();
 		int w = SSL_write(c->ssl, c->out + c->out_off, (int)(c->out_len - c->out_off));
@@ -629,7 +630,8 @@ static bool tls_init(const char *cert, const char *key)
 	SSL_CTX_set_min_proto_version(h2.ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(h2.ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_mode(h2.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-	                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+	                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+	                             SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_set_alpn_select_cb(h2.ctx, alpn_select, NULL);
 	if (SSL_CTX_use_certificate_chain_file(h2.ctx, cert) != 1 ||
 	    SSL_CTX_use_PrivateKey_file(h2.ctx, key, SSL_FILETYPE_PEM) != 1 ||

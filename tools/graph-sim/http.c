@@ -437,13 +437,13 @@ bool gs_http_start(const char *listen, const char *cert, const char *key, unsign
 	if (pthread_create(&tq.th, NULL, timer_main, NULL) != 0)
 		goto fail;
 	tq.started = true;
-	daemon_ =
-	    MHD_start_daemon(flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sa,
-	                     MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
-	                     16000u, MHD_OPTION_CONNECTION_TIMEOUT, 0u,
-	                     MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_NOTIFY_COMPLETED,
-	                     completed_cb, NULL, MHD_OPTION_NOTIFY_CONNECTION, connection_cb, NULL, cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END,
-	                     cert_pem, MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
+	daemon_ = MHD_start_daemon(
+	    flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sa,
+	    MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, 16000u,
+	    MHD_OPTION_CONNECTION_TIMEOUT, 0u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
+	    MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+	    connection_cb, NULL, cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, cert_pem,
+	    MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
 	if (!daemon_) {
 		fprintf(stderr, "graph-sim: cannot start the HTTP server on %s\n", listen);
 		goto fail;

@@ -242,9 +242,9 @@ json_object *gs_ledger_json_locked(void)
 	json_object_object_add(o, "retry_after_violations",
 	                       json_object_new_int64((int64_t)violations));
 	json_object_object_add(o, "throttled", json_object_new_int64((int64_t)throttled));
-	json_object_object_add(
-	    o, "connections_accepted",
-	    json_object_new_int64((int64_t)__atomic_load_n(&connections_accepted, __ATOMIC_RELAXED)));
+	json_object_object_add(o, "connections_accepted",
+	                       json_object_new_int64((int64_t)__atomic_load_n(&connections_accepted,
+	                                                                      __ATOMIC_RELAXED)));
 	json_object_object_add(
 	    o, "connections_cut",
 	    json_object_new_int64((int64_t)__atomic_load_n(&connections_cut, __ATOMIC_RELAXED)));
