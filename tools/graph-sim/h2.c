@@ -530,7 +530,8 @@ static void accept_all(void)
 
 /* ---- the loop ---- */
 
-/* fault_cut_busiest_h2_every_s: returns the next time it is due (0: off). */
+/* fault_cut_busiest_h2_every_s: returns the next time it is due (0: off, or due now and
+ * waiting for a connection with streams in flight). */
 static int64_t cut_busiest(int64_t now)
 {
 	gs_lock();
@@ -549,10 +550,10 @@ static int64_t cut_busiest(int64_t now)
 	for (struct h2_conn *c = h2.conns; c; c = c->next)
 		if (c->n_streams > 0 && (!busiest || c->n_streams > busiest->n_streams))
 			busiest = c;
-	if (busiest) {
-		conn_close(busiest, true);
-		gs_ledger_connection_cut();
-	}
+	if (!busiest)
+		return 0; /* due: the first connection with streams in flight gets it */
+	conn_close(busiest, true);
+	gs_ledger_connection_cut();
 	h2.next_cut = now + every_ms;
 	return h2.next_cut;
 }
