@@ -107,5 +107,7 @@ def test_concurrent_requests_share_a_handful_of_connections(tmp_path):
     assert all(r[0]["status"] == "succeeded" for r in results.values())
     assert len(results) == len(events)
     # 800 requests in flight at once (each held 1 s) over HTTP/2 that allows 1,000 streams
-    # per connection: a few connections (Graph's, the token endpoint's), not hundreds.
-    assert ledger["connections_accepted"] <= 6, ledger["connections_accepted"]
+    # per connection: a few connections, not hundreds. Usually 3 (Graph's, the token
+    # endpoint's); when the burst races the server's SETTINGS, up to the worker's cap of
+    # max(4, 1000 / 100) = 10 for Graph, plus the token endpoint's.
+    assert ledger["connections_accepted"] <= 12, ledger["connections_accepted"]
