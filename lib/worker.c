@@ -1098,8 +1098,9 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	/*
 	 * libcurl puts at most CURLMOPT_MAX_CONCURRENT_STREAMS (default 100) streams on one
 	 * HTTP/2 connection, whatever the server allows; past that each waiting transfer
-	 * opens a connection of its own (PIPEWAIT only waits for a connection still being
-	 * set up): 1,000 in flight opened 160 TLS connections. The server's own
+	 * opens a connection of its own (PIPEWAIT only waits while libcurl does not know
+	 * whether the host multiplexes): 1,000 in flight opened 160-750 TLS connections
+	 * (bench/run h2). The server's own
 	 * SETTINGS_MAX_CONCURRENT_STREAMS still applies below this.
 	 */
 	if (curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)conf->max_in_flight) !=
