@@ -24,6 +24,7 @@ struct conn_ctx {
 	size_t len, cap;
 	bool too_big;
 	bool have_reply;
+	bool suspended; /* counted in tq.suspended until MHD hands it back */
 	struct gs_reply reply;
 };
 
@@ -39,6 +40,7 @@ static struct {
 	struct pending *heap;
 	size_t n, cap;
 	bool draining, stop;
+	size_t suspended; /* connections suspended and not yet seen again by MHD */
 	pthread_t th;
 	bool started;
 } tq = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -113,7 +115,7 @@ static void *timer_main(void *arg)
 }
 
 /* Suspends the connection until `due`; false if it cannot be queued. */
-static bool delay_connection(struct MHD_Connection *c, int64_t due)
+static bool delay_connection(struct MHD_Connection *c, struct conn_ctx *cx, int64_t due)
 {
 	pthread_mutex_lock(&tq.mu);
 	if (tq.draining) {
@@ -124,6 +126,8 @@ static bool delay_connection(struct MHD_Connection *c, int64_t due)
 	bool ok = heap_push((struct pending){.due = due, .conn = c});
 	if (!ok)
 		MHD_resume_connection(c);
+	cx->suspended = true;
+	tq.suspended++;
 	pthread_cond_signal(&tq.cv);
 	pthread_mutex_unlock(&tq.mu);
 	return ok;
@@ -306,6 +310,20 @@ void gs_serve(struct gs_req *q, struct gs_reply *r, bool too_big)
 	route(q, r);
 }
 
+/*
+ * A resumed connection is back in MHD's hands once MHD calls us for it again (or completes
+ * it): until then MHD_stop_daemon would abort on it, so gs_http_stop waits for the count.
+ */
+static void seen_again(struct conn_ctx *cx)
+{
+	pthread_mutex_lock(&tq.mu);
+	if (cx->suspended) {
+		cx->suspended = false;
+		tq.suspended--;
+	}
+	pthread_mutex_unlock(&tq.mu);
+}
+
 static enum MHD_Result handle_final(struct MHD_Connection *c, const char *url, const char *method,
                                     struct conn_ctx *cx)
 {
@@ -319,7 +337,7 @@ static enum MHD_Result handle_final(struct MHD_Connection *c, const char *url, c
 	q.crid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "client-request-id");
 	cx->have_reply = true;
 	gs_serve(&q, &cx->reply, cx->too_big);
-	if (cx->reply.delay_ms > 0 && delay_connection(c, q.mono_ms + cx->reply.delay_ms))
+	if (cx->reply.delay_ms > 0 && delay_connection(c, cx, q.mono_ms + cx->reply.delay_ms))
 		return MHD_YES;
 	return deliver(c, cx);
 }
@@ -345,8 +363,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
 		           ? MHD_YES
 		           : MHD_NO;
 	}
-	if (cx->have_reply)
+	if (cx->have_reply) {
+		seen_again(cx);
 		return deliver(c, cx); /* resumed after a delay */
+	}
 	return handle_final(c, url, method, cx);
 }
 
@@ -359,6 +379,7 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
 	(void)toe;
 	if (!cx)
 		return;
+	seen_again(cx);
 	gs_reply_free(&cx->reply);
 	free(cx->body);
 	free(cx);
@@ -459,7 +480,11 @@ fail:
 	return false;
 }
 
-/* Resume every suspended connection first: MHD cannot stop with some still suspended. */
+/*
+ * Resume every suspended connection first and wait until MHD has taken each back: MHD aborts
+ * the process when it is stopped with a connection still suspended (or resumed but not yet
+ * seen by its thread again).
+ */
 void gs_http_stop(void)
 {
 	if (daemon_) {
@@ -471,11 +496,11 @@ void gs_http_stop(void)
 	tq.draining = true;
 	pthread_cond_signal(&tq.cv);
 	pthread_mutex_unlock(&tq.mu);
-	for (int i = 0; i < 100; i++) {
+	for (int i = 0; i < 300; i++) {
 		pthread_mutex_lock(&tq.mu);
-		size_t n = tq.n;
+		bool handed_back = tq.n == 0 && tq.suspended == 0;
 		pthread_mutex_unlock(&tq.mu);
-		if (n == 0)
+		if (handed_back)
 			break;
 		struct timespec ts = {0, 10 * 1000000};
 		nanosleep(&ts, NULL);
