@@ -43,6 +43,8 @@
 #define FORGET_EVERY_MS    (60 * 1000)
 /* How long the start waits for the producer's topic metadata (it goes on without). */
 #define WARM_UP_MS 5000
+/* How long a stop waits for a first assignment already under way (await_first_assignment). */
+#define FIRST_ASSIGNMENT_WAIT_MS 10000
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
 
@@ -295,8 +297,25 @@ static bool forward_to_intake(struct pipeline *p, const char *topic, int32_t par
 	return true;
 }
 
+/* An assignment that arrives while stopping is taken and paused: it is only given back. */
+static void take_assignment_while_draining(struct pipeline *p,
+                                           rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_error_t *error = rd_kafka_incremental_assign(p->consumer, parts);
+	if (error) {
+		log_error("incremental assign failed: %s", rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	}
+	rd_kafka_pause_partitions(p->consumer, parts);
+	p->group_joined = true;
+}
+
 static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts)
 {
+	if (p->draining) {
+		take_assignment_while_draining(p, parts);
+		return;
+	}
 	for (int i = 0; i < parts->cnt; i++) {
 		int32_t id = parts->elems[i].partition;
 		struct partition_state *ps = partition(p, id);
@@ -1566,6 +1585,28 @@ bool pipeline_drained(struct pipeline *p)
 	return p->in_memory == 0;
 }
 
+/*
+ * librdkafka 2.0.2 aborts the process (an assertion in the sticky assignor's state destroy,
+ * its issue 4312) when a consumer is closed after its JoinGroup was answered and before its
+ * first assignment arrived: a SIGTERM in the first seconds of a member joining a busy group.
+ * So a member that has a member id but no assignment yet waits for it (taken and paused, see
+ * take_assignment_while_draining), at most FIRST_ASSIGNMENT_WAIT_MS, before it leaves.
+ */
+static void await_first_assignment(struct pipeline *p)
+{
+	int64_t deadline = cptime_mono_ms() + FIRST_ASSIGNMENT_WAIT_MS;
+	while (!p->group_joined && cptime_mono_ms() < deadline) {
+		char *member = rd_kafka_memberid(p->consumer);
+		bool joining = member && member[0];
+		rd_kafka_mem_free(p->consumer, member);
+		if (!joining)
+			return;
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(p->consumer, 100);
+		if (msg)
+			rd_kafka_message_destroy(msg);
+	}
+}
+
 void pipeline_finish(struct pipeline *p)
 {
 	if (!p->consumer)
@@ -1583,6 +1624,7 @@ void pipeline_finish(struct pipeline *p)
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
 		log_warning("final commit failed: %s", rd_kafka_err2str(err));
 	close_intake(p);
+	await_first_assignment(p);
 	err = rd_kafka_consumer_close(p->consumer);
 	if (err)
 		log_warning("leaving the consumer group: %s", rd_kafka_err2str(err));
