@@ -1245,6 +1245,8 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 		return false;
 	if (high <= low)
 		return true;
+	log_info("state topic %s [%d]: restoring offsets %lld..%lld", st->topic, (int)partition,
+	         (long long)low, (long long)high - 1);
 	if (!assign_at(st, partition, low, err, errcap))
 		return false;
 	st->expire_before_ms = cptime_wall_ms() - retention_ms;
