@@ -3,6 +3,8 @@ no memory that stays (issue 13, item 15).
 
 - `[operations] timeout_s` is read by the Kafka thread when it resumes a 202 operation
   recorded in the state topic: a reload that lengthens it must apply to the next resume.
+- `[recovery] state_retention_s` is read by the Kafka thread at each restore, `[limits]
+  window_s` by the metrics thread at each scrape: both must follow a reload.
 - Every reload loads a new configuration (about 800 KB): the replaced one must be freed, not
   kept until exit, so a daemon reloaded by a config-management loop does not grow.
 """
@@ -12,6 +14,7 @@ import os
 import re
 import signal
 import time
+import urllib.request
 
 from confluent_kafka import Producer
 
@@ -91,3 +94,62 @@ def test_reload_frees_the_configuration_it_replaces(tmp_path):
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
     # A configuration is ~800 KB: keeping 20 would add ~16 MB. Allow for allocator noise.
     assert grown < 4096, "VmData grew by %d kB over %d reloads" % (grown, reloads)
+
+
+def send_rate(port):
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read()
+    m = re.search(rb'^chatprov_send_rate_per_second\{tenant="default"\} (\S+)$', body, re.M)
+    assert m, body[-2000:]
+    return float(m.group(1))
+
+
+def test_reload_reaches_the_rate_window_of_the_metrics(tmp_path):
+    """[limits] window_s turns the scheduler's rate per window into the exported rate per
+    second: after a reload that doubles the window, the same limit is half the rate."""
+    with Stack(tmp_path) as stack:
+        daemon = stack.start_daemon()
+        wait_log_count(daemon, "ready: group joined", 1)
+        port = int(re.search(r"metrics on port (\d+)", daemon.log_text()).group(1))
+        before = send_rate(port)
+        reload_with(stack, daemon, 1, limits={"window_s": "20",
+                                              "chat_creates_per_10s_per_tenant": "10000",
+                                              "chat_creates_per_10s_global": "100000"})
+        after = send_rate(port)
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+    assert before > 0
+    assert abs(after - before / 2) < before * 0.01, (before, after)
+
+
+def test_reload_reaches_the_state_retention_of_restores(tmp_path):
+    """[recovery] state_retention_s decides, at each restore, which requests are past
+    retention (and tombstoned). Reloaded to an hour, the next restore of a partition drops
+    records two hours old that the start-up restore, with a week, kept."""
+    two_hours_ago = int(time.time() * 1000) - 2 * 3600 * 1000
+    with Stack(tmp_path) as stack:
+        producer = Producer({"bootstrap.servers": stack.kafka.bootstrap})
+        ids = []
+        for partition in range(stack.partitions):
+            rid = "old-%d" % partition
+            ids.append(rid)
+            producer.produce(STATE, key=rid.encode(), partition=partition, timestamp=two_hours_ago,
+                             value=json.dumps({"id": rid, "status": "succeeded"}).encode(),
+                             headers=[("chatprov-state", b"done"),
+                                      ("chatprov-status", b"succeeded")])
+        producer.flush(10)
+        first = stack.start_daemon()
+        wait_log_count(first, "ready: group joined", 1)
+        reload_with(stack, first, 1, recovery={"state_retention_s": "3600"})
+        assert not [m for m in stack.read_topic(STATE) if m.value() is None]
+
+        # A second instance (a week of retention) takes some partitions and leaves: they come
+        # back to the first one, which restores them again, now with an hour.
+        second = stack.start_daemon(config_path=stack.write_config(name="second.conf"))
+        wait_log_count(second, "assigned chat.requests", 1, timeout=60)
+        assert second.stop() == 0, second.log_text()[-3000:]
+        deadline = time.monotonic() + 30
+        tombstoned = []
+        while not tombstoned and time.monotonic() < deadline:
+            tombstoned = [m.key().decode() for m in stack.read_topic(STATE, timeout=1)
+                          if m.value() is None]
+        assert first.stop() == 0, first.log_text()[-3000:]
+    assert tombstoned and set(tombstoned) <= set(ids), tombstoned
