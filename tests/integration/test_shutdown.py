@@ -82,7 +82,14 @@ def stop_rounds(tmp_path, twice):
             scrapers = Scrapers(port)
             # Some traffic, so the workers and the collect callback have something to do.
             events = [group_event(1000 * i + j) for j in range(20)]
-            stack.produce(events, flush=False)
+            posted = len(stack.graph.ledger()["chat_posts"])
+            stack.produce(events)
+            if twice:
+                # Transfers in flight (answered after 3 s): the drain cannot end at once.
+                deadline = time.monotonic() + 30
+                while (len(stack.graph.ledger()["chat_posts"]) == posted
+                       and time.monotonic() < deadline):
+                    time.sleep(0.05)
             time.sleep(rng.uniform(0.5, 1.5))
             try:
                 if twice:
