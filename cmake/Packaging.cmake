@@ -2,7 +2,7 @@
 # configuration, man pages) and CPack settings for a Debian package.
 #
 # Included from the top-level CMakeLists.txt after add_subdirectory(daemon), which installs
-# chatprovd itself into ${CMAKE_INSTALL_PREFIX}/sbin.
+# chatprovd itself into ${CMAKE_INSTALL_PREFIX}/sbin and chatprovctl into .../bin.
 #
 #   cmake -S . -B build -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_BUILD_TYPE=RelWithDebInfo
 #   cmake --build build && cmake --install build          # or:
@@ -34,7 +34,7 @@ install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/etc/chatprovd.conf
 # Man pages, compressed reproducibly (gzip -n: no name or time stamp) as Debian wants them.
 find_program(GZIP_EXECUTABLE gzip REQUIRED)
 set(_man_gz)
-foreach(_page chatprovd.8 chatprovd.conf.5)
+foreach(_page chatprovd.8 chatprovd.conf.5 chatprovctl.1)
   string(REGEX REPLACE ".*\\.([0-9])$" "\\1" _section ${_page})
   set(_gz ${CMAKE_CURRENT_BINARY_DIR}/packaging/${_page}.gz)
   add_custom_command(OUTPUT ${_gz}
@@ -44,6 +44,11 @@ foreach(_page chatprovd.8 chatprovd.conf.5)
   list(APPEND _man_gz ${_gz})
 endforeach()
 add_custom_target(manpages ALL DEPENDS ${_man_gz})
+
+# chatprovctl's bash completion, where bash-completion loads it on demand.
+install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/completion/chatprovctl.bash
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/bash-completion/completions
+        RENAME chatprovctl COMPONENT daemon)
 
 # ---- CPack: a .deb ----
 set(CPACK_GENERATOR "DEB")
@@ -55,7 +60,9 @@ set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "${PROJECT_DESCRIPTION}")
 # CPack indents each line of the long description itself.
 set(CPACK_PACKAGE_DESCRIPTION "chatprovd consumes chat creation requests from a Kafka topic,
 creates Microsoft Teams chats with Microsoft Graph and publishes one result per request.
-It runs as a hardened systemd service (chatprovd.service, not enabled at installation).")
+It runs as a hardened systemd service (chatprovd.service, not enabled at installation).
+chatprovctl plans a bulk run before it starts, watches it while it runs and re-drives
+failed requests from the dead-letter topic.")
 set(CPACK_PACKAGING_INSTALL_PREFIX ${CMAKE_INSTALL_PREFIX})
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION "net")

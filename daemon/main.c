@@ -197,19 +197,21 @@ static void send_status(struct daemon *d, bool ready)
 	struct pipeline_counters c;
 	char text[sizeof d->last_status];
 	pipeline_counters(d->pipeline, &c);
-	char lag[32] = "unknown";
+	char lag[32] = "unknown", eta[48] = "unknown";
 	if (c.lag >= 0)
 		snprintf(lag, sizeof lag, "%lld", (long long)c.lag);
+	if (c.backlog_eta_s >= 0)
+		cptime_format_duration(c.backlog_eta_s, eta, sizeof eta);
 	snprintf(text, sizeof text,
 	         "%s; in flight %zu, queued %zu, in memory %zu; succeeded %llu, failed %llu, "
-	         "rejected %llu, consumed %llu; throttled %llu, lag %s%s",
+	         "rejected %llu, consumed %llu; throttled %llu, lag %s; backlog %lld, ETA %s%s",
 	         d->draining ? "draining"
 	         : ready     ? "running"
 	                     : "starting",
 	         c.active, c.queued, c.in_memory, (unsigned long long)c.succeeded,
 	         (unsigned long long)c.failed, (unsigned long long)c.rejected,
 	         (unsigned long long)c.consumed, (unsigned long long)c.throttled, lag,
-	         c.paused ? ", paused" : "");
+	         (long long)c.backlog, eta, c.paused ? ", paused" : "");
 	if (strcmp(text, d->last_status) == 0)
 		return;
 	memcpy(d->last_status, text, sizeof text);

@@ -132,6 +132,11 @@ static const struct cfg_key global_keys[] = {
 	NUM("retry", "max_delay_s", CFG_T_DOUBLE, "60", 0.01, 3600, KF_RELOAD, retry.max_delay_s),
 	NUM("retry", "max_elapsed_s", CFG_T_DOUBLE, "900", 1, 86400, KF_RELOAD,
 	    retry.max_elapsed_s),
+	NUM("retry", "not_found_s", CFG_T_DOUBLE, "600", 0, 86400, KF_RELOAD, retry.not_found_s),
+	NUM("retry", "not_found_base_delay_s", CFG_T_DOUBLE, "2", 0.01, 600, KF_RELOAD,
+	    retry.not_found_base_delay_s),
+	NUM("retry", "not_found_max_delay_s", CFG_T_DOUBLE, "60", 0.01, 3600, KF_RELOAD,
+	    retry.not_found_max_delay_s),
 	NUM("recovery", "group_chat_lookup", CFG_T_BOOL, "yes", 0, 0, KF_RELOAD,
 	    recovery.group_chat_lookup),
 	NUM("recovery", "state_retention_s", CFG_T_DOUBLE, "604800", 60, 31536000, KF_RELOAD,
@@ -1225,6 +1230,14 @@ static bool check_cross(struct load *ld)
 		global_origin(ld, "retry", "base_delay_s", at, sizeof(at));
 		fail(ld, 0, "%s: [retry] base_delay_s (%g) must not exceed max_delay_s (%g)", at,
 		     cfg->retry.base_delay_s, cfg->retry.max_delay_s);
+		return false;
+	}
+	if (cfg->retry.not_found_base_delay_s > cfg->retry.not_found_max_delay_s) {
+		global_origin(ld, "retry", "not_found_base_delay_s", at, sizeof(at));
+		fail(ld, 0,
+		     "%s: [retry] not_found_base_delay_s (%g) must not exceed not_found_max_delay_s "
+		     "(%g)",
+		     at, cfg->retry.not_found_base_delay_s, cfg->retry.not_found_max_delay_s);
 		return false;
 	}
 	if (cfg->operations.poll_interval_s > cfg->operations.timeout_s) {

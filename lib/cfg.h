@@ -109,6 +109,10 @@ struct cfg {
 		double base_delay_s;
 		double max_delay_s;
 		double max_elapsed_s;
+		/* 404 from POST /chats (a member not yet known to Teams): a budget of its own */
+		double not_found_s; /* after the first 404; 0: fail at once */
+		double not_found_base_delay_s;
+		double not_found_max_delay_s;
 	} retry;
 
 	struct {

@@ -1,6 +1,7 @@
 /* cptime.c - clocks and timestamps. */
 #include "cptime.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -31,4 +32,20 @@ bool cptime_format_rfc3339(int64_t epoch_ms, char *buf, size_t cap)
 	                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
 	                 (int)(epoch_ms % 1000));
 	return n > 0 && (size_t)n < cap;
+}
+
+/* "1h 02m 03s", "4m 05s", "7s"; "never" for an infinite ETA (a rate of zero). */
+void cptime_format_duration(double seconds, char *out, size_t cap)
+{
+	if (!isfinite(seconds) || seconds > 1e9) {
+		snprintf(out, cap, "never");
+		return;
+	}
+	long long s = llround(seconds);
+	if (s >= 3600)
+		snprintf(out, cap, "%lldh %02lldm %02llds", s / 3600, s / 60 % 60, s % 60);
+	else if (s >= 60)
+		snprintf(out, cap, "%lldm %02llds", s / 60, s % 60);
+	else
+		snprintf(out, cap, "%llds", s);
 }

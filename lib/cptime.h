@@ -18,4 +18,7 @@ int64_t cptime_wall_ms(void);
 /* Formats epoch milliseconds as "2026-11-26T10:00:00.412Z". cap must be >= 25. */
 bool cptime_format_rfc3339(int64_t epoch_ms, char *buf, size_t cap) CP_MUSTCHECK;
 
+/* A duration for people: "1h 02m 03s", "4m 05s", "7s"; "never" when infinite. */
+void cptime_format_duration(double seconds, char *out, size_t cap);
+
 #endif

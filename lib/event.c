@@ -228,6 +228,10 @@ static bool decode_id(struct dctx *c, json_object *root, struct event_request *e
 		return REJECT(c, "id: contains a control character or invalid UTF-8");
 	if (n > EVENT_ID_MAX_CHARS)
 		return REJECT(c, "id: %zu characters exceeds %d", n, EVENT_ID_MAX_CHARS);
+	/* Implied by the two checks above (UTF-8 is at most 4 bytes a code point): the
+	 * bound every id buffer downstream is sized for. */
+	if (len > EVENT_ID_MAX_BYTES)
+		return REJECT(c, "id: %zu bytes exceeds %d", len, EVENT_ID_MAX_BYTES);
 	ev->id = dup_or_oom(c, s);
 	return ev->id != NULL;
 }

@@ -14,6 +14,11 @@
 
 /* Fixed by the contract. */
 #define EVENT_ID_MAX_CHARS 200
+/*
+ * The same limit in bytes, for every buffer and record that holds an id (the state topic's
+ * keys, the state mirror, peeked ids): 200 code points of valid UTF-8, at most 4 bytes each.
+ */
+#define EVENT_ID_MAX_BYTES (EVENT_ID_MAX_CHARS * 4)
 #define EVENT_TENANT_MAX   63
 /* Defaults of the configurable limits. */
 #define EVENT_DEFAULT_MAX_MESSAGE_BYTES ((size_t)1 << 20)

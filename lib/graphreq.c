@@ -77,17 +77,29 @@ static void sb_put_root(struct sbuf *b, const char *root)
 	sb_putn(b, root, n);
 }
 
-bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out, size_t cap)
+/* "{root}/{segment}('{key}')", key as an OData literal, percent-encoded. */
+static bool keyed_url(const char *root, const char *segment, const char *key, char *out, size_t cap)
 {
 	struct sbuf b;
 	sb_init(&b, out, cap);
-	if (!bind_root || !*bind_root || !user_id || !*user_id)
+	if (!root || !*root || !key || !*key)
 		return false;
-	sb_put_root(&b, bind_root);
-	sb_puts(&b, "/users('");
-	sb_put_literal(&b, user_id);
+	sb_put_root(&b, root);
+	sb_puts(&b, segment);
+	sb_puts(&b, "('");
+	sb_put_literal(&b, key);
 	sb_puts(&b, "')");
 	return b.ok;
+}
+
+bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out, size_t cap)
+{
+	return keyed_url(bind_root, "/users", user_id, out, cap);
+}
+
+bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out, size_t cap)
+{
+	return keyed_url(version_root, "/chats", chat_id, out, cap);
 }
 
 /* Adds val under key, taking ownership of val in every case; NULL val means OOM. */
@@ -221,7 +233,10 @@ fail:
 	return ok;
 }
 
-/* Printable ASCII without '\', '#', "..", "%2e": nothing that could re-aim a path. */
+/*
+ * Printable ASCII without '\', '#', and no "..", "%2e" before the query: nothing that could
+ * re-aim a path. A query may hold them: a next link carries the $filter's topic.
+ */
 static bool location_chars_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -232,7 +247,12 @@ static bool location_chars_ok(const char *s)
 		if (ch <= 0x20 || ch >= 0x7f || ch == '\\' || ch == '#')
 			return false;
 	}
-	return !strstr(s, "..") && !strcasestr(s, "%2e");
+	size_t path_len = strcspn(s, "?");
+	for (size_t i = 0; i + 1 < path_len; i++)
+		if ((s[i] == '.' && s[i + 1] == '.') ||
+		    (i + 2 < path_len && strncasecmp(s + i, "%2e", 3) == 0))
+			return false;
+	return true;
 }
 
 /* The parts of an absolute http(s) URL that decide where a request goes. */
@@ -340,4 +360,13 @@ bool graphreq_lookup_url(const char *version_root, const char *owner_user_id, co
 	sb_put_literal(&b, topic);
 	sb_puts(&b, "'&$expand=members");
 	return b.ok;
+}
+
+/* The same URL as a bind, which names the user the same way, plus the query. */
+bool graphreq_user_id_url(const char *version_root, const char *user, char *out, size_t cap)
+{
+	if (!graphreq_user_bind_url(version_root, user, out, cap))
+		return false;
+	size_t n = strlen(out);
+	return snprintf(out + n, cap - n, "?$select=id") < (int)(cap - n);
 }

@@ -36,11 +36,19 @@ char *graphreq_chat_body(const struct event_request *ev, const char *bind_root) 
 bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out,
                             size_t cap) CP_MUSTCHECK;
 
+/*
+ * "{version_root}/chats('{X}')", X the chat id as an OData string literal, percent-encoded:
+ * where a chat made by an async operation is read back (its webUrl, createdDateTime).
+ */
+bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out,
+                       size_t cap) CP_MUSTCHECK;
+
 /* The client-request-id of an event: lower-case UUIDv5 of event_id in the namespace above. */
 bool graphreq_client_request_id(const char *event_id, char out[37]) CP_MUSTCHECK;
 
 /*
- * The URL to poll for a 202's Location. version_root is "{base_url}/{version}". A relative
+ * The URL to poll for a 202's Location, or to read a lookup's next page from an
+ * "@odata.nextLink". version_root is "{base_url}/{version}". A relative
  * Location ("/chats('…')/operations('…')") is appended to version_root. An absolute one is
  * accepted only with version_root's scheme, host and port, no user info, and a path under
  * version_root's path; the result is then version_root + the rest, so the host written in
@@ -58,5 +66,12 @@ bool graphreq_resolve_location(const char *version_root, const char *location, c
  */
 bool graphreq_lookup_url(const char *version_root, const char *owner_user_id, const char *topic,
                          char *out, size_t cap) CP_MUSTCHECK;
+
+/*
+ * The object id of a user named by UPN: "{version_root}/users('{user}')?$select=id", user
+ * escaped as an OData literal and percent-encoded.
+ */
+bool graphreq_user_id_url(const char *version_root, const char *user, char *out,
+                          size_t cap) CP_MUSTCHECK;
 
 #endif

@@ -3,6 +3,7 @@
  */
 #include "graphresp.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <json-c/json.h>
 #include <stdarg.h>
@@ -437,15 +438,20 @@ bool graphresp_parse_datetime(const char *s, int64_t *epoch_ms)
 	return true;
 }
 
-/* Does lookup id match this member by "userId" or "email"? */
-static bool member_has(json_object *m, const char *id)
+/* Does user j of the query match this member: "userId" or "email" is its id (any case), or
+ * "userId" is its resolved object id? */
+static bool member_has(json_object *m, const struct graphresp_lookup_query *q, size_t j)
 {
 	static const char *const keys[] = {"userId", "email"};
+	const char *oid = q->object_ids ? q->object_ids[j] : NULL;
 	json_object *v;
 	for (size_t k = 0; k < CP_ARRAY_LEN(keys); k++) {
-		if (json_object_object_get_ex(m, keys[k], &v) &&
-		    json_object_is_type(v, json_type_string) &&
-		    strcasecmp(json_object_get_string(v), id) == 0)
+		if (!json_object_object_get_ex(m, keys[k], &v) ||
+		    !json_object_is_type(v, json_type_string))
+			continue;
+		const char *s = json_object_get_string(v);
+		if (strcasecmp(s, q->user_ids[j]) == 0 ||
+		    (k == 0 && oid && strcasecmp(s, oid) == 0))
 			return true;
 	}
 	return false;
@@ -465,14 +471,14 @@ static bool members_match(json_object *chat, const struct graphresp_lookup_query
 		if (!json_object_is_type(m, json_type_object))
 			return false;
 		for (size_t j = 0; j < n && !any; j++)
-			any = member_has(m, q->user_ids[j]);
+			any = member_has(m, q, j);
 		if (!any)
 			return false;
 	}
 	for (size_t j = 0; j < n; j++) {
 		bool any = false;
 		for (size_t i = 0; i < n && !any; i++)
-			any = member_has(json_object_array_get_idx(arr, i), q->user_ids[j]);
+			any = member_has(json_object_array_get_idx(arr, i), q, j);
 		if (!any)
 			return false;
 	}
@@ -543,4 +549,35 @@ bool graphresp_parse_lookup(const char *body, size_t len, const struct graphresp
 	if (!ok)
 		memset(out, 0, sizeof *out);
 	return ok;
+}
+
+/* 8-4-4-4-12 hexadecimal digits. */
+static bool is_guid(const char *s)
+{
+	for (size_t i = 0; i < 36; i++) {
+		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+		if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
+			return false;
+	}
+	return s[36] == '\0';
+}
+
+bool graphresp_parse_user(const char *body, size_t len, struct graphresp_user *out, char *err,
+                          size_t errcap)
+{
+	memset(out, 0, sizeof *out);
+	json_object *root = parse_object(body, len, GRAPHRESP_MAX_BODY, err, errcap);
+	if (!root)
+		return false;
+	bool ok = required_str(root, "id", out->id, sizeof out->id, err, errcap);
+	json_object_put(root);
+	if (ok && !is_guid(out->id))
+		ok = fail_msg(err, errcap, "id: not a GUID");
+	if (!ok) {
+		memset(out, 0, sizeof *out);
+		return false;
+	}
+	for (char *p = out->id; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	return true;
 }

@@ -82,11 +82,15 @@ bool graphresp_parse_retry_after(const char *value, int64_t now_epoch_ms,
  * A chat matches when its topic equals topic byte for byte, its chatType (when present) is
  * "group", its createdDateTime is >= created_after_ms, and its members are exactly the set
  * user_ids: every member matches one of user_ids and every user id matches a member, where
- * an id matches a member whose "userId" or "email" equals it ignoring case.
+ * an id matches a member whose "userId" or "email" equals it ignoring case, or whose
+ * "userId" equals its object id. Graph names members by object id ("userId") and mail
+ * ("email"), never by UPN: a member named by a UPN that differs from its mail matches only
+ * through object_ids, the ids the daemon resolved (GET /users/{upn}).
  */
 struct graphresp_lookup_query {
 	const char *topic;
 	const char *const *user_ids;
+	const char *const *object_ids; /* per user id: its object id, or NULL; NULL: none known */
 	size_t n_user_ids;
 	int64_t created_after_ms;
 };
@@ -96,13 +100,22 @@ struct graphresp_lookup_result {
 	size_t matches;             /* how many did (more than one: someone else made one too) */
 	struct graphresp_chat chat; /* the oldest match */
 	int64_t created_ms;         /* its createdDateTime */
-	char next_link[2048];       /* "@odata.nextLink" to fetch next, "" on the last page */
+	char next_link[4096];       /* "@odata.nextLink" to fetch next, "" on the last page */
 };
 
 /* One page of the lookup. False with err if the page is unusable. */
 bool graphresp_parse_lookup(const char *body, size_t len, const struct graphresp_lookup_query *q,
                             struct graphresp_lookup_result *out, char *err,
                             size_t errcap) CP_MUSTCHECK;
+
+/* A user (GET /users/{id | userPrincipalName}?$select=id): its object id. */
+struct graphresp_user {
+	char id[37]; /* a GUID, lower case */
+};
+
+/* False with err unless the body is an object whose "id" is a GUID. */
+bool graphresp_parse_user(const char *body, size_t len, struct graphresp_user *out, char *err,
+                          size_t errcap) CP_MUSTCHECK;
 
 /* "2020-12-04T23:11:16.175Z" (RFC 3339, any offset) to epoch milliseconds. */
 bool graphresp_parse_datetime(const char *s, int64_t *epoch_ms) CP_MUSTCHECK;

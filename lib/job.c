@@ -40,8 +40,10 @@ void job_free(struct job *job)
 	if (!job)
 		return;
 	free(job->key);
+	free(job->payload);
 	if (job->headers)
 		rd_kafka_headers_destroy(job->headers);
+	job_lookup_end(job);
 	event_free(job->ev);
 	free(job->body);
 	free(job->rejected_id);
@@ -49,6 +51,38 @@ void job_free(struct job *job)
 	free(job->chat_web_url);
 	free(job->err_message);
 	free(job);
+}
+
+bool job_keep_payload(struct job *job, const rd_kafka_message_t *msg)
+{
+	if (!msg->payload || !msg->len)
+		return true;
+	job->payload = malloc(msg->len);
+	if (!job->payload)
+		return false;
+	memcpy(job->payload, msg->payload, msg->len);
+	job->payload_len = msg->len;
+	return true;
+}
+
+bool job_chat_may_exist(const struct job *job)
+{
+	if (job->status != JOB_FAILED || !job->ev || job->ev->chat_type != EVENT_CHAT_GROUP)
+		return false;
+	/* needs_lookup stays set until a lookup answered; a 202 leaves its Location. */
+	return job->needs_lookup || job->op_url || job->http_status == 201 ||
+	       job->http_status == 202;
+}
+
+void job_lookup_end(struct job *job)
+{
+	struct job_lookup *l = job->lookup;
+	if (!l)
+		return;
+	free(l->object_ids);
+	free(l->next_page);
+	free(l);
+	job->lookup = NULL;
 }
 
 void job_fail(struct job *job, long http_status, const char *code, const char *message,

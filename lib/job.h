@@ -21,7 +21,19 @@
 
 /* JOB_ABANDONED: its partition was revoked; it goes away without a result. */
 enum job_status { JOB_PENDING, JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED, JOB_ABANDONED };
-enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL };
+/* JOB_PHASE_CHAT: the operation made the chat; its details are being read back. */
+enum job_phase { JOB_PHASE_CREATE, JOB_PHASE_POLL, JOB_PHASE_CHAT };
+
+/*
+ * A group-chat lookup in progress (worker.c): the object ids of members named by UPN, then
+ * the pages of the owner's chats. Lives from the first lookup request to its answer.
+ */
+struct job_lookup {
+	char (*object_ids)[37]; /* per member: its object id once resolved, "" if none */
+	size_t resolved;        /* members whose object id has been asked for (or is not needed) */
+	char *next_page;        /* the "@odata.nextLink" to read next; NULL: the first page */
+	unsigned pages;         /* pages read */
+};
 
 /*
  * Large or rare strings are allocated when needed: tens of thousands of jobs can be in
@@ -35,6 +47,8 @@ struct job {
 	void *key;
 	size_t key_len;
 	rd_kafka_headers_t *headers; /* copy of the input headers, carried to the result */
+	void *payload;               /* the input value, kept for a DLQ copy (job_keep_payload) */
+	size_t payload_len;
 	struct job *next_follower;   /* a duplicate of an id in progress waits for its result */
 
 	/* What to do (NULL for a rejected event). */
@@ -49,6 +63,9 @@ struct job {
 	unsigned transient_failures; /* what the retry budget counts: 429s are the scheduler's */
 	bool auth_retried;           /* a 401 has been answered with one refresh already */
 	bool needs_lookup;           /* a group-chat POST may have succeeded: look before posting */
+	unsigned chat_reads;         /* JOB_PHASE_CHAT: GETs of the chat tried */
+	unsigned not_found_retries;  /* 404s waited out: [retry] not_found_s is their budget */
+	int64_t not_found_since_mono_ms; /* the first 404 */
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
@@ -57,6 +74,7 @@ struct job {
 	int64_t op_deadline_mono_ms;
 	int64_t next_poll_mono_ms;
 	char *op_url; /* the operation's absolute URL, once a 202 gave one */
+	struct job_lookup *lookup;
 
 	/* Outcome. */
 	enum job_status status;
@@ -82,6 +100,18 @@ struct job {
 /* Copies key and headers of msg; the job owns them. NULL on allocation failure. */
 struct job *job_new(const rd_kafka_message_t *msg, uint64_t generation) CP_MUSTCHECK;
 void job_free(struct job *job);
+
+/* Keeps a copy of msg's value, so that a failed request can be copied to the DLQ as it came. */
+bool job_keep_payload(struct job *job, const rd_kafka_message_t *msg) CP_MUSTCHECK;
+
+/*
+ * A failed group chat that may exist all the same: a POST whose answer was lost, a 202
+ * operation not seen to its end, a 201 without a usable chat. A re-drive looks it up first.
+ */
+bool job_chat_may_exist(const struct job *job);
+
+/* Frees a lookup's state and clears job->lookup. */
+void job_lookup_end(struct job *job);
 
 /* Records a final failure (code as Graph names it where there is one). */
 void job_fail(struct job *job, long http_status, const char *code, const char *message,

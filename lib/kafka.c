@@ -169,6 +169,22 @@ rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
 	return create(RD_KAFKA_CONSUMER, conf, err, errcap);
 }
 
+rd_kafka_t *kafka_inspector_new(const struct cfg *cfg, char *err, size_t errcap)
+{
+	const struct kv defaults[] = {
+	    {"bootstrap.servers", cfg->kafka.brokers},
+	    {"group.id", cfg->kafka.group_id}, /* for its committed offsets; never joined */
+	    {"client.id", "chatprovctl"},
+	    {"auto.offset.reset", "earliest"},
+	    {"fetch.wait.max.ms", "100"},
+	};
+	rd_kafka_conf_t *conf = new_conf(cfg, defaults, CP_ARRAY_LEN(defaults), reader_forced,
+	                                 CP_ARRAY_LEN(reader_forced), err, errcap);
+	if (!conf)
+		return NULL;
+	return create(RD_KAFKA_CONSUMER, conf, err, errcap);
+}
+
 rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_delivery, void *opaque,
                                char *err, size_t errcap)
 {

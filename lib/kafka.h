@@ -31,6 +31,13 @@ rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_deli
  */
 rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap) CP_MUSTCHECK;
 
+/*
+ * chatprovctl's reader: a consumer that carries the daemon's group.id, so that it can ask for
+ * the group's committed offsets (rd_kafka_committed), but reads by assign() only: it never
+ * joins the group, commits nothing and stores no offset. Partition EOF events are on.
+ */
+rd_kafka_t *kafka_inspector_new(const struct cfg *cfg, char *err, size_t errcap) CP_MUSTCHECK;
+
 /* Subscribes the consumer to one topic. */
 /*
  * Asks the cluster for the topic's metadata, so that the producer knows its leaders (and is

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "chatreq.h"
 #include "cptime.h"
 #include "event.h"
 #include "graphreq.h"
@@ -104,6 +105,7 @@ struct pipeline {
 	atomic_bool paused;     /* the memory bound (max_queued) stops intake */
 	bool draining, workers_joined, group_joined, producer_warm;
 	atomic_bool fatal;
+	atomic_bool forbidden_hinted[CFG_MAX_TENANTS]; /* the workers' 403 hint, once per tenant */
 	struct pipeline_counters counters;
 	pthread_mutex_t counters_lock;
 
@@ -549,9 +551,100 @@ static void result_key(const struct job *job, const void **key, size_t *key_len)
 	}
 }
 
+/* Headers a DLQ copy gets; a re-driven message may carry them already from its last trip. */
+static const char *const dlq_header_names[] = {
+    "chatprov-status",        "chatprov-error-code",       "chatprov-error-message",
+    "chatprov-http-status",   "chatprov-reject-reason",    "chatprov-dlq-truncated",
+    "chatprov-source-topic",  "chatprov-source-partition", "chatprov-source-offset"};
+
+static bool add_header_num(rd_kafka_headers_t *h, const char *name, long long value)
+{
+	char num[32];
+	snprintf(num, sizeof num, "%lld", value);
+	return rd_kafka_header_add(h, name, -1, num, -1) == 0;
+}
+
+/*
+ * Why a request is in the DLQ, so that an operator can select and re-drive it: its status,
+ * the error (Graph's code and message where Graph answered), Graph's HTTP status when there
+ * is one, and where the message came from.
+ */
+static bool add_dlq_headers(const struct pipeline *p, rd_kafka_headers_t *h, const struct job *job)
+{
+	const char *message = job->err_message ? job->err_message : "";
+	bool ok = rd_kafka_header_add(h, "chatprov-status", -1, result_status_name(job->status),
+	                              -1) == 0 &&
+	          rd_kafka_header_add(h, "chatprov-error-code", -1, job->err_code, -1) == 0 &&
+	          rd_kafka_header_add(h, "chatprov-error-message", -1, message, -1) == 0;
+	if (ok && job->http_status > 0)
+		ok = add_header_num(h, "chatprov-http-status", job->http_status);
+	return ok &&
+	       rd_kafka_header_add(h, "chatprov-source-topic", -1, p->cfg->kafka.input_topic, -1) ==
+	           0 &&
+	       add_header_num(h, "chatprov-source-partition", job->partition) &&
+	       add_header_num(h, "chatprov-source-offset", job->offset);
+}
+
+/* The input headers, without what an earlier DLQ trip added. NULL: out of memory. */
+static rd_kafka_headers_t *dlq_base_headers(const struct job *job)
+{
+	rd_kafka_headers_t *h =
+	    job->headers ? rd_kafka_headers_copy(job->headers) : rd_kafka_headers_new(8);
+	for (size_t i = 0; h && i < CP_ARRAY_LEN(dlq_header_names); i++)
+		(void)rd_kafka_header_remove(h, dlq_header_names[i]);
+	return h;
+}
+
+/* A failed request goes to the DLQ as it came (key, value, input headers), with why. */
+static bool copy_failed_to_dlq(struct pipeline *p, struct job *job, bool block)
+{
+	rd_kafka_headers_t *h = dlq_base_headers(job);
+	if (!h || !add_dlq_headers(p, h, job)) {
+		if (h)
+			rd_kafka_headers_destroy(h);
+		log_error("out of memory copying a failed request to the DLQ");
+		atomic_store(&p->fatal, true);
+		return false;
+	}
+	return queue_record(p, p->cfg->kafka.dlq_topic, RD_KAFKA_PARTITION_UA, job->key,
+	                    job->key_len, job->payload, job->payload_len, h, job, block);
+}
+
+/*
+ * A failed group chat that may exist all the same (job_chat_may_exist) says so in its done
+ * record, with the time from which it may have been created: a re-drive looks it up first.
+ */
+static bool mark_outcome_unknown(rd_kafka_headers_t *h, const struct job *job)
+{
+	if (!job_chat_may_exist(job))
+		return true;
+	int64_t since = job->intent_wall_ms;
+	if (!since && job->op_started_mono_ms)
+		since = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms);
+	if (since <= 0)
+		since = job->received_wall_ms;
+	return add_header_num(h, STATE_HEADER_OUTCOME_UNKNOWN, since);
+}
+
+/* A done record also says when the request's first POST may have left (state.h). */
+static rd_kafka_headers_t *done_headers(const struct job *job)
+{
+	char at[24];
+	rd_kafka_headers_t *h = state_headers(STATE_DONE, result_status_name(job->status));
+	if (!h || !job->intent_wall_ms)
+		return h;
+	snprintf(at, sizeof at, "%lld", (long long)job->intent_wall_ms);
+	if (rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, at, -1) != 0) {
+		rd_kafka_headers_destroy(h);
+		return NULL;
+	}
+	return h;
+}
+
 /*
  * The result goes to the output topic and, for a request Graph saw, the same bytes to the
- * state topic as its final record: a replay is answered from there without Graph.
+ * state topic as its final record: a replay of a success is answered from there without
+ * Graph. A failure is copied to the DLQ as well, for a re-drive.
  */
 static bool publish_result(struct pipeline *p, struct job *job, bool block)
 {
@@ -566,13 +659,19 @@ static bool publish_result(struct pipeline *p, struct job *job, bool block)
 	size_t key_len;
 	result_key(job, &key, &key_len);
 	bool with_state = job->ev != NULL;
-	job->pending_deliveries += with_state ? 2 : 1;
+	bool with_dlq = job->status == JOB_FAILED && p->cfg->kafka.dlq_topic[0];
+	job->pending_deliveries += (with_state ? 2 : 1) + (with_dlq ? 1 : 0);
 	mark_result_queued(p, job);
+	bool ok = !with_dlq || copy_failed_to_dlq(p, job, block);
 	rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;
-	bool ok = queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key, key_len,
-	                       value, len, h, job, block);
+	ok = ok && queue_record(p, p->cfg->kafka.output_topic, RD_KAFKA_PARTITION_UA, key,
+	                        key_len, value, len, h, job, block);
 	if (ok && with_state) {
-		h = state_headers(STATE_DONE, result_status_name(job->status));
+		h = done_headers(job);
+		if (h && !mark_outcome_unknown(h, job)) {
+			rd_kafka_headers_destroy(h);
+			h = NULL;
+		}
 		ok = h && queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
 		                       strlen(job->ev->id), value, len, h, job, block);
 	}
@@ -608,6 +707,7 @@ static void on_accepted(struct job *job, void *arg)
 	if (o) {
 		json_object_object_add(o, "location", json_object_new_string(job->op_url));
 		json_object_object_add(o, "startedAt", json_object_new_int64(started));
+		json_object_object_add(o, "attempts", json_object_new_int64(job->attempts));
 		snprintf(value, sizeof value, "%s",
 		         json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
 		                                               JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -723,20 +823,6 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 
 /* ---- admission ---- */
 
-static bool add_reason_headers(rd_kafka_headers_t *h, const rd_kafka_message_t *msg,
-                               const char *reason)
-{
-	char num[32];
-	bool ok = rd_kafka_header_add(h, "chatprov-reject-reason", -1, reason, -1) == 0 &&
-	          rd_kafka_header_add(h, "chatprov-source-topic", -1, rd_kafka_topic_name(msg->rkt),
-	                              -1) == 0;
-	snprintf(num, sizeof num, "%d", (int)msg->partition);
-	ok = ok && rd_kafka_header_add(h, "chatprov-source-partition", -1, num, -1) == 0;
-	snprintf(num, sizeof num, "%lld", (long long)msg->offset);
-	return ok && rd_kafka_header_add(h, "chatprov-source-offset", -1, num, -1) == 0;
-}
-
-/* The original message, byte for byte, with headers that say why it was rejected. */
 /*
  * The original message, byte for byte, with headers that say why it was rejected. A
  * message over max_message_bytes may not fit in a produce request at all: its copy keeps
@@ -746,12 +832,10 @@ static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struc
                         const char *reason)
 {
 	bool truncate = msg->len > p->cfg->kafka.max_message_bytes;
-	char size[32];
-	rd_kafka_headers_t *h =
-	    job->headers ? rd_kafka_headers_copy(job->headers) : rd_kafka_headers_new(4);
-	snprintf(size, sizeof size, "%zu", msg->len);
-	if (!h || !add_reason_headers(h, msg, reason) ||
-	    (truncate && rd_kafka_header_add(h, "chatprov-dlq-truncated", -1, size, -1) != 0)) {
+	rd_kafka_headers_t *h = dlq_base_headers(job);
+	if (!h || rd_kafka_header_add(h, "chatprov-reject-reason", -1, reason, -1) != 0 ||
+	    !add_dlq_headers(p, h, job) ||
+	    (truncate && !add_header_num(h, "chatprov-dlq-truncated", (long long)msg->len))) {
 		if (h)
 			rd_kafka_headers_destroy(h);
 		return false;
@@ -764,7 +848,7 @@ static bool copy_to_dlq(struct pipeline *p, const rd_kafka_message_t *msg, struc
 static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
                    const char *reason)
 {
-	char id[256];
+	char id[EVENT_ID_MAX_BYTES + 1];
 	if (!job->rejected_id && event_peek_id(msg->payload, msg->len, id, sizeof id))
 		job->rejected_id = strdup(id);
 	job->status = JOB_REJECTED;
@@ -789,22 +873,12 @@ static void reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job
 /* Turns a valid event into a job ready to queue; false: rejected with reason. */
 static bool prepare(struct pipeline *p, struct job *job, char *reason, size_t cap)
 {
-	int tenant = cfg_tenant_index(p->cfg, job->ev->tenant);
-	if (tenant < 0) {
-		snprintf(reason, cap, "tenant: no profile named '%s' is configured",
-		         job->ev->tenant);
+	struct chatreq req;
+	if (!chatreq_prepare(p->cfg, p->bind_root, job->ev, &req, reason, cap))
 		return false;
-	}
-	job->tenant = (size_t)tenant;
-	if (!graphreq_client_request_id(job->ev->id, job->client_request_id)) {
-		snprintf(reason, cap, "id: cannot derive client-request-id");
-		return false;
-	}
-	job->body = graphreq_chat_body(job->ev, p->bind_root);
-	if (!job->body) {
-		snprintf(reason, cap, "cannot build the Graph request body");
-		return false;
-	}
+	job->tenant = req.tenant;
+	memcpy(job->client_request_id, req.client_request_id, sizeof job->client_request_id);
+	job->body = req.body;
 	return true;
 }
 
@@ -871,17 +945,35 @@ static bool replay(struct pipeline *p, struct job *job, const struct state_info 
 	return ok;
 }
 
-/* Picks up a 202 operation recorded by whichever instance started it. */
+/*
+ * Picks up a 202 operation recorded by whichever instance started it. The recorded poll URL
+ * is outside input like a fresh Location (a forged or stale record, another base_url): it
+ * passes the same check, or the operation is not followed and the request is treated as
+ * sent with an unknown outcome (a group chat is looked up, a one-on-one chat posted again),
+ * so the bearer token never goes to another host.
+ */
 static void resume_operation(struct pipeline *p, struct job *job, const struct state_info *si)
 {
 	int64_t now_mono = cptime_mono_ms(), now_wall = cptime_wall_ms();
 	int64_t started = si->op_started_wall_ms ? si->op_started_wall_ms : si->at_wall_ms;
-	if (!job_set_string(&job->op_url, si->op_url)) {
+	char version_root[JOB_URL_MAX], url[JOB_URL_MAX];
+	if (snprintf(version_root, sizeof version_root, "%s/%s", p->cfg->graph.base_url,
+	             p->cfg->graph.api_version) >= (int)sizeof version_root ||
+	    !graphreq_resolve_location(version_root, si->op_url, url, sizeof url)) {
+		log_warning("request %s: the recorded operation URL is not on %s: not polled",
+		            job->ev->id, version_root);
+		job->needs_lookup = job->ev->chat_type == EVENT_CHAT_GROUP;
+		job->intent_wall_ms = si->at_wall_ms;
+		return;
+	}
+	if (!job_set_string(&job->op_url, url)) {
 		atomic_store(&p->fatal, true);
 		return;
 	}
 	job->phase = JOB_PHASE_POLL;
 	job->http_status = 202;
+	/* A record without the count still stands for the POST that got the 202. */
+	job->attempts = si->op_attempts ? si->op_attempts : 1;
 	job->op_started_mono_ms = now_mono - (now_wall - started);
 	job->op_deadline_mono_ms = job->op_started_mono_ms + p->op_timeout_ms;
 	job->next_poll_mono_ms = now_mono;
@@ -890,6 +982,29 @@ static void resume_operation(struct pipeline *p, struct job *job, const struct s
 static bool is_group(const struct job *job)
 {
 	return job->ev->chat_type == EVENT_CHAT_GROUP;
+}
+
+/*
+ * A recorded failure whose chat cannot exist (Graph refused it, or it was never sent): the
+ * request starts afresh. A failure that may have created the chat is recorded as an intent
+ * instead (see state.h), so it is looked up first. A compacted record known only by its
+ * fingerprint is confirmed first: another id's failure must not skip this one's lookup.
+ */
+static bool refused_before(struct pipeline *p, const struct job *job, const struct state_info *si)
+{
+	char err[CP_ERRSTR_SIZE];
+	char *value = NULL;
+	size_t len = 0;
+	if (si->kind != STATE_DONE || si->done_succeeded)
+		return false;
+	if (!si->fingerprint_only)
+		return true;
+	bool mine = state_fetch(p->state, job->ev->id, si->partition, si->offset, &value, &len,
+	                        err, sizeof err);
+	free(value);
+	if (!mine)
+		log_warning("cannot confirm the recorded failure of %s: %s", job->ev->id, err);
+	return mine;
 }
 
 /* Routes a valid job by what the state says about its id. */
@@ -903,11 +1018,18 @@ static void dispatch(struct pipeline *p, struct job *job)
 		p->followers = job;
 		return;
 	}
-	if (si.kind == STATE_DONE && replay(p, job, &si))
+	/* Only a success is final; a failure is attempted again when its id comes back. */
+	if (si.kind == STATE_DONE && si.done_succeeded && replay(p, job, &si))
 		return;
+	bool again = refused_before(p, job, &si);
+	if (again) {
+		struct log_ctx ctx = {.request_id = job->ev->id,
+		                      .client_request_id = job->client_request_id};
+		log_with(LOG_LVL_INFO, &ctx, "request failed before: attempting it again");
+	}
 	if (si.kind == STATE_OPERATION)
 		resume_operation(p, job, &si);
-	if ((si.kind == STATE_INTENT || si.kind == STATE_DONE) && is_group(job)) {
+	if ((si.kind == STATE_INTENT || (si.kind == STATE_DONE && !again)) && is_group(job)) {
 		/* Sent before, outcome unknown (or its record unreadable): look before posting. */
 		job->needs_lookup = true;
 		job->intent_wall_ms = si.at_wall_ms;
@@ -917,7 +1039,7 @@ static void dispatch(struct pipeline *p, struct job *job)
 		atomic_store(&p->fatal, true);
 		return;
 	}
-	if (si.kind == STATE_NONE && is_group(job))
+	if ((si.kind == STATE_NONE || again) && is_group(job))
 		write_intent(p, job);
 	else
 		queue_job(p, job);
@@ -993,6 +1115,13 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 		event_free(job->ev);
 		job->ev = NULL;
 		reject(p, msg, job, reason);
+		return;
+	}
+	if (p->cfg->kafka.dlq_topic[0] && !job_keep_payload(job, msg)) {
+		/* A failure could not be copied to the DLQ as it came. */
+		log_error("out of memory admitting an event");
+		atomic_store(&p->fatal, true);
+		release(p, job);
 		return;
 	}
 	dispatch(p, job);
@@ -1107,6 +1236,9 @@ static struct worker_policy policy_of(const struct cfg *cfg)
 	              .base_delay_ms = (int64_t)(cfg->retry.base_delay_s * 1000),
 	              .max_delay_ms = (int64_t)(cfg->retry.max_delay_s * 1000),
 	              .max_elapsed_ms = (int64_t)(cfg->retry.max_elapsed_s * 1000)},
+	    .not_found = {.budget_ms = (int64_t)(cfg->retry.not_found_s * 1000),
+	                  .base_delay_ms = (int64_t)(cfg->retry.not_found_base_delay_s * 1000),
+	                  .max_delay_ms = (int64_t)(cfg->retry.not_found_max_delay_s * 1000)},
 	    .poll_interval_ms = (int64_t)(cfg->operations.poll_interval_s * 1000),
 	    .op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000),
 	    .group_chat_lookup = cfg->recovery.group_chat_lookup,
@@ -1160,14 +1292,13 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 	p->read_ahead = cfg->graph.max_in_flight / 4 > MIN_READ_AHEAD ? cfg->graph.max_in_flight / 4
 	                                                              : MIN_READ_AHEAD;
 	pthread_mutex_init(&p->counters_lock, NULL);
-	p->limits = (struct event_limits){.max_message_bytes = cfg->kafka.max_message_bytes,
-	                                  .max_members = cfg->graph.max_members,
-	                                  .max_topic_length = cfg->graph.max_topic_length};
-	if (snprintf(p->bind_root, sizeof p->bind_root, "%s/%s", cfg->graph.graph_root,
-	             cfg->graph.api_version) >= (int)sizeof p->bind_root) {
+	p->limits = chatreq_event_limits(cfg);
+	struct chatreq_roots roots;
+	if (!chatreq_roots(cfg, &roots)) {
 		snprintf(err, errcap, "graph root too long");
 		goto fail;
 	}
+	memcpy(p->bind_root, roots.bind_root, sizeof p->bind_root);
 	p->generations = calloc(MAX_PARTITIONS, sizeof *p->generations);
 	p->posting = calloc(MAX_PARTITIONS, sizeof *p->posting);
 	if (!p->generations || !p->posting ||
@@ -1249,6 +1380,8 @@ static void collect_metrics(struct metrics *m, void *arg)
 	pipeline_counters(p, &c);
 	pipeline_metrics_process_gauges(p->metrics, c.in_memory, c.active, c.paused);
 	(void)collect_lag(p, true);
+	pipeline_metrics_backlog(p->metrics, p->sched, (double)c.backlog,
+	                         (double)(c.backlog - (int64_t)c.queued));
 }
 
 static void on_token_change(void *arg)
@@ -1272,6 +1405,7 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 		                         .sched = p->sched,
 		                         .auth = p->auth,
 		                         .metrics = p->metrics,
+		                         .forbidden_hinted = p->forbidden_hinted,
 		                         .on_done = on_job_done,
 		                         .hooks = {.is_current = job_is_current,
 		                                   .took_work = took_work,
@@ -1375,6 +1509,17 @@ bool pipeline_progressing(struct pipeline *p, int64_t now, int64_t max_age_ms)
 	return true;
 }
 
+/* The backlog (lag plus work in memory) and its ETA at the rates the scheduler allows now. */
+static void backlog_eta(struct pipeline *p, struct pipeline_counters *out)
+{
+	struct sched_eta_tenant t[CFG_MAX_TENANTS];
+	out->backlog = (out->lag > 0 ? out->lag : 0) + (int64_t)out->in_memory;
+	double unqueued = (double)(out->backlog - (int64_t)out->queued);
+	if (!sched_backlog_eta(p->sched, unqueued > 0 ? unqueued : 0, t, CFG_MAX_TENANTS,
+	                       &out->backlog_eta_s))
+		out->backlog_eta_s = -1;
+}
+
 void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 {
 	pthread_mutex_lock(&p->counters_lock);
@@ -1393,6 +1538,7 @@ void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 			out->throttled += ts.throttled;
 	}
 	out->lag = collect_lag(p, false);
+	backlog_eta(p, out);
 }
 
 bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)

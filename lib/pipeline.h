@@ -24,6 +24,8 @@ struct pipeline_counters {
 	uint64_t throttled; /* 429 answers, all tenants */
 	int64_t lag;        /* messages behind the high watermarks of the assigned partitions;
 	                     * -1 while unknown */
+	int64_t backlog;      /* lag (when known) plus in_memory */
+	double backlog_eta_s; /* when the backlog may have left at the rates allowed now */
 	bool paused;
 };
 

@@ -15,7 +15,8 @@ static const double e2e_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,
 
 struct tenant_series {
 	struct metrics_series *retries, *throttled, *queued, *rate, *token_expiry;
-	struct metrics_series *token_refreshes, *token_failures;
+	struct metrics_series *outcomes[4], *backlog, *backlog_eta;
+	struct metrics_series *token_refreshes, *token_failures, *not_found, *forbidden;
 	uint64_t seen_refreshes, seen_failures;
 };
 
@@ -24,6 +25,9 @@ struct pipeline_metrics {
 	struct metrics_family *requests, *responses, *retries, *throttled, *graph_latency;
 	struct metrics_family *e2e_latency, *queued, *rate, *token_expiry, *token_refreshes;
 	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag;
+	struct metrics_family *not_found, *forbidden;
+	struct metrics_family *tenant_requests, *backlog, *backlog_eta;
+	struct metrics_series *backlog_all, *backlog_eta_all;
 	struct metrics_series *requests_by_status[4];
 	struct metrics_series *graph_latency_all, *e2e_all, *in_memory_g, *active_g, *paused_g;
 	const struct cfg *cfg;
@@ -92,7 +96,24 @@ static bool register_families(struct pipeline_metrics *pm)
 	       reg(pm, &pm->paused, "chatprov_consumer_paused",
 	           "1 while a memory bound holds intake back.", METRICS_GAUGE, NULL, NULL, 0) &&
 	       reg(pm, &pm->lag, "chatprov_consumer_lag", "Messages behind the high watermark.",
-	           METRICS_GAUGE, L("partition"), NULL, 0);
+	           METRICS_GAUGE, L("partition"), NULL, 0) &&
+	       reg(pm, &pm->not_found, "chatprov_not_found_retries_total",
+	           "404 answers to POST /chats waited out: a member not yet known to Teams.",
+	           METRICS_COUNTER, L("tenant"), NULL, 0) &&
+	       reg(pm, &pm->forbidden, "chatprov_forbidden_total",
+	           "403 answers to POST /chats: the app lacks a permission (admin consent).",
+	           METRICS_COUNTER, L("tenant"), NULL, 0) &&
+	       reg(pm, &pm->tenant_requests, "chatprov_tenant_requests_total",
+	           "Final outcomes by tenant profile (rejected events of an unknown profile: "
+	           "default).",
+	           METRICS_COUNTER, L("tenant", "status"), NULL, 0) &&
+	       reg(pm, &pm->backlog, "chatprov_backlog_events",
+	           "Work to do: queued per tenant profile; tenant=\"\": consumer lag plus work "
+	           "in memory.",
+	           METRICS_GAUGE, L("tenant"), NULL, 0) &&
+	       reg(pm, &pm->backlog_eta, "chatprov_backlog_eta_seconds",
+	           "When the backlog may have left at the rates the scheduler allows now.",
+	           METRICS_GAUGE, L("tenant"), NULL, 0);
 }
 
 static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
@@ -106,6 +127,15 @@ static void resolve_tenant(struct pipeline_metrics *pm, size_t i)
 	ts->token_expiry = metrics_series(pm->token_expiry, t);
 	ts->token_refreshes = metrics_series(pm->token_refreshes, t);
 	ts->token_failures = metrics_series(pm->token_failures, t);
+	ts->not_found = metrics_series(pm->not_found, t);
+	ts->forbidden = metrics_series(pm->forbidden, t);
+	ts->backlog = metrics_series(pm->backlog, t);
+	ts->backlog_eta = metrics_series(pm->backlog_eta, t);
+	static const enum job_status statuses[] = {JOB_SUCCEEDED, JOB_FAILED, JOB_REJECTED};
+	for (size_t k = 0; k < CP_ARRAY_LEN(statuses); k++)
+		ts->outcomes[statuses[k]] = metrics_series(
+		    pm->tenant_requests,
+		    METRICS_LABELS(pm->cfg->tenants[i].name, result_status_name(statuses[k])));
 }
 
 struct pipeline_metrics *pipeline_metrics_new(struct metrics *registry, const struct cfg *cfg)
@@ -131,6 +161,8 @@ struct pipeline_metrics *pipeline_metrics_new(struct metrics *registry, const st
 	pm->in_memory_g = metrics_series(pm->in_memory, NULL);
 	pm->active_g = metrics_series(pm->active, NULL);
 	pm->paused_g = metrics_series(pm->paused, NULL);
+	pm->backlog_all = metrics_series(pm->backlog, METRICS_LABELS(""));
+	pm->backlog_eta_all = metrics_series(pm->backlog_eta, METRICS_LABELS(""));
 	pm->n_tenants = cfg->n_tenants;
 	for (size_t i = 0; i < pm->n_tenants; i++)
 		resolve_tenant(pm, i);
@@ -148,6 +180,8 @@ void pipeline_metrics_job_done(struct pipeline_metrics *pm, const struct job *jo
 	    !pm->requests_by_status[job->status])
 		return;
 	metrics_inc(pm->requests_by_status[job->status]);
+	if (job->tenant < pm->n_tenants && pm->tenants[job->tenant].outcomes[job->status])
+		metrics_inc(pm->tenants[job->tenant].outcomes[job->status]);
 	int64_t done = job->completed_wall_ms ? job->completed_wall_ms : cptime_wall_ms();
 	metrics_observe(pm->e2e_all, (double)(done - job->received_wall_ms) / 1000.0);
 }
@@ -156,6 +190,18 @@ void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant)
 {
 	if (pm && tenant < pm->n_tenants)
 		metrics_inc(pm->tenants[tenant].retries);
+}
+
+void pipeline_metrics_not_found_retry(struct pipeline_metrics *pm, size_t tenant)
+{
+	if (pm && tenant < pm->n_tenants)
+		metrics_inc(pm->tenants[tenant].not_found);
+}
+
+void pipeline_metrics_forbidden(struct pipeline_metrics *pm, size_t tenant)
+{
+	if (pm && tenant < pm->n_tenants)
+		metrics_inc(pm->tenants[tenant].forbidden);
 }
 
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
@@ -217,4 +263,19 @@ void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_
 		metrics_gauge_set(s, (double)lag);
 	else
 		metrics_gauge_unset(s);
+}
+
+void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct sched *sched, double backlog,
+                              double unqueued)
+{
+	struct sched_eta_tenant t[CFG_MAX_TENANTS];
+	double total;
+	if (!pm || !sched_backlog_eta(sched, unqueued, t, pm->n_tenants, &total))
+		return;
+	for (size_t i = 0; i < pm->n_tenants; i++) {
+		metrics_gauge_set(pm->tenants[i].backlog, t[i].events);
+		metrics_gauge_set(pm->tenants[i].backlog_eta, t[i].eta_s);
+	}
+	metrics_gauge_set(pm->backlog_all, backlog);
+	metrics_gauge_set(pm->backlog_eta_all, total);
 }

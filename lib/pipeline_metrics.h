@@ -11,6 +11,7 @@
 #include "common.h"
 #include "job.h"
 #include "metrics.h"
+#include "sched.h"
 
 struct pipeline_metrics;
 
@@ -22,6 +23,10 @@ void pipeline_metrics_free(struct pipeline_metrics *pm);
 void pipeline_metrics_job_done(struct pipeline_metrics *pm, const struct job *job);
 /* A transient failure that will be retried. */
 void pipeline_metrics_retry(struct pipeline_metrics *pm, size_t tenant);
+/* A 404 from POST /chats that will be tried again ([retry] not_found_s). */
+void pipeline_metrics_not_found_retry(struct pipeline_metrics *pm, size_t tenant);
+/* A 403 from POST /chats (missing permission or consent). */
+void pipeline_metrics_forbidden(struct pipeline_metrics *pm, size_t tenant);
 /* One Graph answer (status 0: no HTTP answer) and how long it took. */
 void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant, long status,
                                      double seconds);
@@ -38,5 +43,13 @@ void pipeline_metrics_tenant_gauges(struct pipeline_metrics *pm, size_t tenant,
 void pipeline_metrics_process_gauges(struct pipeline_metrics *pm, size_t in_memory, size_t active,
                                      bool paused);
 void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_t lag);
+/*
+ * chatprov_backlog_events and chatprov_backlog_eta_seconds: per tenant profile its queued
+ * work and when it may all have left at the rates the scheduler allows now; under
+ * tenant="" (Prometheus reads it as no tenant label) the whole backlog, `backlog` events of
+ * which `unqueued` are not in the scheduler yet (consumer lag, work being decoded).
+ */
+void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct sched *sched, double backlog,
+                              double unqueued);
 
 #endif

@@ -105,3 +105,30 @@ bool retry_may_retry(const struct retry_policy *p, unsigned attempts_done, int64
 	int64_t start = now_ms + (next_delay_ms > 0 ? next_delay_ms : 0);
 	return start - first_attempt_ms <= p->max_elapsed_ms;
 }
+
+enum retry_refusal retry_classify_refusal(long http_status)
+{
+	switch (http_status) {
+	case 404:
+		return RETRY_REFUSAL_NOT_FOUND;
+	case 403:
+		return RETRY_REFUSAL_FORBIDDEN;
+	default:
+		return RETRY_REFUSAL_FINAL;
+	}
+}
+
+int64_t retry_not_found_delay_ms(const struct retry_not_found_policy *p, unsigned count,
+                                 int64_t first_404_ms, int64_t now_ms, uint64_t *rng_state)
+{
+	int64_t left = first_404_ms + p->budget_ms - now_ms;
+	if (p->budget_ms <= 0 || left <= 0)
+		return -1;
+	struct retry_policy doubling = {.base_delay_ms = p->base_delay_ms,
+	                                .max_delay_ms = p->max_delay_ms};
+	int64_t cap = backoff_cap(&doubling, count == 0 ? 1 : count);
+	/* Jitter spreads the retries of a bulk run without making a wait much shorter. */
+	double u = (double)(retry_rng_next(rng_state) >> 11) * 0x1.0p-53;
+	int64_t delay = cap - (int64_t)(u * (double)cap / 4);
+	return delay < left ? delay : left;
+}

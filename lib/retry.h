@@ -57,6 +57,39 @@ int64_t retry_next_delay_ms(const struct retry_policy *p, unsigned attempts_done
 bool retry_may_retry(const struct retry_policy *p, unsigned attempts_done, int64_t first_attempt_ms,
                      int64_t now_ms, int64_t next_delay_ms);
 
+/*
+ * What a refusal of POST /chats (a 4xx that retry_classify calls permanent) calls for. Two
+ * refusals are usual in onboarding and say something about time or setup, not the request:
+ *   404: a member Teams does not know yet. A new account takes seconds to minutes to
+ *        replicate from Entra ID to Teams, so the request is retried on a budget of its own
+ *        ([retry] not_found_s), apart from max_attempts and max_elapsed_s.
+ *   403: the application lacks a permission in that tenant (admin consent for Chat.Create
+ *        not granted yet). No retry helps; the operator must be told, once per tenant.
+ */
+enum retry_refusal {
+	RETRY_REFUSAL_FINAL,     /* fail now with Graph's error */
+	RETRY_REFUSAL_NOT_FOUND, /* 404: wait for the member, then try again */
+	RETRY_REFUSAL_FORBIDDEN, /* 403: fail; the tenant's consent is missing */
+};
+
+enum retry_refusal retry_classify_refusal(long http_status);
+
+/* The 404 budget: how long, and how often, a request waits for its members. */
+struct retry_not_found_policy {
+	int64_t budget_ms;     /* after the first 404; <= 0: fail at the first one */
+	int64_t base_delay_ms; /* the wait after the first 404 */
+	int64_t max_delay_ms;  /* waits double up to this */
+};
+
+/*
+ * The wait before trying again after the `count`-th 404 of a request (1 = the first one,
+ * which came at first_404_ms): base * 2^(count-1), capped at max_delay, less up to a quarter
+ * of jitter, and never past the budget (the last try is at first_404 + budget). -1 when
+ * the budget is spent: the request fails with Graph's error.
+ */
+int64_t retry_not_found_delay_ms(const struct retry_not_found_policy *p, unsigned count,
+                                 int64_t first_404_ms, int64_t now_ms, uint64_t *rng_state);
+
 /* splitmix64: the PRNG behind the jitter, exposed for tests and for seeding per thread. */
 uint64_t retry_rng_next(uint64_t *state);
 

@@ -137,4 +137,43 @@ size_t sched_tenant_count(struct sched *s);
 bool sched_tenant_stats(struct sched *s, size_t tenant,
                         struct sched_tenant_stats *out) CP_MUSTCHECK;
 
+/*
+ * ETA of a backlog under the buckets (`chatprovctl plan`, chatprov_backlog_eta_seconds).
+ * The fluid model of what sched_take does: each tenant first sends what its bucket holds
+ * (tokens, no more than the global bucket's tokens shared fairly), then at its rate; when the
+ * tenants together could send faster than the global rate, the global rate is shared among
+ * the tenants with work left, as the round-robin shares it (max-min fair: a tenant below its
+ * share keeps its rate, the rest split what remains). A tenant held below its own rate saves
+ * tokens in its bucket (up to the bucket's size) and spends them later above its rate, as
+ * far as the global bucket allows. Retry-After blocks, 429s and Graph's one-on-one dedup are
+ * not predicted. Against the scheduler itself the model is within a token interval.
+ */
+struct sched_eta_tenant {
+	double events; /* work to do */
+	double rate;   /* requests per window the tenant may send */
+	double tokens; /* requests it may send at once (sched_full_bucket for a fresh start) */
+	double eta_s;  /* out: seconds until its last request may leave (0: none to send) */
+};
+
+/* The tokens of a full bucket of this rate per window: what a fresh scheduler sends at once. */
+double sched_full_bucket(double per_window);
+
+/*
+ * Fills every t[i].eta_s and *total_s (the latest of them); INFINITY where work meets a zero
+ * rate. False on invalid input (negative or non-finite values, window_s <= 0) or out of memory.
+ */
+bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double global_tokens,
+               double window_s, double *total_s) CP_MUSTCHECK;
+
+/*
+ * The ETA of the work queued now plus `unqueued` events not yet read (consumer lag, work
+ * still being decoded) at the rates the scheduler currently allows (AIMD included, the
+ * buckets taken as empty). Tenant i of the n given gets out[i] = its queued work and its ETA;
+ * *total_s covers the unqueued events too, spread over the tenants in proportion to what each
+ * has queued (all on tenant 0 when nothing is queued): the queue is the best sample of what
+ * the backlog holds. False when out of memory.
+ */
+bool sched_backlog_eta(struct sched *s, double unqueued, struct sched_eta_tenant *out, size_t n,
+                       double *total_s) CP_MUSTCHECK;
+
 #endif

@@ -27,6 +27,7 @@
  */
 #include "state.h"
 
+#include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,12 +35,14 @@
 #include <time.h>
 
 #include "cptime.h"
+#include "event.h"
 #include "graphreq.h"
 #include "kafka.h"
 #include "log.h"
 
 #define KEY_BYTES          16
-#define ID_MAX             200
+/* Ids are up to 200 characters, EVENT_ID_MAX_BYTES bytes: a longer key is not ours. */
+#define ID_MAX             EVENT_ID_MAX_BYTES
 #define RESTORE_TIMEOUT_MS (120 * 1000)
 #define FETCH_TIMEOUT_MS   (10 * 1000)
 #define INITIAL_BUCKETS    1024
@@ -94,6 +97,7 @@ struct entry {
 	int64_t offset;
 	char *op_url; /* STATE_OPERATION only */
 	int64_t op_started_wall_ms;
+	uint32_t op_attempts; /* STATE_OPERATION only */
 };
 
 /*
@@ -770,7 +774,7 @@ static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 		return false;
 	struct json_object *root = json_tokener_parse_ex(tok, msg->payload, (int)msg->len);
 	json_tokener_free(tok);
-	struct json_object *loc = NULL, *started = NULL;
+	struct json_object *loc = NULL, *started = NULL, *attempts = NULL;
 	bool ok = root && json_object_object_get_ex(root, "location", &loc) &&
 	          json_object_is_type(loc, json_type_string) &&
 	          json_object_object_get_ex(root, "startedAt", &started);
@@ -781,6 +785,11 @@ static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 			free(e->op_url);
 			e->op_url = url;
 			e->op_started_wall_ms = json_object_get_int64(started);
+			/* Absent in records of older versions: 0, "not recorded". */
+			int64_t n = json_object_object_get_ex(root, "attempts", &attempts)
+			                ? json_object_get_int64(attempts)
+			                : 0;
+			e->op_attempts = n > 0 && n <= UINT32_MAX ? (uint32_t)n : 0;
 		}
 	}
 	json_object_put(root);
@@ -813,7 +822,37 @@ struct record {
 	int64_t offset;
 	int64_t at_wall_ms;
 	bool succeeded;
+	bool done; /* a done record (a failure that may have created its chat reads as an intent) */
 };
+
+/*
+ * A failed done record whose chat may exist all the same (STATE_HEADER_OUTCOME_UNKNOWN)
+ * reads as an intent from the time the header gives: the request is looked up before it is
+ * created again. An unreadable time falls back to the record's own.
+ */
+static void read_outcome_unknown(const rd_kafka_message_t *msg, struct record *rec)
+{
+	char since[32], *end = NULL;
+	if (!header_value(msg, STATE_HEADER_OUTCOME_UNKNOWN, since, sizeof since))
+		return;
+	rec->kind = STATE_INTENT;
+	errno = 0;
+	long long at = strtoll(since, &end, 10);
+	if (errno == 0 && end != since && *end == '\0' && at > 0)
+		rec->at_wall_ms = at;
+}
+
+/* A done record's STATE_INTENT_AT_HEADER, if present and not after the record itself. */
+static void take_intent_time(const rd_kafka_message_t *msg, int64_t *at_wall_ms)
+{
+	char text[24], *end;
+	if (!header_value(msg, STATE_INTENT_AT_HEADER, text, sizeof text))
+		return;
+	errno = 0;
+	long long v = strtoll(text, &end, 10);
+	if (errno == 0 && end != text && *end == '\0' && v > 0 && v <= *at_wall_ms)
+		*at_wall_ms = v;
+}
 
 /* False: not one of ours (no id, no kind or an unknown one). */
 static bool record_read(struct state *st, const rd_kafka_message_t *msg, struct record *rec)
@@ -827,6 +866,7 @@ static bool record_read(struct state *st, const rd_kafka_message_t *msg, struct 
 	rec->offset = msg->offset;
 	rec->at_wall_ms = 0;
 	rec->succeeded = false;
+	rec->done = false;
 	if (!msg->payload)
 		return true;
 	if (!header_value(msg, STATE_HEADER, kind_name, sizeof kind_name))
@@ -835,9 +875,14 @@ static bool record_read(struct state *st, const rd_kafka_message_t *msg, struct 
 	rd_kafka_timestamp_type_t tstype;
 	int64_t ts = rd_kafka_message_timestamp(msg, &tstype);
 	rec->at_wall_ms = ts > 0 ? ts : cptime_wall_ms();
+	if (rec->kind == STATE_DONE)
+		take_intent_time(msg, &rec->at_wall_ms);
 	rec->succeeded = rec->kind == STATE_DONE &&
 	                 header_value(msg, "chatprov-status", status, sizeof status) &&
 	                 strcmp(status, "succeeded") == 0;
+	rec->done = rec->kind == STATE_DONE;
+	if (rec->done && !rec->succeeded)
+		read_outcome_unknown(msg, rec);
 	return rec->kind != STATE_NONE;
 }
 
@@ -849,6 +894,19 @@ static bool note_if_old(struct state *st, const struct record *rec)
 	return remember_old(st, rec->id, strlen(rec->id));
 }
 
+/*
+ * Whether a record replaces what the entry says. Records only move forward (an operation is
+ * not an intent), and a success is final: only another done record replaces it. A failure
+ * is not final: what a re-drive writes after it (an intent, an operation) applies. A done
+ * record always ends the attempt before it, even one read as an intent.
+ */
+static bool supersedes(const struct entry *e, const struct record *rec)
+{
+	if (e->kind == STATE_DONE)
+		return !e->done_succeeded || rec->kind == STATE_DONE;
+	return rec->done || rec->kind >= e->kind;
+}
+
 static bool apply_live(struct state *st, struct entry *e, const struct record *rec)
 {
 	/* A record past retention is forgotten: it does not hold back a newer one. */
@@ -857,19 +915,19 @@ static bool apply_live(struct state *st, struct entry *e, const struct record *r
 		free(e->op_url);
 		e->op_url = NULL;
 	}
-	/* A later record never goes back: done stays done, an operation is not an intent. */
-	if (rec->kind < e->kind)
+	if (!supersedes(e, rec))
 		return true;
 	e->kind = (uint8_t)rec->kind;
 	e->partition = rec->partition;
 	e->at_wall_ms = rec->at_wall_ms;
 	e->offset = rec->offset;
 	e->fingerprint_only = false;
-	if (rec->kind == STATE_DONE) {
+	if (rec->kind == STATE_DONE)
 		e->done_succeeded = rec->succeeded;
+	if (rec->kind != STATE_OPERATION) {
 		free(e->op_url);
 		e->op_url = NULL;
-	} else if (rec->kind == STATE_OPERATION && !apply_operation(e, rec->msg)) {
+	} else if (!apply_operation(e, rec->msg)) {
 		log_warning("state: unreadable operation record for %s", rec->id);
 		e->kind = STATE_INTENT;
 	}
@@ -887,8 +945,13 @@ static bool apply_in_run(struct state *st, struct slot s, const struct record *r
 	uint32_t at_s;
 	bool expired = st->on_expired && slot_at_ms(s) < st->expire_before_ms;
 	*ok = true;
-	if (!expired && rec->kind != STATE_DONE)
-		return true; /* done stays done */
+	if (!expired && rec->kind != STATE_DONE) {
+		if (s.run->packed[s.i] & 1)
+			return true; /* a success is final */
+		/* After a failure, a re-drive: the request is live again. */
+		slot_kill(s);
+		return false;
+	}
 	if (expired || !pack_done(rec->partition, rec->offset, rec->succeeded, rec->at_wall_ms,
 	                          &packed, &at_s)) {
 		slot_kill(s);
@@ -975,6 +1038,7 @@ static void entry_read(const struct entry *e, struct state_info *out)
 	out->active = e->active;
 	out->fingerprint_only = e->fingerprint_only;
 	out->op_started_wall_ms = e->op_started_wall_ms;
+	out->op_attempts = e->op_attempts;
 	if (e->op_url)
 		snprintf(out->op_url, sizeof out->op_url, "%s", e->op_url);
 }

@@ -7,7 +7,7 @@
  * input partition P restores state partition P before processing it. Records carry their
  * kind in the "chatprov-state" header:
  *   intent     written and acknowledged before POST /chats of a group chat
- *   operation  after a 202: {"location": url, "startedAt": epoch ms}
+ *   operation  after a 202: {"location": url, "startedAt": epoch ms, "attempts": POSTs sent}
  *   done       the final result, byte for byte as published on the output topic
  * and a tombstone (null value) removes a request. Requests past [recovery]
  * state_retention_s are dropped from memory, and tombstoned when their partition is next
@@ -30,6 +30,19 @@
 #include "common.h"
 
 #define STATE_HEADER "chatprov-state"
+/*
+ * On a failed done record whose group chat may exist all the same (a POST whose answer was
+ * lost, an operation not seen to its end): the time (epoch ms) from which the chat may have
+ * been created. The mirror takes such a record for an intent of that time, so the request
+ * is looked up before it is created again.
+ */
+#define STATE_HEADER_OUTCOME_UNKNOWN "chatprov-outcome-unknown"
+/*
+ * On a done record of a request that had an intent: the intent's time (epoch ms), when its
+ * first POST may have left. The mirror takes it as the record's time, so that a lookup
+ * after a failed replay fetch searches from there, not from when the result was written.
+ */
+#define STATE_INTENT_AT_HEADER "chatprov-intent-at"
 
 enum state_kind {
 	STATE_NONE,      /* nothing known */
@@ -42,11 +55,13 @@ enum state_kind {
 struct state_info {
 	enum state_kind kind;
 	int32_t partition;
-	int64_t at_wall_ms;  /* when the record was written (whole seconds if fingerprint_only) */
+	int64_t at_wall_ms;  /* when the record was written, for a done record the intent's time
+	                        if it had one (whole seconds if fingerprint_only) */
 	int64_t offset;      /* STATE_DONE: the record holding the result */
 	bool done_succeeded; /* STATE_DONE: the result's status was "succeeded" */
 	char op_url[2048];   /* STATE_OPERATION: where to poll */
 	int64_t op_started_wall_ms;
+	unsigned op_attempts; /* STATE_OPERATION: POSTs sent up to the 202 (0: not recorded) */
 	bool active; /* a job for this id is in progress in this instance */
 	/*
 	 * STATE_DONE known by a 64-bit fingerprint of the id only (a compacted request):

@@ -9,9 +9,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "chatreq.h"
 #include "cptime.h"
 #include "graphreq.h"
 #include "graphresp.h"
+#include "idcache.h"
 #include "log.h"
 #include "pipeline_metrics.h"
 #include "tls.h"
@@ -21,8 +23,15 @@
 /* A 404 right after a 202 means Graph has not published the operation yet. */
 #define OP_NOT_FOUND_GRACE_MS (30 * 1000)
 #define LOOP_IDLE_MS          500
+/* A lookup reads at most this many pages of the owner's chats, then gives up (unknown). */
+#define LOOKUP_MAX_PAGES 100
+/* Object ids of members named by UPN, per worker: how many, for how long. */
+#define IDCACHE_CAPACITY 512
+#define IDCACHE_TTL_MS   (60 * 60 * 1000)
+/* Reads of a chat an operation made, before the result goes out without its details. */
+#define CHAT_READ_TRIES 3
 
-enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP };
+enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP, XFER_RESOLVE, XFER_CHAT };
 
 /* One HTTP exchange in flight. Lives from start_transfer to finish_transfer. */
 struct xfer {
@@ -32,7 +41,7 @@ struct xfer {
 	CURL *easy;
 	struct curl_slist *headers;
 	char *token; /* the bearer token sent, for auth_invalidate on 401 */
-	char *url;   /* XFER_LOOKUP: the query */
+	char *url;   /* XFER_LOOKUP, XFER_RESOLVE: the query; XFER_CHAT: the chat */
 	char *resp;
 	size_t resp_len, resp_cap, resp_limit;
 	bool resp_overflow;
@@ -69,6 +78,7 @@ struct worker {
 	size_t in_flight;
 	uint64_t rng;
 	char *token_buf;
+	struct idcache *ids; /* object ids of members named by UPN, for lookups */
 	atomic_llong heartbeat_ms;
 	atomic_size_t active;
 	atomic_bool exited;
@@ -242,6 +252,16 @@ static void fail_from_graph_error(struct job *job, const struct xfer *x, long st
 
 /* ---- POST /chats answers ---- */
 
+/* A chat Graph described: the result names it with its details. */
+static void take_chat(struct job *job, const struct graphresp_chat *chat)
+{
+	job->status = JOB_SUCCEEDED;
+	snprintf(job->chat_id, sizeof job->chat_id, "%s", chat->id);
+	bool stored = job_set_string(&job->chat_web_url, chat->web_url);
+	(void)stored; /* without memory the result lacks only the web URL */
+	snprintf(job->chat_created, sizeof job->chat_created, "%s", chat->created);
+}
+
 static void on_created(struct worker *w, struct job *job, struct xfer *x)
 {
 	struct graphresp_chat chat;
@@ -252,11 +272,7 @@ static void on_created(struct worker *w, struct job *job, struct xfer *x)
 		finish_job(w, job);
 		return;
 	}
-	job->status = JOB_SUCCEEDED;
-	snprintf(job->chat_id, sizeof job->chat_id, "%s", chat.id);
-	bool stored = job_set_string(&job->chat_web_url, chat.web_url);
-	(void)stored; /* without memory the result lacks only the web URL */
-	snprintf(job->chat_created, sizeof job->chat_created, "%s", chat.created);
+	take_chat(job, &chat);
 	finish_job(w, job);
 }
 
@@ -274,10 +290,12 @@ static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
 	}
 	int64_t now = cptime_mono_ms();
 	job->phase = JOB_PHASE_POLL;
-	if (w->conf.hooks.on_accepted)
-		w->conf.hooks.on_accepted(job, w->conf.arg);
+	/* Before the hook: the operation record carries this start, which bounds the
+	 * operation's deadline and its 404 grace for whichever instance resumes it. */
 	job->op_started_mono_ms = now;
 	job->op_deadline_mono_ms = now + p.op_timeout_ms;
+	if (w->conf.hooks.on_accepted)
+		w->conf.hooks.on_accepted(job, w->conf.arg);
 	int64_t wait = retry_after_ms(x, p.poll_interval_ms);
 	schedule_poll(w, job, now + (wait > p.poll_interval_ms ? wait : p.poll_interval_ms));
 }
@@ -367,6 +385,69 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 	              message, wait);
 }
 
+/* The member Graph's 404 names (its message quotes the id or UPN), else "unnamed". */
+static const char *unknown_member(const struct job *job, const char *graph_message)
+{
+	for (size_t i = 0; i < job->ev->n_members; i++)
+		if (strcasestr(graph_message, job->ev->members[i].user_id))
+			return job->ev->members[i].user_id;
+	return "unnamed";
+}
+
+/*
+ * 404 from POST /chats: a member Teams does not know yet (a new account still replicating
+ * from Entra ID). The request waits on [retry] not_found_s, a budget apart from the
+ * transient one: the wait is a delayed requeue in the scheduler, so this worker and the
+ * tenant's other requests go on meanwhile. False: the budget is spent, the request fails.
+ */
+static bool wait_for_member(struct worker *w, struct job *job, const struct xfer *x,
+                            int64_t now, const struct log_ctx *ctx)
+{
+	struct worker_policy p = current_policy(w);
+	struct graphresp_error ge = {.message = ""};
+	if (x->resp && !graphresp_parse_error(x->resp, x->resp_len, &ge))
+		ge.message[0] = '\0';
+	const char *member = unknown_member(job, ge.message);
+	if (!job->not_found_since_mono_ms)
+		job->not_found_since_mono_ms = now;
+	int64_t delay = retry_not_found_delay_ms(&p.not_found, ++job->not_found_retries,
+	                                         job->not_found_since_mono_ms, now, &w->rng);
+	if (delay < 0) {
+		log_with(LOG_LVL_NOTICE, ctx,
+		         "member %s still unknown to Teams after [retry] not_found_s (%u tries): %s",
+		         member, job->attempts, ge.message);
+		return false;
+	}
+	log_with(job->not_found_retries == 1 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, ctx,
+	         "member %s unknown to Teams (%s): trying again in %.1f s, for up to "
+	         "[retry] not_found_s",
+	         member, ge.message[0] ? ge.message : "404 Not Found", (double)delay / 1000);
+	pipeline_metrics_not_found_retry(w->conf.metrics, job->tenant);
+	/* Waiting for replication is not a transient failure: max_elapsed_s does not count it. */
+	job->first_attempt_mono_ms += delay;
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
+		job_fail(job, 404, "QueueFull", "scheduler queue full on retry", true);
+		finish_job(w, job);
+	}
+	return true;
+}
+
+/* 403 from POST /chats: counted per tenant; the first one tells the operator what to grant. */
+static void note_forbidden(struct worker *w, const struct job *job, const struct log_ctx *ctx)
+{
+	pipeline_metrics_forbidden(w->conf.metrics, job->tenant);
+	if (w->conf.forbidden_hinted &&
+	    atomic_exchange(&w->conf.forbidden_hinted[job->tenant], true))
+		return;
+	log_with(LOG_LVL_WARNING, ctx,
+	         "Graph refused POST /chats with 403 %s for tenant profile %s: %s. Hint: the app "
+	         "registration needs the application permission Chat.Create, granted with admin "
+	         "consent in this tenant (docs/real-tenant.md); once it is, re-drive the failed "
+	         "requests from the DLQ (chatprovctl redrive --code %s)",
+	         job->err_code, w->conf.cfg->tenants[job->tenant].name,
+	         job->err_message ? job->err_message : "no message", job->err_code);
+}
+
 static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
                            long status)
 {
@@ -399,11 +480,17 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		return;
 	case RETRY_PERMANENT:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
+		enum retry_refusal refusal =
+		    rc == CURLE_OK ? retry_classify_refusal(status) : RETRY_REFUSAL_FINAL;
+		if (refusal == RETRY_REFUSAL_NOT_FOUND && wait_for_member(w, job, x, now, &ctx))
+			return;
 		if (rc != CURLE_OK)
 			job_fail(job, 0, "TransportError",
 			         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), false);
 		else
 			fail_from_graph_error(job, x, status, false);
+		if (refusal == RETRY_REFUSAL_FORBIDDEN)
+			note_forbidden(w, job, &ctx);
 		log_with(LOG_LVL_NOTICE, &ctx, "Graph refused the chat: %s (HTTP %ld)",
 		         job->err_code, status);
 		finish_job(w, job);
@@ -412,6 +499,18 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 }
 
 /* ---- operation poll answers ---- */
+
+/*
+ * An operation names only the chat's id: its webUrl and createdDateTime are read with
+ * GET /chats('{id}'), so that the result reads like a 201's, resumed operation or not.
+ */
+static void read_chat(struct worker *w, struct job *job, int64_t at)
+{
+	job->phase = JOB_PHASE_CHAT;
+	job->next_poll_mono_ms = at;
+	if (!job->chat_id[0] || !heap_push(&w->polls, job))
+		finish_job(w, job); /* succeeded all the same, without the details */
+}
 
 static void on_operation(struct worker *w, struct job *job, struct xfer *x)
 {
@@ -430,7 +529,7 @@ static void on_operation(struct worker *w, struct job *job, struct xfer *x)
 	case GRAPHRESP_OP_SUCCEEDED:
 		job->status = JOB_SUCCEEDED;
 		snprintf(job->chat_id, sizeof job->chat_id, "%s", op.target_resource_id);
-		finish_job(w, job);
+		read_chat(w, job, now);
 		return;
 	case GRAPHRESP_OP_FAILED:
 		job_fail(
@@ -472,22 +571,66 @@ static void on_poll_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	schedule_poll(w, job, now + wait);
 }
 
+/* The chat of a finished operation: its details, or, after a few tries, the result without. */
+static void on_chat_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+                           long status)
+{
+	struct graphresp_chat chat;
+	char err[256] = "";
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (cls == RETRY_SUCCESS &&
+	    graphresp_parse_chat(x->resp ? x->resp : "", x->resp_len, &chat, err, sizeof err) &&
+	    strcmp(chat.id, job->chat_id) == 0) {
+		take_chat(job, &chat);
+		finish_job(w, job);
+		return;
+	}
+	if (cls == RETRY_AUTH)
+		auth_invalidate(w->conf.auth, job->tenant, x->token);
+	bool again = cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED || cls == RETRY_AUTH;
+	if (again && ++job->chat_reads < CHAT_READ_TRIES) {
+		read_chat(w, job, cptime_mono_ms() + retry_after_ms(x, 1000));
+		return;
+	}
+	struct log_ctx ctx;
+	log_ctx_of(job, x, &ctx);
+	log_with(LOG_LVL_NOTICE, &ctx,
+	         "operation succeeded; reading the chat failed (HTTP %ld%s%s): no webUrl in the "
+	         "result",
+	         status, err[0] ? ": " : "", err);
+	finish_job(w, job);
+}
+
 /* ---- lookup answers (unknown outcomes of group chats) ---- */
+
+static void requeue_now(struct worker *w, struct job *job)
+{
+	int64_t now = cptime_mono_ms();
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+		job_fail(job, 0, "QueueFull", "scheduler queue full", true);
+		finish_job(w, job);
+	}
+}
 
 static bool parse_lookup(const struct job *job, const struct xfer *x,
                          struct graphresp_lookup_result *found, char *err, size_t errcap)
 {
 	size_t n = job->ev->n_members;
-	const char **ids = calloc(n, sizeof *ids);
+	const struct job_lookup *l = job->lookup;
+	const char **ids = calloc(n ? 2 * n : 1, sizeof *ids);
 	if (!ids) {
 		snprintf(err, errcap, "out of memory");
 		return false;
 	}
-	for (size_t i = 0; i < n; i++)
+	const char **object_ids = ids + n;
+	for (size_t i = 0; i < n; i++) {
 		ids[i] = job->ev->members[i].user_id;
-	/* Clocks differ: accept chats created up to a minute before our first attempt. */
+		object_ids[i] = l && l->object_ids[i][0] ? l->object_ids[i] : NULL;
+	}
+	/* Clocks differ: accept chats created up to a minute before the POST may have left. */
 	struct graphresp_lookup_query q = {.topic = job->ev->topic,
 	                                   .user_ids = ids,
+	                                   .object_ids = object_ids,
 	                                   .n_user_ids = n,
 	                                   .created_after_ms = job->intent_wall_ms - 60 * 1000};
 	bool ok =
@@ -496,41 +639,33 @@ static bool parse_lookup(const struct job *job, const struct xfer *x,
 	return ok;
 }
 
-static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
-                             long status)
+/* Not on this page: read the next one, from the Graph host only, for so many pages. */
+static void lookup_next_page(struct worker *w, struct job *job, const char *next_link,
+                             const struct log_ctx *ctx)
 {
-	struct log_ctx ctx;
-	log_ctx_of(job, x, &ctx);
-	enum retry_class cls = retry_classify(status, (int)rc);
-	if (cls == RETRY_SUCCESS) {
-		struct graphresp_lookup_result found;
-		char err[256];
-		if (!parse_lookup(job, x, &found, err, sizeof err)) {
-			job_fail(job, status, "OutcomeUnknown", err, false);
-			finish_job(w, job);
-			return;
-		}
-		job->needs_lookup = false;
-		if (!found.found) {
-			log_with(LOG_LVL_NOTICE, &ctx,
-			         "lookup: the chat does not exist; creating it");
-			int64_t now = cptime_mono_ms();
-			if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
-				job_fail(job, 0, "QueueFull", "scheduler queue full", true);
-				finish_job(w, job);
-			}
-			return;
-		}
-		log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s",
-		         found.chat.id);
-		job->status = JOB_SUCCEEDED;
-		snprintf(job->chat_id, sizeof job->chat_id, "%s", found.chat.id);
-		snprintf(job->chat_created, sizeof job->chat_created, "%s", found.chat.created);
-		bool stored = job_set_string(&job->chat_web_url, found.chat.web_url);
-		(void)stored;
+	char url[GRAPHREQ_URL_MAX];
+	struct job_lookup *l = job->lookup;
+	const char *why = NULL;
+	if (++l->pages >= LOOKUP_MAX_PAGES)
+		why = "the group chat may exist; the owner's chats with this topic span too many "
+		      "pages to look through";
+	else if (!graphreq_resolve_location(w->version_root, next_link, url, sizeof url))
+		why = "the group chat may exist; the lookup's next page is not on the Graph host";
+	else if (!job_set_string(&l->next_page, url))
+		why = "the group chat may exist; out of memory reading the lookup's next page";
+	if (why) {
+		log_with(LOG_LVL_WARNING, ctx, "lookup: %s", why);
+		job_fail(job, job->http_status, "OutcomeUnknown", why, false);
 		finish_job(w, job);
 		return;
 	}
+	requeue_now(w, job);
+}
+
+/* A lookup request that did not succeed: try again, refresh the token, or give up. */
+static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enum retry_class cls,
+                          long status)
+{
 	if (cls == RETRY_AUTH && !job->auth_retried) {
 		auth_invalidate(w->conf.auth, job->tenant, x->token);
 		job->auth_retried = true;
@@ -539,6 +674,10 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 			return;
 	}
 	if (cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED) {
+		/* Pages can move meanwhile, a next link expire: start over from the first. */
+		free(job->lookup->next_page);
+		job->lookup->next_page = NULL;
+		job->lookup->pages = 0;
 		retry_or_fail(w, job, status, "OutcomeUnknown",
 		              "the group chat may exist and the lookup keeps failing",
 		              retry_after_ms(x, 0));
@@ -550,6 +689,74 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 	         "the group chat may exist and Graph refused the lookup (HTTP %ld)", status);
 	job_fail(job, status, "OutcomeUnknown", message, false);
 	finish_job(w, job);
+}
+
+static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+                             long status)
+{
+	struct log_ctx ctx;
+	log_ctx_of(job, x, &ctx);
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (cls != RETRY_SUCCESS) {
+		lookup_failed(w, job, x, cls, status);
+		return;
+	}
+	struct graphresp_lookup_result found;
+	char err[256];
+	if (!parse_lookup(job, x, &found, err, sizeof err)) {
+		job_fail(job, status, "OutcomeUnknown", err, false);
+		finish_job(w, job);
+		return;
+	}
+	if (!found.found && found.next_link[0]) {
+		lookup_next_page(w, job, found.next_link, &ctx);
+		return;
+	}
+	job->needs_lookup = false;
+	job_lookup_end(job);
+	if (!found.found) {
+		log_with(LOG_LVL_NOTICE, &ctx, "lookup: the chat does not exist; creating it");
+		requeue_now(w, job);
+		return;
+	}
+	log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s", found.chat.id);
+	take_chat(job, &found.chat);
+	finish_job(w, job);
+}
+
+/* GET /users/{upn}?$select=id answered: the member's object id, or none to match it by. */
+static void on_resolve_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+                              long status)
+{
+	struct job_lookup *l = job->lookup;
+	const char *upn = job->ev->members[l->resolved].user_id;
+	struct log_ctx ctx;
+	log_ctx_of(job, x, &ctx);
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (cls == RETRY_SUCCESS) {
+		struct graphresp_user user;
+		char err[256];
+		if (!graphresp_parse_user(x->resp ? x->resp : "", x->resp_len, &user, err,
+		                          sizeof err)) {
+			job_fail(job, job->http_status, "OutcomeUnknown", err, false);
+			finish_job(w, job);
+			return;
+		}
+		memcpy(l->object_ids[l->resolved], user.id, sizeof user.id);
+		if (!idcache_put(w->ids, job->ev->tenant, upn, user.id, cptime_mono_ms()))
+			log_with(LOG_LVL_WARNING, &ctx, "lookup: cannot cache the id of %s", upn);
+	} else if (status == 403 || status == 404) {
+		/* No User.ReadBasic.All, or not a user of this tenant: mail and UPN must do. */
+		log_with(LOG_LVL_WARNING, &ctx,
+		         "lookup: cannot resolve %s to an object id (HTTP %ld); matching it by "
+		         "UPN and mail only",
+		         upn, status);
+	} else {
+		lookup_failed(w, job, x, cls, status);
+		return;
+	}
+	l->resolved++;
+	requeue_now(w, job);
 }
 
 /* ---- transfers ---- */
@@ -683,6 +890,8 @@ static const char *xfer_url(const struct worker *w, const struct xfer *x)
 	case XFER_POLL:
 		return x->job->op_url;
 	case XFER_LOOKUP:
+	case XFER_RESOLVE:
+	case XFER_CHAT:
 		break;
 	}
 	return x->url;
@@ -732,13 +941,28 @@ static const char *lookup_owner(const struct job *job)
 	return NULL;
 }
 
-static bool lookup_url(const struct worker *w, const struct job *job, struct xfer *x)
+/* The URL of a lookup step (a member's object id, the first page, the next) or a chat read. */
+static bool xfer_own_url(const struct worker *w, const struct job *job, struct xfer *x)
 {
-	char url[JOB_URL_MAX];
+	char url[GRAPHREQ_URL_MAX + 1];
+	const struct job_lookup *l = job->lookup;
 	const char *owner = lookup_owner(job);
-	if (!owner || !job->ev->topic ||
-	    !graphreq_lookup_url(w->version_root, owner, job->ev->topic, url, sizeof url))
+	bool built;
+	if (x->kind == XFER_CHAT) {
+		built = graphreq_chat_url(w->version_root, job->chat_id, url, sizeof url);
+	} else if (x->kind == XFER_RESOLVE) {
+		built = graphreq_user_id_url(w->version_root, job->ev->members[l->resolved].user_id,
+		                             url, sizeof url);
+	} else if (l->next_page) {
+		x->url = strdup(l->next_page);
+		return x->url != NULL;
+	} else {
+		built = owner && job->ev->topic &&
+		        graphreq_lookup_url(w->version_root, owner, job->ev->topic, url, sizeof url);
+	}
+	if (!built) {
 		return false;
+	}
 	x->url = strdup(url);
 	return x->url != NULL;
 }
@@ -749,7 +973,7 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 {
 	struct xfer *x = calloc(1, sizeof *x);
 	if (!x)
-		return false;
+		goto fail;
 	x->w = w;
 	x->job = job;
 	x->kind = kind;
@@ -757,16 +981,12 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	x->started_mono_ms = cptime_mono_ms();
 	x->token = strdup(token);
 	x->easy = curl_easy_init();
-	if (!x->token || !x->easy || (kind == XFER_LOOKUP && !lookup_url(w, job, x)) ||
-	    !xfer_headers(x, token) || !xfer_setup(w, x))
+	if (!x->token || !x->easy ||
+	    ((kind == XFER_LOOKUP || kind == XFER_RESOLVE || kind == XFER_CHAT) &&
+	     !xfer_own_url(w, job, x)) ||
+	    !xfer_headers(x, token) || !xfer_setup(w, x) ||
+	    curl_multi_add_handle(w->multi, x->easy) != CURLM_OK)
 		goto fail;
-	if (kind == XFER_POST && w->conf.hooks.post_begin)
-		w->conf.hooks.post_begin(job->partition, w->conf.arg);
-	if (curl_multi_add_handle(w->multi, x->easy) != CURLM_OK) {
-		if (kind == XFER_POST && w->conf.hooks.post_end)
-			w->conf.hooks.post_end(job->partition, w->conf.arg);
-		goto fail;
-	}
 	w->in_flight++;
 	if (kind == XFER_POST) {
 		job->attempts++;
@@ -777,6 +997,8 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	}
 	return true;
 fail:
+	if (kind == XFER_POST && w->conf.hooks.post_end) /* begun by launch */
+		w->conf.hooks.post_end(job->partition, w->conf.arg);
 	xfer_free(x);
 	return false;
 }
@@ -786,6 +1008,64 @@ static void abandon(struct worker *w, struct job *job)
 {
 	job->status = JOB_ABANDONED;
 	w->conf.on_done(job, w->conf.arg);
+}
+
+/*
+ * Moves a lookup past the members it needs no request for: ids, members of other tenants,
+ * UPNs whose object id is cached. True when member l->resolved needs a GET /users.
+ */
+static bool lookup_needs_user(struct worker *w, struct job *job)
+{
+	struct job_lookup *l = job->lookup;
+	int64_t now = cptime_mono_ms();
+	for (; l->resolved < job->ev->n_members; l->resolved++) {
+		const struct event_member *m = &job->ev->members[l->resolved];
+		if (m->tenant_id || !event_is_upn(m->user_id))
+			continue;
+		if (!idcache_get(w->ids, job->ev->tenant, m->user_id, now,
+		                 l->object_ids[l->resolved]))
+			return true;
+	}
+	return false;
+}
+
+/* A lookup goes on: the next member to resolve, else the chats. False: the job failed. */
+static bool lookup_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
+{
+	if (!job->lookup) {
+		job->lookup = calloc(1, sizeof *job->lookup);
+		if (job->lookup)
+			job->lookup->object_ids =
+			    calloc(job->ev->n_members, sizeof *job->lookup->object_ids);
+		if (!job->lookup || !job->lookup->object_ids) {
+			job_lookup_end(job);
+			job_fail(job, job->http_status, "OutcomeUnknown",
+			         "the group chat may exist; out of memory looking it up", true);
+			finish_job(w, job);
+			return false;
+		}
+	}
+	*kind = lookup_needs_user(w, job) ? XFER_RESOLVE : XFER_LOOKUP;
+	return true;
+}
+
+/*
+ * Counts a POST in flight, then checks that the partition is still ours: in this order, a
+ * revoke (which changes the generation, then waits until no POST is counted) either sees
+ * this one and waits for it, or happened before the check, which then fails. Checking first
+ * would leave a window in which a revoke sees nothing in flight and the POST still leaves,
+ * while the next owner's lookup may run before it lands. False: not ours, nothing counted.
+ */
+static bool begin_post(struct worker *w, struct job *job)
+{
+	const struct worker_hooks *h = &w->conf.hooks;
+	if (h->post_begin)
+		h->post_begin(job->partition, w->conf.arg);
+	if (!h->is_current || h->is_current(job, w->conf.arg))
+		return true;
+	if (h->post_end)
+		h->post_end(job->partition, w->conf.arg);
+	return false;
 }
 
 /*
@@ -800,8 +1080,8 @@ static bool next_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
 		abandon(w, job);
 		return false;
 	}
-	if (job->phase == JOB_PHASE_POLL) {
-		*kind = XFER_POLL;
+	if (job->phase == JOB_PHASE_POLL || job->phase == JOB_PHASE_CHAT) {
+		*kind = job->phase == JOB_PHASE_POLL ? XFER_POLL : XFER_CHAT;
 		return true;
 	}
 	if (!job->needs_lookup) {
@@ -818,8 +1098,7 @@ static bool next_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
 		finish_job(w, job);
 		return false;
 	}
-	*kind = XFER_LOOKUP;
-	return true;
+	return lookup_kind(w, job, kind);
 }
 
 /* Gets the tenant's token and starts the job's next exchange, or parks it. */
@@ -854,6 +1133,11 @@ static void launch(struct worker *w, struct job *job)
 			job_fail(job, 0, "OutOfMemory", "cannot park job", true);
 			finish_job(w, job);
 		}
+		return;
+	}
+	if (kind == XFER_POST && !begin_post(w, job)) {
+		explicit_bzero(w->token_buf, strlen(w->token_buf));
+		abandon(w, job); /* the new owner resumes from the state topic */
 		return;
 	}
 	bool ok = start_transfer(w, job, kind, w->token_buf);
@@ -898,6 +1182,12 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 		break;
 	case XFER_LOOKUP:
 		on_lookup_answer(w, job, x, rc, answer);
+		break;
+	case XFER_RESOLVE:
+		on_resolve_answer(w, job, x, rc, answer);
+		break;
+	case XFER_CHAT:
+		on_chat_answer(w, job, x, rc, answer);
 		break;
 	}
 	xfer_free(x);
@@ -995,13 +1285,13 @@ static void *worker_main(void *arg)
 
 static bool build_roots(struct worker *w)
 {
-	const struct cfg *cfg = w->conf.cfg;
-	return snprintf(w->version_root, sizeof w->version_root, "%s/%s", cfg->graph.base_url,
-	                cfg->graph.api_version) < (int)sizeof w->version_root &&
-	       snprintf(w->bind_root, sizeof w->bind_root, "%s/%s", cfg->graph.graph_root,
-	                cfg->graph.api_version) < (int)sizeof w->bind_root &&
-	       snprintf(w->chats_url, sizeof w->chats_url, "%s/chats", w->version_root) <
-	           (int)sizeof w->chats_url;
+	struct chatreq_roots roots;
+	if (!chatreq_roots(w->conf.cfg, &roots))
+		return false;
+	memcpy(w->version_root, roots.version_root, sizeof w->version_root);
+	memcpy(w->bind_root, roots.bind_root, sizeof w->bind_root);
+	memcpy(w->chats_url, roots.chats_url, sizeof w->chats_url);
+	return true;
 }
 
 bool worker_new(const struct worker_conf *conf, struct worker **out)
@@ -1019,7 +1309,8 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	w->https = strncmp(conf->cfg->graph.base_url, "https://", 8) == 0;
 	w->token_buf = calloc(1, TOKEN_MAX);
 	w->multi = curl_multi_init();
-	if (!w->token_buf || !w->multi || !build_roots(w))
+	w->ids = idcache_new(IDCACHE_CAPACITY, IDCACHE_TTL_MS);
+	if (!w->token_buf || !w->multi || !w->ids || !build_roots(w))
 		goto fail;
 	if (curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)conf->max_in_flight) !=
 	        CURLM_OK ||
@@ -1107,6 +1398,7 @@ void worker_free(struct worker *w)
 	free(w->polls.items);
 	free(w->parked);
 	free(w->token_buf);
+	idcache_free(w->ids);
 	pthread_mutex_destroy(&w->lock);
 	free(w);
 }

@@ -11,6 +11,8 @@
 #ifndef CHATPROV_WORKER_H
 #define CHATPROV_WORKER_H
 
+#include <stdatomic.h>
+
 #include "auth.h"
 #include "cfg.h"
 #include "common.h"
@@ -24,6 +26,7 @@ struct pipeline_metrics;
 /* The parts of the configuration a running worker may see change on SIGHUP. */
 struct worker_policy {
 	struct retry_policy retry;
+	struct retry_not_found_policy not_found; /* 404 from POST /chats: its own budget */
 	int64_t poll_interval_ms;
 	int64_t op_timeout_ms;
 	bool group_chat_lookup;
@@ -34,6 +37,9 @@ struct worker_policy {
  * is_current: false once the job's partition was revoked; it must not be sent then.
  * post_begin/post_end bracket a POST /chats, from before it is sent until its outcome is
  * recorded (result, operation record or requeue): a revoke waits for these to drain.
+ * A POST is counted (post_begin) before its last is_current check, and both must be
+ * sequentially consistent with the revoke's generation change and its wait: then a revoke
+ * that sees no POST in flight is sure that none will start for that generation.
  * on_accepted: a 202 gave an operation to follow; the pipeline records it.
  */
 struct worker_hooks {
@@ -51,6 +57,8 @@ struct worker_conf {
 	struct sched *sched;
 	struct auth *auth;
 	struct pipeline_metrics *metrics; /* may be NULL */
+	/* Per tenant profile, shared by the workers: the 403 hint was logged (NULL: always log). */
+	atomic_bool *forbidden_hinted;
 	/* Called from the worker thread with a job whose status is final (or abandoned). */
 	void (*on_done)(struct job *job, void *arg);
 	struct worker_hooks hooks;

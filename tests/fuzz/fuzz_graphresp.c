@@ -1,7 +1,7 @@
 /*
  * fuzz_graphresp.c - every Graph response parser on the same input: chat, operation,
- * error and lookup. Properties: no crash, and every string field filled is terminated
- * within its record.
+ * error, lookup (members by UPN, mail or object id) and user. Properties: no crash, and every
+ * string field filled is terminated within its record.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -33,12 +33,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (graphresp_parse_error(body, size, &ge) && (!ge.code[0] || !TERMINATED(ge.message)))
 		abort();
 	static const char *const ids[] = {"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca",
-	                                  "alex@contoso.com"};
+	                                  "alex@contoso.com", "jane.doe@contoso.onmicrosoft.com"};
+	static const char *const oids[] = {NULL, NULL, "3626a173-f2bc-4883-bcf7-01514c3bfb82"};
 	struct graphresp_lookup_query q = {
-	    .topic = "Welcome", .user_ids = ids, .n_user_ids = 2, .created_after_ms = 0};
+	    .topic = "Welcome", .user_ids = ids, .n_user_ids = 3, .created_after_ms = 0};
 	struct graphresp_lookup_result r;
-	if (graphresp_parse_lookup(body, size, &q, &r, err, sizeof err) &&
-	    (r.found != (r.matches > 0) || (r.found && !r.chat.id[0])))
+	for (int with_oids = 0; with_oids < 2; with_oids++) {
+		q.object_ids = with_oids ? oids : NULL;
+		if (graphresp_parse_lookup(body, size, &q, &r, err, sizeof err) &&
+		    (r.found != (r.matches > 0) || (r.found && !r.chat.id[0]) ||
+		     !TERMINATED(r.next_link)))
+			abort();
+	}
+	struct graphresp_user user;
+	if (graphresp_parse_user(body, size, &user, err, sizeof err) && strlen(user.id) != 36)
 		abort();
 	return 0;
 }

@@ -3,7 +3,8 @@
  * first member and topic). Property (abort on violation): whatever they hold, the URL is
  * exactly root + "/users('" + X + "')/chats?$filter=topic%20eq%20'" + Y + "'&$expand=members",
  * X and Y are escaped literals (odata_literal.h) and decode back to the owner and the topic.
- * So no event can add a path segment, a query parameter or a fragment to the lookup.
+ * So no event can add a path segment, a query parameter or a fragment to the lookup. The
+ * owner also goes through the member id URL: root + "/users('" + X + "')?$select=id".
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,6 +43,25 @@ static void check(const char *root, const char *owner, const char *topic, const 
 	free(dec);
 }
 
+/* GET /users('{owner}')?$select=id names the owner and nothing else. */
+static void check_user_id_url(const char *root, const char *owner, char *url, size_t cap)
+{
+	const char *end;
+	if (!graphreq_user_id_url(root, owner, url, cap)) {
+		if (owner[0] != '\0')
+			abort();
+		return;
+	}
+	char *dec = malloc(strlen(url) + 1);
+	if (!dec)
+		abort();
+	const char *p = skip(skip(url, root), "/users('");
+	if (!odata_take(p, dec, &end) || strcmp(dec, owner) != 0 ||
+	    strcmp(end, "')?$select=id") != 0)
+		abort();
+	free(dec);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const char root[] = "https://graph.microsoft.com/v1.0";
@@ -58,6 +78,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check(root, owner, topic, url);
 	else if (owner[0] != '\0')
 		abort(); /* 3 bytes per input byte always fit */
+	check_user_id_url(root, owner, url, cap);
 	free(in);
 	free(url);
 	return 0;

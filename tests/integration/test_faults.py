@@ -110,10 +110,12 @@ def test_503_retry_after_is_honoured(tmp_path):
 
 
 def test_permanent_errors_fail_at_once(tmp_path):
-    """A 404 for an unknown user: failed, one POST, no retry. An operation that fails: failed
+    """A 404 for an unknown user with [retry] not_found_s = 0: failed, one POST, no retry. An operation that fails: failed
     with Graph's code. An operation that outlives [operations] timeout_s: OperationTimeout."""
     with Stack(tmp_path, sim_config=dict(FAST_OPERATIONS, unknown_users=[UNKNOWN_USER])) as stack:
-        stack.start_daemon(graph=GRAPH, operations={"poll_interval_s": "0.2", "timeout_s": "2"})
+        # not_found_s = 0: a 404 fails at once (test_onboarding covers the wait for a member)
+        stack.start_daemon(graph=GRAPH, operations={"poll_interval_s": "0.2", "timeout_s": "2"},
+                           retry={"not_found_s": "0"})
         unknown = [pair_event(i, users=(UNKNOWN_USER, str(uuid.UUID(int=(5 << 120) + i))))
                    for i in range(10)]
         fine = [pair_event(100 + i) for i in range(5)]

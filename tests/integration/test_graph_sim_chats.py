@@ -1,4 +1,5 @@
 """graph-sim: POST /chats validation, 201/202 bodies, operations, lookups, ledger."""
+import calendar
 import re
 import time
 
@@ -187,6 +188,51 @@ def test_unknown_user_refused(sim, tok):
     assert sim.ledger()["chats"] == []
 
 
+def test_late_users_known_after_their_delay(sim, tok):
+    """A late user is unknown (404, nothing created) until after_s from when the knob was
+    set; other knobs set meanwhile do not restart its clock; a UPN matches its GUID too."""
+    sim.config(late_users=[{"user": "New.Hire@Contoso.com", "after_s": 1.5},
+                           {"user": USER_C, "after_s": 0}])
+    body = chat_body("group", [USER_A, "new.hire@contoso.com"], topic="welcome")
+    r = sim.post_chat(body, tok)
+    assert_graph_error(r, 404, "NotFound")
+    assert "new.hire@contoso.com" in r.json()["error"]["message"]
+    assert sim.post_chat(chat_body("oneOnOne", [USER_A, USER_C]), tok).status == 201
+    time.sleep(0.8)
+    sim.config(latency_ms=0)  # another knob: the late user's clock goes on
+    assert sim.post_chat(body, tok).status == 404
+    time.sleep(1.0)
+    r = sim.post_chat(body, tok)
+    assert r.status == 201, r
+    assert [p["status"] for p in sim.ledger()["chat_posts"]] == [404, 201, 404, 201]
+    # the knob reads back, and a bad one is refused without changing anything
+    assert sim.request("GET", "/_sim/config").json()["late_users"][0]["after_s"] == 1.5
+    for bad in ([{"user": USER_A}], [{"user": USER_A, "after_s": -1}],
+                [{"user": 5, "after_s": 1}], {"user": USER_A, "after_s": 1},
+                [{"user": USER_A, "after_s": 1, "extra": 0}]):
+        assert sim.request("POST", "/_sim/config", {"late_users": bad}).status == 400, bad
+
+
+def test_consent_missing_is_forbidden(sim, tok):
+    """A tenant without admin consent: POST /chats and lookups are 403 Forbidden with
+    Graph's message for missing application permissions; nothing is created; granting
+    consent (removing the tenant) lets the same request through."""
+    sim.config(consent_missing=["Contoso.onmicrosoft.com"])
+    body = chat_body("group", [USER_A, USER_B], topic="no consent")
+    r = sim.post_chat(body, tok)
+    assert_graph_error(r, 403, "Forbidden")
+    assert r.json()["error"]["message"] == (
+        "Missing role permissions on the request. API requires one of 'Chat.Create'. "
+        "Roles on the request ''.")
+    r = sim.request("GET", "/v1.0/users/%s/chats" % USER_A, token=tok)
+    assert_graph_error(r, 403, "Forbidden")
+    assert "Chat.ReadBasic.All" in r.json()["error"]["message"]
+    led = sim.ledger()
+    assert led["chats"] == [] and [p["status"] for p in led["chat_posts"]] == [403]
+    sim.config(consent_missing=[])
+    assert sim.post_chat(body, tok).status == 201
+
+
 def test_one_on_one_pair_dedup(sim, tok):
     r1 = sim.post_chat(chat_body("oneOnOne", [USER_A, USER_B]), tok)
     r2 = sim.post_chat(chat_body("oneOnOne", [USER_B, USER_A]), tok)
@@ -297,6 +343,68 @@ def test_lookup_by_member_topic_and_time(sim, tok):
     assert [c["topic"] for c in r.json()["value"]] == ["other"]
     assert_graph_error(sim.request("GET", "/v1.0/chats?$filter=startswith(topic,%27x%27)",
                                    token=tok), 400)
+
+
+def test_lookup_pages_follow_next_link(sim, tok):
+    """chats_page_size pages a chat list; each page's @odata.nextLink (absolute, on the
+    request's host, the query kept) leads to the next, the last has none."""
+    sim.config(chats_page_size=2)
+    for i in range(5):
+        sim.post_chat(chat_body("group", [USER_A, USER_B], topic="it's %d" % (i % 2)), tok)
+    sim.post_chat(chat_body("group", [USER_B, USER_C], topic="it's 0"), tok)
+    path = ("/v1.0/users('%s')/chats?$filter=topic%%20eq%%20%%27it%%27%%27s%%200%%27"
+            "&$expand=members" % USER_A)
+    topics, pages = [], 0
+    while path:
+        r = sim.request("GET", path, token=tok)
+        assert r.status == 200, r
+        body = r.json()
+        pages += 1
+        assert len(body["value"]) <= 2
+        topics += [(c["topic"], len(c["members"])) for c in body["value"]]
+        link = body.get("@odata.nextLink")
+        if link:
+            assert link.startswith(sim.url + "/v1.0/users(")
+            assert "$skiptoken=" in link and "$expand=members" in link
+        path = link[len(sim.url):] if link else None
+    assert topics == [("it's 0", 2)] * 3 and pages == 2
+    assert_graph_error(sim.request("GET", "/v1.0/chats?$skiptoken=x", token=tok), 400)
+    sim.config(chats_page_size=None)
+    assert len(sim.request("GET", "/v1.0/chats", token=tok).json()["value"]) == 6
+
+
+def test_users_with_a_mail_other_than_their_upn(sim, tok):
+    """The users knob: a member bound by UPN gets the configured object id, its "email" is
+    the mail, not the UPN; GET /users/{upn or id} answers the id ($select honoured)."""
+    oid = "5f0c3d1e-6a7b-4c8d-9e0f-1a2b3c4d5e6f"
+    sim.config(users=[{"upn": "Jane.Doe@contoso.onmicrosoft.com", "mail": "jane@contoso.com",
+                       "id": oid.upper()}], clock_skew_s=-50)
+    before = time.time()
+    sim.post_chat(chat_body("group", ["jane.doe@contoso.onmicrosoft.com", USER_B],
+                            topic="t"), tok)
+    r = sim.request("GET", "/v1.0/users/jane.doe@contoso.onmicrosoft.com/chats"
+                    "?$expand=members", token=tok)
+    chat = r.json()["value"][0]
+    jane = [m for m in chat["members"] if m["userId"] == oid]
+    assert jane and jane[0]["email"] == "jane@contoso.com", chat["members"]
+    created = calendar.timegm(time.strptime(chat["createdDateTime"][:19], "%Y-%m-%dT%H:%M:%S"))
+    assert abs(created - (before - 50)) < 5, chat["createdDateTime"]
+    assert len(sim.request("GET", "/v1.0/users/%s/chats" % oid, token=tok).json()["value"]) == 1
+    r = sim.request("GET", "/v1.0/users('Jane.Doe%40contoso.onmicrosoft.com')?$select=id",
+                    token=tok)
+    assert r.status == 200, r
+    assert {k: v for k, v in r.json().items() if k != "@odata.context"} == {"id": oid}
+    r = sim.request("GET", "/v1.0/users/%s" % oid, token=tok)
+    assert r.json()["mail"] == "jane@contoso.com"
+    assert r.json()["userPrincipalName"] == "jane.doe@contoso.onmicrosoft.com"
+    r = sim.request("GET", "/v1.0/users/other@contoso.onmicrosoft.com", token=tok)
+    assert r.json()["mail"] == "other@contoso.onmicrosoft.com"
+    sim.config(unknown_users=["gone@contoso.onmicrosoft.com"])
+    assert_graph_error(sim.request("GET", "/v1.0/users/gone@contoso.onmicrosoft.com",
+                                   token=tok), 404, "Request_ResourceNotFound")
+    ledger = sim.ledger()["requests"]
+    assert ledger["GET /{version}/users/{id}"] == {"200": 3, "404": 1}
+    assert sim.request("POST", "/_sim/config", body={"users": [{"mail": "x"}]}).status == 400
 
 
 def test_lookup_is_per_tenant(sim):

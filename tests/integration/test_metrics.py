@@ -94,7 +94,7 @@ def test_metrics_match_ledger(tmp_path):
                "members": []}
     with Stack(tmp_path, sim_config=SIM) as stack:
         daemon = stack.start_daemon(retry={"max_attempts": "20", "base_delay_s": "0.05",
-                                           "max_delay_s": "0.5"})
+                                           "max_delay_s": "0.5", "not_found_s": "0"})
         port = metrics_port(daemon)
         # Before a token is held: alive, not ready.
         assert get(port, "/healthz") == (200, "ok\n")

@@ -191,6 +191,9 @@ static void test_minimal_defaults(void **state)
 	assert_true(c->retry.base_delay_s == 0.5);
 	assert_true(c->retry.max_delay_s == 60);
 	assert_true(c->retry.max_elapsed_s == 900);
+	assert_true(c->retry.not_found_s == 600);
+	assert_true(c->retry.not_found_base_delay_s == 2);
+	assert_true(c->retry.not_found_max_delay_s == 60);
 	assert_true(c->recovery.group_chat_lookup);
 	assert_true(c->recovery.state_retention_s == 604800);
 	assert_string_equal(c->metrics.listen, "127.0.0.1:9464");
@@ -244,6 +247,9 @@ static const char all_keys[] = "; every key, none at its default\n"
                                "base_delay_s = 0.001\n"
                                "max_delay_s = 3600\n"
                                "max_elapsed_s = 1\n"
+                               "not_found_s = 0\n"
+                               "not_found_base_delay_s = 600\n"
+                               "not_found_max_delay_s = 3600\n"
                                "[recovery]\n"
                                "group_chat_lookup = off\n"
                                "state_retention_s = 60\n"
@@ -303,6 +309,9 @@ static void test_all_keys(void **state)
 	assert_true(c->retry.base_delay_s == 0.001);
 	assert_true(c->retry.max_delay_s == 3600);
 	assert_true(c->retry.max_elapsed_s == 1);
+	assert_true(c->retry.not_found_s == 0);
+	assert_true(c->retry.not_found_base_delay_s == 600);
+	assert_true(c->retry.not_found_max_delay_s == 3600);
 	assert_false(c->recovery.group_chat_lookup);
 	assert_true(c->recovery.state_retention_s == 60);
 	assert_string_equal(c->metrics.listen, "[::1]:1");
@@ -465,6 +474,14 @@ static void test_value_errors(void **state)
 	         "%s:11: [retry] base_delay_s: '1..2' is not a number");
 	load_err(MINIMAL "[retry]\nmax_elapsed_s = 1e9\n",
 	         "%s:11: [retry] max_elapsed_s: '1e9' is out of range (1..86400)");
+	load_err(MINIMAL "[retry]\nnot_found_s = -1\n",
+	         "%s:11: [retry] not_found_s: '-1' is out of range (0..86400)");
+	load_err(MINIMAL "[retry]\nnot_found_s = 86401\n",
+	         "%s:11: [retry] not_found_s: '86401' is out of range (0..86400)");
+	load_err(MINIMAL "[retry]\nnot_found_s = ten\n",
+	         "%s:11: [retry] not_found_s: 'ten' is not a number");
+	load_err(MINIMAL "[retry]\nnot_found_base_delay_s = 0\n",
+	         "%s:11: [retry] not_found_base_delay_s: '0' is out of range (0.01..600)");
 	load_err(MINIMAL "[limits]\nchat_creates_per_10s_per_tenant = 0\n",
 	         "%s:11: [limits] chat_creates_per_10s_per_tenant: '0' is out of range "
 	         "(0.1..10000)");
@@ -588,6 +605,9 @@ static void test_required_and_cross(void **state)
 	         "output_topic, state_topic and dlq_topic must be different topics");
 	load_err(MINIMAL "[retry]\nbase_delay_s = 30\nmax_delay_s = 20\n",
 	         "%s:11: [retry] base_delay_s (30) must not exceed max_delay_s (20)");
+	load_err(MINIMAL "[retry]\nnot_found_base_delay_s = 30\nnot_found_max_delay_s = 20\n",
+	         "%s:11: [retry] not_found_base_delay_s (30) must not exceed not_found_max_delay_s "
+	         "(20)");
 	load_err(MINIMAL "[operations]\npoll_interval_s = 60\ntimeout_s = 30\n",
 	         "%s:11: [operations] poll_interval_s (60) must not exceed timeout_s (30)");
 	load_err(MINIMAL "[kafka]\ninput_topic = again\n",
@@ -637,6 +657,7 @@ static void test_env_overrides(void **state)
 	setenv("CHATPROV_AUTH_CLIENT_ID", "env-client", 1);
 	setenv("CHATPROV_LIMITS_CHAT_CREATES_PER_10S_PER_TENANT", "3", 1);
 	setenv("CHATPROV_LOG_LEVEL", "debug", 1);
+	setenv("CHATPROV_RETRY_NOT_FOUND_S", "0", 1);
 	setenv("CHATPROV_BUILD_DIR", "/not/ours", 1); /* not a section: ignored */
 	struct cfg *c = load_ok(MINIMAL "[librdkafka]\nlinger.ms = 5\n");
 	assert_string_equal(c->kafka.brokers, "env1:9092");
@@ -644,6 +665,7 @@ static void test_env_overrides(void **state)
 	assert_string_equal(c->tenants[0].client_id, "env-client");
 	assert_true(c->tenants[0].limits.chat_creates_per_10s_per_tenant == 3);
 	assert_string_equal(c->log.level, "debug");
+	assert_true(c->retry.not_found_s == 0);
 	assert_int_equal(c->n_rdkafka, 2);
 	assert_string_equal(c->rdkafka[0].key, "linger.ms");
 	assert_string_equal(c->rdkafka[0].value, "7");
@@ -658,6 +680,7 @@ static void test_env_overrides(void **state)
 	unsetenv("CHATPROV_AUTH_CLIENT_ID");
 	unsetenv("CHATPROV_LIMITS_CHAT_CREATES_PER_10S_PER_TENANT");
 	unsetenv("CHATPROV_LOG_LEVEL");
+	unsetenv("CHATPROV_RETRY_NOT_FOUND_S");
 	unsetenv("CHATPROV_BUILD_DIR");
 
 	/* The environment can supply a required key the file lacks. */
@@ -1138,7 +1161,7 @@ static void test_every_key_documented(void **state)
 		if (!strstr(doc, needle))
 			fail_msg("key '%s' missing from docs/configuration.md", line);
 	}
-	assert_int_equal(keys, 43);
+	assert_int_equal(keys, 46);
 	free(dump);
 	free(example);
 	free(doc);

@@ -305,6 +305,16 @@ static void test_location(void **state)
 	    {ROOT, "/chats('a')\n", NULL},
 	    {ROOT, "/chats('a') x", NULL},
 	    {ROOT, "/chats/../../x", NULL},
+	    {ROOT, "/chats/..?x=1", NULL},
+	    {ROOT, "/chats/%2E?x=1", NULL},
+	    /* @odata.nextLink pages: the query keeps the topic, dots and all. */
+	    {ROOT,
+	     "https://graph.microsoft.com/beta/users('a%40b.com')/chats?$filter=topic%20eq%20"
+	     "'Q3...%2e'&$expand=members&$skiptoken=X%2744537074%27",
+	     ROOT "/users('a%40b.com')/chats?$filter=topic%20eq%20'Q3...%2e'&$expand=members"
+	          "&$skiptoken=X%2744537074%27"},
+	    {ROOT, "https://evil.example/beta/users('a')/chats?$skiptoken=1", NULL},
+	    {ROOT, "http://graph.microsoft.com/beta/users('a')/chats?$skiptoken=1", NULL},
 	    {ROOT, "/chats/%2e%2E/x", NULL},
 	    {ROOT, "/chats\\..\\x", NULL},
 	    {ROOT, "/\\evil.example/x", NULL},
@@ -333,6 +343,54 @@ static void test_location(void **state)
 	assert_false(graphreq_resolve_location(ROOT, OPLOC, out, 40));
 }
 
+/*
+ * A poll URL read back from the state topic passes graphreq_resolve_location again before it
+ * is polled (pipeline.c, resume_operation). What the daemon itself recorded (the output of a
+ * fresh Location's check) passes unchanged, so every genuine operation resumes; a forged or
+ * stale record aimed anywhere else is refused, so the bearer token stays on our host.
+ */
+static void test_location_restored(void **state)
+{
+	(void)state;
+	static const char *const fresh[] = {
+	    OPLOC,
+	    "https://graph.microsoft.com/beta/chats('a')/operations('b')",
+	    "/chats('19:a@thread.v2')/operations('o''p')?x=1",
+	};
+	static const char *const forged[] = {
+	    "http://graph.microsoft.com/beta/chats('a')/operations('b')", /* plain http */
+	    "https://127.0.0.1:9/beta/chats('a')/operations('b')",
+	    "https://graph.microsoft.com:444/beta/chats('a')/operations('b')",
+	    "https://graph.microsoft.com@127.0.0.1/beta/chats('a')/operations('b')",
+	    "https://graph.microsoft.com/v1.0/chats('a')/operations('b')", /* other version */
+	    "https://graph.microsoft.us/beta/chats('a')/operations('b')",  /* other cloud */
+	    "",
+	};
+	char stored[GRAPHREQ_URL_MAX + 1], again[GRAPHREQ_URL_MAX + 1];
+	for (size_t i = 0; i < sizeof fresh / sizeof fresh[0]; i++) {
+		assert_true(graphreq_resolve_location(ROOT, fresh[i], stored, sizeof stored));
+		assert_true(graphreq_resolve_location(ROOT, stored, again, sizeof again));
+		assert_string_equal(again, stored);
+	}
+	for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++)
+		if (graphreq_resolve_location(ROOT, forged[i], again, sizeof again))
+			fail_msg("forged record accepted: %s -> %s", forged[i], again);
+}
+
+static void test_chat_url(void **state)
+{
+	(void)state;
+	char out[1024];
+	assert_true(graphreq_chat_url(ROOT, "19:a'b/c?d#e@thread.v2", out, sizeof out));
+	assert_string_equal(out, ROOT "/chats('19%3Aa''b%2Fc%3Fd%23e@thread.v2')");
+	assert_true(graphreq_chat_url(ROOT "/", "x", out, sizeof out));
+	assert_string_equal(out, ROOT "/chats('x')");
+	assert_false(graphreq_chat_url(ROOT, "", out, sizeof out));
+	size_t need = strlen(ROOT "/chats('ab')") + 1;
+	assert_true(graphreq_chat_url(ROOT, "ab", out, need));
+	assert_false(graphreq_chat_url(ROOT, "ab", out, need - 1));
+}
+
 static void test_lookup_url(void **state)
 {
 	(void)state;
@@ -346,13 +404,30 @@ static void test_lookup_url(void **state)
 	assert_false(graphreq_lookup_url(ROOT, "a@b.com", "t", out, 30));
 }
 
+static void test_user_id_url(void **state)
+{
+	(void)state;
+	char out[1024];
+	assert_true(graphreq_user_id_url(ROOT "/", "o'brien_x.com#EXT#@contoso.onmicrosoft.com",
+	                                 out, sizeof out));
+	assert_string_equal(out, ROOT "/users('o''brien_x.com%23EXT%23@contoso.onmicrosoft.com')"
+	                              "?$select=id");
+	assert_false(graphreq_user_id_url(ROOT, "", out, sizeof out));
+	assert_false(graphreq_user_id_url(ROOT, "a@b.com", out, strlen(ROOT "/users('a@b.com')")));
+	assert_true(
+	    graphreq_user_id_url(ROOT, "a@b.com", out, sizeof ROOT "/users('a@b.com')?$select=id"));
+	assert_false(graphreq_user_id_url(ROOT, "a@b.com", out,
+	                                  sizeof ROOT "/users('a@b.com')?$select=id" - 1));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_documented_bodies),  cmocka_unit_test(test_example5_guest),
 	    cmocka_unit_test(test_body_json_escaping), cmocka_unit_test(test_bind_url_escaping),
 	    cmocka_unit_test(test_client_request_id),  cmocka_unit_test(test_location),
-	    cmocka_unit_test(test_lookup_url),
+	    cmocka_unit_test(test_lookup_url),         cmocka_unit_test(test_location_restored),
+	    cmocka_unit_test(test_chat_url),           cmocka_unit_test(test_user_id_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -403,6 +403,63 @@ static void test_lookup(void **state)
 	assert_false(graphresp_parse_lookup(none, strlen(none), &q, &r, err, sizeof err));
 }
 
+/* Graph names members by object id and mail: a UPN that is neither matches by its id. */
+static void test_lookup_by_object_id(void **state)
+{
+	(void)state;
+	const char *body = "{\"value\":[" CHAT(
+	    "19:ours@thread.v2", "T", "2026-11-26T10:00:02Z",
+	    MEM(G1, "\"jane@contoso.com\"") "," MEM(G3, "\"bob@fabrikam.com\"")) "]}";
+	const char *ids[] = {"jane.doe@contoso.onmicrosoft.com", "bob@fabrikam.com"};
+	const char *oids[] = {"8C0A1A67-50CE-4114-BB6C-DA9C5DBCF6CA", NULL};
+	struct graphresp_lookup_query q = {
+	    .topic = "T", .user_ids = ids, .n_user_ids = 2, .created_after_ms = 0};
+	struct graphresp_lookup_result r;
+	char err[256];
+	/* Without the object id the UPN matches nothing. */
+	assert_true(graphresp_parse_lookup(body, strlen(body), &q, &r, err, sizeof err));
+	assert_false(r.found);
+	q.object_ids = oids;
+	assert_true(graphresp_parse_lookup(body, strlen(body), &q, &r, err, sizeof err));
+	assert_true(r.found);
+	assert_string_equal(r.chat.id, "19:ours@thread.v2");
+	/* An object id never matches an e-mail, nor stands for another member. */
+	oids[0] = "jane@contoso.com";
+	const char *other[] = {"jane.doe@contoso.onmicrosoft.com", G3};
+	q.user_ids = other;
+	assert_true(graphresp_parse_lookup(body, strlen(body), &q, &r, err, sizeof err));
+	assert_false(r.found);
+}
+
+static void test_user(void **state)
+{
+	(void)state;
+	struct graphresp_user u;
+	char err[256];
+	const char *ok = "{\"@odata.context\":\"https://graph.microsoft.com/v1.0/$metadata#users"
+	                 "(id)/$entity\",\"id\":\"8C0A1A67-50CE-4114-BB6C-DA9C5DBCF6CA\"}";
+	assert_true(graphresp_parse_user(ok, strlen(ok), &u, err, sizeof err));
+	assert_string_equal(u.id, G1);
+	static const char *const bad[] = {
+	    "{}",
+	    "{\"id\":null}",
+	    "{\"id\":5}",
+	    "{\"id\":\"\"}",
+	    "{\"id\":\"jane@contoso.com\"}",
+	    "{\"id\":\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6c\"}",
+	    "{\"id\":\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6caa\"}",
+	    "{\"id\":\"8c0a1a67x50ce-4114-bb6c-da9c5dbcf6ca\"}",
+	    "{\"id\":\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6cg\"}",
+	    "{\"id\":\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca\"",
+	    "[\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca\"]",
+	    "",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		assert_false(graphresp_parse_user(bad[i], strlen(bad[i]), &u, err, sizeof err));
+		assert_string_equal(u.id, "");
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -415,6 +472,8 @@ int main(void)
 	    cmocka_unit_test(test_retry_after),
 	    cmocka_unit_test(test_datetime),
 	    cmocka_unit_test(test_lookup),
+	    cmocka_unit_test(test_lookup_by_object_id),
+	    cmocka_unit_test(test_user),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -221,6 +221,81 @@ static void test_id(void **state)
 	job_free(job);                             /* frees the event and the strings */
 }
 
+/* The payload is a copy (the message goes back to librdkafka); an empty value keeps none. */
+static void test_keep_payload(void **state)
+{
+	(void)state;
+	char value[] = "{\"id\":\"x\"}";
+	rd_kafka_message_t msg = {.payload = value, .len = sizeof value - 1};
+	struct job *job = calloc(1, sizeof *job);
+	assert_non_null(job);
+	assert_true(job_keep_payload(job, &msg));
+	assert_int_equal(job->payload_len, sizeof value - 1);
+	assert_true(job->payload != (void *)value);
+	value[0] = 'X';
+	assert_memory_equal(job->payload, "{\"id\":\"x\"}", job->payload_len);
+	job_free(job); /* frees the copy (ASan would tell) */
+	job = calloc(1, sizeof *job);
+	assert_non_null(job);
+	msg.len = 0;
+	assert_true(job_keep_payload(job, &msg));
+	assert_null(job->payload);
+	job_free(job);
+}
+
+static struct job *failed_chat(const char *chat_type)
+{
+	char event[512];
+	char reason[EVENT_REASON_SIZE];
+	snprintf(event, sizeof event,
+	         "{\"id\":\"r\",\"chatType\":\"%s\",\"members\":["
+	         "{\"userId\":\"8c0a1a67-50ce-4114-bb6c-da9c5dbcf6ca\"},"
+	         "{\"userId\":\"alex@contoso.com\"}]}",
+	         chat_type);
+	struct job *job = calloc(1, sizeof *job);
+	assert_non_null(job);
+	if (!event_decode(event, strlen(event), NULL, &job->ev, reason, sizeof reason))
+		fail_msg("event_decode: %s", reason);
+	return job;
+}
+
+/* Which failed group chats may exist all the same (a re-drive looks them up first). */
+static void test_chat_may_exist(void **state)
+{
+	(void)state;
+	struct job *job = failed_chat("group");
+	job_fail(job, 403, "Forbidden", "no consent", false);
+	assert_false(job_chat_may_exist(job)); /* refused: nothing was created */
+	job_fail(job, 404, "NotFound", "user", false);
+	assert_false(job_chat_may_exist(job));
+	job_fail(job, 429, "TooManyRequests", "later", true);
+	assert_false(job_chat_may_exist(job));
+	job_fail(job, 0, "TransportError", "could not connect", true);
+	assert_false(job_chat_may_exist(job));
+	job->needs_lookup = true; /* a POST whose answer was lost */
+	job_fail(job, 503, "ServiceUnavailable", "retries spent", true);
+	assert_true(job_chat_may_exist(job));
+	job_fail(job, 403, "OutcomeUnknown", "the lookup was refused", false);
+	assert_true(job_chat_may_exist(job));
+	job->needs_lookup = false;
+	job_fail(job, 201, "InvalidResponse", "no id", false); /* created, but which? */
+	assert_true(job_chat_may_exist(job));
+	job_fail(job, 202, "InvalidLocation", "foreign host", false);
+	assert_true(job_chat_may_exist(job));
+	assert_true(job_set_string(&job->op_url, "https://g/v1.0/chats('a')/operations('b')"));
+	job_fail(job, 404, "NotFound", "the operation is gone", false); /* after a 202 */
+	assert_true(job_chat_may_exist(job));
+	job->status = JOB_SUCCEEDED;
+	assert_false(job_chat_may_exist(job));
+	job_free(job);
+	/* A one-on-one chat is the same chat when created again: never in doubt. */
+	job = failed_chat("oneOnOne");
+	job->needs_lookup = true;
+	job_fail(job, 503, "ServiceUnavailable", "retries spent", true);
+	assert_false(job_chat_may_exist(job));
+	job_free(job);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -229,6 +304,8 @@ int main(void)
 	    cmocka_unit_test(test_fail),
 	    cmocka_unit_test(test_set_string),
 	    cmocka_unit_test(test_id),
+	    cmocka_unit_test(test_keep_payload),
+	    cmocka_unit_test(test_chat_may_exist),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

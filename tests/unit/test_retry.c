@@ -153,6 +153,70 @@ static void test_may_retry_limits(void **state)
 	assert_false(retry_may_retry(&one, 1, 0, 0, 0));
 }
 
+static void test_refusal_classification(void **state)
+{
+	(void)state;
+	/* Only these two refusals of POST /chats are treated apart; every other one is final. */
+	assert_int_equal(retry_classify_refusal(404), RETRY_REFUSAL_NOT_FOUND);
+	assert_int_equal(retry_classify_refusal(403), RETRY_REFUSAL_FORBIDDEN);
+	static const long final[] = {400, 401, 405, 409, 410, 413, 415, 422, 0, 500, 501};
+	for (size_t i = 0; i < sizeof(final) / sizeof(final[0]); i++)
+		if (retry_classify_refusal(final[i]) != RETRY_REFUSAL_FINAL)
+			fail_msg("status %ld is not a final refusal", final[i]);
+	/* ... and retry_classify still calls both permanent (the poll and lookup paths rely on it) */
+	assert_int_equal(retry_classify(404, CURLE_OK), RETRY_PERMANENT);
+	assert_int_equal(retry_classify(403, CURLE_OK), RETRY_PERMANENT);
+}
+
+/* The waits double from the base up to the cap, each jittered down by at most a quarter. */
+static void test_not_found_waits_double_to_the_cap(void **state)
+{
+	(void)state;
+	struct retry_not_found_policy p = {
+	    .budget_ms = 600000, .base_delay_ms = 2000, .max_delay_ms = 60000};
+	uint64_t rng = 7;
+	static const int64_t caps[] = {2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000};
+	for (int round = 0; round < 1000; round++) {
+		for (unsigned n = 1; n <= 8; n++) {
+			int64_t d = retry_not_found_delay_ms(&p, n, 0, 0, &rng);
+			int64_t cap = caps[n - 1];
+			if (d > cap || d < cap - cap / 4)
+				fail_msg("404 #%u: wait %lld outside [%lld, %lld]", n, (long long)d,
+				         (long long)(cap - cap / 4), (long long)cap);
+		}
+	}
+	/* 0 is taken as the first */
+	int64_t d0 = retry_not_found_delay_ms(&p, 0, 0, 0, &rng);
+	assert_true(d0 <= 2000 && d0 >= 1500);
+}
+
+/* The budget counts from the first 404: the last try lands on its end, then it fails. */
+static void test_not_found_budget(void **state)
+{
+	(void)state;
+	struct retry_not_found_policy p = {
+	    .budget_ms = 10000, .base_delay_ms = 2000, .max_delay_ms = 60000};
+	uint64_t rng = 1;
+	/* 9 s after the first 404: at most 1 s left, so the next try is at the budget's end */
+	int64_t d = retry_not_found_delay_ms(&p, 4, 100000, 109000, &rng);
+	assert_true(d > 0 && d <= 1000);
+	/* at or past the end: fail */
+	assert_int_equal(retry_not_found_delay_ms(&p, 5, 100000, 110000, &rng), -1);
+	assert_int_equal(retry_not_found_delay_ms(&p, 5, 100000, 250000, &rng), -1);
+	/* 0: fail at the first 404 */
+	struct retry_not_found_policy none = {.budget_ms = 0, .base_delay_ms = 2000,
+	                                      .max_delay_ms = 60000};
+	assert_int_equal(retry_not_found_delay_ms(&none, 1, 5000, 5000, &rng), -1);
+	/* a whole run: the tries spread over the budget and the last one is at its end */
+	int64_t now = 0, first = 0;
+	unsigned count = 0;
+	int64_t delay;
+	while ((delay = retry_not_found_delay_ms(&p, ++count, first, now, &rng)) >= 0)
+		now += delay;
+	assert_int_equal(now, 10000);
+	assert_true(count >= 4 && count <= 6);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -161,6 +225,9 @@ int main(void)
 	    cmocka_unit_test(test_backoff_edges),
 	    cmocka_unit_test(test_next_delay_honours_retry_after),
 	    cmocka_unit_test(test_may_retry_limits),
+	    cmocka_unit_test(test_refusal_classification),
+	    cmocka_unit_test(test_not_found_waits_double_to_the_cap),
+	    cmocka_unit_test(test_not_found_budget),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -852,6 +852,195 @@ static void test_sim_recovers_when_server_limit_returns(void **state)
 	sched_free(m.s);
 }
 
+/* ---- ETA ---- */
+
+/* Drives a fresh scheduler until every pushed job left; returns when the last one left (s). */
+static double drain_time(struct sched *s, int64_t start)
+{
+	int64_t now = start, last = start;
+	for (;;) {
+		void *job;
+		size_t tenant;
+		int64_t wake = 0;
+		enum sched_take_status st = sched_take(s, now, &job, &tenant, &wake);
+		if (st == SCHED_EMPTY)
+			return (double)(last - start) / 1000.0;
+		if (st == SCHED_TAKEN) {
+			sched_on_result(s, tenant, SCHED_OK, 0, now);
+			last = now;
+			continue;
+		}
+		now = wake > now ? wake : now + 1;
+	}
+}
+
+struct eta_case {
+	size_t n_tenants;
+	double limits[8], events[8];
+	double global, window;
+};
+
+/* sched_eta's answer for a fresh start is what the scheduler does, within 0.5 % and a token. */
+static void check_eta_matches_scheduler(const struct eta_case *c)
+{
+	struct sched *s = new_sched(20, c->global, c->window, 1u << 20);
+	struct sched_eta_tenant t[8];
+	size_t id = 0;
+	int64_t start = 1000000;
+	for (size_t i = 0; i < c->n_tenants; i++) {
+		char name[16];
+		snprintf(name, sizeof name, "t%zu", i);
+		size_t idx = add_tenant(s, name, c->limits[i]);
+		push_n(s, idx, id, (size_t)c->events[i], start);
+		id += (size_t)c->events[i];
+		t[i] = (struct sched_eta_tenant){.events = c->events[i],
+		                                 .rate = c->limits[i],
+		                                 .tokens = sched_full_bucket(c->limits[i])};
+	}
+	double eta = -1;
+	assert_true(sched_eta(t, c->n_tenants, c->global, sched_full_bucket(c->global), c->window,
+	                      &eta));
+	double measured = drain_time(s, start);
+	/* A token interval: the scheduler hands out whole tokens, the model flows. */
+	double interval = c->window / c->global;
+	for (size_t i = 0; i < c->n_tenants; i++)
+		interval = fmax(interval, c->window / c->limits[i]);
+	double slack = 0.005 * measured + interval + 0.01;
+	if (fabs(eta - measured) > slack) {
+		for (size_t i = 0; i < c->n_tenants; i++)
+			printf("tenant %zu: %.0f events at %.0f per %.0f s, eta %.3f\n", i, c->events[i],
+			       c->limits[i], c->window, t[i].eta_s);
+		fail_msg("global %.0f: eta %.3f s, scheduler drained in %.3f s", c->global, eta,
+		         measured);
+	}
+	sched_free(s);
+}
+
+static void test_eta_one_tenant(void **state)
+{
+	(void)state;
+	/* 200 events at 20 per 10 s: 20 at once, 180 more at 2/s. */
+	struct sched_eta_tenant t = {.events = 200, .rate = 20, .tokens = 20};
+	double eta = 0;
+	assert_true(sched_eta(&t, 1, 200, 200, 10, &eta));
+	assert_true(fabs(eta - 90) < 1e-6);
+	assert_true(fabs(t.eta_s - 90) < 1e-6);
+	/* 10,000 chats of one tenant at 20 per 10 s: over 80 minutes (the figure). */
+	t = (struct sched_eta_tenant){.events = 10000, .rate = 20, .tokens = 20};
+	assert_true(sched_eta(&t, 1, 200, 200, 10, &eta));
+	assert_true(eta > 80 * 60 && fabs(eta - 4990) < 1e-6);
+	check_eta_matches_scheduler(&(struct eta_case){1, {20}, {200}, 200, 10});
+}
+
+static void test_eta_global_limit_binds(void **state)
+{
+	(void)state;
+	/* 30 tenants of 100 at 20 per 10 s each, 200 global: the global bucket decides. */
+	struct sched_eta_tenant t[30];
+	for (size_t i = 0; i < 30; i++)
+		t[i] = (struct sched_eta_tenant){.events = 100, .rate = 20, .tokens = 20};
+	double eta = 0;
+	assert_true(sched_eta(t, 30, 200, 200, 10, &eta));
+	assert_true(fabs(eta - (3000.0 - 200) / 20) < 1e-6);
+	check_eta_matches_scheduler(&(struct eta_case){4, {20, 20, 20, 20}, {100, 100, 100, 100},
+	                                               50, 10});
+}
+
+static void test_eta_shares_like_round_robin(void **state)
+{
+	(void)state;
+	/*
+	 * A big tenant shares the global rate with small ones until they are done, then runs at
+	 * its own rate: longer than either bound alone (max(1000/20, 1500/40) windows).
+	 */
+	struct eta_case c = {4, {20, 20, 20, 20}, {1000, 100, 100, 100}, 40, 1};
+	struct sched_eta_tenant t[4];
+	for (size_t i = 0; i < 4; i++)
+		t[i] = (struct sched_eta_tenant){.events = c.events[i], .rate = 20, .tokens = 20};
+	double eta = 0;
+	assert_true(sched_eta(t, 4, 40, 40, 1, &eta));
+	assert_true(eta > 1000.0 / 20 + 1);
+	assert_true(t[1].eta_s < eta && t[1].eta_s == t[2].eta_s);
+	check_eta_matches_scheduler(&c);
+	/* Different limits, the slow tenant keeps its own rate under the fair share. */
+	check_eta_matches_scheduler(&(struct eta_case){3, {5, 30, 60}, {50, 300, 600}, 60, 2});
+	/* A tenant held below its rate by the global one saves tokens, spent at the end. */
+	check_eta_matches_scheduler(&(struct eta_case){2, {20, 10}, {160, 80}, 24, 1});
+	check_eta_matches_scheduler(&(struct eta_case){3, {100, 10, 10}, {2000, 50, 50}, 40, 10});
+}
+
+/* Random mixes of tenants, limits and work: the model keeps to the scheduler in every one. */
+static void test_eta_random_mixes(void **state)
+{
+	(void)state;
+	uint64_t rng = 0x9e3779b97f4a7c15ULL;
+	for (int round = 0; round < 40; round++) {
+		struct eta_case c = {0};
+		rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+		c.n_tenants = 1 + (size_t)(rng >> 33) % 6;
+		c.global = 2 + (double)((rng >> 20) % 120);
+		c.window = (rng >> 10) % 2 ? 1 : 10;
+		for (size_t i = 0; i < c.n_tenants; i++) {
+			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+			c.limits[i] = 1 + (double)((rng >> 33) % 60);
+			c.events[i] = (double)((rng >> 13) % 400);
+		}
+		check_eta_matches_scheduler(&c);
+	}
+}
+
+static void test_eta_edges(void **state)
+{
+	(void)state;
+	double eta = -1;
+	assert_true(sched_eta(NULL, 0, 200, 200, 10, &eta));
+	assert_true(eta == 0);
+	struct sched_eta_tenant t[2] = {{.events = 0, .rate = 20, .tokens = 20},
+	                                {.events = 5, .rate = 20, .tokens = 20}};
+	assert_true(sched_eta(t, 2, 200, 200, 10, &eta));
+	assert_true(eta == 0 && t[0].eta_s == 0 && t[1].eta_s == 0);
+	/* Work that can never leave. */
+	t[1] = (struct sched_eta_tenant){.events = 5, .rate = 0, .tokens = 0};
+	assert_true(sched_eta(t, 2, 200, 200, 10, &eta));
+	assert_true(isinf(eta) && isinf(t[1].eta_s));
+	/* Invalid input. */
+	t[1].events = -1;
+	assert_false(sched_eta(t, 2, 200, 200, 10, &eta));
+	t[1].events = NAN;
+	assert_false(sched_eta(t, 2, 200, 200, 10, &eta));
+	t[1].events = 1;
+	assert_false(sched_eta(t, 2, 200, 200, 0, &eta));
+}
+
+static void test_backlog_eta_uses_current_rates(void **state)
+{
+	(void)state;
+	struct sched *s = new_sched(20, 200, 10, 10000);
+	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 10);
+	push_n(s, a, 0, 40, 0);
+	push_n(s, b, 100, 10, 0);
+	struct sched_eta_tenant t[2];
+	double total = 0;
+	assert_true(sched_backlog_eta(s, 0, t, 2, &total));
+	assert_true(t[0].events == 40 && fabs(t[0].eta_s - 20) < 1e-6);
+	assert_true(t[1].events == 10 && fabs(t[1].eta_s - 10) < 1e-6);
+	assert_true(fabs(total - 20) < 1e-6);
+	/* 50 more unread: 40 to a, 10 to b, as queued; a's 80 at 2/s. */
+	assert_true(sched_backlog_eta(s, 50, t, 2, &total));
+	assert_true(fabs(total - 40) < 1e-6);
+	assert_true(fabs(t[0].eta_s - 20) < 1e-6); /* per tenant: what is queued */
+	/* A 429 halves a's rate: its ETA doubles. */
+	void *job;
+	size_t tenant;
+	int64_t wake;
+	assert_int_equal(sched_take(s, 0, &job, &tenant, &wake), SCHED_TAKEN);
+	sched_on_result(s, tenant, SCHED_THROTTLED, 0, 0);
+	assert_true(sched_backlog_eta(s, 0, t, 2, &total));
+	assert_true(fabs(t[tenant].eta_s - 2 * (double)t[tenant].events / (tenant == a ? 2 : 1)) <
+	            1e-6);
+	sched_free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -872,6 +1061,12 @@ int main(void)
 	    cmocka_unit_test(test_sim_server_limit_equals_configured),
 	    cmocka_unit_test(test_sim_server_limit_half),
 	    cmocka_unit_test(test_sim_recovers_when_server_limit_returns),
+	    cmocka_unit_test(test_eta_one_tenant),
+	    cmocka_unit_test(test_eta_global_limit_binds),
+	    cmocka_unit_test(test_eta_shares_like_round_robin),
+	    cmocka_unit_test(test_eta_random_mixes),
+	    cmocka_unit_test(test_eta_edges),
+	    cmocka_unit_test(test_backlog_eta_uses_current_rates),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

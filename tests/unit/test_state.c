@@ -20,6 +20,7 @@
 
 #include "cfg.h"
 #include "cptime.h"
+#include "event.h"
 #include "mock_kafka.h"
 #include "state.h"
 
@@ -101,15 +102,19 @@ static int teardown(void **state)
 /* ---- producing state records ---- */
 
 /* Queues one record; value NULL is a tombstone, ts 0 means now. */
-static void queue(const char *topic, int32_t partition, const char *id, const char *kind,
-                  const char *status, const void *value, size_t len, int64_t ts, int64_t *offset)
+static void queue_unknown(const char *topic, int32_t partition, const char *id, const char *kind,
+                          const char *status, const char *unknown_since, const void *value,
+                          size_t len, int64_t ts, int64_t *offset)
 {
-	rd_kafka_headers_t *h = rd_kafka_headers_new(2);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(3);
 	assert_non_null(h);
 	if (kind)
 		assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, kind, -1), 0);
 	if (status)
 		assert_int_equal(rd_kafka_header_add(h, "chatprov-status", -1, status, -1), 0);
+	if (unknown_since)
+		assert_int_equal(
+		    rd_kafka_header_add(h, STATE_HEADER_OUTCOME_UNKNOWN, -1, unknown_since, -1), 0);
 	rd_kafka_resp_err_t e;
 	do {
 		e = rd_kafka_producev(
@@ -121,6 +126,12 @@ static void queue(const char *topic, int32_t partition, const char *id, const ch
 			rd_kafka_poll(producer, 100);
 	} while (e == RD_KAFKA_RESP_ERR__QUEUE_FULL);
 	assert_int_equal(e, RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+static void queue(const char *topic, int32_t partition, const char *id, const char *kind,
+                  const char *status, const void *value, size_t len, int64_t ts, int64_t *offset)
+{
+	queue_unknown(topic, partition, id, kind, status, NULL, value, len, ts, offset);
 }
 
 static void flush(void)
@@ -143,6 +154,17 @@ static int64_t put(const struct fixture *f, int32_t partition, const char *id, c
                    const char *status, const char *value)
 {
 	return put_at(f, partition, id, kind, status, value, 0);
+}
+
+/* A failed done record whose chat may exist, from `since` (the header's text). */
+static int64_t put_unknown(const struct fixture *f, int32_t partition, const char *id,
+                           const char *since)
+{
+	int64_t offset = -1;
+	queue_unknown(f->topic, partition, id, "done", "failed", since, "{}", 2, 0, &offset);
+	flush();
+	assert_true(offset >= 0);
+	return offset;
 }
 
 static size_t restore(struct fixture *f, int32_t partition)
@@ -203,21 +225,26 @@ static void test_later_records_win(void **state)
 	struct fixture *f = *state;
 	put(f, 0, "x", "intent", NO_STATUS, "{}");
 	int64_t done_x = put(f, 0, "x", "done", "succeeded", done_ok);
-	int64_t done_y = put(f, 0, "y", "done", "failed", "{}");
-	put(f, 0, "y", "intent", NO_STATUS, "{}"); /* never goes back from done */
+	put(f, 0, "x", "intent", NO_STATUS, "{}"); /* a success is final */
+	put(f, 0, "y", "done", "failed", "{}");
+	int64_t intent_y = put(f, 0, "y", "intent", NO_STATUS, "{}"); /* a failure is not */
+	int64_t done_v = put(f, 0, "v", "done", "failed", "{}");
 	put(f, 0, "z", "intent", NO_STATUS, "{}");
 	put(f, 0, "z", "operation", NO_STATUS, "{\"location\":\"https://g/op1\",\"startedAt\":5}");
 	put(f, 0, "w", "operation", NO_STATUS, "{\"location\":\"https://g/op2\",\"startedAt\":6}");
 	put(f, 0, "w", "intent", NO_STATUS, "{}"); /* an operation is not an intent again */
-	assert_int_equal(restore(f, 0), 8);
+	assert_int_equal(restore(f, 0), 10);
 
 	struct state_info si = get(f, "x");
 	assert_int_equal(si.kind, STATE_DONE);
 	assert_int_equal(si.offset, done_x);
 	assert_true(si.done_succeeded);
 	si = get(f, "y");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_int_equal(si.offset, intent_y);
+	si = get(f, "v");
 	assert_int_equal(si.kind, STATE_DONE);
-	assert_int_equal(si.offset, done_y);
+	assert_int_equal(si.offset, done_v);
 	assert_false(si.done_succeeded);
 	si = get(f, "z");
 	assert_int_equal(si.kind, STATE_OPERATION);
@@ -226,7 +253,96 @@ static void test_later_records_win(void **state)
 	assert_int_equal(si.kind, STATE_OPERATION);
 	assert_string_equal(si.op_url, "https://g/op2");
 	assert_int_equal(si.op_started_wall_ms, 6);
-	assert_int_equal(state_count(f->st), 4);
+	assert_int_equal(state_count(f->st), 5);
+}
+
+/*
+ * A failure that may have created its chat reads as an intent from the time its record
+ * gives, whatever came before it in the attempt; a success after it wins, and a re-drive's
+ * records after a plain failure move on from it.
+ */
+static void test_failed_outcome_unknown_reads_as_intent(void **state)
+{
+	struct fixture *f = *state;
+	put(f, 0, "op", "intent", NO_STATUS, "{}");
+	put(f, 0, "op", "operation", NO_STATUS, "{\"location\":\"https://g/op\",\"startedAt\":5}");
+	int64_t ended = put_unknown(f, 0, "op", "1795742192628");
+	put_unknown(f, 0, "later", "1795742192000");
+	int64_t ok = put(f, 0, "later", "done", "succeeded", done_ok);
+	put_unknown(f, 0, "garbled", "12x");
+	put(f, 0, "redriven", "done", "failed", "{}");
+	put(f, 0, "redriven", "intent", NO_STATUS, "{}");
+	int64_t op = put(f, 0, "redriven", "operation", NO_STATUS,
+	                 "{\"location\":\"https://g/op9\",\"startedAt\":9}");
+	assert_int_equal(restore(f, 0), 9);
+
+	struct state_info si = get(f, "op");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_int_equal(si.offset, ended);
+	assert_int_equal(si.at_wall_ms, 1795742192628LL);
+	assert_string_equal(si.op_url, ""); /* that operation is over */
+	si = get(f, "later");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, ok);
+	assert_true(si.done_succeeded);
+	si = get(f, "garbled"); /* an unreadable time: the record's own */
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_true(si.at_wall_ms > cptime_wall_ms() - 60000);
+	si = get(f, "redriven");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_int_equal(si.offset, op);
+	assert_string_equal(si.op_url, "https://g/op9");
+
+}
+
+/* A done record as the pipeline writes it: with the intent's time (any text for a test). */
+static void put_done_since(const struct fixture *f, const char *id, const char *intent_at)
+{
+	int64_t offset = -1;
+	rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+	assert_non_null(h);
+	assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, "done", -1), 0);
+	assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1), 0);
+	assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(f->topic),
+	                                   RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY(id, strlen(id)),
+	                                   RD_KAFKA_V_VALUE((void *)done_ok, strlen(done_ok)),
+	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+	                                   RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(&offset),
+	                                   RD_KAFKA_V_END),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	flush();
+	assert_true(offset >= 0);
+}
+
+/*
+ * A done record's time is its request's intent's, when it names one: a lookup after a
+ * failed replay fetch searches from when the POST may have left, not from the result.
+ */
+static void test_done_keeps_the_intent_time(void **state)
+{
+	struct fixture *f = *state;
+	char at[32];
+	int64_t now = cptime_wall_ms(), intent = (now - 3600 * 1000) / 1000 * 1000;
+	snprintf(at, sizeof at, "%lld", (long long)intent);
+	put(f, 0, "a", "intent", NO_STATUS, "{}");
+	put_done_since(f, "a", at);
+	snprintf(at, sizeof at, "%lld", (long long)(now + 3600 * 1000));
+	put_done_since(f, "future", at);
+	put_done_since(f, "junk", "12x");
+	put_done_since(f, "negative", "-5");
+	put_done_since(f, "huge", "99999999999999999999999");
+	assert_int_equal(restore(f, 0), 6);
+	struct state_info si = get(f, "a");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.at_wall_ms, intent);
+	/* Anything else than a time before the record's own: the record's time. */
+	static const char *const others[] = {"future", "junk", "negative", "huge"};
+	for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+		si = get(f, others[i]);
+		assert_int_equal(si.kind, STATE_DONE);
+		assert_true(si.at_wall_ms >= now / 1000 * 1000 - 60 * 1000);
+		assert_true(si.at_wall_ms <= cptime_wall_ms());
+	}
 }
 
 static void test_tombstone_removes(void **state)
@@ -251,20 +367,28 @@ static void test_operation_parsed(void **state)
 	const char *url = "https://graph.microsoft.com/v1.0/chats('19:a@thread.v2')/"
 	                  "operations('op-1')";
 	char value[512];
-	snprintf(value, sizeof value, "{\"location\": \"%s\", \"startedAt\": 1767225600123}", url);
+	snprintf(value, sizeof value,
+	         "{\"location\": \"%s\", \"startedAt\": 1767225600123, \"attempts\": 3}", url);
 	put(f, 1, "op", "operation", NO_STATUS, value);
+	/* Written by an older version: no attempts. */
+	snprintf(value, sizeof value, "{\"location\": \"%s\", \"startedAt\": 5}", url);
+	put(f, 1, "op-old", "operation", NO_STATUS, value);
 	/* Unreadable: not JSON, no location, a location that is not a string, no startedAt. */
 	put(f, 1, "bad1", "operation", NO_STATUS, "not json");
 	put(f, 1, "bad2", "operation", NO_STATUS, "{\"startedAt\": 5}");
 	put(f, 1, "bad3", "operation", NO_STATUS, "{\"location\": 7, \"startedAt\": 5}");
 	put(f, 1, "bad4", "operation", NO_STATUS, "{\"location\": \"https://g/op\"}");
-	assert_int_equal(restore(f, 1), 5);
+	assert_int_equal(restore(f, 1), 6);
 
 	struct state_info si = get(f, "op");
 	assert_int_equal(si.kind, STATE_OPERATION);
 	assert_int_equal(si.partition, 1);
 	assert_string_equal(si.op_url, url);
 	assert_int_equal(si.op_started_wall_ms, 1767225600123LL);
+	assert_int_equal(si.op_attempts, 3);
+	si = get(f, "op-old");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_int_equal(si.op_attempts, 0);
 	for (int i = 1; i <= 4; i++) {
 		char id[8];
 		snprintf(id, sizeof id, "bad%d", i);
@@ -394,6 +518,70 @@ static void test_progress_reported_while_waiting(void **state)
 	assert_true(seen.advanced >= 2);
 	assert_true(seen.longest_gap_ms < 1000);
 	state_set_progress(f->st, NULL, NULL);
+}
+
+/* n copies of the UTF-8 character ch: an id of n code points, n * strlen(ch) bytes. */
+static const char *repeat_char(char *buf, size_t cap, const char *ch, size_t n)
+{
+	size_t k = strlen(ch);
+	assert_true(n * k < cap);
+	for (size_t i = 0; i < n; i++)
+		memcpy(buf + i * k, ch, k);
+	buf[n * k] = '\0';
+	return buf;
+}
+
+/*
+ * The id limit is 200 characters (code points), not bytes: the longest valid ids, 200
+ * two-byte or four-byte characters (400 and 800 bytes), keep their state like any other,
+ * whichever store holds it and whichever record kind; a key one byte beyond what a valid
+ * id can be is not one of ours.
+ */
+static void test_multibyte_ids(void **state)
+{
+	struct fixture *f = *state;
+	char e_acute[EVENT_ID_MAX_BYTES + 1], emoji[EVENT_ID_MAX_BYTES + 1];
+	char intent[EVENT_ID_MAX_BYTES + 1], too_long[EVENT_ID_MAX_BYTES + 2];
+	repeat_char(e_acute, sizeof e_acute, "\xc3\xa9", EVENT_ID_MAX_CHARS);
+	repeat_char(emoji, sizeof emoji, "\xf0\x9f\x98\x80", EVENT_ID_MAX_CHARS);
+	repeat_char(intent, sizeof intent, "\xe2\x82\xac", EVENT_ID_MAX_CHARS);
+	repeat_char(too_long, sizeof too_long, "x", EVENT_ID_MAX_BYTES + 1);
+	assert_int_equal(strlen(emoji), EVENT_ID_MAX_BYTES);
+	int64_t off_e = put(f, 1, e_acute, "done", "succeeded", done_ok);
+	int64_t off_emoji = put(f, 1, emoji, "done", "failed", done_ok);
+	put(f, 1, intent, "intent", NO_STATUS, "{}");
+	put(f, 1, too_long, "intent", NO_STATUS, "{}");
+	assert_int_equal(restore(f, 1), 4);
+
+	struct state_info si = get(f, e_acute);
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off_e);
+	assert_true(si.done_succeeded);
+	si = get(f, emoji);
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_int_equal(si.offset, off_emoji);
+	assert_false(si.done_succeeded);
+	assert_int_equal(get(f, intent).kind, STATE_INTENT);
+	assert_int_equal(get(f, too_long).kind, STATE_NONE);
+	assert_int_equal(state_count(f->st), 3);
+
+	/* A replay fetches the result by the id and checks the record's key is that id. */
+	char err[256] = "";
+	char *value = NULL;
+	size_t len = 0;
+	if (!state_fetch(f->st, emoji, 1, off_emoji, &value, &len, err, sizeof err))
+		fail_msg("state_fetch: %s", err);
+	assert_int_equal(len, strlen(done_ok));
+	free(value);
+	value = NULL;
+	assert_false(state_fetch(f->st, e_acute, 1, off_emoji, &value, &len, err, sizeof err));
+	assert_null(value);
+
+	/* Active and back: moved through the live table like a short id. */
+	assert_true(state_set_active(f->st, e_acute, 1, true));
+	assert_true(get(f, e_acute).active);
+	assert_true(state_set_active(f->st, e_acute, 1, false));
+	assert_int_equal(get(f, e_acute).kind, STATE_DONE);
 }
 
 static void test_fetch_bad_offset(void **state)
@@ -801,8 +989,10 @@ static void test_compacted_later_records(void **state)
 	assert_true(si.fingerprint_only);
 	assert_true(si.at_wall_ms <= cptime_wall_ms() && si.at_wall_ms > cptime_wall_ms() - 60000);
 
-	put(f, 0, "c-5", "intent", NO_STATUS, "{}"); /* done stays done */
-	put(f, 0, "c-6", "operation", NO_STATUS, "{\"location\":\"https://g/op\",\"startedAt\":1}");
+	put(f, 0, "c-5", "intent", NO_STATUS, "{}"); /* a success stays */
+	/* c-6 failed: a re-drive's records move it on, out of its run */
+	int64_t op6 =
+	    put(f, 0, "c-6", "operation", NO_STATUS, "{\"location\":\"https://g/op\",\"startedAt\":1}");
 	put(f, 0, "c-7", NULL, NULL, NULL);
 	int64_t again = put(f, 0, "c-8", "done", "failed", "{}"); /* a later done wins */
 	put(f, 0, "c-9", NULL, NULL, NULL);
@@ -814,9 +1004,10 @@ static void test_compacted_later_records(void **state)
 	assert_int_equal(si.offset, 5);
 	assert_true(si.fingerprint_only);
 	si = get(f, "c-6");
-	assert_int_equal(si.kind, STATE_DONE);
-	assert_int_equal(si.offset, 6);
-	assert_string_equal(si.op_url, "");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_int_equal(si.offset, op6);
+	assert_false(si.fingerprint_only);
+	assert_string_equal(si.op_url, "https://g/op");
 	assert_int_equal(get(f, "c-7").kind, STATE_NONE);
 	si = get(f, "c-8");
 	assert_int_equal(si.kind, STATE_DONE);
@@ -1065,12 +1256,16 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_restore_reads_to_high_watermark, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_later_records_win, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_outcome_unknown_reads_as_intent, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_done_keeps_the_intent_time, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_tombstone_removes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_multibyte_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry_during_restore, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry_uses_last_record, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_forget_older, setup, teardown),

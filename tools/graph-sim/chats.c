@@ -6,6 +6,7 @@
  * A chat created through an operation exists only once that operation has succeeded:
  * operations are settled lazily whenever someone could observe the difference.
  */
+#include <ctype.h>
 #include <json-c/linkhash.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,6 +198,23 @@ static void add_graph_headers(const struct gs_req *q, struct gs_reply *r)
 	gs_reply_header(r, "Strict-Transport-Security", "max-age=31536000");
 }
 
+/* Graph's clock as the simulator shows it: ours plus clock_skew_s. */
+static int64_t skew_ms(void)
+{
+	return (int64_t)(gs.k.clock_skew_s * 1000);
+}
+
+/* A member's "email": its mail, which is its UPN unless the "users" knob says otherwise. */
+static json_object *member_mail(const struct gs_member *m)
+{
+	const struct gs_user *u = gs_knobs_user(&gs.k, m->guid);
+	if (u && u->mail)
+		return json_object_new_string(u->mail);
+	if (u)
+		return json_object_new_string(u->upn);
+	return strchr(m->user_id, '@') ? json_object_new_string(m->user_id) : NULL;
+}
+
 static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c,
                                  const char *version, bool context, bool members)
 {
@@ -210,7 +228,7 @@ static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c
 	}
 	json_object_object_add(o, "id", json_object_new_string(c->id));
 	json_object_object_add(o, "topic", c->topic ? json_object_new_string(c->topic) : NULL);
-	gs_fmt_time(c->created_wall, t, sizeof(t));
+	gs_fmt_time(c->created_wall + skew_ms(), t, sizeof(t));
 	json_object_object_add(o, "createdDateTime", json_object_new_string(t));
 	json_object_object_add(o, "lastUpdatedDateTime", json_object_new_string(t));
 	json_object_object_add(o, "chatType",
@@ -235,9 +253,7 @@ static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c
 		json_object_object_add(mo, "roles", roles);
 		json_object_object_add(mo, "displayName", NULL);
 		json_object_object_add(mo, "userId", json_object_new_string(m->guid));
-		json_object_object_add(mo, "email",
-		                       strchr(m->user_id, '@') ? json_object_new_string(m->user_id)
-		                                               : NULL);
+		json_object_object_add(mo, "email", member_mail(m));
 		json_object_object_add(
 		    mo, "tenantId",
 		    json_object_new_string(m->tenant_id[0] ? m->tenant_id : c->tenant_guid));
@@ -391,11 +407,50 @@ static bool front_door_locked(const struct gs_req *q, struct gs_reply *r, const 
 	return true;
 }
 
+/* An unknown user, or a late one whose time has not come (matched by id, UPN or its GUID). */
+static bool user_unknown_locked(const struct gs_member *m, int64_t now)
+{
+	if (gs_strlist_has(&gs.k.unknown_users, m->user_id, true) ||
+	    gs_strlist_has(&gs.k.unknown_users, m->guid, true))
+		return true;
+	for (size_t i = 0; i < gs.k.n_late_users; i++) {
+		const struct gs_late_user *u = &gs.k.late_users[i];
+		if (now < u->known_at_mono &&
+		    (strcasecmp(u->user, m->user_id) == 0 || strcasecmp(u->user, m->guid) == 0))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * A tenant whose admin has not consented to the app's permissions: its tokens carry no
+ * roles, and Graph refuses with 403 and the message it gives for missing application
+ * permissions. True when the reply was written.
+ */
+static bool consent_missing_locked(const struct gs_req *q, struct gs_reply *r,
+                                   const struct gs_token *t, const char *permissions)
+{
+	if (!gs_strlist_has(&gs.k.consent_missing, t->tenant, true) &&
+	    !gs_strlist_has(&gs.k.consent_missing, t->tenant_guid, true))
+		return false;
+	gs_reply_graph_error(r, q, 403, "Forbidden",
+	                     "Missing role permissions on the request. API requires one of '%s'. "
+	                     "Roles on the request ''.",
+	                     permissions);
+	return true;
+}
+
 static void post_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
                         struct gs_chat *c, const struct gs_graph_err *err)
 {
 	const struct gs_token *t = gs_auth_bearer_locked(q, r);
-	if (!t || !front_door_locked(q, r, t->tenant))
+	if (!t)
+		goto out;
+	if (consent_missing_locked(q, r, t, "Chat.Create")) {
+		record_post(q, 403, NULL);
+		goto out;
+	}
+	if (!front_door_locked(q, r, t->tenant))
 		goto out;
 	if (!c) {
 		gs_reply_graph_error(r, q, err->status, err->code, "%s", err->msg);
@@ -403,14 +458,18 @@ static void post_locked(const struct gs_req *q, struct gs_reply *r, const char *
 		goto out;
 	}
 	for (size_t i = 0; i < c->nm; i++) {
-		if (gs_strlist_has(&gs.k.unknown_users, c->m[i].user_id, true) ||
-		    gs_strlist_has(&gs.k.unknown_users, c->m[i].guid, true)) {
+		if (user_unknown_locked(&c->m[i], q->mono_ms)) {
 			gs_reply_graph_error(r, q, 404, "NotFound",
 			                     "User '%s' was not found in the directory.",
 			                     c->m[i].user_id);
 			record_post(q, 404, NULL);
 			goto out;
 		}
+	}
+	for (size_t i = 0; i < c->nm; i++) {
+		const struct gs_user *u = gs_knobs_user(&gs.k, c->m[i].user_id);
+		if (u) /* a directory user: its object id, not the one derived from the UPN */
+			memcpy(c->m[i].guid, u->id, sizeof(u->id));
 	}
 	c->tenant = strdup(t->tenant);
 	snprintf(c->tenant_guid, sizeof(c->tenant_guid), "%s", t->tenant_guid);
@@ -614,7 +673,7 @@ static int parse_filter(const char *f, struct clause *cl)
 
 static bool clause_match(const struct clause *c, const struct gs_chat *chat)
 {
-	int64_t t = chat->created_wall;
+	int64_t t = chat->created_wall + skew_ms();
 	switch (c->field) {
 	case F_TOPIC:
 		return chat->topic && strcmp(chat->topic, c->str) == 0;
@@ -629,10 +688,80 @@ static bool clause_match(const struct clause *c, const struct gs_chat *chat)
 
 static bool has_member(const struct gs_chat *c, const char *user)
 {
+	const struct gs_user *u = gs_knobs_user(&gs.k, user);
 	for (size_t i = 0; i < c->nm; i++)
-		if (strcasecmp(c->m[i].user_id, user) == 0 || strcasecmp(c->m[i].guid, user) == 0)
+		if (strcasecmp(c->m[i].user_id, user) == 0 || strcasecmp(c->m[i].guid, user) == 0 ||
+		    (u && strcmp(c->m[i].guid, u->id) == 0))
 			return true;
 	return false;
+}
+
+/* Percent-encodes s for a URL, keeping unreserved characters and those of `keep`. */
+static void url_encode(const char *s, const char *keep, char *out, size_t cap)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = 0;
+	for (const unsigned char *p = (const unsigned char *)s; *p && n + 4 < cap; p++) {
+		if (isalnum(*p) || strchr("-._~", *p) || strchr(keep, *p)) {
+			out[n++] = (char)*p;
+		} else {
+			out[n++] = '%';
+			out[n++] = hex[*p >> 4];
+			out[n++] = hex[*p & 15];
+		}
+	}
+	out[n] = '\0';
+}
+
+/* Appends "name=value&" (value percent-encoded) when the request had that argument. */
+static void keep_arg(const struct gs_req *q, const char *name, char *buf, size_t cap)
+{
+	char enc[2048];
+	const char *v = gs_req_arg(q, name);
+	size_t n = strlen(buf);
+	if (!v)
+		return;
+	url_encode(v, "'", enc, sizeof(enc));
+	snprintf(buf + n, cap - n, "%s=%s&", name, enc);
+}
+
+/*
+ * The URL of the page after `next`: the same request with $skiptoken=next, on this host or,
+ * in hostile mode foreign_next_link, on foreign_location_root's.
+ */
+static json_object *next_link(const struct gs_req *q, size_t next)
+{
+	char origin[256], path[1024], buf[4096];
+	const char *rest = strchr(q->path + 1, '/'); /* after the version */
+	gs_req_origin(q, origin, sizeof(origin));
+	url_encode(q->path, "/'()@:$!*,;=", path, sizeof(path));
+	if (gs.k.hostile == GS_H_FOREIGN_NEXT_LINK && rest && gs_roll(gs.k.hostile_rate)) {
+		url_encode(rest, "/'()@:$!*,;=", path, sizeof(path));
+		snprintf(origin, sizeof(origin), "%s",
+		         gs.k.foreign_root ? gs.k.foreign_root
+		                           : "https://graph.attacker.example/v1.0");
+	}
+	snprintf(buf, sizeof(buf), "%s%s?", origin, path);
+	keep_arg(q, "$filter", buf, sizeof(buf));
+	keep_arg(q, "$expand", buf, sizeof(buf));
+	size_t n = strlen(buf);
+	snprintf(buf + n, sizeof(buf) - n, "$skiptoken=%zu", next);
+	return json_object_new_string(buf);
+}
+
+/* $skiptoken: where the page starts (an index into the matching chats). */
+static bool skip_token(const struct gs_req *q, size_t *skip)
+{
+	const char *t = gs_req_arg(q, "$skiptoken");
+	char *end;
+	*skip = 0;
+	if (!t)
+		return true;
+	unsigned long long v = strtoull(t, &end, 10);
+	if (!*t || *end || v > 1000000000ULL)
+		return false;
+	*skip = (size_t)v;
+	return true;
 }
 
 /* GET /chats and GET /users/{id}/chats: the tenant's chats (of that member). */
@@ -650,14 +779,24 @@ static void list_locked(const struct gs_req *q, struct gs_reply *r, const char *
 		                     filter);
 		return;
 	}
+	size_t skip, page = (size_t)gs.k.chats_page_size, seen = 0;
+	if (!skip_token(q, &skip)) {
+		gs_reply_graph_error(r, q, 400, "BadRequest", "Invalid $skiptoken.");
+		return;
+	}
 	settle_locked(q->mono_ms);
 	json_object *arr = json_object_new_array();
-	for (size_t i = 0; i < chats.n; i++) {
+	json_object *next = NULL;
+	for (size_t i = 0; i < chats.n && !next; i++) {
 		const struct gs_chat *c = chats.v[i];
 		bool ok = strcmp(c->tenant, tenant) == 0 && (!user || has_member(c, user));
 		for (int k = 0; ok && k < ncl; k++)
 			ok = clause_match(&cl[k], c);
-		if (ok)
+		if (!ok || seen++ < skip)
+			continue;
+		if (page && json_object_array_length(arr) == page)
+			next = next_link(q, seen - 1);
+		else
 			json_object_array_add(arr,
 			                      gs_chat_json(q, c, version, false,
 			                                   expand && strstr(expand, "members")));
@@ -670,6 +809,56 @@ static void list_locked(const struct gs_req *q, struct gs_reply *r, const char *
 	json_object_object_add(o, "@odata.count",
 	                       json_object_new_int((int)json_object_array_length(arr)));
 	json_object_object_add(o, "value", arr);
+	if (next)
+		json_object_object_add(o, "@odata.nextLink", next);
+	gs_reply_json(r, 200, o);
+}
+
+/* Is field one of the comma-separated names of $select? */
+static bool selected(const char *select, const char *field)
+{
+	size_t n = strlen(field);
+	for (const char *p = select; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+		while (*p == ' ')
+			p++;
+		if (strncmp(p, field, n) == 0 && (p[n] == ',' || p[n] == ' ' || p[n] == '\0'))
+			return true;
+	}
+	return false;
+}
+
+/* GET /users/{id | userPrincipalName}: the user, as far as the simulator knows one. */
+static void user_get_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
+                            const char *name)
+{
+	static const char *const fields[] = {"id", "userPrincipalName", "mail", "displayName"};
+	char id[GS_GUID_LEN + 1], origin[256], buf[512];
+	const struct gs_user *u = gs_knobs_user(&gs.k, name);
+	const char *upn = u ? u->upn : strchr(name, '@') ? name : NULL;
+	if (gs_strlist_has(&gs.k.unknown_users, name, true) || (!upn && !gs_is_guid(name))) {
+		gs_reply_graph_error(r, q, 404, "Request_ResourceNotFound",
+		                     "Resource '%s' does not exist or one of its queried "
+		                     "reference-property objects are not present.",
+		                     name);
+		return;
+	}
+	if (u)
+		memcpy(id, u->id, sizeof(id));
+	else if (upn)
+		gs_guid_from_name(upn, id);
+	else
+		for (size_t i = 0; i < sizeof(id); i++)
+			id[i] = (char)tolower((unsigned char)name[i]);
+	const char *values[] = {id, upn, u && u->mail ? u->mail : upn, NULL};
+	const char *select = gs_req_arg(q, "$select");
+	json_object *o = json_object_new_object();
+	gs_req_origin(q, origin, sizeof(origin));
+	snprintf(buf, sizeof(buf), "%s/%s/$metadata#users/$entity", origin, version);
+	json_object_object_add(o, "@odata.context", json_object_new_string(buf));
+	for (size_t i = 0; i < CP_ARRAY_LEN(fields); i++)
+		if (!select || selected(select, fields[i]))
+			json_object_object_add(
+			    o, fields[i], values[i] ? json_object_new_string(values[i]) : NULL);
 	gs_reply_json(r, 200, o);
 }
 
@@ -729,6 +918,8 @@ static void graph_locked(const struct gs_req *q, struct gs_reply *r, const char 
 	char a[GS_ID_MAX * 2], b[GS_ID_MAX * 2];
 	bool get = strcmp(q->method, "GET") == 0;
 	const char *p = rest;
+	if (consent_missing_locked(q, r, t, "Chat.ReadBasic.All, Chat.Read.All, Chat.ReadWrite.All"))
+		return;
 	if (strncmp(p, "chats", 5) == 0 && (p[5] == '\0' || p[5] == '/' || p[5] == '(')) {
 		p += 5;
 		if (!*p && get) {
@@ -751,9 +942,15 @@ static void graph_locked(const struct gs_req *q, struct gs_reply *r, const char 
 		}
 	} else if (strncmp(p, "users", 5) == 0) {
 		p += 5;
-		if (take_key(&p, a, sizeof(a)) && strcmp(p, "/chats") == 0 && get) {
+		bool keyed = take_key(&p, a, sizeof(a));
+		if (keyed && strcmp(p, "/chats") == 0 && get) {
 			r->route = GS_R_USER_CHATS;
 			list_locked(q, r, version, t->tenant, a);
+			return;
+		}
+		if (keyed && !*p && get) {
+			r->route = GS_R_USER_GET;
+			user_get_locked(q, r, version, a);
 			return;
 		}
 	}

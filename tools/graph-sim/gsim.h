@@ -33,6 +33,7 @@ enum gs_route {
 	GS_R_CHAT_GET,
 	GS_R_OP_GET,
 	GS_R_USER_CHATS,
+	GS_R_USER_GET,
 	GS_R_OTHER,
 	GS_R_COUNT
 };
@@ -51,6 +52,7 @@ enum gs_hostile {
 	GS_H_ENDLESS_BODY,
 	GS_H_FOREIGN_LOCATION,
 	GS_H_RETRY_AFTER_YEAR,
+	GS_H_FOREIGN_NEXT_LINK,
 };
 
 enum gs_grant { GS_G_SECRET, GS_G_CERT, GS_G_FEDERATED, GS_G_MI, GS_G_COUNT };
@@ -72,6 +74,19 @@ struct gs_client {
 	struct gs_strlist federated;       /* accepted federated assertions */
 };
 
+/* A user Teams does not know until a while after the knob was set (replication delay). */
+struct gs_late_user {
+	char *user; /* id or UPN, lower case */
+	int64_t known_at_mono;
+};
+
+/* A directory user whose UPN and mail may differ (knob "users"). */
+struct gs_user {
+	char *upn;  /* lower case */
+	char *mail; /* as configured; the UPN when not */
+	char id[GS_GUID_LEN + 1];
+};
+
 /* Every knob of POST /_sim/config (see docs/graph-sim.md). */
 struct gs_knobs {
 	struct gs_client *clients;
@@ -81,6 +96,13 @@ struct gs_knobs {
 	char *mi_client_id;          /* managed identity's client id */
 	double token_lifetime_s;
 	struct gs_strlist unknown_users; /* lower case */
+	struct gs_late_user *late_users;
+	size_t n_late_users;
+	struct gs_strlist consent_missing; /* tenants (names or GUIDs) without admin consent */
+	struct gs_user *users;
+	size_t n_users;
+	double chats_page_size; /* chat lists: items per page, 0 = one page */
+	double clock_skew_s;    /* added to the chats' createdDateTime */
 	double limit_per_tenant, limit_global, limit_window_s;
 	enum gs_retry_mode retry_mode;
 	double fault_503_rate, fault_503_retry_after_s, fault_504_rate, fault_500_rate;
@@ -163,6 +185,8 @@ void gs_knobs_shutdown(void);
 bool gs_knobs_apply(json_object *patch, char *err, size_t errcap) CP_MUSTCHECK;
 /* The effective knobs, defaults included. */
 json_object *gs_knobs_to_json(void);
+/* Under the state lock: the configured user with that UPN or object id, or NULL. */
+const struct gs_user *gs_knobs_user(const struct gs_knobs *k, const char *upn_or_id);
 const struct gs_client *gs_knobs_client(const struct gs_knobs *k, const char *tenant,
                                         const char *client_id);
 bool gs_knobs_tenant_known(const struct gs_knobs *k, const char *tenant, const char **canonical,

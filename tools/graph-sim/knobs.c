@@ -5,6 +5,7 @@
  * gs_knobs` is built from it from scratch (certificates loaded outside the state lock) and
  * swapped in. A bad patch changes nothing. A knob set to null goes back to its default.
  */
+#include <ctype.h>
 #include <math.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -20,6 +21,8 @@ struct gs_state gs = {.mu = PTHREAD_MUTEX_INITIALIZER};
 /* Serialises appliers; the state lock is held only for the swap. */
 static pthread_mutex_t apply_mu = PTHREAD_MUTEX_INITIALIZER;
 static json_object *merged; /* every knob set so far */
+/* When late_users was last set: its users become known after_s from then. */
+static int64_t late_users_set_mono;
 
 struct num_knob {
 	const char *name;
@@ -50,12 +53,14 @@ static const struct num_knob num_knobs[] = {
     NK("operation_done_after_s", op_done_after_s, 3, 0, 86400),
     NK("operation_fail_rate", op_fail_rate, 0, 0, 1),
     NK("hostile_rate", hostile_rate, 1, 0, 1),
+    NK("chats_page_size", chats_page_size, 0, 0, 1000),
+    NK("clock_skew_s", clock_skew_s, 0, -86400, 86400),
 };
 
 static const char *const retry_modes[] = {"integer", "fractional", "absent"};
 static const char *const hostile_modes[] = {
     "none",         "oversized_body",   "invalid_json_201", "201_without_id",
-    "endless_body", "foreign_location", "retry_after_year"};
+    "endless_body", "foreign_location", "retry_after_year", "foreign_next_link"};
 
 static void client_free(struct gs_client *c)
 {
@@ -74,6 +79,15 @@ void gs_knobs_free_struct(struct gs_knobs *k)
 	free(k->clients);
 	gs_strlist_free(&k->federated);
 	gs_strlist_free(&k->unknown_users);
+	for (size_t i = 0; i < k->n_late_users; i++)
+		free(k->late_users[i].user);
+	free(k->late_users);
+	gs_strlist_free(&k->consent_missing);
+	for (size_t i = 0; i < k->n_users; i++) {
+		free(k->users[i].upn);
+		free(k->users[i].mail);
+	}
+	free(k->users);
 	free(k->expected_scope);
 	free(k->mi_client_id);
 	free(k->foreign_root);
@@ -198,6 +212,71 @@ fail:
 	return false;
 }
 
+/* {"upn", "mail"?, "id"?}: id defaults to the GUID graph-sim derives from the UPN. */
+static bool user_from(json_object *o, struct gs_user *u, char *err, size_t errcap)
+{
+	json_object *v;
+	json_object_object_foreach(o, key, val)
+	{
+		(void)val;
+		if (strcmp(key, "upn") != 0 && strcmp(key, "mail") != 0 && strcmp(key, "id") != 0) {
+			snprintf(err, errcap, "users[]: unknown key \"%s\"", key);
+			return false;
+		}
+	}
+	if (!json_object_object_get_ex(o, "upn", &v) || !json_object_is_type(v, json_type_string) ||
+	    !strchr(json_object_get_string(v), '@')) {
+		snprintf(err, errcap, "users[]: \"upn\" must be a user principal name");
+		return false;
+	}
+	u->upn = gs_strdup_lower(json_object_get_string(v));
+	if (json_object_object_get_ex(o, "mail", &v) && v &&
+	    (!json_object_is_type(v, json_type_string) ||
+	     !(u->mail = strdup(json_object_get_string(v))))) {
+		snprintf(err, errcap, "users[]: \"mail\" must be a string");
+		return false;
+	}
+	if (!json_object_object_get_ex(o, "id", &v)) {
+		if (u->upn)
+			gs_guid_from_name(u->upn, u->id);
+	} else if (!json_object_is_type(v, json_type_string) ||
+	           !gs_is_guid(json_object_get_string(v))) {
+		snprintf(err, errcap, "users[]: \"id\" must be a GUID");
+		return false;
+	} else {
+		for (size_t i = 0; i < GS_GUID_LEN; i++)
+			u->id[i] = (char)tolower((unsigned char)json_object_get_string(v)[i]);
+	}
+	if (!u->upn)
+		snprintf(err, errcap, "out of memory");
+	return u->upn != NULL;
+}
+
+static bool users_from(json_object *a, struct gs_knobs *k, char *err, size_t errcap)
+{
+	if (!json_object_is_type(a, json_type_array)) {
+		snprintf(err, errcap, "users must be an array of objects");
+		return false;
+	}
+	size_t n = json_object_array_length(a);
+	k->users = calloc(n ? n : 1, sizeof(*k->users));
+	if (!k->users) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_object *o = json_object_array_get_idx(a, i);
+		k->n_users = i + 1;
+		if (!json_object_is_type(o, json_type_object)) {
+			snprintf(err, errcap, "users[] entries must be objects");
+			return false;
+		}
+		if (!user_from(o, &k->users[i], err, errcap))
+			return false;
+	}
+	return true;
+}
+
 static bool clients_from(json_object *a, struct gs_knobs *k, char *err, size_t errcap)
 {
 	if (!json_object_is_type(a, json_type_array)) {
@@ -230,6 +309,49 @@ static bool default_client(struct gs_knobs *k)
 	c->secret = strdup("sim-secret");
 	gs_guid_from_name(c->tenant, c->tenant_guid);
 	return c->tenant && c->client_id && c->secret;
+}
+
+/* late_users: [{"user": id or UPN, "after_s": seconds after the knob was set}]. */
+static bool late_users_from(json_object *a, struct gs_knobs *k, char *err, size_t errcap)
+{
+	static const char what[] = "late_users must be an array of {\"user\": string, "
+	                           "\"after_s\": number 0..86400}";
+	if (!json_object_is_type(a, json_type_array)) {
+		snprintf(err, errcap, "%s", what);
+		return false;
+	}
+	size_t n = json_object_array_length(a);
+	k->late_users = calloc(n ? n : 1, sizeof(*k->late_users));
+	if (!k->late_users) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_object *e = json_object_array_get_idx(a, i), *user, *after;
+		if (!json_object_is_type(e, json_type_object) || json_object_object_length(e) != 2 ||
+		    !json_object_object_get_ex(e, "user", &user) ||
+		    !json_object_is_type(user, json_type_string) ||
+		    !json_object_object_get_ex(e, "after_s", &after) ||
+		    !(json_object_is_type(after, json_type_int) ||
+		      json_object_is_type(after, json_type_double))) {
+			snprintf(err, errcap, "%s", what);
+			return false;
+		}
+		double s = json_object_get_double(after);
+		if (!isfinite(s) || s < 0 || s > 86400) {
+			snprintf(err, errcap, "%s", what);
+			return false;
+		}
+		struct gs_late_user *u = &k->late_users[i];
+		u->user = gs_strdup_lower(json_object_get_string(user));
+		if (!u->user) {
+			snprintf(err, errcap, "out of memory");
+			return false;
+		}
+		u->known_at_mono = late_users_set_mono + (int64_t)(s * 1000);
+		k->n_late_users = i + 1;
+	}
+	return true;
 }
 
 static int enum_index(const char *const *names, size_t n, json_object *v)
@@ -273,10 +395,16 @@ static bool set_knob(const char *key, json_object *v, struct gs_knobs *k, char *
 			return num_knob(&num_knobs[i], v, k, err, errcap);
 	if (strcmp(key, "clients") == 0)
 		return clients_from(v, k, err, errcap);
+	if (strcmp(key, "users") == 0)
+		return users_from(v, k, err, errcap);
 	if (strcmp(key, "federated_tokens") == 0)
 		return strlist_from(v, &k->federated, false, key, err, errcap);
 	if (strcmp(key, "unknown_users") == 0)
 		return strlist_from(v, &k->unknown_users, true, key, err, errcap);
+	if (strcmp(key, "late_users") == 0)
+		return late_users_from(v, k, err, errcap);
+	if (strcmp(key, "consent_missing") == 0)
+		return strlist_from(v, &k->consent_missing, true, key, err, errcap);
 	if (strcmp(key, "expected_scope") == 0)
 		return str_knob(v, &k->expected_scope, key, err, errcap);
 	if (strcmp(key, "managed_identity_client_id") == 0)
@@ -331,6 +459,9 @@ bool gs_knobs_apply(json_object *patch, char *err, size_t errcap)
 		return false;
 	}
 	pthread_mutex_lock(&apply_mu);
+	int64_t late_before = late_users_set_mono;
+	if (json_object_object_get_ex(patch, "late_users", NULL))
+		late_users_set_mono = gs_mono_ms(); /* their clocks start now */
 	if (json_object_deep_copy(merged, &next, NULL) != 0)
 		goto fail;
 	json_object_object_foreach(patch, key, val)
@@ -355,6 +486,7 @@ bool gs_knobs_apply(json_object *patch, char *err, size_t errcap)
 	pthread_mutex_unlock(&apply_mu);
 	return true;
 fail:
+	late_users_set_mono = late_before;
 	json_object_put(next);
 	pthread_mutex_unlock(&apply_mu);
 	return false;
@@ -403,13 +535,24 @@ json_object *gs_knobs_to_json(void)
 	gs_unlock();
 	json_object_object_foreach(merged, key, val)
 	{
-		if (strcmp(key, "unknown_users") == 0 || strcmp(key, "expected_scope") == 0 ||
+		if (strcmp(key, "unknown_users") == 0 || strcmp(key, "late_users") == 0 ||
+		    strcmp(key, "consent_missing") == 0 || strcmp(key, "users") == 0 ||
+		    strcmp(key, "expected_scope") == 0 ||
 		    strcmp(key, "managed_identity_client_id") == 0 ||
 		    strcmp(key, "foreign_location_root") == 0)
 			json_object_object_add(o, key, json_object_get(val));
 	}
 	pthread_mutex_unlock(&apply_mu);
 	return o;
+}
+
+const struct gs_user *gs_knobs_user(const struct gs_knobs *k, const char *upn_or_id)
+{
+	for (size_t i = 0; i < k->n_users; i++)
+		if (strcasecmp(k->users[i].upn, upn_or_id) == 0 ||
+		    strcasecmp(k->users[i].id, upn_or_id) == 0)
+			return &k->users[i];
+	return NULL;
 }
 
 /* A client of that tenant (name or GUID) with that id. */
