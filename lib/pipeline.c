@@ -55,7 +55,12 @@ struct partition_state {
 };
 
 struct pipeline {
+	/* The configuration the pipeline was built with: its fixed keys hold until exit. */
 	const struct cfg *cfg;
+	/* Reloadable keys read outside the workers and the scheduler (pipeline_reload):
+	 * the first two by the Kafka thread, window_s by the metrics thread. */
+	int64_t state_retention_ms, op_timeout_ms;
+	_Atomic double window_s;
 	struct metrics *registry;
 	struct pipeline_metrics *metrics;
 	rd_kafka_t *consumer, *producer;
@@ -105,7 +110,34 @@ struct pipeline {
 	atomic_bool forbidden_hinted[CFG_MAX_TENANTS]; /* the workers' 403 hint, once per tenant */
 	struct pipeline_counters counters;
 	pthread_mutex_t counters_lock;
+
+	/*
+	 * A long wait of the Kafka thread (restore, fetch, hand-over) in progress: since when
+	 * it last advanced, and whom to tell on every turn of it (pipeline_set_wait_hook).
+	 */
+	bool waiting;
+	int64_t wait_advanced_ms;
+	void (*wait_hook)(void *arg);
+	void *wait_hook_arg;
 };
+
+/* ---- long waits ---- */
+
+/* One turn of a long wait; the caller's hook feeds the watchdog if it advanced lately. */
+static void wait_tick(struct pipeline *p, bool advanced)
+{
+	int64_t now = cptime_mono_ms();
+	if (!p->waiting || advanced)
+		p->wait_advanced_ms = now;
+	p->waiting = true;
+	if (p->wait_hook)
+		p->wait_hook(p->wait_hook_arg);
+}
+
+static void on_state_progress(bool advanced, void *arg)
+{
+	wait_tick(arg, advanced);
+}
 
 /* ---- partitions ---- */
 
@@ -275,7 +307,7 @@ static bool restore_partition(struct pipeline *p, int32_t partition)
 	char err[CP_ERRSTR_SIZE];
 	size_t records = 0;
 	int64_t started = cptime_mono_ms();
-	int64_t retention = (int64_t)(p->cfg->recovery.state_retention_s * 1000);
+	int64_t retention = p->state_retention_ms;
 	if (!state_restore(p->state, partition, retention, tombstone, p, &records, err,
 	                   sizeof err)) {
 		log_error("cannot restore request state: %s", err);
@@ -364,8 +396,12 @@ static void hand_over(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 {
 	int64_t deadline =
 	    cptime_mono_ms() + (int64_t)(p->cfg->graph.request_timeout_s * 1000) + REVOKE_SLACK_MS;
-	while (posting_any(p, parts) && cptime_mono_ms() < deadline)
+	/* Bounded by the request timeout; the POSTs are the workers', whose heartbeats
+	 * pipeline_progressing watches. */
+	while (posting_any(p, parts) && cptime_mono_ms() < deadline) {
 		rd_kafka_poll(p->producer, 20);
+		wait_tick(p, true);
+	}
 	if (posting_any(p, parts))
 		log_warning("revoke: POSTs still in flight after the request timeout");
 	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, 10 * 1000);
@@ -961,8 +997,7 @@ static void resume_operation(struct pipeline *p, struct job *job, const struct s
 	if (!job->intent_wall_ms)
 		job->intent_wall_ms = started;
 	job->op_started_mono_ms = now_mono - (now_wall - started);
-	job->op_deadline_mono_ms =
-	    job->op_started_mono_ms + (int64_t)(p->cfg->operations.timeout_s * 1000);
+	job->op_deadline_mono_ms = job->op_started_mono_ms + p->op_timeout_ms;
 	job->next_poll_mono_ms = now_mono;
 }
 
@@ -1187,8 +1222,7 @@ static void forget_old_state(struct pipeline *p)
 	if (now - p->last_forget_ms < FORGET_EVERY_MS)
 		return;
 	p->last_forget_ms = now;
-	int64_t retention = (int64_t)(p->cfg->recovery.state_retention_s * 1000);
-	size_t n = state_forget_older(p->state, cptime_wall_ms() - retention);
+	size_t n = state_forget_older(p->state, cptime_wall_ms() - p->state_retention_ms);
 	if (n)
 		log_info("forgot %zu requests older than [recovery] state_retention_s", n);
 }
@@ -1201,6 +1235,7 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 	size_t taken = allowed ? take_messages(p, allowed) : 0;
 	store_offsets(p);
 	forget_old_state(p);
+	p->waiting = false; /* the long waits of this turn, if any, are over */
 	char errstr[512];
 	if (rd_kafka_fatal_error(p->producer, errstr, sizeof errstr)) {
 		log_error("producer fatal error: %s", errstr);
@@ -1241,6 +1276,13 @@ static struct sched_limits limits_of(const struct cfg *cfg)
 	};
 }
 
+static void take_reloadable(struct pipeline *p, const struct cfg *cfg)
+{
+	p->state_retention_ms = (int64_t)(cfg->recovery.state_retention_s * 1000);
+	p->op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000);
+	atomic_store(&p->window_s, cfg->limits.window_s);
+}
+
 static bool create_scheduler(struct pipeline *p)
 {
 	struct sched_limits lim = limits_of(p->cfg);
@@ -1266,6 +1308,7 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 		return false;
 	}
 	p->cfg = cfg;
+	take_reloadable(p, cfg);
 	p->registry = metrics;
 	p->wake_fd = -1;
 	p->read_ahead = cfg->graph.max_in_flight / 4 > MIN_READ_AHEAD ? cfg->graph.max_in_flight / 4
@@ -1288,6 +1331,7 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 	}
 	if (!state_new(cfg, &p->state, err, errcap))
 		goto fail;
+	state_set_progress(p->state, on_state_progress, p);
 	p->metrics = pipeline_metrics_new(metrics, cfg);
 	if (metrics && !p->metrics) {
 		snprintf(err, errcap, "cannot register metrics");
@@ -1346,7 +1390,7 @@ static void collect_metrics(struct metrics *m, void *arg)
 		auth_get_stats(p->auth, i, &as);
 		struct pipeline_metrics_tenant t = {
 		    .queued = ss.queued,
-		    .current_rate_per_s = ss.current_rate / p->cfg->limits.window_s,
+		    .current_rate_per_s = ss.current_rate / atomic_load(&p->window_s),
 		    .token_expires_in_s =
 		        as.expires_epoch_ms ? (double)(as.expires_epoch_ms - now_wall) / 1000 : -1,
 		    .token_refreshes = as.refreshes,
@@ -1471,8 +1515,16 @@ bool pipeline_ready(struct pipeline *p)
 	return p->group_joined && auth_profile_ready(p->auth, 0);
 }
 
+void pipeline_set_wait_hook(struct pipeline *p, void (*fn)(void *arg), void *arg)
+{
+	p->wait_hook = fn;
+	p->wait_hook_arg = arg;
+}
+
 bool pipeline_progressing(struct pipeline *p, int64_t now, int64_t max_age_ms)
 {
+	if (p->waiting && now - p->wait_advanced_ms > max_age_ms)
+		return false;
 	for (unsigned i = 0; i < p->n_workers; i++)
 		if (now - worker_heartbeat_ms(p->workers[i]) > max_age_ms)
 			return false;
@@ -1525,6 +1577,8 @@ bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)
 	struct worker_policy policy = policy_of(new_cfg);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_set_policy(p->workers[i], &policy);
+	/* Only auth keeps new_cfg, until the next reload: the cfg it replaced is unused now. */
+	take_reloadable(p, new_cfg);
 	return true;
 }
 
@@ -1636,8 +1690,11 @@ void pipeline_free(struct pipeline *p)
 {
 	if (!p)
 		return;
+	/* First the threads whose callbacks reach into p: a scrape in progress (waited for),
+	 * then the token thread (on_token_change walks the workers). */
 	if (p->registry)
 		metrics_set_collect_cb(p->registry, NULL, NULL);
+	auth_stop(p->auth);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_free(p->workers[i]);
 	p->n_workers = 0;

@@ -16,6 +16,7 @@
 #include "idcache.h"
 #include "log.h"
 #include "pipeline_metrics.h"
+#include "tls.h"
 
 #define TOKEN_MAX        AUTH_TOKEN_BUF
 #define HEADER_VALUE_MAX 2048
@@ -969,8 +970,8 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http") == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK;
-	if (ok && cfg->graph.ca_file[0])
-		ok = curl_easy_setopt(e, CURLOPT_CAINFO, cfg->graph.ca_file) == CURLE_OK;
+	if (ok)
+		ok = tls_trust_ca_file(e, cfg->graph.ca_file);
 	if (ok && x->kind == XFER_POST)
 		ok = xfer_post_body(x);
 	return ok;
