@@ -35,10 +35,9 @@ struct options {
 };
 
 struct daemon {
-	struct cfg *cfg;
-	/* Replaced configurations: modules keep pointers to their fixed keys until exit. */
-	struct cfg **retired;
-	size_t n_retired;
+	/* The configuration the pipeline was built with (its fixed keys hold until exit) and
+	 * the one last loaded; cfg == boot_cfg until the first reload. */
+	struct cfg *boot_cfg, *cfg;
 	struct metrics *metrics;
 	struct pipeline *pipeline;
 	struct notify_watchdog watchdog;
@@ -149,15 +148,10 @@ static void reload(struct daemon *d)
 		log_warning("reloaded; these keys need a restart to take effect: %s", restart);
 	else
 		log_notice("reloaded");
-	struct cfg **retired = realloc(d->retired, (d->n_retired + 1) * sizeof *retired);
-	if (!retired) {
-		log_error("reload: out of memory");
-		cfg_free(next);
-		goto done;
-	}
-	retired[d->n_retired++] = d->cfg;
-	d->retired = retired;
 	apply_log_level(next);
+	/* The replaced configuration is referenced by nobody now, unless it is the boot one. */
+	if (d->cfg != d->boot_cfg)
+		cfg_free(d->cfg);
 	d->cfg = next;
 done:
 	if (d->ready)
@@ -166,7 +160,7 @@ done:
 
 static void begin_drain(struct daemon *d)
 {
-	const struct cfg *cfg = d->cfg;
+	const struct cfg *cfg = d->boot_cfg; /* the request timeout the workers use */
 	int64_t budget = (int64_t)(cfg->graph.request_timeout_s * 1000) + DRAIN_SLACK_MS;
 	notify_stopping();
 	/* The drain and the finish may outlast TimeoutStopSec=; systemd keeps the later deadline.
@@ -224,6 +218,20 @@ static void send_status(struct daemon *d, bool ready)
 	notify_status("%s", text);
 }
 
+/* WATCHDOG=1 while the workers and the Kafka thread make progress. */
+static void kick_watchdog(struct daemon *d, int64_t now)
+{
+	int64_t max_age = notify_watchdog_interval_ms(&d->watchdog);
+	notify_watchdog_kick(&d->watchdog, now,
+	                     pipeline_progressing(d->pipeline, now, max_age > 0 ? max_age : 5000));
+}
+
+/* From inside the Kafka thread's long waits (restore, fetch, hand-over). */
+static void kick_while_waiting(void *arg)
+{
+	kick_watchdog(arg, cptime_mono_ms());
+}
+
 static void report(struct daemon *d, int64_t now)
 {
 	bool ready = pipeline_ready(d->pipeline);
@@ -235,9 +243,7 @@ static void report(struct daemon *d, int64_t now)
 		metrics_set_ready(d->metrics, false, "waiting for Kafka group or Graph token");
 	}
 	d->ready = ready;
-	int64_t max_age = notify_watchdog_interval_ms(&d->watchdog);
-	notify_watchdog_kick(&d->watchdog, now,
-	                     pipeline_progressing(d->pipeline, now, max_age > 0 ? max_age : 5000));
+	kick_watchdog(d, now);
 	if (now - d->last_status_ms < STATUS_EVERY_MS)
 		return;
 	d->last_status_ms = now;
@@ -280,6 +286,7 @@ static bool start(struct daemon *d)
 		return false;
 	}
 	notify_watchdog_init(&d->watchdog);
+	pipeline_set_wait_hook(d->pipeline, kick_while_waiting, d);
 	notify_status("starting: joining the consumer group, fetching a Graph token");
 	log_notice("chatprovd %s started: %s -> %s via %s", CHATPROV_VERSION,
 	           d->cfg->kafka.input_topic, d->cfg->kafka.output_topic, d->cfg->graph.base_url);
@@ -311,6 +318,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "chatprovd: %s\n", err);
 		return EXIT_FAILURE;
 	}
+	d.boot_cfg = d.cfg;
 	apply_log_level(d.cfg);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		log_error("cannot initialise libcurl");
@@ -321,12 +329,13 @@ int main(int argc, char **argv)
 		notify_extend_timeout((uint64_t)FINISH_BUDGET_MS * 1000);
 		pipeline_finish(d.pipeline);
 	}
+	/* No scrape may run into a pipeline being freed: the endpoint stops first. */
+	metrics_stop(d.metrics);
 	pipeline_free(d.pipeline);
 	metrics_free(d.metrics);
-	cfg_free(d.cfg);
-	for (size_t i = 0; i < d.n_retired; i++)
-		cfg_free(d.retired[i]);
-	free(d.retired);
+	if (d.cfg != d.boot_cfg)
+		cfg_free(d.cfg);
+	cfg_free(d.boot_cfg);
 	curl_global_cleanup();
 	close(d.signal_fd);
 	log_notice("exiting with status %d", rc);

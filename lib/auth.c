@@ -23,6 +23,7 @@
 #include "cptime.h"
 #include "jwt.h"
 #include "log.h"
+#include "tls.h"
 
 #define NOT_SCHEDULED      INT64_MAX
 #define BACKOFF_MIN_MS     500
@@ -555,10 +556,13 @@ static bool set_options(struct auth_profile *p, const struct snapshot *s, const 
 	    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, s->connect_ms) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, s->request_ms) == CURLE_OK;
-	if (ok && s->ca_file[0])
-		ok = curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file) == CURLE_OK;
+	if (ok)
+		ok = tls_trust_ca_file(e, s->ca_file);
+	/* The metadata endpoint is link-local: never through a proxy (http_proxy and the
+	 * like), which would carry the request, and the token, off the host. */
 	if (ok && p->managed)
-		ok = curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) == CURLE_OK;
+		ok = curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) == CURLE_OK &&
+		     curl_easy_setopt(e, CURLOPT_NOPROXY, "*") == CURLE_OK;
 	else if (ok)
 		ok = curl_easy_setopt(e, CURLOPT_POSTFIELDS, p->form.p) == CURLE_OK &&
 		     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)p->form.len) == CURLE_OK;
@@ -926,7 +930,7 @@ bool auth_start(struct auth *a)
 	return true;
 }
 
-void auth_free(struct auth *a)
+void auth_stop(struct auth *a)
 {
 	if (!a)
 		return;
@@ -936,6 +940,14 @@ void auth_free(struct auth *a)
 	wake(a);
 	if (a->started)
 		pthread_join(a->thread, NULL);
+	a->started = false;
+}
+
+void auth_free(struct auth *a)
+{
+	if (!a)
+		return;
+	auth_stop(a);
 	for (size_t i = 0; i < a->n; i++) {
 		struct auth_profile *p = &a->p[i];
 		if (p->easy) {

@@ -49,7 +49,12 @@ struct auth_token_response {
 bool auth_new(const struct cfg *cfg, struct auth **out, char *err, size_t errcap) CP_MUSTCHECK;
 /* Starts the refresh thread; profile 0 is fetched at once. */
 bool auth_start(struct auth *a) CP_MUSTCHECK;
-/* Stops the thread, wipes secrets and tokens. NULL is fine. */
+/*
+ * Stops and joins the refresh thread: once it returns, the notify callback never runs again,
+ * so what the callback touches may be freed. Tokens stay readable. NULL and repeats are fine.
+ */
+void auth_stop(struct auth *a);
+/* Stops the thread (auth_stop), wipes secrets and tokens. NULL is fine. */
 void auth_free(struct auth *a);
 
 /*

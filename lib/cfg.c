@@ -1192,20 +1192,40 @@ static void global_origin(const struct load *ld, const char *section, const char
 	origin_text(ld, ld->gorigin[ki], var, buf, cap);
 }
 
+/*
+ * Every topic has one role: a DLQ copy in the state topic would read as a request's state, a
+ * result in the input as an event. True when all differ; else *first, *second are the keys.
+ */
+static bool topics_distinct(const struct cfg *cfg, const char **first, const char **second)
+{
+	const struct {
+		const char *key, *name;
+	} t[] = {{"input_topic", cfg->kafka.input_topic},
+	         {"output_topic", cfg->kafka.output_topic},
+	         {"state_topic", cfg->kafka.state_topic},
+	         {"dlq_topic", cfg->kafka.dlq_topic}};
+	for (size_t i = 0; i < CP_ARRAY_LEN(t); i++)
+		for (size_t j = i + 1; j < CP_ARRAY_LEN(t); j++)
+			if (t[i].name[0] && strcmp(t[i].name, t[j].name) == 0) {
+				*first = t[i].key;
+				*second = t[j].key;
+				return false;
+			}
+	return true;
+}
+
 /* Rules that involve two keys. */
 static bool check_cross(struct load *ld)
 {
 	struct cfg *cfg = ld->cfg;
 	char at[CFG_VALUE_MAX + 64];
-	const char *in = cfg->kafka.input_topic;
-	if (strcmp(in, cfg->kafka.output_topic) == 0 || strcmp(in, cfg->kafka.state_topic) == 0 ||
-	    strcmp(in, cfg->kafka.dlq_topic) == 0 ||
-	    strcmp(cfg->kafka.output_topic, cfg->kafka.state_topic) == 0) {
-		global_origin(ld, "kafka", "input_topic", at, sizeof(at));
+	const char *first, *second;
+	if (!topics_distinct(cfg, &first, &second)) {
+		global_origin(ld, "kafka", second, at, sizeof(at));
 		fail(ld, 0,
-		     "%s: [kafka] input_topic, output_topic, state_topic and dlq_topic must be "
-		     "different topics",
-		     at);
+		     "%s: [kafka] %s and %s are the same topic: input_topic, output_topic, "
+		     "state_topic and dlq_topic must be different topics",
+		     at, first, second);
 		return false;
 	}
 	if (cfg->retry.base_delay_s > cfg->retry.max_delay_s) {

@@ -473,12 +473,21 @@ fail:
 	return false;
 }
 
+void metrics_stop(struct metrics *m)
+{
+	if (!m || !m->httpd)
+		return;
+	/* Returns once every handler has returned: no scrape runs after this. */
+	MHD_stop_daemon(m->httpd);
+	m->httpd = NULL;
+	m->port = 0;
+}
+
 void metrics_free(struct metrics *m)
 {
 	if (!m)
 		return;
-	if (m->httpd)
-		MHD_stop_daemon(m->httpd);
+	metrics_stop(m);
 	for (struct metrics_family *f = m->families, *next; f; f = next) {
 		next = f->next;
 		family_free(f);
@@ -491,10 +500,14 @@ void metrics_free(struct metrics *m)
 
 void metrics_set_collect_cb(struct metrics *m, metrics_collect_fn fn, void *arg)
 {
+	/* The scrape lock first (the scrape's order): a scrape running the old callback ends
+	 * before the new one is set, so the caller may free what the old one used. */
+	pthread_mutex_lock(&m->scrape_lock);
 	pthread_mutex_lock(&m->state_lock);
 	m->collect_fn = fn;
 	m->collect_arg = arg;
 	pthread_mutex_unlock(&m->state_lock);
+	pthread_mutex_unlock(&m->scrape_lock);
 }
 
 void metrics_set_ready(struct metrics *m, bool ready, const char *reason)

@@ -46,6 +46,11 @@ struct metrics_spec {
 bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
 /* Stops the HTTP endpoint (if any) and frees every family and series. */
 void metrics_free(struct metrics *m);
+/*
+ * Stops the HTTP endpoint and waits for the requests being served (libmicrohttpd joins its
+ * thread): no handler or collect callback runs once it returns. The registry stays usable.
+ */
+void metrics_stop(struct metrics *m);
 
 /* Validates the spec; the strings are copied. Names must be unique in the registry. */
 bool metrics_register(struct metrics *m, const struct metrics_spec *spec,
@@ -75,7 +80,8 @@ double metrics_gauge_value(const struct metrics_series *s);
 
 /*
  * Called at the start of every scrape, on the HTTP thread, without the registry lock held:
- * the callback may update gauges and look up series. Pass fn = NULL to remove it.
+ * the callback may update gauges and look up series. Pass fn = NULL to remove it. Waits for
+ * a scrape that is running the previous callback, so on return that callback is done.
  */
 typedef void (*metrics_collect_fn)(struct metrics *m, void *arg);
 void metrics_set_collect_cb(struct metrics *m, metrics_collect_fn fn, void *arg);

@@ -46,6 +46,8 @@
 /* An unreadable input message is fetched again after this, doubling up to the max. */
 #define REFETCH_BASE_MS 100
 #define REFETCH_MAX_MS  30000
+/* How long a stop waits for a first assignment already under way (await_first_assignment). */
+#define FIRST_ASSIGNMENT_WAIT_MS 10000
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
 /*
@@ -93,7 +95,12 @@ struct partition_state {
 };
 
 struct pipeline {
+	/* The configuration the pipeline was built with: its fixed keys hold until exit. */
 	const struct cfg *cfg;
+	/* Reloadable keys read outside the workers and the scheduler (pipeline_reload):
+	 * the first two by the Kafka thread, window_s by the metrics thread. */
+	int64_t state_retention_ms, op_timeout_ms;
+	_Atomic double window_s;
 	struct metrics *registry;
 	struct pipeline_metrics *metrics;
 	rd_kafka_t *consumer, *producer;
@@ -147,7 +154,34 @@ struct pipeline {
 	atomic_bool forbidden_hinted[CFG_MAX_TENANTS]; /* the workers' 403 hint, once per tenant */
 	struct pipeline_counters counters;
 	pthread_mutex_t counters_lock;
+
+	/*
+	 * A long wait of the Kafka thread (restore, fetch, hand-over) in progress: since when
+	 * it last advanced, and whom to tell on every turn of it (pipeline_set_wait_hook).
+	 */
+	bool waiting;
+	int64_t wait_advanced_ms;
+	void (*wait_hook)(void *arg);
+	void *wait_hook_arg;
 };
+
+/* ---- long waits ---- */
+
+/* One turn of a long wait; the caller's hook feeds the watchdog if it advanced lately. */
+static void wait_tick(struct pipeline *p, bool advanced)
+{
+	int64_t now = cptime_mono_ms();
+	if (!p->waiting || advanced)
+		p->wait_advanced_ms = now;
+	p->waiting = true;
+	if (p->wait_hook)
+		p->wait_hook(p->wait_hook_arg);
+}
+
+static void on_state_progress(bool advanced, void *arg)
+{
+	wait_tick(arg, advanced);
+}
 
 /* ---- partitions ---- */
 
@@ -328,7 +362,7 @@ static bool restore_partition(struct pipeline *p, int32_t partition)
 	char err[CP_ERRSTR_SIZE];
 	size_t records = 0;
 	int64_t started = cptime_mono_ms();
-	int64_t retention = (int64_t)(p->cfg->recovery.state_retention_s * 1000);
+	int64_t retention = p->state_retention_ms;
 	if (!state_restore(p->state, partition, retention, tombstone, p, &records, err,
 	                   sizeof err)) {
 		log_error("cannot restore request state: %s", err);
@@ -350,8 +384,25 @@ static bool forward_to_intake(struct pipeline *p, const char *topic, int32_t par
 	return true;
 }
 
+/* An assignment that arrives while stopping is taken and paused: it is only given back. */
+static void take_assignment_while_draining(struct pipeline *p,
+                                           rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_error_t *error = rd_kafka_incremental_assign(p->consumer, parts);
+	if (error) {
+		log_error("incremental assign failed: %s", rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	}
+	rd_kafka_pause_partitions(p->consumer, parts);
+	p->group_joined = true;
+}
+
 static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts)
 {
+	if (p->draining) {
+		take_assignment_while_draining(p, parts);
+		return;
+	}
 	for (int i = 0; i < parts->cnt; i++) {
 		int32_t id = parts->elems[i].partition;
 		struct partition_state *ps = partition(p, id);
@@ -402,8 +453,12 @@ static void hand_over(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 {
 	int64_t deadline =
 	    cptime_mono_ms() + (int64_t)(p->cfg->graph.request_timeout_s * 1000) + REVOKE_SLACK_MS;
-	while (posting_any(p, parts) && cptime_mono_ms() < deadline)
+	/* Bounded by the request timeout; the POSTs are the workers', whose heartbeats
+	 * pipeline_progressing watches. */
+	while (posting_any(p, parts) && cptime_mono_ms() < deadline) {
 		rd_kafka_poll(p->producer, 20);
+		wait_tick(p, true);
+	}
 	if (posting_any(p, parts))
 		log_warning("revoke: POSTs still in flight after the request timeout");
 	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, 10 * 1000);
@@ -1209,9 +1264,11 @@ static void resume_operation(struct pipeline *p, struct job *job, const struct s
 	job->http_status = 202;
 	/* A record without the count still stands for the POST that got the 202. */
 	job->attempts = si->op_attempts ? si->op_attempts : 1;
+	/* The POST that got the 202 left just before it: the done record's lookup window. */
+	if (!job->intent_wall_ms)
+		job->intent_wall_ms = started;
 	job->op_started_mono_ms = now_mono - (now_wall - started);
-	job->op_deadline_mono_ms =
-	    job->op_started_mono_ms + (int64_t)(p->cfg->operations.timeout_s * 1000);
+	job->op_deadline_mono_ms = job->op_started_mono_ms + p->op_timeout_ms;
 	job->next_poll_mono_ms = now_mono;
 }
 
@@ -1560,8 +1617,7 @@ static void forget_old_state(struct pipeline *p)
 	if (now - p->last_forget_ms < FORGET_EVERY_MS)
 		return;
 	p->last_forget_ms = now;
-	int64_t retention = (int64_t)(p->cfg->recovery.state_retention_s * 1000);
-	size_t n = state_forget_older(p->state, cptime_wall_ms() - retention);
+	size_t n = state_forget_older(p->state, cptime_wall_ms() - p->state_retention_ms);
 	if (n)
 		log_info("forgot %zu requests older than [recovery] state_retention_s", n);
 }
@@ -1576,6 +1632,7 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 	size_t taken = allowed ? take_messages(p, allowed) : 0;
 	store_offsets(p);
 	forget_old_state(p);
+	p->waiting = false; /* the long waits of this turn, if any, are over */
 	char errstr[512];
 	if (rd_kafka_fatal_error(p->producer, errstr, sizeof errstr)) {
 		log_error("producer fatal error: %s", errstr);
@@ -1616,6 +1673,13 @@ static struct sched_limits limits_of(const struct cfg *cfg)
 	};
 }
 
+static void take_reloadable(struct pipeline *p, const struct cfg *cfg)
+{
+	p->state_retention_ms = (int64_t)(cfg->recovery.state_retention_s * 1000);
+	p->op_timeout_ms = (int64_t)(cfg->operations.timeout_s * 1000);
+	atomic_store(&p->window_s, cfg->limits.window_s);
+}
+
 static bool create_scheduler(struct pipeline *p)
 {
 	struct sched_limits lim = limits_of(p->cfg);
@@ -1641,6 +1705,7 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 		return false;
 	}
 	p->cfg = cfg;
+	take_reloadable(p, cfg);
 	p->registry = metrics;
 	p->wake_fd = -1;
 	p->read_ahead = cfg->graph.max_in_flight / 4 > MIN_READ_AHEAD ? cfg->graph.max_in_flight / 4
@@ -1664,6 +1729,7 @@ bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipelin
 	}
 	if (!state_new(cfg, &p->state, err, errcap))
 		goto fail;
+	state_set_progress(p->state, on_state_progress, p);
 	p->metrics = pipeline_metrics_new(metrics, cfg);
 	if (metrics && !p->metrics) {
 		snprintf(err, errcap, "cannot register metrics");
@@ -1722,7 +1788,7 @@ static void collect_metrics(struct metrics *m, void *arg)
 		auth_get_stats(p->auth, i, &as);
 		struct pipeline_metrics_tenant t = {
 		    .queued = ss.queued,
-		    .current_rate_per_s = ss.current_rate / p->cfg->limits.window_s,
+		    .current_rate_per_s = ss.current_rate / atomic_load(&p->window_s),
 		    .token_expires_in_s =
 		        as.expires_epoch_ms ? (double)(as.expires_epoch_ms - now_wall) / 1000 : -1,
 		    .token_refreshes = as.refreshes,
@@ -1848,8 +1914,16 @@ bool pipeline_ready(struct pipeline *p)
 	return p->group_joined && auth_profile_ready(p->auth, 0);
 }
 
+void pipeline_set_wait_hook(struct pipeline *p, void (*fn)(void *arg), void *arg)
+{
+	p->wait_hook = fn;
+	p->wait_hook_arg = arg;
+}
+
 bool pipeline_progressing(struct pipeline *p, int64_t now, int64_t max_age_ms)
 {
+	if (p->waiting && now - p->wait_advanced_ms > max_age_ms)
+		return false;
 	for (unsigned i = 0; i < p->n_workers; i++)
 		if (now - worker_heartbeat_ms(p->workers[i]) > max_age_ms)
 			return false;
@@ -1902,6 +1976,8 @@ bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)
 	struct worker_policy policy = policy_of(new_cfg);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_set_policy(p->workers[i], &policy);
+	/* Only auth keeps new_cfg, until the next reload: the cfg it replaced is unused now. */
+	take_reloadable(p, new_cfg);
 	return true;
 }
 
@@ -1962,6 +2038,28 @@ bool pipeline_drained(struct pipeline *p)
 	return p->in_memory == 0;
 }
 
+/*
+ * librdkafka 2.0.2 aborts the process (an assertion in the sticky assignor's state destroy,
+ * its issue 4312) when a consumer is closed after its JoinGroup was answered and before its
+ * first assignment arrived: a SIGTERM in the first seconds of a member joining a busy group.
+ * So a member that has a member id but no assignment yet waits for it (taken and paused, see
+ * take_assignment_while_draining), at most FIRST_ASSIGNMENT_WAIT_MS, before it leaves.
+ */
+static void await_first_assignment(struct pipeline *p)
+{
+	int64_t deadline = cptime_mono_ms() + FIRST_ASSIGNMENT_WAIT_MS;
+	while (!p->group_joined && cptime_mono_ms() < deadline) {
+		char *member = rd_kafka_memberid(p->consumer);
+		bool joining = member && member[0];
+		rd_kafka_mem_free(p->consumer, member);
+		if (!joining)
+			return;
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(p->consumer, 100);
+		if (msg)
+			rd_kafka_message_destroy(msg);
+	}
+}
+
 void pipeline_finish(struct pipeline *p)
 {
 	if (!p->consumer)
@@ -1979,6 +2077,7 @@ void pipeline_finish(struct pipeline *p)
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
 		log_warning("final commit failed: %s", rd_kafka_err2str(err));
 	close_intake(p);
+	await_first_assignment(p);
 	err = rd_kafka_consumer_close(p->consumer);
 	if (err)
 		log_warning("leaving the consumer group: %s", rd_kafka_err2str(err));
@@ -1990,8 +2089,11 @@ void pipeline_free(struct pipeline *p)
 {
 	if (!p)
 		return;
+	/* First the threads whose callbacks reach into p: a scrape in progress (waited for),
+	 * then the token thread (on_token_change walks the workers). */
 	if (p->registry)
 		metrics_set_collect_cb(p->registry, NULL, NULL);
+	auth_stop(p->auth);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_free(p->workers[i]);
 	p->n_workers = 0;

@@ -29,7 +29,10 @@ struct pipeline_counters {
 	bool paused;
 };
 
-/* cfg must outlive the pipeline (or be replaced through pipeline_reload). metrics may be NULL. */
+/*
+ * cfg must outlive the pipeline: its fixed keys (topics, Graph endpoint, workers) hold until
+ * exit. metrics may be NULL.
+ */
 bool pipeline_new(const struct cfg *cfg, struct metrics *metrics, struct pipeline **out, char *err,
                   size_t errcap) CP_MUSTCHECK;
 
@@ -46,12 +49,27 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms) CP_MUSTCHECK;
 /* Kafka reachable, group joined, a token held for the default profile. */
 bool pipeline_ready(struct pipeline *p);
 
-/* Workers looped recently: the watchdog's evidence of progress. */
+/*
+ * Workers looped recently, and a long wait of the Kafka thread in progress (if any)
+ * advanced recently: the watchdog's evidence of progress.
+ */
 bool pipeline_progressing(struct pipeline *p, int64_t now_mono_ms, int64_t max_age_ms);
+
+/*
+ * fn(arg) runs on the Kafka thread at least every 200 ms (and after each bounded blocking
+ * call) from inside its long waits: a state restore or fetch, a hand-over at revoke. The
+ * daemon feeds the watchdog there, gated by pipeline_progressing like in its own loop.
+ */
+void pipeline_set_wait_hook(struct pipeline *p, void (*fn)(void *arg), void *arg);
 
 void pipeline_counters(struct pipeline *p, struct pipeline_counters *out);
 
-/* SIGHUP: applies the reloadable parts of new_cfg (limits, retry, operations, credentials). */
+/*
+ * SIGHUP: applies the reloadable parts of new_cfg (limits, retry, operations, recovery,
+ * credentials). new_cfg must stay valid until the next successful reload or pipeline_free;
+ * the configuration a reload replaced (other than the one given to pipeline_new) is no
+ * longer referenced once this returns true and may be freed.
+ */
 bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg) CP_MUSTCHECK;
 
 /* Stops consuming and asks the workers to finish what they have in flight. */

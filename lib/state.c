@@ -140,6 +140,9 @@ struct state {
 	char *old_ids;
 	size_t old_ids_len, old_ids_cap;
 	char topic[CFG_NAME_MAX * 4];
+	/* Told from inside every wait for the broker (state_set_progress). */
+	state_progress_fn *on_progress;
+	void *progress_arg;
 	/* The live table. */
 	struct entry **buckets;
 	size_t n_buckets, live_count;
@@ -1162,6 +1165,18 @@ size_t state_memory_bytes(const struct state *st)
 
 /* ---- reading the topic ---- */
 
+void state_set_progress(struct state *st, state_progress_fn *fn, void *arg)
+{
+	st->on_progress = fn;
+	st->progress_arg = arg;
+}
+
+static void progress(struct state *st, bool advanced)
+{
+	if (st->on_progress)
+		st->on_progress(advanced, st->progress_arg);
+}
+
 static bool assign_at(struct state *st, int32_t partition, int64_t offset, char *err, size_t errcap)
 {
 	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
@@ -1199,6 +1214,7 @@ static bool read_range(struct state *st, int32_t partition, int64_t until, int64
 			return false;
 		}
 		rd_kafka_message_t *msg = rd_kafka_consumer_poll(st->reader, 200);
+		progress(st, msg && !msg->err);
 		if (!msg)
 			continue;
 		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
@@ -1260,6 +1276,7 @@ static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *lo
 	bool logged = false;
 	rd_kafka_resp_err_t e;
 	while ((e = watermarks(st, partition, low, high, 5 * 1000, err, errcap)) != 0) {
+		progress(st, false);
 		if (e == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
 		    e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
 			/* A configuration error, not an outage: say what is needed. */
@@ -1278,6 +1295,7 @@ static bool wait_for_watermarks(struct state *st, int32_t partition, int64_t *lo
 		struct timespec pause = {.tv_nsec = 500 * 1000 * 1000};
 		nanosleep(&pause, NULL);
 	}
+	progress(st, true);
 	return true;
 }
 
@@ -1291,6 +1309,8 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
 		return false;
 	if (high <= low)
 		return true;
+	log_info("state topic %s [%d]: restoring offsets %lld..%lld", st->topic, (int)partition,
+	         (long long)low, (long long)high - 1);
 	if (!assign_at(st, partition, low, err, errcap))
 		return false;
 	st->expire_before_ms = cptime_wall_ms() - retention_ms;
@@ -1410,6 +1430,7 @@ static bool read_ahead(struct state *st, int32_t partition, int64_t offset, int6
 	bool found = false;
 	while (next < until && cptime_mono_ms() < deadline) {
 		rd_kafka_message_t *msg = rd_kafka_consumer_poll(st->reader, 100);
+		progress(st, msg && !msg->err);
 		if (!msg)
 			continue;
 		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
@@ -1452,7 +1473,9 @@ bool state_fetch(struct state *st, const char *id, int32_t partition, int64_t of
 		collision(st, partition, offset, err, errcap);
 		return false;
 	}
-	if (watermarks(st, partition, &low, &high, FETCH_TIMEOUT_MS, err, errcap))
+	bool known = watermarks(st, partition, &low, &high, FETCH_TIMEOUT_MS, err, errcap) == 0;
+	progress(st, known);
+	if (!known)
 		return false;
 	/* Otherwise the read would wait for a record that cannot come. */
 	if (offset < low || offset >= high) {

@@ -88,6 +88,16 @@ bool state_restore(struct state *st, int32_t partition, int64_t retention_ms,
                    state_expired_fn *on_expired, void *arg, size_t *records, char *err,
                    size_t errcap) CP_MUSTCHECK;
 
+/*
+ * state_restore and state_fetch wait for the broker. From inside those waits fn is called
+ * at least every 200 ms of polling, and after each watermark query (a restore's take at most
+ * 5 s, a fetch's 10 s, plus 2.5 s between a restore's attempts); advanced says whether the
+ * wait moved forward (a record or the watermarks arrived). The caller feeds its watchdog
+ * from it while the wait advances, so a slow broker is not mistaken for a stuck loop.
+ */
+typedef void(state_progress_fn)(bool advanced, void *arg);
+void state_set_progress(struct state *st, state_progress_fn *fn, void *arg);
+
 /* Forgets every request of a partition (revoked or lost). */
 void state_drop_partition(struct state *st, int32_t partition);
 

@@ -75,6 +75,7 @@ class GraphSim:
         self.ssl_context = ssl_context  # for https (--tls-cert/--tls-key)
         self.proc = None
         self.url = None
+        self.control_url = None  # --http2: the plain HTTP/1.1 port (same state, for /_sim/)
         self._cfg = None
 
     def start(self, config=None, args=(), timeout=5.0):
@@ -92,6 +93,12 @@ class GraphSim:
             err = self.proc.stderr.read().decode()
             raise RuntimeError("graph-sim did not start: %r %s" % (line, err))
         self.url = line.split()[1]
+        if "--http2" in args:  # printed and flushed with the LISTEN line
+            line = self.proc.stdout.readline().decode()
+            if not line.startswith("CONTROL "):
+                self.proc.kill()
+                raise RuntimeError("graph-sim --http2 printed no CONTROL line: %r" % line)
+            self.control_url = line.split()[1]
         return self
 
     def stop(self, timeout=5.0):
@@ -120,7 +127,8 @@ class GraphSim:
 
     # --- HTTP -------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, token=None, timeout=10.0):
-        u = urllib.parse.urlsplit(self.url)
+        # http.client speaks HTTP/1.1 only: under --http2 it goes to the control port.
+        u = urllib.parse.urlsplit(self.control_url or self.url)
         if u.scheme == "https":
             conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout,
                                                context=self.ssl_context)

@@ -6,6 +6,8 @@ secret without dropping work. Certificates and failures: test_credentials.py."""
 import os
 import re
 import signal
+import socket
+import threading
 import time
 
 from graphsim import wait_for
@@ -68,6 +70,59 @@ def test_managed_identity(tmp_path):
     assert ledger["token_grants"]["managed_identity"] >= 1
     assert ledger["requests"]["GET /metadata/identity/oauth2/token"].get("200", 0) >= 1
     assert token_requests(ledger) == 0
+
+
+class Listener:
+    """A TCP port that counts who connects to it (and hangs up on them)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.sock.close()
+
+
+def test_managed_identity_never_through_a_proxy(tmp_path):
+    """The metadata endpoint is reached directly even with http_proxy set: a proxy would carry
+    the managed identity's token off the host."""
+    proxy = Listener()
+    try:
+        with Stack(tmp_path, sim_config=FAST_OPERATIONS) as stack:
+            auth = {"client_secret_file": "", "managed_identity": "yes",
+                    "imds_url": stack.graph.url + "/metadata/identity/oauth2/token"}
+            url = "http://127.0.0.1:%d" % proxy.port
+            env = {"http_proxy": url, "HTTPS_PROXY": url, "https_proxy": url,
+                   "ALL_PROXY": url, "all_proxy": url, "no_proxy": "", "NO_PROXY": ""}
+            daemon = stack.start_daemon(env=env, auth=auth)
+            assert wait_for(lambda: "ready: group joined, Graph token held" in
+                            daemon.log_text() or not daemon.alive(), 30), daemon.log_text()
+            ledger = stack.graph.ledger()
+            stop(daemon)
+    finally:
+        proxy.close()
+    assert proxy.connections == 0, "the IMDS request went to the proxy"
+    assert ledger["token_grants"]["managed_identity"] >= 1
 
 
 # ---- national clouds ----------------------------------------------------------------------

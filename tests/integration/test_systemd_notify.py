@@ -7,15 +7,18 @@ a token is held, WATCHDOG=1 at the expected cadence, STATUS= updates, RELOADING=
 on SIGHUP, STOPPING=1 on SIGTERM and exit 0; and never READY=1 with credentials refused.
 """
 
+import json
 import os
+import re
 import signal
 import socket
 import threading
 import time
 
 import pytest
+from confluent_kafka import Producer
 
-from stack import SECRET, Stack, group_event
+from stack import SECRET, STATE, Stack, group_event
 
 WATCHDOG_USEC = 2000000
 FAST_OPERATIONS = {"operation_in_progress_after_s": 0.1, "operation_done_after_s": 0.3}
@@ -211,3 +214,72 @@ def test_credentials_refused_never_ready(tmp_path, notify):
     assert ledger["token_failures"].get("AADSTS7000215", 0) >= 1, ledger
     assert ledger["token_grants"]["client_secret"] == 0, ledger
 
+
+
+# ---- the Kafka thread's long waits (issue 13, item 14) ---------------------------------------
+
+RESTORE_RECORDS = 60
+# librdkafka's mock delays every answer of the broker by this much: a slow state leader.
+SLOW_RTT_MS = 250
+
+
+def fill_state_partition(stack, n):
+    """n done records in state partition 0, one produce request each (the mock answers a
+    fetch with whole batches, so one record per batch keeps every fetch small)."""
+    producer = Producer({"bootstrap.servers": stack.kafka.bootstrap, "linger.ms": 0,
+                         "batch.num.messages": 1})
+    padding = "x" * 600
+    for i in range(n):
+        rid = "restored-%04d" % i
+        value = json.dumps({"schema": "chatprov.result.v1", "id": rid, "status": "succeeded",
+                            "chatId": "19:%s@thread.v2" % rid, "note": padding})
+        producer.produce(STATE, key=rid.encode(), value=value.encode(), partition=0,
+                         headers=[("chatprov-state", b"done"), ("chatprov-status", b"succeeded")])
+        producer.flush(10)
+
+
+def pings_between(notify, start, end):
+    return [t for t, _ in notify.with_field("WATCHDOG", "1", since=start) if t <= end]
+
+
+def test_watchdog_fed_while_restore_advances_withheld_while_stuck(tmp_path, notify):
+    """A restore on a slow state leader lasts many watchdog periods: WATCHDOG=1 keeps coming
+    while records arrive; with the broker gone the restore is stuck and the pings stop (so
+    systemd would restart a truly stuck daemon); when it is back they resume."""
+    timeout = WATCHDOG_USEC / 1e6
+    with Stack(tmp_path, partitions=1) as stack:
+        fill_state_partition(stack, RESTORE_RECORDS)
+        assert stack.kafka.command("rtt 1 %d" % SLOW_RTT_MS).startswith("OK")
+        daemon = stack.start_daemon(env=daemon_env(notify),
+                                    librdkafka={"fetch.message.max.bytes": "1024"})
+        wait_log(daemon, "restoring offsets 0..%d" % (RESTORE_RECORDS - 1), timeout=60)
+        started = time.monotonic()
+        # Slow but advancing: pings at the usual cadence, for several watchdog periods.
+        time.sleep(3 * timeout)
+        advancing_end = time.monotonic()
+        assert "restored state of partition 0" not in daemon.log_text(), \
+            "the restore was too quick to show anything"
+        pings = pings_between(notify, started, advancing_end)
+        gaps = [b - a for a, b in zip([started] + pings, pings + [advancing_end])]
+        assert max(gaps) < timeout, (gaps, daemon.log_text()[-3000:])
+
+        # Stuck: no record can come. The pings stop within about half the watchdog timeout.
+        assert stack.kafka.command("broker down 1").startswith("OK")
+        down = time.monotonic()
+        time.sleep(2 * timeout)
+        up = time.monotonic()
+        assert stack.kafka.command("broker up 1").startswith("OK")
+        silent = pings_between(notify, down + timeout * 0.75, up)
+        assert not silent, "pings while nothing advanced: %r" % silent
+        assert "withholding watchdog pings" in daemon.log_text()
+
+        # Moving again: the restore completes and the pings resume.
+        wait_log(daemon, "restored state of partition 0: %d records" % RESTORE_RECORDS,
+                 timeout=90)
+        m = re.search(r"restored state of partition 0: \d+ records in (\d+) ms",
+                      daemon.log_text())
+        assert int(m.group(1)) > 3 * WATCHDOG_USEC / 1000, m.group(0)
+        assert pings_between(notify, up, time.monotonic()), "pings did not resume"
+        assert "progress resumed" in daemon.log_text()
+        assert stack.kafka.command("rtt 1 0").startswith("OK")
+        assert daemon.stop(signal.SIGTERM, timeout=60) == 0, daemon.log_text()[-3000:]

@@ -10,6 +10,8 @@ import ssl
 import subprocess
 import time
 
+import pytest
+
 from graphsim import GraphSim
 from stack import CLIENT_ID, SECRET, TENANT, Stack, group_event
 
@@ -122,3 +124,40 @@ def test_wrong_ca_fails_closed(tmp_path):
     assert any("[error]" in line or "[warning]" in line for line in lines), lines
     assert any("SSL certificate problem" in line or "unable to get local issuer" in line
                for line in lines), lines
+
+
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def private_system_store(bundle):
+    """A daemon wrapper that runs chatprovd in a mount namespace of its own, where the
+    system's CA bundle is `bundle` (root only: None when that cannot be done here)."""
+    if not os.path.exists(SYSTEM_BUNDLE):
+        return None
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        return None
+    return ("unshare -m sh -c 'mount --bind \"$0\" %s && exec \"$@\"' %s"
+            % (SYSTEM_BUNDLE, bundle))
+
+
+def test_ca_file_adds_to_the_system_store(tmp_path):
+    """[graph] ca_file is an extra bundle: a server the system store trusts stays trusted
+    with an unrelated ca_file set (with CURLOPT_CAINFO it would replace the store and fail)."""
+    tls = TlsGraph(tmp_path)
+    wrapper = private_system_store(tls.ca)
+    if wrapper is None:
+        tls.sim.stop()
+        pytest.skip("needs root and unshare to give chatprovd a system CA store of its own")
+    try:
+        with Stack(tmp_path) as stack:
+            daemon = stack.start_daemon(env={"CHATPROV_DAEMON_WRAPPER": wrapper},
+                                        **tls.config(tls.wrong_ca))
+            events = [group_event(i) for i in range(3)]
+            stack.produce(events)
+            results = stack.wait_results([e["id"] for e in events], timeout=60)
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+        ledger = tls.sim.ledger()
+    finally:
+        tls.sim.stop()
+    assert all(r["status"] == "succeeded" for r in results.values()), results
+    assert ledger["token_grants"]["client_secret"] >= 1

@@ -352,6 +352,39 @@ static void on_notify(void *arg)
 	pthread_mutex_unlock(&notify_mu);
 }
 
+static int notified_now(void)
+{
+	pthread_mutex_lock(&notify_mu);
+	int n = notified;
+	pthread_mutex_unlock(&notify_mu);
+	return n;
+}
+
+/*
+ * The notify callback reaches into the caller (the pipeline's workers): once auth_stop
+ * returns it must never run again, however often tokens were being refreshed.
+ */
+static void test_stop_ends_notifications(void **state)
+{
+	(void)state;
+	srv.expires_in = 1; /* refreshed every 0.5 s, each refresh notifies */
+	struct cfg *c = make_cfg(1);
+	struct auth *a = start(c);
+	auth_set_notify(a, on_notify, NULL);
+	int start_count = notified_now();
+	int64_t end = cptime_mono_ms() + 5000;
+	while (notified_now() < start_count + 2 && cptime_mono_ms() < end)
+		usleep(10 * 1000);
+	assert_true(notified_now() >= start_count + 2);
+	auth_stop(a);
+	int stopped = notified_now();
+	usleep(1500 * 1000);
+	assert_int_equal(notified_now(), stopped);
+	auth_stop(a); /* a repeat is harmless, and so is auth_free after it */
+	auth_free(a);
+	free(c);
+}
+
 /* Waits on the notify callback, not on a sleep loop, as a worker would. */
 static void *waiter_main(void *arg)
 {
@@ -777,6 +810,7 @@ int main(void)
 	    cmocka_unit_test(test_parse_table),
 	    cmocka_unit_test_setup(test_secret_fetch, reset),
 	    cmocka_unit_test_setup(test_refresh_ahead, reset),
+	    cmocka_unit_test_setup(test_stop_ends_notifications, reset),
 	    cmocka_unit_test_setup(test_one_request_per_profile, reset),
 	    cmocka_unit_test_setup(test_invalidate, reset),
 	    cmocka_unit_test_setup(test_transient_503, reset),

@@ -6,9 +6,12 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "metrics.h"
 
@@ -410,6 +413,85 @@ static void test_http_endpoints(void **state)
 	metrics_free(m);
 }
 
+/* A collect callback that takes a while, as one reaching into a busy pipeline does. */
+struct slow_collect {
+	atomic_bool started, finished;
+};
+
+static void slow_collect(struct metrics *m, void *arg)
+{
+	(void)m;
+	struct slow_collect *sc = arg;
+	atomic_store(&sc->started, true);
+	struct timespec pause = {.tv_nsec = 300 * 1000 * 1000};
+	nanosleep(&pause, NULL);
+	atomic_store(&sc->finished, true);
+}
+
+struct scrape {
+	uint16_t port;
+	long status;
+};
+
+/* GET /metrics; status 0 when no answer came (the endpoint stopped under it). */
+static void *scrape_once(void *arg)
+{
+	struct scrape *sc = arg;
+	char url[128];
+	snprintf(url, sizeof(url), "http://127.0.0.1:%u/metrics", (unsigned)sc->port);
+	sc->status = -1;
+	CURL *c = curl_easy_init();
+	if (!c)
+		return NULL;
+	FILE *sink = fopen("/dev/null", "w");
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, sink);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+	sc->status = 0;
+	if (sink && curl_easy_perform(c) == CURLE_OK)
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &sc->status);
+	if (sink)
+		fclose(sink);
+	curl_easy_cleanup(c);
+	return NULL;
+}
+
+/*
+ * Whoever removes the collect callback may free what it uses: removal must wait for a scrape
+ * that is running it, and metrics_stop for every request being served.
+ */
+static void test_collect_removal_waits_for_scrape(void **state)
+{
+	(void)state;
+	struct metrics *m = new_registry(0);
+	char err[CP_ERRSTR_SIZE];
+	struct slow_collect sc = {0};
+	metrics_set_collect_cb(m, slow_collect, &sc);
+	if (!metrics_listen(m, "127.0.0.1:0", err, sizeof(err)))
+		fail_msg("listen: %s", err);
+	struct scrape req = {.port = metrics_port(m)};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, scrape_once, &req), 0);
+	while (!atomic_load(&sc.started))
+		sched_yield();
+	metrics_set_collect_cb(m, NULL, NULL);
+	assert_true(atomic_load(&sc.finished));
+
+	/* Again with the endpoint stopped under a running scrape. */
+	pthread_join(t, NULL);
+	assert_int_equal(req.status, 200);
+	sc = (struct slow_collect){0};
+	metrics_set_collect_cb(m, slow_collect, &sc);
+	assert_int_equal(pthread_create(&t, NULL, scrape_once, &req), 0);
+	while (!atomic_load(&sc.started))
+		sched_yield();
+	metrics_stop(m);
+	assert_true(atomic_load(&sc.finished));
+	assert_int_equal(metrics_port(m), 0);
+	pthread_join(t, NULL);
+	metrics_free(m);
+}
+
 static void test_listen_errors(void **state)
 {
 	(void)state;
@@ -440,6 +522,7 @@ int main(void)
 	    cmocka_unit_test(test_gauge_unset),
 	    cmocka_unit_test(test_concurrent_exact_totals),
 	    cmocka_unit_test(test_http_endpoints),
+	    cmocka_unit_test(test_collect_removal_waits_for_scrape),
 	    cmocka_unit_test(test_listen_errors),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -47,6 +47,10 @@ static void test_classify_table(void **state)
 	    {0, CURLE_COULDNT_RESOLVE_HOST, RETRY_TRANSIENT},
 	    {0, CURLE_SSL_CONNECT_ERROR, RETRY_TRANSIENT},
 	    {0, CURLE_HTTP2_STREAM, RETRY_TRANSIENT},
+	    /* a POST body that cannot be rewound for libcurl's own resend (worker.c): the
+	     * outcome is unknown, never a permanent refusal */
+	    {0, CURLE_SEND_FAIL_REWIND, RETRY_TRANSIENT},
+	    {0, CURLE_HTTP2, RETRY_TRANSIENT},
 	    /* a status seen before the transfer broke does not make it a success */
 	    {200, CURLE_PARTIAL_FILE, RETRY_TRANSIENT},
 	    {0, CURLE_URL_MALFORMAT, RETRY_PERMANENT},

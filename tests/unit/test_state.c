@@ -470,6 +470,56 @@ static void test_fetch(void **state)
 	assert_true(cptime_mono_ms() - started < 2500);
 }
 
+/* What the progress callback saw: calls, how many advanced, the longest silence. */
+struct progress_seen {
+	size_t calls, advanced;
+	int64_t last_ms, longest_gap_ms;
+};
+
+static void on_progress(bool advanced, void *arg)
+{
+	struct progress_seen *p = arg;
+	int64_t now = cptime_mono_ms();
+	if (p->calls && now - p->last_ms > p->longest_gap_ms)
+		p->longest_gap_ms = now - p->last_ms;
+	p->last_ms = now;
+	p->calls++;
+	p->advanced += advanced;
+}
+
+/*
+ * The Kafka thread feeds systemd's watchdog from inside restores and fetches: on a slow
+ * broker they must keep calling back, and say when they advance.
+ */
+static void test_progress_reported_while_waiting(void **state)
+{
+	struct fixture *f = *state;
+	struct progress_seen seen = {0};
+	int64_t off = 0;
+	for (int i = 0; i < 5; i++) {
+		char id[16];
+		snprintf(id, sizeof id, "p%d", i);
+		off = put(f, 0, id, "done", "succeeded", done_ok);
+	}
+	state_set_progress(f->st, on_progress, &seen);
+	rd_kafka_mock_broker_set_rtt(mcluster, 1, 150);
+	assert_int_equal(restore(f, 0), 5);
+	/* The watermarks, then each record. */
+	assert_true(seen.advanced >= 6);
+	assert_true(seen.longest_gap_ms < 1000);
+
+	seen = (struct progress_seen){0};
+	char err[256] = "", *value = NULL;
+	size_t len = 0;
+	if (!state_fetch(f->st, "p4", 0, off, &value, &len, err, sizeof err))
+		fail_msg("state_fetch: %s", err);
+	free(value);
+	rd_kafka_mock_broker_set_rtt(mcluster, 1, 0);
+	assert_true(seen.advanced >= 2);
+	assert_true(seen.longest_gap_ms < 1000);
+	state_set_progress(f->st, NULL, NULL);
+}
+
 /* n copies of the UTF-8 character ch: an id of n code points, n * strlen(ch) bytes. */
 static const char *repeat_char(char *buf, size_t cap, const char *ch, size_t n)
 {
@@ -1230,6 +1280,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_compacted_active_again, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compacted_expiry_during_restore, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_checks_the_id, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_progress_reported_while_waiting, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_restore_rate, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_memory_per_request, setup, teardown),
 	};

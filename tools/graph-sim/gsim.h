@@ -1,7 +1,9 @@
 /*
  * gsim.h - graph-sim: a Microsoft Graph + Entra ID simulator for tests and benchmarks.
  *
- * One process, libmicrohttpd with a small epoll thread pool. All shared state (knobs,
+ * One process, libmicrohttpd with a small epoll thread pool (HTTP/1.1), and with --http2
+ * an HTTP/2-over-TLS front of its own (h2.c: nghttp2, OpenSSL, one epoll thread) that
+ * routes through the same gs_serve. All shared state (knobs,
  * tokens, chats, operations, ledger, throttling buckets) lives in one `struct gs_state`
  * behind one mutex: requests are short, so one lock keeps the invariants simple and is
  * not the bottleneck. Handlers build a `struct gs_reply`; http.c turns it into an MHD
@@ -108,6 +110,7 @@ struct gs_knobs {
 	double fault_503_rate, fault_503_retry_after_s, fault_504_rate, fault_500_rate;
 	double fault_reset_rate, fault_hang_rate, hang_s, latency_ms, fault_created_504_rate;
 	double token_fault_503_rate;
+	double cut_busiest_h2_every_s; /* HTTP/2: close the busiest connection, no GOAWAY */
 	double op_in_progress_after_s, op_done_after_s, op_fail_rate;
 	enum gs_hostile hostile;
 	double hostile_rate;
@@ -133,7 +136,8 @@ struct gs_reply {
 
 /* What handlers see of a request. */
 struct gs_req {
-	void *conn; /* struct MHD_Connection * */
+	void *conn; /* struct MHD_Connection *, NULL over HTTP/2 */
+	void *h2;   /* h2.c's stream over HTTP/2, else NULL */
 	const char *method;
 	const char *path;
 	const char *body;
@@ -163,6 +167,10 @@ bool gs_strlist_has(const struct gs_strlist *l, const char *s, bool nocase);
 /* Finds `key` in an application/x-www-form-urlencoded body; decodes into out. */
 bool gs_form_get(const char *body, size_t len, const char *key, char *out, size_t cap);
 char *gs_json_dump(json_object *o, size_t *len);
+/* Appends a request body chunk (NUL-terminated); past GS_BODY_MAX only sets *too_big.
+ * false: out of memory. */
+bool gs_body_append(char **body, size_t *len, size_t *cap, bool *too_big, const char *data,
+                    size_t n) CP_MUSTCHECK;
 
 /* http.c */
 bool gs_http_start(const char *listen, const char *cert, const char *key, unsigned threads,
@@ -176,6 +184,20 @@ const char *gs_req_header(const struct gs_req *q, const char *name);
 const char *gs_req_arg(const struct gs_req *q, const char *name);
 /* "http://host:port" of the request, from its Host header. */
 void gs_req_origin(const struct gs_req *q, char *buf, size_t cap);
+/* Computes the reply of a complete request (routing, 413 for a body over GS_BODY_MAX). */
+void gs_serve(struct gs_req *q, struct gs_reply *r, bool too_big);
+void gs_reply_free(struct gs_reply *r);
+/* The hostile streamed bodies from `pos`: bytes written, *end once the body is complete. */
+size_t gs_stream_fill(enum gs_stream kind, uint64_t pos, char *buf, size_t max, bool *end);
+struct sockaddr_in;
+bool gs_parse_listen(const char *listen, struct sockaddr_in *sa, char host[64]) CP_MUSTCHECK;
+
+/* h2.c: the HTTP/2 front (--http2): TLS, ALPN h2 only, one epoll thread. */
+bool gs_h2_start(const char *addr, const char *cert, const char *key, char *url,
+                 size_t url_cap) CP_MUSTCHECK;
+void gs_h2_stop(void);
+const char *gs_h2_header(void *stream, const char *name);
+const char *gs_h2_arg(void *stream, const char *name);
 
 /* knobs.c */
 /* Sets the defaults into gs.k. */
@@ -259,6 +281,9 @@ void gs_chats_reset_locked(void);
 
 /* ledger.c: counters, throttling */
 void gs_ledger_count(enum gs_route route, unsigned status);
+/* Connections accepted (both fronts) and HTTP/2 connections cut by the fault knob. */
+void gs_ledger_connection_accepted(void);
+void gs_ledger_connection_cut(void);
 void gs_ledger_grant_locked(enum gs_grant g);
 void gs_ledger_failure_locked(int aadsts);
 /* Throttling for POST /chats: true to admit; else fills retry_after_s. */

@@ -24,6 +24,7 @@ struct conn_ctx {
 	size_t len, cap;
 	bool too_big;
 	bool have_reply;
+	bool suspended; /* counted in tq.suspended until MHD hands it back */
 	struct gs_reply reply;
 };
 
@@ -39,6 +40,7 @@ static struct {
 	struct pending *heap;
 	size_t n, cap;
 	bool draining, stop;
+	size_t suspended; /* connections suspended and not yet seen again by MHD */
 	pthread_t th;
 	bool started;
 } tq = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -113,7 +115,7 @@ static void *timer_main(void *arg)
 }
 
 /* Suspends the connection until `due`; false if it cannot be queued. */
-static bool delay_connection(struct MHD_Connection *c, int64_t due)
+static bool delay_connection(struct MHD_Connection *c, struct conn_ctx *cx, int64_t due)
 {
 	pthread_mutex_lock(&tq.mu);
 	if (tq.draining) {
@@ -124,6 +126,8 @@ static bool delay_connection(struct MHD_Connection *c, int64_t due)
 	bool ok = heap_push((struct pending){.due = due, .conn = c});
 	if (!ok)
 		MHD_resume_connection(c);
+	cx->suspended = true;
+	tq.suspended++;
 	pthread_cond_signal(&tq.cv);
 	pthread_mutex_unlock(&tq.mu);
 	return ok;
@@ -184,20 +188,23 @@ void gs_reply_graph_error(struct gs_reply *r, const struct gs_req *q, unsigned s
 
 const char *gs_req_header(const struct gs_req *q, const char *name)
 {
+	if (q->h2)
+		return gs_h2_header(q->h2, name);
 	return MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, name);
 }
 
 const char *gs_req_arg(const struct gs_req *q, const char *name)
 {
+	if (q->h2)
+		return gs_h2_arg(q->h2, name);
 	return MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
 void gs_req_origin(const struct gs_req *q, char *buf, size_t cap)
 {
-	const char *host = gs_req_header(q, "Host");
-	const union MHD_ConnectionInfo *ci =
-	    MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_PROTOCOL);
-	snprintf(buf, cap, "%s://%s", ci ? "https" : "http", host ? host : "localhost");
+	const char *host = gs_req_header(q, q->h2 ? ":authority" : "Host");
+	bool tls = q->h2 || MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_PROTOCOL);
+	snprintf(buf, cap, "%s://%s", tls ? "https" : "http", host ? host : "localhost");
 }
 
 static void route(struct gs_req *q, struct gs_reply *r)
@@ -221,7 +228,7 @@ static void route(struct gs_req *q, struct gs_reply *r)
 	gs_handle_graph(q, r, p);
 }
 
-static void reply_free(struct gs_reply *r)
+void gs_reply_free(struct gs_reply *r)
 {
 	free(r->body);
 	r->body = NULL;
@@ -231,16 +238,12 @@ static void reply_free(struct gs_reply *r)
 }
 
 /* Hostile bodies: 20 MiB of one valid JSON document, or padding that never ends. */
-static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max)
+size_t gs_stream_fill(enum gs_stream kind, uint64_t pos, char *buf, size_t max, bool *end)
 {
-	struct conn_ctx *cx = cls;
 	static const char head[] =
 	    "{\"id\":\"19:00000000000000000000000000000000@thread.v2\",\"pad\":\"";
 	const uint64_t hlen = sizeof(head) - 1;
-	const uint64_t total =
-	    cx->reply.stream == GS_STREAM_OVERSIZED ? 20u * 1024 * 1024 : UINT64_MAX;
-	if (pos >= total)
-		return MHD_CONTENT_READER_END_OF_STREAM;
+	const uint64_t total = kind == GS_STREAM_OVERSIZED ? 20u * 1024 * 1024 : UINT64_MAX;
 	size_t n = 0;
 	while (n < max && pos + n < total) {
 		uint64_t i = pos + n;
@@ -254,6 +257,17 @@ static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max)
 		} else
 			buf[n++] = i + 2 == total ? '"' : '}';
 	}
+	*end = pos + n >= total;
+	return n;
+}
+
+static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct conn_ctx *cx = cls;
+	bool end;
+	size_t n = gs_stream_fill(cx->reply.stream, pos, buf, max, &end);
+	if (n == 0 && end)
+		return MHD_CONTENT_READER_END_OF_STREAM;
 	return (ssize_t)n;
 }
 
@@ -283,6 +297,33 @@ static enum MHD_Result deliver(struct MHD_Connection *c, struct conn_ctx *cx)
 	return ret;
 }
 
+/* Computes the answer of a complete request: both fronts (MHD, HTTP/2) come here. */
+void gs_serve(struct gs_req *q, struct gs_reply *r, bool too_big)
+{
+	gs_guid_random(r->request_id);
+	if (too_big) {
+		r->route = GS_R_OTHER;
+		gs_reply_graph_error(r, q, 413, "RequestEntityTooLarge",
+		                     "The request body exceeds %d bytes.", GS_BODY_MAX);
+		return;
+	}
+	route(q, r);
+}
+
+/*
+ * A resumed connection is back in MHD's hands once MHD calls us for it again (or completes
+ * it): until then MHD_stop_daemon would abort on it, so gs_http_stop waits for the count.
+ */
+static void seen_again(struct conn_ctx *cx)
+{
+	pthread_mutex_lock(&tq.mu);
+	if (cx->suspended) {
+		cx->suspended = false;
+		tq.suspended--;
+	}
+	pthread_mutex_unlock(&tq.mu);
+}
+
 static enum MHD_Result handle_final(struct MHD_Connection *c, const char *url, const char *method,
                                     struct conn_ctx *cx)
 {
@@ -295,15 +336,8 @@ static enum MHD_Result handle_final(struct MHD_Connection *c, const char *url, c
 	                   .wall_ms = gs_wall_ms()};
 	q.crid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "client-request-id");
 	cx->have_reply = true;
-	gs_guid_random(cx->reply.request_id);
-	if (cx->too_big) {
-		cx->reply.route = GS_R_OTHER;
-		gs_reply_graph_error(&cx->reply, &q, 413, "RequestEntityTooLarge",
-		                     "The request body exceeds %d bytes.", GS_BODY_MAX);
-	} else {
-		route(&q, &cx->reply);
-	}
-	if (cx->reply.delay_ms > 0 && delay_connection(c, q.mono_ms + cx->reply.delay_ms))
+	gs_serve(&q, &cx->reply, cx->too_big);
+	if (cx->reply.delay_ms > 0 && delay_connection(c, cx, q.mono_ms + cx->reply.delay_ms))
 		return MHD_YES;
 	return deliver(c, cx);
 }
@@ -325,27 +359,14 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
 	if (*upload_data_size) {
 		size_t n = *upload_data_size;
 		*upload_data_size = 0;
-		if (cx->too_big || cx->len + n > GS_BODY_MAX) {
-			cx->too_big = true;
-			return MHD_YES;
-		}
-		if (cx->len + n + 1 > cx->cap) {
-			size_t ncap = cx->cap ? cx->cap : 1024;
-			while (ncap < cx->len + n + 1)
-				ncap *= 2;
-			char *nb = realloc(cx->body, ncap);
-			if (!nb)
-				return MHD_NO;
-			cx->body = nb;
-			cx->cap = ncap;
-		}
-		memcpy(cx->body + cx->len, upload_data, n);
-		cx->len += n;
-		cx->body[cx->len] = '\0';
-		return MHD_YES;
+		return gs_body_append(&cx->body, &cx->len, &cx->cap, &cx->too_big, upload_data, n)
+		           ? MHD_YES
+		           : MHD_NO;
 	}
-	if (cx->have_reply)
+	if (cx->have_reply) {
+		seen_again(cx);
 		return deliver(c, cx); /* resumed after a delay */
+	}
 	return handle_final(c, url, method, cx);
 }
 
@@ -358,13 +379,24 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
 	(void)toe;
 	if (!cx)
 		return;
-	reply_free(&cx->reply);
+	seen_again(cx);
+	gs_reply_free(&cx->reply);
 	free(cx->body);
 	free(cx);
 	*con_cls = NULL;
 }
 
-static bool parse_listen(const char *listen, struct sockaddr_in *sa, char host[64])
+static void connection_cb(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+	(void)cls;
+	(void)c;
+	(void)socket_context;
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+		gs_ledger_connection_accepted();
+}
+
+bool gs_parse_listen(const char *listen, struct sockaddr_in *sa, char host[64])
 {
 	const char *colon = strrchr(listen, ':');
 	if (!colon || (size_t)(colon - listen) >= 64)
@@ -403,7 +435,7 @@ bool gs_http_start(const char *listen, const char *cert, const char *key, unsign
 	struct sockaddr_in sa;
 	char host[64];
 	char *cert_pem = NULL, *key_pem = NULL;
-	if (!parse_listen(listen, &sa, host)) {
+	if (!gs_parse_listen(listen, &sa, host)) {
 		fprintf(stderr, "graph-sim: --listen wants IPv4:PORT, got '%s'\n", listen);
 		return false;
 	}
@@ -426,13 +458,13 @@ bool gs_http_start(const char *listen, const char *cert, const char *key, unsign
 	if (pthread_create(&tq.th, NULL, timer_main, NULL) != 0)
 		goto fail;
 	tq.started = true;
-	daemon_ =
-	    MHD_start_daemon(flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sa,
-	                     MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
-	                     16000u, MHD_OPTION_CONNECTION_TIMEOUT, 0u,
-	                     MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_NOTIFY_COMPLETED,
-	                     completed_cb, NULL, cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END,
-	                     cert_pem, MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
+	daemon_ = MHD_start_daemon(
+	    flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sa,
+	    MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, 16000u,
+	    MHD_OPTION_CONNECTION_TIMEOUT, 0u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
+	    MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+	    connection_cb, NULL, cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, cert_pem,
+	    MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
 	if (!daemon_) {
 		fprintf(stderr, "graph-sim: cannot start the HTTP server on %s\n", listen);
 		goto fail;
@@ -448,7 +480,11 @@ fail:
 	return false;
 }
 
-/* Resume every suspended connection first: MHD cannot stop with some still suspended. */
+/*
+ * Resume every suspended connection first and wait until MHD has taken each back: MHD aborts
+ * the process when it is stopped with a connection still suspended (or resumed but not yet
+ * seen by its thread again).
+ */
 void gs_http_stop(void)
 {
 	if (daemon_) {
@@ -460,11 +496,11 @@ void gs_http_stop(void)
 	tq.draining = true;
 	pthread_cond_signal(&tq.cv);
 	pthread_mutex_unlock(&tq.mu);
-	for (int i = 0; i < 100; i++) {
+	for (int i = 0; i < 300; i++) {
 		pthread_mutex_lock(&tq.mu);
-		size_t n = tq.n;
+		bool handed_back = tq.n == 0 && tq.suspended == 0;
 		pthread_mutex_unlock(&tq.mu);
-		if (n == 0)
+		if (handed_back)
 			break;
 		struct timespec ts = {0, 10 * 1000000};
 		nanosleep(&ts, NULL);

@@ -49,6 +49,7 @@ static const struct num_knob num_knobs[] = {
     NK("latency_ms", latency_ms, 0, 0, 600000),
     NK("fault_created_504_rate", fault_created_504_rate, 0, 0, 1),
     NK("token_fault_503_rate", token_fault_503_rate, 0, 0, 1),
+    NK("fault_cut_busiest_h2_every_s", cut_busiest_h2_every_s, 0, 0, 3600),
     NK("operation_in_progress_after_s", op_in_progress_after_s, 1, 0, 86400),
     NK("operation_done_after_s", op_done_after_s, 3, 0, 86400),
     NK("operation_fail_rate", op_fail_rate, 0, 0, 1),

@@ -52,6 +52,7 @@ static struct {
 	uint64_t n;
 } failures[FAILURE_CODES];
 static uint64_t throttled, violations;
+static uint64_t connections_accepted, connections_cut; /* atomics: counted outside the lock */
 static struct lh_table *buckets; /* tenant -> struct bucket */
 static struct bucket global_bucket;
 
@@ -59,6 +60,16 @@ void gs_ledger_count(enum gs_route route, unsigned status)
 {
 	if (status < STATUS_SLOTS)
 		__atomic_fetch_add(&counts[route][status], 1, __ATOMIC_RELAXED);
+}
+
+void gs_ledger_connection_accepted(void)
+{
+	__atomic_fetch_add(&connections_accepted, 1, __ATOMIC_RELAXED);
+}
+
+void gs_ledger_connection_cut(void)
+{
+	__atomic_fetch_add(&connections_cut, 1, __ATOMIC_RELAXED);
 }
 
 void gs_ledger_grant_locked(enum gs_grant g)
@@ -188,6 +199,8 @@ void gs_ledger_reset_locked(void)
 	memset(grants, 0, sizeof(grants));
 	memset(failures, 0, sizeof(failures));
 	throttled = violations = 0;
+	__atomic_store_n(&connections_accepted, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&connections_cut, 0, __ATOMIC_RELAXED);
 	gs_throttle_reset_locked();
 }
 
@@ -230,6 +243,12 @@ json_object *gs_ledger_json_locked(void)
 	json_object_object_add(o, "retry_after_violations",
 	                       json_object_new_int64((int64_t)violations));
 	json_object_object_add(o, "throttled", json_object_new_int64((int64_t)throttled));
+	json_object_object_add(o, "connections_accepted",
+	                       json_object_new_int64((int64_t)__atomic_load_n(&connections_accepted,
+	                                                                      __ATOMIC_RELAXED)));
+	json_object_object_add(
+	    o, "connections_cut",
+	    json_object_new_int64((int64_t)__atomic_load_n(&connections_cut, __ATOMIC_RELAXED)));
 	json_object *g = json_object_new_object();
 	for (int i = 0; i < GS_G_COUNT; i++)
 		json_object_object_add(g, grant_names[i],

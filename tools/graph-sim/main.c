@@ -19,15 +19,18 @@ struct options {
 	const char *config;
 	const char *tls_cert, *tls_key;
 	unsigned threads;
+	bool http2;
 };
 
 static void usage(FILE *out)
 {
 	fputs("Usage: graph-sim [--listen IP:PORT] [--config FILE.json] [--threads N]\n"
-	      "                 [--tls-cert PEM --tls-key PEM]\n"
+	      "                 [--tls-cert PEM --tls-key PEM [--http2]]\n"
 	      "Simulates Microsoft Graph (POST /chats, operations, lookups) and the Entra ID\n"
 	      "token endpoints on IP:PORT (default 127.0.0.1:0, an ephemeral port) and prints\n"
-	      "'LISTEN <url>'. Knobs: --config or POST /_sim/config. Stops on SIGTERM/SIGINT.\n",
+	      "'LISTEN <url>'. Knobs: --config or POST /_sim/config. Stops on SIGTERM/SIGINT.\n"
+	      "--http2: IP:PORT speaks HTTP/2 over TLS only (ALPN h2); a second line\n"
+	      "'CONTROL <url>' names a plain HTTP/1.1 port serving the same (for /_sim/).\n",
 	      out);
 }
 
@@ -40,6 +43,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 	    {"tls-cert", required_argument, NULL, 'C'},
 	    {"tls-key", required_argument, NULL, 'K'},
 	    {"threads", required_argument, NULL, 't'},
+	    {"http2", no_argument, NULL, '2'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -68,6 +72,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 			o->threads = (unsigned)n;
 			break;
 		}
+		case '2':
+			o->http2 = true;
+			break;
 		case 'h':
 			usage(stdout);
 			return 2;
@@ -76,7 +83,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 			return 1;
 		}
 	}
-	if (optind < argc || !o->tls_cert != !o->tls_key) {
+	if (optind < argc || !o->tls_cert != !o->tls_key || (o->http2 && !o->tls_cert)) {
 		usage(stderr);
 		return 1;
 	}
@@ -111,7 +118,7 @@ static void raise_fd_limit(void)
 int main(int argc, char **argv)
 {
 	struct options o = {.listen = "127.0.0.1:0", .threads = 2};
-	char url[128];
+	char url[128], control[128];
 	int sig, rc = 1;
 	sigset_t set;
 	int p = parse_options(argc, argv, &o);
@@ -132,13 +139,22 @@ int main(int argc, char **argv)
 	gs_unlock();
 	if (o.config && !load_config(o.config))
 		goto out;
-	if (!gs_http_start(o.listen, o.tls_cert, o.tls_key, o.threads, url, sizeof(url)))
-		goto out;
-	printf("LISTEN %s\n", url);
+	if (o.http2) {
+		if (!gs_h2_start(o.listen, o.tls_cert, o.tls_key, url, sizeof(url)) ||
+		    !gs_http_start("127.0.0.1:0", NULL, NULL, o.threads, control, sizeof(control)))
+			goto stop;
+		printf("LISTEN %s\nCONTROL %s\n", url, control);
+	} else {
+		if (!gs_http_start(o.listen, o.tls_cert, o.tls_key, o.threads, url, sizeof(url)))
+			goto out;
+		printf("LISTEN %s\n", url);
+	}
 	fflush(stdout);
 	sigwait(&set, &sig);
-	gs_http_stop();
 	rc = 0;
+stop:
+	gs_h2_stop();
+	gs_http_stop();
 out:
 	gs_chats_shutdown();
 	gs_jwt_shutdown();

@@ -270,3 +270,26 @@ char *gs_json_dump(json_object *o, size_t *len)
 	}
 	return d;
 }
+
+bool gs_body_append(char **body, size_t *len, size_t *cap, bool *too_big, const char *data,
+                    size_t n)
+{
+	if (*too_big || *len + n > GS_BODY_MAX) {
+		*too_big = true;
+		return true;
+	}
+	if (*len + n + 1 > *cap) {
+		size_t ncap = *cap ? *cap : 1024;
+		while (ncap < *len + n + 1)
+			ncap *= 2;
+		char *nb = realloc(*body, ncap);
+		if (!nb)
+			return false;
+		*body = nb;
+		*cap = ncap;
+	}
+	memcpy(*body + *len, data, n);
+	*len += n;
+	(*body)[*len] = '\0';
+	return true;
+}
