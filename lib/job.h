@@ -33,6 +33,8 @@ struct job_lookup {
 	size_t resolved;        /* members whose object id has been asked for (or is not needed) */
 	char *next_page;        /* the "@odata.nextLink" to read next; NULL: the first page */
 	unsigned pages;         /* pages read */
+	unsigned failures;      /* lookup requests that failed transiently: a budget of its own */
+	int64_t first_failure_mono_ms;
 };
 
 /*

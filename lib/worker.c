@@ -2,6 +2,7 @@
 #include "worker.h"
 
 #include <curl/curl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -189,6 +190,16 @@ static void finish_job(struct worker *w, struct job *job)
 	w->conf.on_done(job, w->conf.arg);
 }
 
+static void requeue_retry(struct worker *w, struct job *job, long http_status, int64_t now,
+                          int64_t delay)
+{
+	pipeline_metrics_retry(w->conf.metrics, job->tenant);
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
+		job_fail(job, http_status, "QueueFull", "scheduler queue full on retry", true);
+		finish_job(w, job);
+	}
+}
+
 /* Backs a job off (never less than the server's Retry-After) and queues it again, or
  * fails it when the retry budget is spent. */
 static void retry_or_fail(struct worker *w, struct job *job, long http_status, const char *code,
@@ -205,11 +216,7 @@ static void retry_or_fail(struct worker *w, struct job *job, long http_status, c
 		finish_job(w, job);
 		return;
 	}
-	pipeline_metrics_retry(w->conf.metrics, job->tenant);
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
-		job_fail(job, http_status, "QueueFull", "scheduler queue full on retry", true);
-		finish_job(w, job);
-	}
+	requeue_retry(w, job, http_status, now, delay);
 }
 
 /* A job that must wait for a poll at `at`; fails it if that is past its deadline. */
@@ -664,6 +671,31 @@ static void lookup_next_page(struct worker *w, struct job *job, const char *next
 	requeue_now(w, job);
 }
 
+/*
+ * A lookup is a GET: trying it again creates nothing. Its failures (a cut connection fails
+ * every request on it at once) count in a budget of their own, bounded by time only
+ * ([retry] max_elapsed_s from its first failure): the POST's attempts and a burst of
+ * transport errors must not turn a chat that may exist into OutcomeUnknown.
+ */
+static void lookup_retry_or_fail(struct worker *w, struct job *job, long status,
+                                 int64_t retry_after)
+{
+	struct worker_policy p = current_policy(w);
+	struct job_lookup *l = job->lookup;
+	int64_t now = cptime_mono_ms();
+	if (!l->failures++)
+		l->first_failure_mono_ms = now;
+	int64_t delay = retry_next_delay_ms(&p.retry, l->failures, retry_after, &w->rng);
+	p.retry.max_attempts = UINT_MAX;
+	if (!retry_may_retry(&p.retry, l->failures, l->first_failure_mono_ms, now, delay)) {
+		job_fail(job, status, "OutcomeUnknown",
+		         "the group chat may exist and the lookup keeps failing", true);
+		finish_job(w, job);
+		return;
+	}
+	requeue_retry(w, job, status, now, delay);
+}
+
 /* A lookup request that did not succeed: try again, refresh the token, or give up. */
 static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enum retry_class cls,
                           long status)
@@ -680,9 +712,7 @@ static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enu
 		free(job->lookup->next_page);
 		job->lookup->next_page = NULL;
 		job->lookup->pages = 0;
-		retry_or_fail(w, job, status, "OutcomeUnknown",
-		              "the group chat may exist and the lookup keeps failing",
-		              retry_after_ms(x, 0));
+		lookup_retry_or_fail(w, job, status, retry_after_ms(x, 0));
 		return;
 	}
 	/* 403 (no Chat.ReadBasic.All), 404, ...: we cannot know, so we do not create again. */
