@@ -69,6 +69,7 @@ struct job {
 	unsigned not_found_retries;  /* 404s waited out: [retry] not_found_s is their budget */
 	int64_t not_found_since_mono_ms; /* the first 404 */
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
+	int64_t unsure_post_wall_ms; /* when the last POST whose outcome is unknown left */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
 	int64_t held_since_mono_ms; /* first held for lack of a token (credentials failing) */

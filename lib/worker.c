@@ -24,6 +24,9 @@
 /* A 404 right after a 202 means Graph has not published the operation yet. */
 #define OP_NOT_FOUND_GRACE_MS (30 * 1000)
 #define LOOP_IDLE_MS          500
+/* A 202 operation ends within this long (graph-sim: 3 s by default): the chat a lost 202
+ * may have started is looked for this long before a second POST. */
+#define ANSWER_LOST_SETTLE_MS (30 * 1000)
 /* A lookup reads at most this many pages of the owner's chats, then gives up (unknown). */
 #define LOOKUP_MAX_PAGES 100
 /* Object ids of members named by UPN, per worker: how many, for how long. */
@@ -383,6 +386,7 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 	if (may_have_created(job, rc, status)) {
 		/* Graph may have made the group chat before failing to say so. */
 		job->needs_lookup = true;
+		job->unsure_post_wall_ms = cptime_wall_ms() - (now - x->started_mono_ms);
 		log_with(LOG_LVL_NOTICE, ctx,
 		         "outcome unknown: will look the chat up before creating it again");
 	}
@@ -612,13 +616,25 @@ static void on_chat_answer(struct worker *w, struct job *job, struct xfer *x, CU
 
 /* ---- lookup answers (unknown outcomes of group chats) ---- */
 
-static void requeue_now(struct worker *w, struct job *job)
+static void requeue_at(struct worker *w, struct job *job, int64_t at)
 {
 	int64_t now = cptime_mono_ms();
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+	if (!sched_requeue(w->conf.sched, job->tenant, job, at > now ? at : now, now)) {
 		job_fail(job, 0, "QueueFull", "scheduler queue full", true);
 		finish_job(w, job);
 	}
+}
+
+static void requeue_now(struct worker *w, struct job *job)
+{
+	requeue_at(w, job, 0);
+}
+
+static void lookup_from_first_page(struct job *job)
+{
+	free(job->lookup->next_page);
+	job->lookup->next_page = NULL;
+	job->lookup->pages = 0;
 }
 
 static bool parse_lookup(const struct job *job, const struct xfer *x,
@@ -709,9 +725,7 @@ static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enu
 	}
 	if (cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED) {
 		/* Pages can move meanwhile, a next link expire: start over from the first. */
-		free(job->lookup->next_page);
-		job->lookup->next_page = NULL;
-		job->lookup->pages = 0;
+		lookup_from_first_page(job);
 		lookup_retry_or_fail(w, job, status, retry_after_ms(x, 0));
 		return;
 	}
@@ -721,6 +735,32 @@ static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enu
 	         "the group chat may exist and Graph refused the lookup (HTTP %ld)", status);
 	job_fail(job, status, "OutcomeUnknown", message, false);
 	finish_job(w, job);
+}
+
+/*
+ * A group chat with an app is made by a 202 operation, and its chat is listed only once the
+ * operation ends (graph-sim does so; Graph documents nothing either way). A POST whose 202
+ * was lost may have started one: until the operation could have ended, a lookup that finds
+ * nothing looks again every poll_interval_s before a second POST. Bounded: ANSWER_LOST_SETTLE_MS
+ * after that POST left, and never past [operations] timeout_s.
+ */
+static bool lookup_again_later(struct worker *w, struct job *job, const struct log_ctx *ctx)
+{
+	struct worker_policy p = current_policy(w);
+	int64_t sent = job->unsure_post_wall_ms ? job->unsure_post_wall_ms : job->intent_wall_ms;
+	int64_t settle = p.op_timeout_ms < ANSWER_LOST_SETTLE_MS ? p.op_timeout_ms
+	                                                          : ANSWER_LOST_SETTLE_MS;
+	int64_t left = sent + settle - cptime_wall_ms();
+	if (!job->ev->app_id || !sent || left <= 0)
+		return false;
+	int64_t wait = p.poll_interval_ms < left ? p.poll_interval_ms : left;
+	log_with(LOG_LVL_INFO, ctx,
+	         "lookup: not listed yet; a 202 operation may still be making it: looking again in "
+	         "%lld ms",
+	         (long long)wait);
+	lookup_from_first_page(job);
+	requeue_at(w, job, cptime_mono_ms() + wait);
+	return true;
 }
 
 static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
@@ -744,6 +784,8 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 		lookup_next_page(w, job, found.next_link, &ctx);
 		return;
 	}
+	if (!found.found && lookup_again_later(w, job, &ctx))
+		return;
 	job->needs_lookup = false;
 	job_lookup_end(job);
 	if (!found.found) {

@@ -149,3 +149,36 @@ def test_lookup_after_a_restart_survives_cut_connections(tmp_path):
     failed = [r for r in results.values() if r["status"] != "succeeded"]
     assert not failed, (len(failed), failed[:2])
     assert ledger["duplicate_group_chats"] == 0
+
+
+def test_a_cut_202_is_not_posted_again_before_its_operation_could_end(tmp_path):
+    """A group chat with an app is made by a 202 operation, and its chat is listed only when
+    the operation ends (1 s here). A 202 lost in a cut connection leaves a lookup that finds
+    nothing yet: a second POST then made a second chat ~300 ms after the first (the soak: 25
+    chats twice). The lookup must look again until the operation could have ended."""
+    graph = H2Graph(tmp_path, latency_ms=300, operation_in_progress_after_s=0.2,
+                    operation_done_after_s=1.0)
+    events = [group_event(i, app=True) for i in range(300)]
+    ids = [e["id"] for e in events]
+    config = graph.daemon_config(max_in_flight=1000, max_attempts=40)
+    config["operations"] = {"poll_interval_s": "0.2", "timeout_s": "60"}
+    try:
+        with Stack(tmp_path, partitions=4) as stack:
+            daemon = stack.start_daemon(**config)
+            assert wait_for(lambda: "ready:" in daemon.log_text(), 30)
+            # POSTs keep leaving while connections are cut, so that cuts fall on 202s.
+            graph.sim.config(fault_cut_busiest_h2_every_s=0.5)
+            for start in range(0, len(events), 25):
+                stack.produce(events[start:start + 25])
+                time.sleep(0.25)
+            graph.sim.config(fault_cut_busiest_h2_every_s=0)
+            results = stack.wait_results(ids, timeout=120)
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+            ledger = graph.sim.ledger()
+    finally:
+        graph.sim.stop()
+    # The cuts lost 202s: some lookups ran.
+    assert lookups(ledger) > 0
+    assert ledger["duplicate_group_chats"] == 0, ledger["duplicate_group_chats"]
+    failed = [r for r in results.values() if r["status"] != "succeeded"]
+    assert not failed, (len(failed), failed[:2])
