@@ -33,6 +33,8 @@ struct job_lookup {
 	size_t resolved;        /* members whose object id has been asked for (or is not needed) */
 	char *next_page;        /* the "@odata.nextLink" to read next; NULL: the first page */
 	unsigned pages;         /* pages read */
+	unsigned failures;      /* lookup requests that failed transiently: a budget of its own */
+	int64_t first_failure_mono_ms;
 };
 
 /*
@@ -67,6 +69,7 @@ struct job {
 	unsigned not_found_retries;  /* 404s waited out: [retry] not_found_s is their budget */
 	int64_t not_found_since_mono_ms; /* the first 404 */
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
+	int64_t unsure_post_wall_ms; /* when the last POST whose outcome is unknown left */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
 	int64_t held_since_mono_ms; /* first held for lack of a token (credentials failing) */

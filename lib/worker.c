@@ -2,6 +2,7 @@
 #include "worker.h"
 
 #include <curl/curl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -23,6 +24,9 @@
 /* A 404 right after a 202 means Graph has not published the operation yet. */
 #define OP_NOT_FOUND_GRACE_MS (30 * 1000)
 #define LOOP_IDLE_MS          500
+/* A 202 operation ends within this long (graph-sim: 3 s by default): the chat a lost 202
+ * may have started is looked for this long before a second POST. */
+#define ANSWER_LOST_SETTLE_MS (30 * 1000)
 /* A lookup reads at most this many pages of the owner's chats, then gives up (unknown). */
 #define LOOKUP_MAX_PAGES 100
 /* Object ids of members named by UPN, per worker: how many, for how long. */
@@ -189,6 +193,16 @@ static void finish_job(struct worker *w, struct job *job)
 	w->conf.on_done(job, w->conf.arg);
 }
 
+static void requeue_retry(struct worker *w, struct job *job, long http_status, int64_t now,
+                          int64_t delay)
+{
+	pipeline_metrics_retry(w->conf.metrics, job->tenant);
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
+		job_fail(job, http_status, "QueueFull", "scheduler queue full on retry", true);
+		finish_job(w, job);
+	}
+}
+
 /* Backs a job off (never less than the server's Retry-After) and queues it again, or
  * fails it when the retry budget is spent. */
 static void retry_or_fail(struct worker *w, struct job *job, long http_status, const char *code,
@@ -205,11 +219,7 @@ static void retry_or_fail(struct worker *w, struct job *job, long http_status, c
 		finish_job(w, job);
 		return;
 	}
-	pipeline_metrics_retry(w->conf.metrics, job->tenant);
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
-		job_fail(job, http_status, "QueueFull", "scheduler queue full on retry", true);
-		finish_job(w, job);
-	}
+	requeue_retry(w, job, http_status, now, delay);
 }
 
 /* A job that must wait for a poll at `at`; fails it if that is past its deadline. */
@@ -376,6 +386,7 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 	if (may_have_created(job, rc, status)) {
 		/* Graph may have made the group chat before failing to say so. */
 		job->needs_lookup = true;
+		job->unsure_post_wall_ms = cptime_wall_ms() - (now - x->started_mono_ms);
 		log_with(LOG_LVL_NOTICE, ctx,
 		         "outcome unknown: will look the chat up before creating it again");
 	}
@@ -605,13 +616,25 @@ static void on_chat_answer(struct worker *w, struct job *job, struct xfer *x, CU
 
 /* ---- lookup answers (unknown outcomes of group chats) ---- */
 
-static void requeue_now(struct worker *w, struct job *job)
+static void requeue_at(struct worker *w, struct job *job, int64_t at)
 {
 	int64_t now = cptime_mono_ms();
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+	if (!sched_requeue(w->conf.sched, job->tenant, job, at > now ? at : now, now)) {
 		job_fail(job, 0, "QueueFull", "scheduler queue full", true);
 		finish_job(w, job);
 	}
+}
+
+static void requeue_now(struct worker *w, struct job *job)
+{
+	requeue_at(w, job, 0);
+}
+
+static void lookup_from_first_page(struct job *job)
+{
+	free(job->lookup->next_page);
+	job->lookup->next_page = NULL;
+	job->lookup->pages = 0;
 }
 
 static bool parse_lookup(const struct job *job, const struct xfer *x,
@@ -664,6 +687,31 @@ static void lookup_next_page(struct worker *w, struct job *job, const char *next
 	requeue_now(w, job);
 }
 
+/*
+ * A lookup is a GET: trying it again creates nothing. Its failures (a cut connection fails
+ * every request on it at once) count in a budget of their own, bounded by time only
+ * ([retry] max_elapsed_s from its first failure): the POST's attempts and a burst of
+ * transport errors must not turn a chat that may exist into OutcomeUnknown.
+ */
+static void lookup_retry_or_fail(struct worker *w, struct job *job, long status,
+                                 int64_t retry_after)
+{
+	struct worker_policy p = current_policy(w);
+	struct job_lookup *l = job->lookup;
+	int64_t now = cptime_mono_ms();
+	if (!l->failures++)
+		l->first_failure_mono_ms = now;
+	int64_t delay = retry_next_delay_ms(&p.retry, l->failures, retry_after, &w->rng);
+	p.retry.max_attempts = UINT_MAX;
+	if (!retry_may_retry(&p.retry, l->failures, l->first_failure_mono_ms, now, delay)) {
+		job_fail(job, status, "OutcomeUnknown",
+		         "the group chat may exist and the lookup keeps failing", true);
+		finish_job(w, job);
+		return;
+	}
+	requeue_retry(w, job, status, now, delay);
+}
+
 /* A lookup request that did not succeed: try again, refresh the token, or give up. */
 static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enum retry_class cls,
                           long status)
@@ -677,12 +725,8 @@ static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enu
 	}
 	if (cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED) {
 		/* Pages can move meanwhile, a next link expire: start over from the first. */
-		free(job->lookup->next_page);
-		job->lookup->next_page = NULL;
-		job->lookup->pages = 0;
-		retry_or_fail(w, job, status, "OutcomeUnknown",
-		              "the group chat may exist and the lookup keeps failing",
-		              retry_after_ms(x, 0));
+		lookup_from_first_page(job);
+		lookup_retry_or_fail(w, job, status, retry_after_ms(x, 0));
 		return;
 	}
 	/* 403 (no Chat.ReadBasic.All), 404, ...: we cannot know, so we do not create again. */
@@ -691,6 +735,32 @@ static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enu
 	         "the group chat may exist and Graph refused the lookup (HTTP %ld)", status);
 	job_fail(job, status, "OutcomeUnknown", message, false);
 	finish_job(w, job);
+}
+
+/*
+ * A group chat with an app is made by a 202 operation, and its chat is listed only once the
+ * operation ends (graph-sim does so; Graph documents nothing either way). A POST whose 202
+ * was lost may have started one: until the operation could have ended, a lookup that finds
+ * nothing looks again every poll_interval_s before a second POST. Bounded: ANSWER_LOST_SETTLE_MS
+ * after that POST left, and never past [operations] timeout_s.
+ */
+static bool lookup_again_later(struct worker *w, struct job *job, const struct log_ctx *ctx)
+{
+	struct worker_policy p = current_policy(w);
+	int64_t sent = job->unsure_post_wall_ms ? job->unsure_post_wall_ms : job->intent_wall_ms;
+	int64_t settle = p.op_timeout_ms < ANSWER_LOST_SETTLE_MS ? p.op_timeout_ms
+	                                                          : ANSWER_LOST_SETTLE_MS;
+	int64_t left = sent + settle - cptime_wall_ms();
+	if (!job->ev->app_id || !sent || left <= 0)
+		return false;
+	int64_t wait = p.poll_interval_ms < left ? p.poll_interval_ms : left;
+	log_with(LOG_LVL_INFO, ctx,
+	         "lookup: not listed yet; a 202 operation may still be making it: looking again in "
+	         "%lld ms",
+	         (long long)wait);
+	lookup_from_first_page(job);
+	requeue_at(w, job, cptime_mono_ms() + wait);
+	return true;
 }
 
 static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
@@ -714,6 +784,8 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 		lookup_next_page(w, job, found.next_link, &ctx);
 		return;
 	}
+	if (!found.found && lookup_again_later(w, job, &ctx))
+		return;
 	job->needs_lookup = false;
 	job_lookup_end(job);
 	if (!found.found) {

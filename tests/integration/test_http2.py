@@ -12,7 +12,7 @@ import collections
 import ssl
 import time
 
-from graphsim import GraphSim
+from graphsim import GraphSim, wait_for
 from stack import CLIENT_ID, SECRET, TENANT, Stack, group_event
 from test_tls import make_ca, make_server_cert
 
@@ -111,3 +111,74 @@ def test_concurrent_requests_share_a_handful_of_connections(tmp_path):
     # endpoint's); when the burst races the server's SETTINGS, up to the worker's cap of
     # max(4, 1000 / 100) = 10 for Graph, plus the token endpoint's.
     assert ledger["connections_accepted"] <= 12, ledger["connections_accepted"]
+
+
+
+def lookups(ledger):
+    return sum(ledger["requests"].get("GET /{version}/users/{id}/chats", {}).values())
+
+
+def test_lookup_after_a_restart_survives_cut_connections(tmp_path):
+    """After a SIGKILL, every intent without an outcome is looked up before anything is POSTed
+    again. A lookup is a GET: connections cut under it (every stream on the connection fails
+    at once, again at the next cut) mean "try again", never failed/OutcomeUnknown. The soak
+    saw 22 ids end "failed after 0 attempt(s): OutcomeUnknown" this way: the retry budget's
+    time ran from a first POST the restarted instance never made."""
+    graph = H2Graph(tmp_path, fault_hang_rate=1, hang_s=120)
+    events = [group_event(i) for i in range(40)]
+    ids = [e["id"] for e in events]
+    try:
+        with Stack(tmp_path, partitions=4) as stack:
+            config = graph.daemon_config(max_in_flight=100)
+            daemon = stack.start_daemon(**config)
+            stack.produce(events)
+            # Every POST reached graph-sim (its intent is durable) and hangs: SIGKILL.
+            assert wait_for(lambda: len(graph.sim.ledger()["chat_posts"]) >= len(events), 30)
+            daemon.sigkill()
+            graph.sim.config(fault_hang_rate=0, latency_ms=300, fault_cut_busiest_h2_every_s=0.2)
+            daemon = stack.start_daemon(**config)
+            assert wait_for(lambda: lookups(graph.sim.ledger()) > 0, 60)
+            cut = graph.sim.ledger()["connections_cut"]
+            assert wait_for(lambda: graph.sim.ledger()["connections_cut"] >= cut + 3, 30)
+            graph.sim.config(fault_cut_busiest_h2_every_s=0, latency_ms=0)
+            results = stack.wait_results(ids, timeout=90)
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+            ledger = graph.sim.ledger()
+    finally:
+        graph.sim.stop()
+    failed = [r for r in results.values() if r["status"] != "succeeded"]
+    assert not failed, (len(failed), failed[:2])
+    assert ledger["duplicate_group_chats"] == 0
+
+
+def test_a_cut_202_is_not_posted_again_before_its_operation_could_end(tmp_path):
+    """A group chat with an app is made by a 202 operation, and its chat is listed only when
+    the operation ends (1 s here). A 202 lost in a cut connection leaves a lookup that finds
+    nothing yet: a second POST then made a second chat ~300 ms after the first (the soak: 25
+    chats twice). The lookup must look again until the operation could have ended."""
+    graph = H2Graph(tmp_path, latency_ms=300, operation_in_progress_after_s=0.2,
+                    operation_done_after_s=1.0)
+    events = [group_event(i, app=True) for i in range(300)]
+    ids = [e["id"] for e in events]
+    config = graph.daemon_config(max_in_flight=1000, max_attempts=40)
+    config["operations"] = {"poll_interval_s": "0.2", "timeout_s": "60"}
+    try:
+        with Stack(tmp_path, partitions=4) as stack:
+            daemon = stack.start_daemon(**config)
+            assert wait_for(lambda: "ready:" in daemon.log_text(), 30)
+            # POSTs keep leaving while connections are cut, so that cuts fall on 202s.
+            graph.sim.config(fault_cut_busiest_h2_every_s=0.5)
+            for start in range(0, len(events), 25):
+                stack.produce(events[start:start + 25])
+                time.sleep(0.25)
+            graph.sim.config(fault_cut_busiest_h2_every_s=0)
+            results = stack.wait_results(ids, timeout=120)
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+            ledger = graph.sim.ledger()
+    finally:
+        graph.sim.stop()
+    # The cuts lost 202s: some lookups ran.
+    assert lookups(ledger) > 0
+    assert ledger["duplicate_group_chats"] == 0, ledger["duplicate_group_chats"]
+    failed = [r for r in results.values() if r["status"] != "succeeded"]
+    assert not failed, (len(failed), failed[:2])
