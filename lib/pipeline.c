@@ -558,11 +558,12 @@ static void restart_followers(struct pipeline *p, const char *id);
 
 static void job_settled(struct pipeline *p, struct job *job)
 {
-	struct partition_state *ps = partition(p, job->partition);
 	/* A result from before a revoke no longer moves this assignment's offsets; one
 	 * flushed by the revoke's hand-over does, so that it is committed. */
 	bool current = settles_here(p, job);
-	if (current && offtrack_done(p->offsets, job->partition, job->offset))
+	/* Looked up after settles_here: partition() may move the table. */
+	struct partition_state *ps = partition(p, job->partition);
+	if (current && offtrack_done(p->offsets, job->partition, job->offset) && ps)
 		ps->dirty = true;
 	if (current && job->ev && !state_set_active(p->state, job->ev->id, job->partition, false))
 		log_warning("state: cannot clear the active mark of %s", job->ev->id);
