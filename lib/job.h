@@ -70,6 +70,7 @@ struct job {
 	int64_t not_found_since_mono_ms; /* the first 404 */
 	int64_t intent_wall_ms;      /* when the first POST may have been sent */
 	int64_t unsure_post_wall_ms; /* when the last POST whose outcome is unknown left */
+	bool answer_lost;            /* ...and got no answer (or a 504, or a crash): a 202 may run */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
 	int64_t held_since_mono_ms; /* first held for lack of a token (credentials failing) */

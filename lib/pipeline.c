@@ -1326,6 +1326,7 @@ static void dispatch(struct pipeline *p, struct job *job)
 	if ((si.kind == STATE_INTENT || (si.kind == STATE_DONE && !again)) && is_group(job)) {
 		/* Sent before, outcome unknown (or its record unreadable): look before posting. */
 		job->needs_lookup = true;
+		job->answer_lost = true; /* the instance that sent it may have died with a 202 */
 		job->intent_wall_ms = si.at_wall_ms;
 	}
 	if (!state_set_active(p->state, job->ev->id, job->partition, true)) {

@@ -387,6 +387,8 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 		/* Graph may have made the group chat before failing to say so. */
 		job->needs_lookup = true;
 		job->unsure_post_wall_ms = cptime_wall_ms() - (now - x->started_mono_ms);
+		/* A 500 or 503 is Graph's answer, not a 202 that went missing. */
+		job->answer_lost = rc != CURLE_OK || status == 504;
 		log_with(LOG_LVL_NOTICE, ctx,
 		         "outcome unknown: will look the chat up before creating it again");
 	}
@@ -740,7 +742,7 @@ static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enu
 /*
  * A group chat with an app is made by a 202 operation, and its chat is listed only once the
  * operation ends (graph-sim does so; Graph documents nothing either way). A POST whose 202
- * was lost may have started one: until the operation could have ended, a lookup that finds
+ * was lost (no answer, a 504, or an instance that died after it) may have started one: until the operation could have ended, a lookup that finds
  * nothing looks again every poll_interval_s before a second POST. Bounded: ANSWER_LOST_SETTLE_MS
  * after that POST left, and never past [operations] timeout_s.
  */
@@ -751,7 +753,7 @@ static bool lookup_again_later(struct worker *w, struct job *job, const struct l
 	int64_t settle = p.op_timeout_ms < ANSWER_LOST_SETTLE_MS ? p.op_timeout_ms
 	                                                          : ANSWER_LOST_SETTLE_MS;
 	int64_t left = sent + settle - cptime_wall_ms();
-	if (!job->ev->app_id || !sent || left <= 0)
+	if (!job->ev->app_id || !job->answer_lost || !sent || left <= 0)
 		return false;
 	int64_t wait = p.poll_interval_ms < left ? p.poll_interval_ms : left;
 	log_with(LOG_LVL_INFO, ctx,

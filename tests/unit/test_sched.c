@@ -888,7 +888,7 @@ static void check_eta_matches_scheduler(const struct eta_case *c)
 	size_t id = 0;
 	int64_t start = 1000000;
 	for (size_t i = 0; i < c->n_tenants; i++) {
-		char name[16];
+		char name[24];
 		snprintf(name, sizeof name, "t%zu", i);
 		size_t idx = add_tenant(s, name, c->limits[i]);
 		push_n(s, idx, id, (size_t)c->events[i], start);
