@@ -21,8 +21,7 @@ int ctl_redrive(const char *config_path, int argc, char **argv);
 struct cfg *ctl_load_config(const char *path);
 
 /* A whole non-negative number in [min, max]; false on anything else. */
-bool ctl_parse_count(const char *text, long long min, long long max,
-                     long long *out) CP_MUSTCHECK;
+bool ctl_parse_count(const char *text, long long min, long long max, long long *out) CP_MUSTCHECK;
 
 /* ---- ctl_kafka.c: reading a topic's current contents without joining a group ---- */
 
@@ -41,8 +40,7 @@ typedef bool(ctl_message_fn)(const rd_kafka_message_t *msg, void *arg);
  * watermark now. *ranges is malloc'd. False with err filled.
  */
 bool ctl_topic_ranges(rd_kafka_t *rk, const char *topic, bool from_committed,
-                      struct ctl_range **ranges, size_t *n, char *err,
-                      size_t errcap) CP_MUSTCHECK;
+                      struct ctl_range **ranges, size_t *n, char *err, size_t errcap) CP_MUSTCHECK;
 
 /* Reads every message of the ranges, in partition order; no offset is stored or committed. */
 bool ctl_read_ranges(rd_kafka_t *rk, const char *topic, const struct ctl_range *ranges, size_t n,

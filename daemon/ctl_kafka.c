@@ -10,8 +10,8 @@
 /* A read that receives nothing for this long has lost the broker. */
 #define STALL_MS 30000
 
-static bool topic_partitions(rd_kafka_t *rk, const char *topic, int32_t **ids, size_t *n,
-                             char *err, size_t errcap)
+static bool topic_partitions(rd_kafka_t *rk, const char *topic, int32_t **ids, size_t *n, char *err,
+                             size_t errcap)
 {
 	const struct rd_kafka_metadata *md = NULL;
 	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
@@ -20,7 +20,8 @@ static bool topic_partitions(rd_kafka_t *rk, const char *topic, int32_t **ids, s
 		e = rd_kafka_metadata(rk, 0, rkt, &md, META_TIMEOUT_MS);
 	bool ok = false;
 	if (e != RD_KAFKA_RESP_ERR_NO_ERROR || !md || md->topic_cnt != 1) {
-		snprintf(err, errcap, "%s: cannot read its metadata: %s", topic, rd_kafka_err2str(e));
+		snprintf(err, errcap, "%s: cannot read its metadata: %s", topic,
+		         rd_kafka_err2str(e));
 		goto fail;
 	}
 	if (md->topics[0].err) {

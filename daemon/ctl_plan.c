@@ -102,8 +102,7 @@ static bool print_json(json_object *ev, size_t line, const rd_kafka_message_t *m
 	return ok;
 }
 
-static bool plan_one(struct plan_run *r, const void *buf, size_t len,
-                     const rd_kafka_message_t *msg)
+static bool plan_one(struct plan_run *r, const void *buf, size_t len, const rd_kafka_message_t *msg)
 {
 	json_object *ev = NULL;
 	r->line++;
@@ -154,10 +153,10 @@ static bool plan_topic(struct plan_run *r, const struct cfg *cfg)
 	struct ctl_range *ranges = NULL;
 	size_t n = 0;
 	rd_kafka_t *rk = kafka_inspector_new(cfg, err, sizeof err);
-	bool ok = rk &&
-	          ctl_topic_ranges(rk, cfg->kafka.input_topic, true, &ranges, &n, err, sizeof err) &&
-	          ctl_read_ranges(rk, cfg->kafka.input_topic, ranges, n, on_message, r, err,
-	                          sizeof err);
+	bool ok =
+	    rk &&
+	    ctl_topic_ranges(rk, cfg->kafka.input_topic, true, &ranges, &n, err, sizeof err) &&
+	    ctl_read_ranges(rk, cfg->kafka.input_topic, ranges, n, on_message, r, err, sizeof err);
 	if (!ok && !r->failed)
 		fprintf(stderr, "chatprovctl: plan --from-topic: %s\n", err);
 	free(ranges);
@@ -181,7 +180,8 @@ static void print_rows(const struct row *rows, size_t n, size_t cols)
 	for (size_t i = 0; i < n; i++) {
 		for (size_t c = 0; c < cols; c++) {
 			bool last = c + 1 == cols;
-			printf("%-*s%s", last ? 0 : (int)width[c], rows[i].cells[c], last ? "\n" : "  ");
+			printf("%-*s%s", last ? 0 : (int)width[c], rows[i].cells[c],
+			       last ? "\n" : "  ");
 		}
 	}
 }
@@ -243,7 +243,8 @@ static bool print_summary_text(json_object *summary)
 
 static bool print_text(struct plan_run *r, json_object *summary)
 {
-	struct row head = {{"LINE", "ID", "STATUS", "TENANT", "CHAT", "CLIENT-REQUEST-ID / REASON"}};
+	struct row head = {
+	    {"LINE", "ID", "STATUS", "TENANT", "CHAT", "CLIENT-REQUEST-ID / REASON"}};
 	struct row *rows = malloc((r->n_rows + 1) * sizeof *rows);
 	if (!rows)
 		return false;
@@ -272,7 +273,8 @@ static int parse_opts(int argc, char **argv, struct plan_opts *o)
 	while ((c = getopt_long(argc, argv, "f:t", longopts, NULL)) != -1) {
 		if (c == 't') {
 			o->from_topic = true;
-		} else if (c == 'f' && (strcmp(optarg, "json") == 0 || strcmp(optarg, "text") == 0)) {
+		} else if (c == 'f' &&
+		           (strcmp(optarg, "json") == 0 || strcmp(optarg, "text") == 0)) {
 			o->text = strcmp(optarg, "text") == 0;
 		} else {
 			if (c == 'f')

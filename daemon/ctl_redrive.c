@@ -63,10 +63,12 @@ static bool copy_back(struct redrive_run *r, const rd_kafka_message_t *msg)
 		return false;
 	}
 	for (;;) {
-		rd_kafka_resp_err_t e = rd_kafka_producev(
-		    r->producer, RD_KAFKA_V_TOPIC(r->cfg->kafka.input_topic),
-		    RD_KAFKA_V_KEY(msg->key, msg->key_len), RD_KAFKA_V_VALUE(msg->payload, msg->len),
-		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+		rd_kafka_resp_err_t e =
+		    rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(r->cfg->kafka.input_topic),
+		                      RD_KAFKA_V_KEY(msg->key, msg->key_len),
+		                      RD_KAFKA_V_VALUE(msg->payload, msg->len),
+		                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		                      RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
 		if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
 			return true; /* the producer owns h now */
 		if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
@@ -130,9 +132,12 @@ static int bad_option(const char *what, const char *value)
 static int parse_opts(int argc, char **argv, struct redrive_opts *o)
 {
 	static const struct option longopts[] = {
-	    {"status", required_argument, NULL, 's'}, {"code", required_argument, NULL, 'c'},
-	    {"tenant", required_argument, NULL, 't'}, {"since", required_argument, NULL, 'S'},
-	    {"limit", required_argument, NULL, 'l'},  {"dry-run", no_argument, NULL, 'n'},
+	    {"status", required_argument, NULL, 's'},
+	    {"code", required_argument, NULL, 'c'},
+	    {"tenant", required_argument, NULL, 't'},
+	    {"since", required_argument, NULL, 'S'},
+	    {"limit", required_argument, NULL, 'l'},
+	    {"dry-run", no_argument, NULL, 'n'},
 	    {NULL, 0, NULL, 0},
 	};
 	*o = (struct redrive_opts){.filter = {.status = "failed", .since_ms = INT64_MIN}};
@@ -152,7 +157,8 @@ static int parse_opts(int argc, char **argv, struct redrive_opts *o)
 			break;
 		case 'S':
 			if (!redrive_parse_time(optarg, &o->filter.since_ms))
-				return bad_option("--since (RFC 3339, e.g. 2026-12-02T10:00:00Z)", optarg);
+				return bad_option("--since (RFC 3339, e.g. 2026-12-02T10:00:00Z)",
+				                  optarg);
 			break;
 		case 'l':
 			if (!ctl_parse_count(optarg, 1, INT64_MAX, &o->limit))
@@ -189,7 +195,8 @@ static int run(struct redrive_run *r)
 	if (r->producer) {
 		rd_kafka_resp_err_t e = rd_kafka_flush(r->producer, FLUSH_TIMEOUT_MS);
 		if (e != RD_KAFKA_RESP_ERR_NO_ERROR && ok) {
-			snprintf(r->err, sizeof r->err, "copies not confirmed: %s", rd_kafka_err2str(e));
+			snprintf(r->err, sizeof r->err, "copies not confirmed: %s",
+			         rd_kafka_err2str(e));
 			ok = false;
 		}
 		rd_kafka_destroy(r->producer);

@@ -13,10 +13,10 @@
 #include "kafka.h"
 #include "promtext.h"
 
-#define MAX_TENANTS   CFG_MAX_TENANTS
-#define BAR_WIDTH     30
-#define HTTP_TIMEOUT  5L
-#define URL_MAX       (CFG_VALUE_MAX + 32)
+#define MAX_TENANTS  CFG_MAX_TENANTS
+#define BAR_WIDTH    30
+#define HTTP_TIMEOUT 5L
+#define URL_MAX      (CFG_VALUE_MAX + 32)
 
 /* One tenant's figures from a scrape. */
 struct tenant_view {
@@ -98,7 +98,8 @@ static struct promtext *scrape(const char *url, char *err, size_t errcap)
 	CURLcode rc = curl_easy_perform(h);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
 	if (rc != CURLE_OK)
-		snprintf(err, errcap, "%s: %s", url, curl_err[0] ? curl_err : curl_easy_strerror(rc));
+		snprintf(err, errcap, "%s: %s", url,
+		         curl_err[0] ? curl_err : curl_easy_strerror(rc));
 	else if (code != 200)
 		snprintf(err, errcap, "%s: HTTP %ld", url, code);
 	else if (!promtext_parse(b.p ? b.p : "", b.len, &pt, curl_err, sizeof curl_err))
@@ -110,8 +111,7 @@ static struct promtext *scrape(const char *url, char *err, size_t errcap)
 
 /* ---- a view ---- */
 
-static double sum(const struct promtext *pt, const char *name, const char *label,
-                  const char *value)
+static double sum(const struct promtext *pt, const char *name, const char *label, const char *value)
 {
 	double v = 0;
 	return promtext_sum(pt, name, label, value, &v) ? v : 0;
@@ -122,7 +122,8 @@ static double outcome(const struct promtext *pt, const char *tenant, const char 
 {
 	double total = 0;
 	for (size_t i = 0; i < promtext_count(pt); i++) {
-		const char *t = promtext_label(pt, i, "tenant"), *s = promtext_label(pt, i, "status");
+		const char *t = promtext_label(pt, i, "tenant"),
+		           *s = promtext_label(pt, i, "status");
 		if (strcmp(promtext_name(pt, i), "chatprov_tenant_requests_total") == 0 && t && s &&
 		    strcmp(t, tenant) == 0 && strcmp(s, status) == 0)
 			total += promtext_value(pt, i);
@@ -163,8 +164,8 @@ static int64_t group_lag(struct status_run *r)
 	char err[CP_ERRSTR_SIZE];
 	struct ctl_range *ranges = NULL;
 	size_t n = 0;
-	if (!r->rk || !ctl_topic_ranges(r->rk, r->cfg->kafka.input_topic, true, &ranges, &n, err,
-	                                sizeof err))
+	if (!r->rk ||
+	    !ctl_topic_ranges(r->rk, r->cfg->kafka.input_topic, true, &ranges, &n, err, sizeof err))
 		return -1;
 	int64_t lag = ctl_ranges_total(ranges, n);
 	free(ranges);
@@ -205,7 +206,8 @@ static void rates(struct view *now, const struct view *before)
 			struct tenant_view *t = &now->t[i];
 			if (strcmp(b->name, t->name) != 0)
 				continue;
-			double d = (t->done + t->failed + t->rejected) - (b->done + b->failed + b->rejected);
+			double d = (t->done + t->failed + t->rejected) -
+			           (b->done + b->failed + b->rejected);
 			t->rate = d > 0 ? d / dt : 0;
 			now->rate += t->rate;
 		}
@@ -225,17 +227,16 @@ static void bar(char *out, double done, double total)
 static void print_table(const struct view *v, bool bars)
 {
 	char eta[48], b[BAR_WIDTH + 1];
-	printf("%-16s %9s %7s %8s %7s %9s %7s %9s %10s%s\n", "TENANT", "DONE", "FAILED",
-	       "REJECTED", "QUEUED", "THROTTLED", "RATE/S", "ALLOWED/S", "ETA",
-	       bars ? "  PROGRESS" : "");
+	printf("%-16s %9s %7s %8s %7s %9s %7s %9s %10s%s\n", "TENANT", "DONE", "FAILED", "REJECTED",
+	       "QUEUED", "THROTTLED", "RATE/S", "ALLOWED/S", "ETA", bars ? "  PROGRESS" : "");
 	for (size_t i = 0; i < v->n; i++) {
 		const struct tenant_view *t = &v->t[i];
 		cptime_format_duration(t->eta, eta, sizeof eta);
 		bar(b, t->done + t->failed + t->rejected,
 		    t->done + t->failed + t->rejected + t->queued);
-		printf("%-16s %9.0f %7.0f %8.0f %7.0f %9.0f %7.1f %9.1f %10s%s%s\n", t->name, t->done,
-		       t->failed, t->rejected, t->queued, t->throttled, t->rate, t->allowed, eta,
-		       bars ? "  " : "", bars ? b : "");
+		printf("%-16s %9.0f %7.0f %8.0f %7.0f %9.0f %7.1f %9.1f %10s%s%s\n", t->name,
+		       t->done, t->failed, t->rejected, t->queued, t->throttled, t->rate,
+		       t->allowed, eta, bars ? "  " : "", bars ? b : "");
 	}
 	char lag[32] = "unknown";
 	if (v->group_lag >= 0)
@@ -367,8 +368,9 @@ int ctl_status(const char *config_path, int argc, char **argv)
 	struct status_run r = {.cfg = cfg, .tty = isatty(STDOUT_FILENO) == 1};
 	rc = CTL_FAILED;
 	if (!metrics_url(cfg->metrics.listen, r.url, sizeof r.url)) {
-		fprintf(stderr, "chatprovctl status: [metrics] listen = '%s' gives no address to "
-		                "read (empty or port 0)\n",
+		fprintf(stderr,
+		        "chatprovctl status: [metrics] listen = '%s' gives no address to "
+		        "read (empty or port 0)\n",
 		        cfg->metrics.listen);
 		goto out;
 	}
