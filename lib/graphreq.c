@@ -11,6 +11,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cpjson.h"
+
 /* GRAPHREQ_CLIENT_REQUEST_NS as bytes. */
 static const unsigned char client_request_ns[16] = {0xe9, 0x49, 0xfd, 0x02, 0x0f, 0x89, 0x5c, 0x91,
                                                     0xa6, 0x57, 0x04, 0x36, 0x13, 0xfb, 0x51, 0xa9};
@@ -102,18 +104,6 @@ bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out,
 	return keyed_url(version_root, "/chats", chat_id, out, cap);
 }
 
-/* Adds val under key, taking ownership of val in every case; NULL val means OOM. */
-static bool obj_add(json_object *obj, const char *key, json_object *val)
-{
-	if (!val)
-		return false;
-	if (json_object_object_add(obj, key, val) != 0) {
-		json_object_put(val);
-		return false;
-	}
-	return true;
-}
-
 static bool arr_add(json_object *arr, json_object *val)
 {
 	if (!val)
@@ -135,14 +125,14 @@ static json_object *member_json(const struct event_member *m, const char *bind_r
 		goto fail;
 	if (!graphreq_user_bind_url(bind_root, m->user_id, url, sizeof url))
 		goto fail;
-	if (!obj_add(o, "@odata.type",
+	if (!cpjson_put(o, "@odata.type",
 	             json_object_new_string("#microsoft.graph.aadUserConversationMember")))
 		goto fail;
-	bool ok = obj_add(o, "roles", roles);
+	bool ok = cpjson_put(o, "roles", roles);
 	roles = NULL;
-	if (!ok || !obj_add(o, "user@odata.bind", json_object_new_string(url)))
+	if (!ok || !cpjson_put(o, "user@odata.bind", json_object_new_string(url)))
 		goto fail;
-	if (m->tenant_id && !obj_add(o, "tenantId", json_object_new_string(m->tenant_id)))
+	if (m->tenant_id && !cpjson_put(o, "tenantId", json_object_new_string(m->tenant_id)))
 		goto fail;
 	return o;
 fail:
@@ -154,7 +144,7 @@ fail:
 static bool add_members(json_object *root, const struct event_request *ev, const char *bind_root)
 {
 	json_object *arr = json_object_new_array();
-	if (!obj_add(root, "members", arr))
+	if (!cpjson_put(root, "members", arr))
 		return false;
 	for (size_t i = 0; i < ev->n_members; i++) {
 		if (!arr_add(arr, member_json(&ev->members[i], bind_root)))
@@ -168,14 +158,14 @@ static bool add_app(json_object *root, const struct event_request *ev, const cha
 	struct sbuf b;
 	char url[GRAPHREQ_URL_MAX];
 	json_object *arr = json_object_new_array(), *app = json_object_new_object();
-	if (!obj_add(root, "installedApps", arr) || !arr_add(arr, app))
+	if (!cpjson_put(root, "installedApps", arr) || !arr_add(arr, app))
 		return false;
 	sb_init(&b, url, sizeof url);
 	sb_put_root(&b, bind_root);
 	sb_puts(&b, "/appCatalogs/teamsApps/");
 	/* A validated app id is a GUID; escaping keeps that true for any caller. */
 	sb_put_literal(&b, ev->app_id);
-	return b.ok && obj_add(app, "teamsApp@odata.bind", json_object_new_string(url));
+	return b.ok && cpjson_put(app, "teamsApp@odata.bind", json_object_new_string(url));
 }
 
 char *graphreq_chat_body(const struct event_request *ev, const char *bind_root)
@@ -185,10 +175,10 @@ char *graphreq_chat_body(const struct event_request *ev, const char *bind_root)
 	if (!root || !bind_root || !*bind_root)
 		goto fail;
 	const char *type = ev->chat_type == EVENT_CHAT_GROUP ? "group" : "oneOnOne";
-	if (!obj_add(root, "chatType", json_object_new_string(type)))
+	if (!cpjson_put(root, "chatType", json_object_new_string(type)))
 		goto fail;
 	if (ev->chat_type == EVENT_CHAT_GROUP && ev->topic &&
-	    !obj_add(root, "topic", json_object_new_string(ev->topic)))
+	    !cpjson_put(root, "topic", json_object_new_string(ev->topic)))
 		goto fail;
 	if (!add_members(root, ev, bind_root))
 		goto fail;

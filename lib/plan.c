@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chatreq.h"
+#include "cpjson.h"
 #include "event.h"
 #include "sched.h"
 
@@ -46,31 +47,20 @@ size_t plan_rejected(const struct plan *p)
 	return p->rejected;
 }
 
-/* Adds val under key, taking ownership of val in every case; NULL val means OOM. */
-static bool put(json_object *obj, const char *key, json_object *val)
-{
-	if (!val)
-		return false;
-	if (json_object_object_add(obj, key, val) != 0) {
-		json_object_put(val);
-		return false;
-	}
-	return true;
-}
-
 static json_object *request_json(const struct plan *p, const struct chatreq *req)
 {
 	json_object *r = json_object_new_object(), *h = json_object_new_object();
 	json_object *body = json_tokener_parse(req->body);
 	if (!r || !h || !body)
 		goto fail;
-	bool ok = put(h, "client-request-id", json_object_new_string(req->client_request_id));
-	if (!ok || !put(r, "method", json_object_new_string("POST")) ||
-	    !put(r, "url", json_object_new_string(p->roots.chats_url)))
+	bool ok =
+	    cpjson_put(h, "client-request-id", json_object_new_string(req->client_request_id));
+	if (!ok || !cpjson_put(r, "method", json_object_new_string("POST")) ||
+	    !cpjson_put(r, "url", json_object_new_string(p->roots.chats_url)))
 		goto fail;
-	ok = put(r, "headers", h);
+	ok = cpjson_put(r, "headers", h);
 	h = NULL;
-	ok = ok && put(r, "body", body);
+	ok = ok && cpjson_put(r, "body", body);
 	body = NULL;
 	if (!ok)
 		goto fail;
@@ -87,10 +77,10 @@ static bool valid_json(struct plan *p, const struct event_request *ev, const str
 {
 	p->valid++;
 	p->chats[req->tenant]++;
-	return put(o, "id", json_object_new_string(ev->id)) &&
-	       put(o, "status", json_object_new_string("valid")) &&
-	       put(o, "tenant", json_object_new_string(p->cfg->tenants[req->tenant].name)) &&
-	       put(o, "request", request_json(p, req));
+	return cpjson_put(o, "id", json_object_new_string(ev->id)) &&
+	       cpjson_put(o, "status", json_object_new_string("valid")) &&
+	       cpjson_put(o, "tenant", json_object_new_string(p->cfg->tenants[req->tenant].name)) &&
+	       cpjson_put(o, "request", request_json(p, req));
 }
 
 static bool rejected_json(struct plan *p, const void *buf, size_t len,
@@ -107,8 +97,8 @@ static bool rejected_json(struct plan *p, const void *buf, size_t len,
 		json_object_put(idv);
 		return false;
 	}
-	return put(o, "status", json_object_new_string("rejected")) &&
-	       put(o, "reason", json_object_new_string(reason));
+	return cpjson_put(o, "status", json_object_new_string("rejected")) &&
+	       cpjson_put(o, "reason", json_object_new_string(reason));
 }
 
 bool plan_event(struct plan *p, const void *buf, size_t len, json_object **out)
@@ -141,7 +131,7 @@ static bool put_eta(json_object *obj, const char *key, double eta_s)
 {
 	if (!isfinite(eta_s))
 		return json_object_object_add(obj, key, NULL) == 0;
-	return put(obj, key, json_object_new_double(round(eta_s * 10) / 10));
+	return cpjson_put(obj, key, json_object_new_double(round(eta_s * 10) / 10));
 }
 
 /* Tenant i's limit per window: its own, else the [limits] default (as the scheduler does). */
@@ -158,8 +148,8 @@ static bool tenants_json(const struct plan *p, const struct sched_eta_tenant *t,
 		if (!p->chats[i])
 			continue;
 		json_object *o = json_object_new_object();
-		if (!put(tenants, p->cfg->tenants[i].name, o) ||
-		    !put(o, "chats", json_object_new_int64((int64_t)p->chats[i])) ||
+		if (!cpjson_put(tenants, p->cfg->tenants[i].name, o) ||
+		    !cpjson_put(o, "chats", json_object_new_int64((int64_t)p->chats[i])) ||
 		    !put_eta(o, "etaSeconds", t[i].eta_s))
 			return false;
 	}
@@ -186,18 +176,18 @@ bool plan_summary(struct plan *p, json_object **out)
 		json_object_put(tenants);
 		return false;
 	}
-	bool ok = put(s, "events", json_object_new_int64((int64_t)p->events)) &&
-	          put(s, "valid", json_object_new_int64((int64_t)p->valid)) &&
-	          put(s, "rejected", json_object_new_int64((int64_t)p->rejected)) &&
+	bool ok = cpjson_put(s, "events", json_object_new_int64((int64_t)p->events)) &&
+	          cpjson_put(s, "valid", json_object_new_int64((int64_t)p->valid)) &&
+	          cpjson_put(s, "rejected", json_object_new_int64((int64_t)p->rejected)) &&
 	          tenants_json(p, t, tenants);
-	/* put() takes tenants, then s, in every case. */
-	ok = put(s, "tenants", tenants) && ok && put_eta(s, "etaSeconds", eta);
+	/* cpjson_put() takes tenants, then s, in every case. */
+	ok = cpjson_put(s, "tenants", tenants) && ok && put_eta(s, "etaSeconds", eta);
 	json_object *root = json_object_new_object();
 	if (!root) {
 		json_object_put(s);
 		return false;
 	}
-	if (!put(root, "summary", s) || !ok) {
+	if (!cpjson_put(root, "summary", s) || !ok) {
 		json_object_put(root);
 		return false;
 	}
