@@ -165,7 +165,8 @@ bool plan_summary(struct plan *p, json_object **out)
 		double limit = tenant_limit(cfg, i);
 		t[i] = (struct sched_eta_tenant){.events = (double)p->chats[i],
 		                                 .rate = limit,
-		                                 .tokens = sched_full_bucket(limit)};
+		                                 .tokens = sched_first_burst(limit,
+		                                                            SCHED_SLOW_START_TOKENS)};
 	}
 	if (!sched_eta(t, cfg->n_tenants, global, sched_full_bucket(global), cfg->limits.window_s,
 	               &eta))

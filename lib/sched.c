@@ -59,6 +59,7 @@ struct tenant {
 	int64_t blocked_until;
 	int64_t md_until; /* 429s before this belong to the episode already halved for */
 	double knee;      /* below it, recover fast; 0: no 429 seen yet */
+	double window;    /* slow start: the most tokens the bucket holds; INFINITY: off */
 	uint32_t head, tail;
 	size_t ready, delayed;
 	size_t heap_pos;     /* position in the tenant heap; SIZE_MAX: not in it */
@@ -102,6 +103,21 @@ static void bucket_set(struct bucket *b, double per_window, double win_ms)
 	b->cap = per_window > 1.0 ? per_window : 1.0;
 	if (b->tokens > b->cap)
 		b->tokens = b->cap;
+}
+
+/* A tenant's bucket: its current rate, its burst no more than its slow-start window. */
+static void tenant_bucket_set(struct sched *s, struct tenant *tn)
+{
+	bucket_set(&tn->bucket, tn->rate, window_ms(s));
+	if (tn->bucket.cap > tn->window)
+		tn->bucket.cap = tn->window > 1.0 ? tn->window : 1.0;
+	if (tn->bucket.tokens > tn->bucket.cap)
+		tn->bucket.tokens = tn->bucket.cap;
+}
+
+static double slow_start_window(const struct sched *s)
+{
+	return s->lim.slow_start_tokens > 0 ? s->lim.slow_start_tokens : INFINITY;
 }
 
 static void bucket_refill(struct bucket *b, int64_t now)
@@ -325,7 +341,8 @@ static bool limit_valid(double v)
 static bool limits_valid(const struct sched_limits *lim)
 {
 	return limit_valid(lim->per_tenant_limit) && limit_valid(lim->global_limit) &&
-	       limit_valid(lim->window_s) && lim->window_s <= 86400.0 * 366;
+	       limit_valid(lim->window_s) && lim->window_s <= 86400.0 * 366 &&
+	       isfinite(lim->slow_start_tokens) && lim->slow_start_tokens >= 0;
 }
 
 bool sched_new(const struct sched_limits *lim, size_t max_queued, struct sched **out)
@@ -405,9 +422,10 @@ bool sched_add_tenant(struct sched *s, const char *name, double limit, size_t *i
 	tn->name = copy;
 	tn->uses_default = !(limit > 0);
 	tn->limit = tn->rate = tn->uses_default ? s->lim.per_tenant_limit : limit;
+	tn->window = slow_start_window(s);
 	tn->bucket.last_ms = INT64_MIN;
-	bucket_set(&tn->bucket, tn->rate, window_ms(s));
-	tn->bucket.tokens = tn->bucket.cap;
+	tn->bucket.tokens = INFINITY;
+	tenant_bucket_set(s, tn);
 	tn->blocked_until = tn->md_until = tn->ready_since = INT64_MIN;
 	tn->head = tn->tail = NIL;
 	tn->heap_pos = SIZE_MAX;
@@ -520,13 +538,21 @@ enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, s
 	return st;
 }
 
+bool sched_blocked(struct sched *s, size_t tenant, int64_t now_ms)
+{
+	pthread_mutex_lock(&s->lock);
+	bool blocked = tenant < s->n_tenants && s->tenants[tenant].blocked_until > now_ms;
+	pthread_mutex_unlock(&s->lock);
+	return blocked;
+}
+
 /* ---- results: AIMD and blocks ---- */
 
 static void tenant_set_rate(struct sched *s, struct tenant *tn, double rate)
 {
 	double floor_rate = tn->limit * SCHED_FLOOR_FRACTION;
 	tn->rate = rate < floor_rate ? floor_rate : rate > tn->limit ? tn->limit : rate;
-	bucket_set(&tn->bucket, tn->rate, window_ms(s));
+	tenant_bucket_set(s, tn);
 }
 
 /*
@@ -547,6 +573,7 @@ static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after
 {
 	tn->throttled++;
 	int64_t block = retry_after > 0 ? retry_after : (int64_t)ceil(window_ms(s) / tn->limit);
+	tn->window = slow_start_window(s); /* the server's real limit is not what we knew */
 	if (now >= tn->md_until) {
 		tn->knee = tn->rate * SCHED_KNEE;
 		tenant_set_rate(s, tn, tn->rate * SCHED_MD_FACTOR);
@@ -567,6 +594,7 @@ void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
 	switch (outcome) {
 	case SCHED_OK:
 		tn->succeeded++;
+		tn->window += 1.0; /* slow start: one token more of burst per success */
 		tenant_set_rate(
 		    s, tn,
 		    tn->rate + tn->limit * (tn->rate < tn->knee ? SCHED_AI_FAST : SCHED_AI_SLOW));
@@ -734,6 +762,14 @@ bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stat
 double sched_full_bucket(double per_window)
 {
 	return per_window > 1.0 ? per_window : 1.0;
+}
+
+double sched_first_burst(double per_window, double slow_start_tokens)
+{
+	double full = sched_full_bucket(per_window);
+	if (slow_start_tokens <= 0 || slow_start_tokens >= full)
+		return full;
+	return slow_start_tokens > 1.0 ? slow_start_tokens : 1.0;
 }
 
 /*

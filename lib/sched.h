@@ -43,7 +43,17 @@ struct sched_limits {
 	double per_tenant_limit; /* default for tenants added with limit <= 0 */
 	double global_limit;     /* over all tenants */
 	double window_s;         /* length of the window in seconds */
+	/*
+	 * Slow start: a tenant's bucket holds at most this many tokens at first (0: a full
+	 * bucket, the whole window's limit); each success lets it hold one more, up to the
+	 * window's limit, and a 429 starts it over. So the first window paces out instead of
+	 * sending a configured limit that may be far above Graph's real one in one burst.
+	 */
+	double slow_start_tokens;
 };
+
+/* The daemon's slow start (sched_limits.slow_start_tokens). */
+#define SCHED_SLOW_START_TOKENS 4.0
 
 enum sched_outcome {
 	SCHED_OK,           /* Graph accepted the request (201/202) */
@@ -97,6 +107,13 @@ bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms
  */
 bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
                    int64_t now_ms) CP_MUSTCHECK;
+
+/*
+ * Whether a Retry-After (or the default block after a bare 429) holds the tenant at now_ms.
+ * A worker asks right before a taken POST goes on the wire: a 429 that came back meanwhile
+ * holds it too (the caller requeues it). False for an unknown tenant.
+ */
+bool sched_blocked(struct sched *s, size_t tenant, int64_t now_ms);
 
 /* Takes the next job that may leave now; see enum sched_take_status. */
 enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, size_t *tenant,
@@ -157,6 +174,9 @@ struct sched_eta_tenant {
 
 /* The tokens of a full bucket of this rate per window: what a fresh scheduler sends at once. */
 double sched_full_bucket(double per_window);
+
+/* What a fresh tenant sends at once with slow start (sched_limits.slow_start_tokens). */
+double sched_first_burst(double per_window, double slow_start_tokens);
 
 /*
  * Fills every t[i].eta_s and *total_s (the latest of them); INFINITY where work meets a zero

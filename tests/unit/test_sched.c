@@ -20,7 +20,7 @@
 static struct sched *new_sched(double tenant_limit, double global_limit, double window_s,
                                size_t max_queued)
 {
-	struct sched_limits lim = {tenant_limit, global_limit, window_s};
+	struct sched_limits lim = {tenant_limit, global_limit, window_s, 0};
 	struct sched *s = NULL;
 	assert_true(sched_new(&lim, max_queued, &s));
 	return s;
@@ -73,11 +73,11 @@ static void test_empty_and_errors(void **state)
 {
 	(void)state;
 	struct sched_limits bad[] = {
-	    {0, 10, 10}, {10, -1, 10}, {10, 10, 0}, {NAN, 10, 10}, {10, INFINITY, 10}};
+	    {0, 10, 10, 0}, {10, -1, 10, 0}, {10, 10, 0, 0}, {NAN, 10, 10, 0}, {10, INFINITY, 10, 0}, {10, 10, 10, -1}};
 	struct sched *s = NULL;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_false(sched_new(&bad[i], 10, &s));
-	struct sched_limits ok = {20, 200, 10};
+	struct sched_limits ok = {20, 200, 10, 0};
 	assert_false(sched_new(&ok, 0, &s));
 	s = new_sched(20, 200, 10, 10);
 	size_t idx, id, t;
@@ -242,6 +242,46 @@ static void test_throttle_halves_blocks_and_recovers(void **state)
 		sched_on_result(s, b, SCHED_OK, 0, 200);
 		assert_true(fabs(stats_of(s, b).current_rate - want[i]) < 1e-9);
 	}
+	sched_free(s);
+}
+
+/* Slow start: a configured limit far above Graph's real one must not leave in one burst. */
+static void test_slow_start_grows_the_burst_per_success(void **state)
+{
+	(void)state;
+	struct sched_limits lim = {200, 2000, 10, 4}; /* 20/s, a token every 50 ms */
+	struct sched *s = NULL;
+	assert_true(sched_new(&lim, 1000, &s));
+	size_t a = add_tenant(s, "a", 0);
+	push_n(s, a, 0, 500, 0);
+	int n = 0;
+	while (take(s, 0, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 4); /* not 200 */
+	/* a long pause earns no more than the window: 4 */
+	n = 0;
+	while (take(s, 60000, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 4);
+	/* each success lets the bucket hold one token more */
+	for (int i = 0; i < 8; i++)
+		sched_on_result(s, a, SCHED_OK, 0, 60000);
+	n = 0;
+	while (take(s, 120000, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 12);
+	/* a 429 starts it over */
+	sched_on_result(s, a, SCHED_THROTTLED, 1000, 120000);
+	assert_true(sched_blocked(s, a, 120999));
+	assert_false(sched_blocked(s, a, 121000));
+	assert_false(sched_blocked(s, 7, 0));
+	n = 0;
+	while (take(s, 300000, NULL, NULL, NULL) == SCHED_TAKEN)
+		n++;
+	assert_int_equal(n, 4);
+	assert_true(sched_first_burst(200, 4) == 4);
+	assert_true(sched_first_burst(2, 4) == 2);
+	assert_true(sched_first_burst(200, 0) == 200);
 	sched_free(s);
 }
 
@@ -498,7 +538,7 @@ static void test_reload_limits(void **state)
 	sched_on_result(s, a, SCHED_THROTTLED, 1, 0); /* a at half its limit: 10 */
 	assert_int_equal(take(s, 1, NULL, NULL, NULL),
 	                 SCHED_TAKEN); /* the probe at the block's end */
-	struct sched_limits lim = {40, 200, 2};
+	struct sched_limits lim = {40, 200, 2, 0};
 	assert_true(sched_set_limits(s, &lim));
 	assert_true(stats_of(s, a).configured_limit == 40);
 	assert_true(stats_of(s, a).current_rate == 20);     /* keeps its AIMD share */
@@ -513,10 +553,10 @@ static void test_reload_limits(void **state)
 	assert_true(stats_of(s, a).current_rate == 2);
 	assert_false(sched_set_tenant_limit(s, 5, 4));
 	assert_false(sched_set_tenant_limit(s, a, NAN));
-	struct sched_limits bad = {40, 0, 2};
+	struct sched_limits bad = {40, 0, 2, 0};
 	assert_false(sched_set_limits(s, &bad));
 	/* a shorter window means a faster rate */
-	struct sched_limits fast = {40, 200, 0.2};
+	struct sched_limits fast = {40, 200, 0.2, 0};
 	assert_true(sched_set_limits(s, &fast));
 	/* a had 0.49 tokens at 50 ms; now 2 per 200 ms: the next whole token at 101 ms */
 	assert_int_equal(take(s, 99, NULL, NULL, &wake), SCHED_WAIT);
@@ -1048,6 +1088,7 @@ int main(void)
 	    cmocka_unit_test(test_bucket_burst_then_rate),
 	    cmocka_unit_test(test_delayed_jobs_do_not_block_ready),
 	    cmocka_unit_test(test_throttle_halves_blocks_and_recovers),
+	    cmocka_unit_test(test_slow_start_grows_the_burst_per_success),
 	    cmocka_unit_test(test_throttle_without_retry_after),
 	    cmocka_unit_test(test_other_failure_with_retry_after_blocks_only),
 	    cmocka_unit_test(test_blocked_tenant_does_not_delay_others),
