@@ -55,6 +55,8 @@ struct xfer {
 	char retry_after[64];
 	char errbuf[CURL_ERROR_SIZE];
 	size_t body_len, body_sent; /* XFER_POST: the job's body, as read by libcurl */
+	bool held; /* XFER_POST: a Retry-After blocked the tenant before it went on the wire */
+	int64_t prev_first_attempt_ms; /* XFER_POST: the job's, before this attempt counted */
 };
 
 /* Jobs waiting for a time: operation polls. A binary min-heap on job->next_poll_mono_ms. */
@@ -999,6 +1001,26 @@ static int refuse_rewind(void *arg, curl_off_t offset, int origin)
 	return CURL_SEEKFUNC_CANTSEEK;
 }
 
+/*
+ * Right before a POST goes on the wire (its connection ready, nothing of it sent): a 429
+ * that came back since the scheduler handed the job out blocks its tenant, and a transfer
+ * that waited in libcurl's queue for a connection must not go inside the advertised
+ * window. Aborted here, it ends with CURLE_ABORTED_BY_CALLBACK and is requeued (hold_post).
+ */
+static int hold_if_blocked(void *arg, char *primary_ip, char *local_ip, int primary_port,
+                           int local_port)
+{
+	struct xfer *x = arg;
+	(void)primary_ip;
+	(void)local_ip;
+	(void)primary_port;
+	(void)local_port;
+	if (!sched_blocked(x->w->conf.sched, x->job->tenant, cptime_mono_ms()))
+		return CURL_PREREQFUNC_OK;
+	x->held = true;
+	return CURL_PREREQFUNC_ABORT;
+}
+
 static bool xfer_post_body(struct xfer *x)
 {
 	CURL *e = x->easy;
@@ -1011,6 +1033,8 @@ static bool xfer_post_body(struct xfer *x)
 	       curl_easy_setopt(e, CURLOPT_READDATA, x) == CURLE_OK &&
 	       curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, refuse_rewind) == CURLE_OK &&
 	       curl_easy_setopt(e, CURLOPT_SEEKDATA, x) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, hold_if_blocked) == CURLE_OK &&
+	       curl_easy_setopt(e, CURLOPT_PREREQDATA, x) == CURLE_OK &&
 	       curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len) ==
 	           CURLE_OK;
 }
@@ -1086,6 +1110,28 @@ static bool xfer_own_url(const struct worker *w, const struct job *job, struct x
 	return x->url != NULL;
 }
 
+/* A POST a Retry-After holds goes back to the queue: not an attempt, not a retry. */
+static void requeue_held(struct worker *w, struct job *job)
+{
+	int64_t now = cptime_mono_ms();
+	if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+		job_fail(job, 429, "QueueFull", "scheduler queue full on retry", true);
+		finish_job(w, job);
+	}
+}
+
+/* A POST hold_if_blocked stopped before it was sent: the attempt it counted is undone. */
+static void hold_post(struct worker *w, struct xfer *x)
+{
+	struct job *job = x->job;
+	int32_t partition = job->partition;
+	job->attempts--;
+	job->first_attempt_mono_ms = x->prev_first_attempt_ms;
+	requeue_held(w, job);
+	if (w->conf.hooks.post_end)
+		w->conf.hooks.post_end(partition, w->conf.arg);
+}
+
 /* Starts an exchange for job with token. false: the job was not started. */
 static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kind,
                            const char *token)
@@ -1108,6 +1154,7 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 		goto fail;
 	w->in_flight++;
 	if (kind == XFER_POST) {
+		x->prev_first_attempt_ms = job->first_attempt_mono_ms;
 		job->attempts++;
 		if (!job->first_attempt_mono_ms)
 			job->first_attempt_mono_ms = x->started_mono_ms;
@@ -1254,6 +1301,12 @@ static void launch(struct worker *w, struct job *job)
 		}
 		return;
 	}
+	if (kind == XFER_POST && sched_blocked(w->conf.sched, job->tenant, cptime_mono_ms())) {
+		/* Parked while a 429 came back: it waits for the block's end in the queue. */
+		explicit_bzero(w->token_buf, strlen(w->token_buf));
+		requeue_held(w, job);
+		return;
+	}
 	if (kind == XFER_POST && !begin_post(w, job)) {
 		explicit_bzero(w->token_buf, strlen(w->token_buf));
 		abandon(w, job); /* the new owner resumes from the state topic */
@@ -1305,6 +1358,11 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 	note_protocol(w, easy, status);
 	curl_multi_remove_handle(w->multi, easy);
 	w->in_flight--;
+	if (x->held) {
+		hold_post(w, x);
+		xfer_free(x);
+		return;
+	}
 	struct job *job = x->job;
 	if (x->resp_overflow) {
 		rc = CURLE_OK;

@@ -50,6 +50,7 @@ struct srv {
 	bool async;            /* POST /chats answers 202 with an operation */
 	atomic_int posts;      /* POST /chats received */
 	atomic_int chat_reads; /* GET /chats('…') received */
+	atomic_llong last_post_ms; /* when the last POST /chats arrived (cptime_mono_ms) */
 };
 
 static struct srv srv;
@@ -81,6 +82,7 @@ static enum MHD_Result answer(struct MHD_Connection *c, const char *url, const c
 		    NULL);
 	if (strcmp(method, "POST") == 0 && strcmp(url, "/beta/chats") == 0) {
 		atomic_fetch_add(&srv.posts, 1);
+		atomic_store(&srv.last_post_ms, cptime_mono_ms());
 		if (srv.async)
 			return reply(c, 202, "", "/chats('" CHAT_ID "')/operations('op-1')");
 		return reply(c, 201, chat_json, NULL);
@@ -134,6 +136,9 @@ struct owner {
 	int posts_at_revoke;         /* POSTs the server had received when the revoke was over */
 	int64_t accepted_op_started; /* op_started_mono_ms seen by on_accepted */
 	struct job *done;            /* handed back by on_done */
+	struct sched *sched;         /* for throttle_ms */
+	int64_t throttle_ms; /* > 0: the next post_begin reports a 429 with this Retry-After */
+	int64_t blocked_until; /* the end of that Retry-After */
 };
 
 static struct owner own;
@@ -172,6 +177,15 @@ static void post_begin(int32_t partition, void *arg)
 {
 	(void)partition;
 	(void)arg;
+	pthread_mutex_lock(&own.mu);
+	if (own.throttle_ms > 0) {
+		/* Another request's 429 comes back after this job was taken, before it is sent. */
+		int64_t now = cptime_mono_ms();
+		sched_on_result(own.sched, 0, SCHED_THROTTLED, own.throttle_ms, now);
+		own.blocked_until = now + own.throttle_ms;
+		own.throttle_ms = 0;
+	}
+	pthread_mutex_unlock(&own.mu);
 	atomic_fetch_add(&own.posting, 1);
 	after_hook();
 }
@@ -439,11 +453,41 @@ static void test_operation_start_and_chat(void **state)
 	job_free(job);
 }
 
+/*
+ * A 429 that blocks the tenant after the scheduler handed a job out, before the POST went on
+ * the wire: the POST is held until the Retry-After ends, then sent once, and the hold is not
+ * counted as an attempt (issue 15, item 2).
+ */
+static void test_post_held_by_a_block_after_the_take(void **state)
+{
+	struct fixture *f = *state;
+	srv.async = false;
+	wait_token(f);
+	pthread_mutex_lock(&own.mu);
+	own.hook_calls = own.revoke_after = 0;
+	own.sched = f->sched;
+	own.throttle_ms = 300;
+	pthread_mutex_unlock(&own.mu);
+	int posts_before = atomic_load(&srv.posts);
+	struct job *job = run(f, group_job(f->cfg));
+	assert_int_equal(job->status, JOB_SUCCEEDED);
+	assert_int_equal(job->attempts, 1);
+	assert_int_equal(atomic_load(&srv.posts) - posts_before, 1);
+	pthread_mutex_lock(&own.mu);
+	int64_t blocked_until = own.blocked_until;
+	pthread_mutex_unlock(&own.mu);
+	assert_true(blocked_until > 0);
+	assert_true(atomic_load(&srv.last_post_ms) >= blocked_until);
+	assert_int_equal(atomic_load(&own.posting), 0);
+	job_free(job);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_revoke_between_check_and_post),
 	    cmocka_unit_test(test_operation_start_and_chat),
+	    cmocka_unit_test(test_post_held_by_a_block_after_the_take),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
