@@ -387,7 +387,7 @@ static void reply_201(const struct gs_req *q, struct gs_reply *r, const struct g
 static bool front_door_locked(const struct gs_req *q, struct gs_reply *r, const char *tenant)
 {
 	double wait;
-	gs_throttle_check_violation_locked(tenant, q->mono_ms);
+	gs_throttle_check_violation_locked(tenant, q->crid, q->mono_ms);
 	if (gs.k.hostile == GS_H_RETRY_AFTER_YEAR && gs_roll(gs.k.hostile_rate)) {
 		gs_reply_graph_error(r, q, 429, "TooManyRequests", "Too many requests.");
 		gs_reply_header(r, "Retry-After", "31536000");

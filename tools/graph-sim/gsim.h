@@ -290,7 +290,9 @@ void gs_ledger_failure_locked(int aadsts);
 bool gs_throttle_admit_locked(const char *tenant, int64_t now_ms, double *retry_after_s);
 void gs_throttle_reset_locked(void);
 void gs_throttle_note_retry_locked(const char *tenant, int64_t until_ms);
-void gs_throttle_check_violation_locked(const char *tenant, int64_t now_ms);
+/* Counts a request arriving inside a Retry-After the tenant was given, and records it
+ * (client-request-id, how long after the Retry-After was given, how much was left). */
+void gs_throttle_check_violation_locked(const char *tenant, const char *crid, int64_t now_ms);
 void gs_ledger_reset_locked(void);
 json_object *gs_ledger_json_locked(void);
 void gs_handle_sim(const struct gs_req *q, struct gs_reply *r, const char *rest);

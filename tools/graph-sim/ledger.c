@@ -18,6 +18,8 @@
 #define STATUS_SLOTS       600
 #define FAILURE_CODES      64
 #define VIOLATION_GRACE_MS 50
+/* Violations recorded one by one in the ledger (the count goes on beyond). */
+#define VIOLATIONS_KEPT 1000
 
 static const char *const route_names[GS_R_COUNT] = {
     [GS_R_TOKEN] = "POST /{tenant}/oauth2/v2.0/token",
@@ -42,6 +44,7 @@ struct bucket {
 	double tokens;
 	int64_t last_ms;
 	int64_t retry_until_ms; /* advertised Retry-After deadline, 0: none */
+	int64_t retry_given_ms; /* when that Retry-After was given */
 	char tenant[];
 };
 
@@ -52,6 +55,12 @@ static struct {
 	uint64_t n;
 } failures[FAILURE_CODES];
 static uint64_t throttled, violations;
+/* The first VIOLATIONS_KEPT requests that arrived inside an advertised Retry-After. */
+static struct violation {
+	char tenant[64];
+	char crid[64];
+	int64_t after_given_ms, before_end_ms;
+} violation_list[VIOLATIONS_KEPT];
 static uint64_t connections_accepted, connections_cut; /* atomics: counted outside the lock */
 static struct lh_table *buckets; /* tenant -> struct bucket */
 static struct bucket global_bucket;
@@ -163,18 +172,43 @@ bool gs_throttle_admit_locked(const char *tenant, int64_t now_ms, double *retry_
 void gs_throttle_note_retry_locked(const char *tenant, int64_t until_ms)
 {
 	struct bucket *b = tenant_bucket(tenant, gs_mono_ms());
-	if (b && until_ms > b->retry_until_ms)
+	if (b && until_ms > b->retry_until_ms) {
 		b->retry_until_ms = until_ms;
+		b->retry_given_ms = gs_mono_ms();
+	}
 }
 
-void gs_throttle_check_violation_locked(const char *tenant, int64_t now_ms)
+void gs_throttle_check_violation_locked(const char *tenant, const char *crid, int64_t now_ms)
 {
 	void *v;
 	if (!buckets || !lh_table_lookup_ex(buckets, tenant, &v))
 		return;
 	const struct bucket *b = v;
-	if (b->retry_until_ms && now_ms + VIOLATION_GRACE_MS < b->retry_until_ms)
-		violations++;
+	if (!b->retry_until_ms || now_ms + VIOLATION_GRACE_MS >= b->retry_until_ms)
+		return;
+	if (violations < VIOLATIONS_KEPT) {
+		struct violation *r = &violation_list[violations];
+		snprintf(r->tenant, sizeof(r->tenant), "%s", tenant);
+		snprintf(r->crid, sizeof(r->crid), "%s", crid ? crid : "");
+		r->after_given_ms = now_ms - b->retry_given_ms;
+		r->before_end_ms = b->retry_until_ms - now_ms;
+	}
+	violations++;
+}
+
+static json_object *violations_json(void)
+{
+	json_object *a = json_object_new_array();
+	for (uint64_t i = 0; i < violations && i < VIOLATIONS_KEPT; i++) {
+		const struct violation *r = &violation_list[i];
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "tenant", json_object_new_string(r->tenant));
+		json_object_object_add(o, "client_request_id", json_object_new_string(r->crid));
+		json_object_object_add(o, "after_given_ms", json_object_new_int64(r->after_given_ms));
+		json_object_object_add(o, "before_end_ms", json_object_new_int64(r->before_end_ms));
+		json_object_array_add(a, o);
+	}
+	return a;
 }
 
 /* Integer: whole seconds rounded up; fractional: milliseconds ("2.128"). Under the lock. */
@@ -242,6 +276,7 @@ json_object *gs_ledger_json_locked(void)
 	json_object_object_add(o, "operations", gs_ops_ledger_locked());
 	json_object_object_add(o, "retry_after_violations",
 	                       json_object_new_int64((int64_t)violations));
+	json_object_object_add(o, "retry_after_violators", violations_json());
 	json_object_object_add(o, "throttled", json_object_new_int64((int64_t)throttled));
 	json_object_object_add(o, "connections_accepted",
 	                       json_object_new_int64((int64_t)__atomic_load_n(&connections_accepted,
