@@ -227,6 +227,24 @@ void kafka_warm_up(rd_kafka_t *producer, const char *topic, int timeout_ms)
 	rd_kafka_topic_destroy(rkt);
 }
 
+int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms)
+{
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	if (!rkt)
+		return -1;
+	int n = -1;
+	rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+	if (err)
+		log_warning("metadata of %s: %s", topic, rd_kafka_err2str(err));
+	else if (md->topic_cnt == 1 && !md->topics[0].err)
+		n = md->topics[0].partition_cnt;
+	if (md)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	return n;
+}
+
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err, size_t errcap)
 {
 	rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);

@@ -46,6 +46,9 @@ rd_kafka_t *kafka_inspector_new(const struct cfg *cfg, char *err, size_t errcap)
  */
 void kafka_warm_up(rd_kafka_t *producer, const char *topic, int timeout_ms);
 
+/* The topic's partition count from the cluster's metadata; -1 when it cannot be had. */
+int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms);
+
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err,
                      size_t errcap) CP_MUSTCHECK;
 

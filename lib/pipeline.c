@@ -50,6 +50,8 @@
 #define FIRST_ASSIGNMENT_WAIT_MS 10000
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
+/* How long an assignment waits for the input topic's partition count (the limits' share). */
+#define METADATA_WAIT_MS 2000
 /*
  * A record the broker refused is produced again after a backoff (doubling from the base,
  * up to the max); a job's records are given up after this many refusals.
@@ -106,6 +108,14 @@ struct pipeline {
 	rd_kafka_t *consumer, *producer;
 	struct auth *auth;
 	struct sched *sched;
+	/*
+	 * [limits] as configured (the app's limits, the last reload's): the scheduler gets this
+	 * instance's share of them, owned input partitions / the input topic's partitions.
+	 */
+	struct sched_limits app_limits;
+	double app_tenant_limits[CFG_MAX_TENANTS];
+	size_t n_app_tenants;
+	int input_partitions; /* from the topic's metadata; 0: not known (the whole limits) */
 	struct offtrack *offsets;
 	struct worker *workers[MAX_WORKERS];
 	unsigned n_workers, next_worker;
@@ -384,6 +394,9 @@ static bool forward_to_intake(struct pipeline *p, const char *topic, int32_t par
 	return true;
 }
 
+static void apply_share(struct pipeline *p);
+static void learn_input_partitions(struct pipeline *p);
+
 /* An assignment that arrives while stopping is taken and paused: it is only given back. */
 static void take_assignment_while_draining(struct pipeline *p,
                                            rd_kafka_topic_partition_list_t *parts)
@@ -419,6 +432,8 @@ static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 		offtrack_drop_partition(p->offsets, id);
 		log_info("assigned %s [%d]", parts->elems[i].topic, id);
 	}
+	learn_input_partitions(p);
+	apply_share(p);
 	/* Once the state topic is known to exist (a producer may create what it asks for). */
 	if (!p->producer_warm && !atomic_load(&p->fatal)) {
 		kafka_warm_up(p->producer, p->cfg->kafka.state_topic, WARM_UP_MS);
@@ -501,6 +516,7 @@ static void on_revoke(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 		state_drop_partition(p->state, id);
 		log_info("%s %s [%d]", lost ? "lost" : "revoked", parts->elems[i].topic, id);
 	}
+	apply_share(p);
 	drop_followers(p, follower_revoked);
 	rd_kafka_error_t *error = rd_kafka_incremental_unassign(p->consumer, parts);
 	if (error) {
@@ -1672,7 +1688,63 @@ static struct sched_limits limits_of(const struct cfg *cfg)
 	    .per_tenant_limit = cfg->tenants[0].limits.chat_creates_per_10s_per_tenant,
 	    .global_limit = cfg->limits.chat_creates_per_10s_global,
 	    .window_s = cfg->limits.window_s,
+	    .slow_start_tokens = SCHED_SLOW_START_TOKENS,
 	};
+}
+
+static void keep_app_limits(struct pipeline *p, const struct cfg *cfg)
+{
+	p->app_limits = limits_of(cfg);
+	p->n_app_tenants = cfg->n_tenants;
+	for (size_t i = 0; i < cfg->n_tenants; i++)
+		p->app_tenant_limits[i] = cfg->tenants[i].limits.chat_creates_per_10s_per_tenant;
+}
+
+/* Input partitions this instance owns (the Kafka thread's view of the assignment). */
+static size_t owned_partitions(const struct pipeline *p)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < p->n_parts; i++)
+		n += p->parts[i].assigned;
+	return n;
+}
+
+/*
+ * Scale-out shares Graph's limits (docs/scheduling.md, "Several instances"): each instance
+ * sends owned / total input partitions of [limits], so the group together stays within
+ * them whatever the number of instances. Called on every assignment change and reload;
+ * AIMD keeps each tenant's position as a share of its limit. Without an assignment (or
+ * before the topic's metadata is known) the share is the whole (one instance) or one
+ * partition's worth.
+ */
+static void apply_share(struct pipeline *p)
+{
+	size_t owned = owned_partitions(p), total = (size_t)p->input_partitions;
+	double share = 1.0;
+	if (total > 0)
+		share = (double)(owned > 0 ? (owned < total ? owned : total) : 1) / (double)total;
+	struct sched_limits lim = p->app_limits;
+	lim.per_tenant_limit *= share;
+	lim.global_limit *= share;
+	if (!sched_set_limits(p->sched, &lim))
+		log_warning("limits: cannot apply this instance's share %.4g", share);
+	for (size_t i = 0; i < p->n_app_tenants; i++)
+		(void)sched_set_tenant_limit(p->sched, i, p->app_tenant_limits[i] * share);
+	log_info("limits: this instance owns %zu of %zu partitions of %s: it sends %.4g of "
+	         "[limits]",
+	         owned, total, p->cfg->kafka.input_topic, share);
+}
+
+/* The input topic's partition count from the cluster (kept when the metadata fails). */
+static void learn_input_partitions(struct pipeline *p)
+{
+	int n = kafka_partition_count(p->consumer, p->cfg->kafka.input_topic, METADATA_WAIT_MS);
+	if (n > 0)
+		p->input_partitions = n;
+	else if (p->input_partitions == 0)
+		log_warning("limits: partitions of %s unknown: this instance takes the whole "
+		            "[limits] until they are known",
+		            p->cfg->kafka.input_topic);
 }
 
 static void take_reloadable(struct pipeline *p, const struct cfg *cfg)
@@ -1685,6 +1757,7 @@ static void take_reloadable(struct pipeline *p, const struct cfg *cfg)
 static bool create_scheduler(struct pipeline *p)
 {
 	struct sched_limits lim = limits_of(p->cfg);
+	keep_app_limits(p, p->cfg);
 	if (!sched_new(&lim, p->cfg->kafka.max_queued, &p->sched))
 		return false;
 	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
@@ -1966,15 +2039,12 @@ void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 
 bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)
 {
-	struct sched_limits lim = limits_of(new_cfg);
 	if (new_cfg->n_tenants != p->cfg->n_tenants)
 		return false;
 	if (!auth_reload(p->auth, new_cfg))
 		return false;
-	sched_set_limits(p->sched, &lim);
-	for (size_t i = 0; i < new_cfg->n_tenants; i++)
-		sched_set_tenant_limit(p->sched, i,
-		                       new_cfg->tenants[i].limits.chat_creates_per_10s_per_tenant);
+	keep_app_limits(p, new_cfg);
+	apply_share(p);
 	struct worker_policy policy = policy_of(new_cfg);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_set_policy(p->workers[i], &policy);
