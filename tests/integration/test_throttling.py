@@ -6,8 +6,8 @@ Figures: pytest -s, or $CHATPROV_BUILD_DIR/test-figures/throttling.txt."""
 
 import pytest
 
-from stack import Stack, group_event
-from throttling_figures import format_figures, post_figures, report
+from stack import group_event
+from throttling_figures import drain_backlog, format_figures, post_figures, report
 
 LIMIT = 20
 WINDOW_S = 2
@@ -20,13 +20,7 @@ def test_one_tenant_backlog_runs_at_the_limit(tmp_path, mode):
     zero Retry-After violations, every event succeeded once."""
     sim = {"limit_per_tenant": LIMIT, "limit_window_s": WINDOW_S, "retry_after_mode": mode}
     events = [group_event(i, topic="Throttled %d" % i) for i in range(EVENTS)]
-    with Stack(tmp_path, sim_config=sim) as stack:
-        stack.start_daemon(limits=DAEMON_LIMITS)
-        stack.produce(events)
-        results = stack.wait_results([e["id"] for e in events], timeout=120)
-        ledger = stack.graph.ledger()
-        assert stack.daemon.stop() == 0, stack.daemon.log_text()[-3000:]
-        stack.read_results(timeout=0.5)
+    stack, results, ledger = drain_backlog(tmp_path, sim, DAEMON_LIMITS, events, timeout=120)
 
     fig = post_figures(ledger["chat_posts"], LIMIT_PER_S, WINDOW_S)
     fig["retry_after_violations"] = ledger["retry_after_violations"]

@@ -4,12 +4,27 @@ fault tests). Printed (pytest -s) and appended to $CHATPROV_BUILD_DIR/test-figur
 import os
 import uuid
 
+from stack import Stack
+
 CREATED = (201, 202)
 CLIENT_REQUEST_ID_NS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:chatprov:client-request-id")
 
 
 def client_request_id(event_id):
     return str(uuid.uuid5(CLIENT_REQUEST_ID_NS, event_id))
+
+
+def drain_backlog(tmp_path, sim, limits, events, timeout=150):
+    """One daemon with these [limits] drains `events` against graph-sim with `sim`'s knobs;
+    returns (stack, results, ledger) once it stopped cleanly."""
+    with Stack(tmp_path, sim_config=sim) as stack:
+        stack.start_daemon(limits=limits)
+        stack.produce(events)
+        results = stack.wait_results([e["id"] for e in events], timeout=timeout)
+        ledger = stack.graph.ledger()
+        assert stack.daemon.stop() == 0, stack.daemon.log_text()[-3000:]
+        stack.read_results(timeout=0.5)
+    return stack, results, ledger
 
 
 def post_figures(posts, limit_per_s, window_s):

@@ -1,0 +1,96 @@
+"""Graph's limits from the first second and across instances (issue 15): [limits] configured
+far above Graph's real limit must not burst or send inside a Retry-After; several instances
+of one group share [limits] instead of each sending all of it. graph-sim counts 429s and
+records every request that arrives inside a Retry-After it gave (ledger
+retry_after_violators).
+
+Figures: pytest -s, or $CHATPROV_BUILD_DIR/test-figures/limits.txt."""
+
+import re
+import time
+
+from chaos import FAST_GROUP
+from stack import Stack, group_event
+from throttling_figures import drain_backlog, format_figures, post_figures, report
+
+SHARE_LINE = re.compile(r"limits: this instance owns (\d+) of (\d+) partitions")
+
+
+def check_each_succeeded_once(stack, events, results):
+    assert all(r["status"] == "succeeded" for r in results.values())
+    assert all(len(stack.results[e["id"]]) == 1 for e in events)
+
+
+def test_configured_above_the_real_limit(tmp_path):
+    """[limits] 200 per 10 s against Graph's 20 per 2 s, 300 events of one tenant: no burst of
+    the configured bucket, no request inside a Retry-After, at most one 429 per 10 chats."""
+    sim = {"limit_per_tenant": 20, "limit_window_s": 2}
+    limits = {"chat_creates_per_10s_per_tenant": "200", "window_s": "10"}
+    events = [group_event(i, topic="Above %d" % i) for i in range(300)]
+    stack, results, ledger = drain_backlog(tmp_path, sim, limits, events)
+
+    fig = post_figures(ledger["chat_posts"], 10.0, 2)
+    first = min(p["at"] for p in ledger["chat_posts"])
+    fig["first_20ms"] = sum(1 for p in ledger["chat_posts"] if p["at"] - first < 20)
+    fig["retry_after_violations"] = ledger["retry_after_violations"]
+    report("limits", "above the limit: events=300 %s" % format_figures(fig))
+
+    check_each_succeeded_once(stack, events, results)
+    assert fig["created"] == len(events)
+    assert fig["first_20ms"] <= 5, fig  # the slow start's 4, not the configured 200
+    assert ledger["retry_after_violations"] == 0, ledger.get("retry_after_violators", [])[:20]
+    assert fig["throttled_429"] <= len(events) / 10, fig
+
+
+def shares(daemons):
+    """The latest (owned, total) partitions each instance logged."""
+    out = []
+    for d in daemons:
+        found = SHARE_LINE.findall(d.log_text())
+        out.append((int(found[-1][0]), int(found[-1][1])) if found else (0, 0))
+    return out
+
+
+def wait_for_even_shares(daemons, partitions, timeout=60):
+    """Until the group settled: every instance owns partitions, together all of them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = shares(daemons)
+        if all(owned > 0 and total == partitions for owned, total in now) and \
+                sum(owned for owned, _ in now) == partitions:
+            return now
+        time.sleep(0.2)
+    raise AssertionError("the group never settled: %s\n%s" % (
+        shares(daemons), daemons[0].log_text()[-2000:]))
+
+
+def test_three_instances_share_the_limits(tmp_path):
+    """Three instances, 12 partitions, each configured with the tenant's real limit (20 per
+    1 s): together they send it once, not three times. 480 events of one tenant, spread
+    evenly over the partitions: goodput >= 90 % of the limit, <= 2 429s per 100 chats, no
+    request inside a Retry-After."""
+    limit, window, partitions = 20, 1, 12
+    sim = {"limit_per_tenant": limit, "limit_window_s": window}
+    limits = {"chat_creates_per_10s_per_tenant": str(limit), "window_s": str(window)}
+    events = [group_event(i, topic="Shared %d" % i) for i in range(480)]
+    with Stack(tmp_path, partitions=partitions, sim_config=sim) as stack:
+        daemons = stack.start_daemons(3, limits=limits, **FAST_GROUP)
+        owned = wait_for_even_shares(daemons, partitions)
+        for i in range(partitions):
+            stack.produce(events[i::partitions], partition=i, flush=False)
+        stack.flush_producer()
+        results = stack.wait_results([e["id"] for e in events], timeout=120)
+        ledger = stack.graph.ledger()
+        for d in daemons:
+            assert d.stop() == 0, d.log_text()[-3000:]
+        stack.read_results(timeout=0.5)
+
+    fig = post_figures(ledger["chat_posts"], limit / window, window)
+    fig["retry_after_violations"] = ledger["retry_after_violations"]
+    report("limits", "3 instances %s: events=480 %s" % (owned, format_figures(fig)))
+
+    check_each_succeeded_once(stack, events, results)
+    assert fig["created"] == len(events)
+    assert ledger["retry_after_violations"] == 0, ledger.get("retry_after_violators", [])[:20]
+    assert fig["throttled_429"] <= 0.02 * len(events), fig
+    assert fig["goodput_share"] >= 0.90, fig
