@@ -14,6 +14,7 @@ from stack import Stack, group_event
 from throttling_figures import drain_backlog, format_figures, post_figures, report
 
 SHARE_LINE = re.compile(r"limits: this instance owns (\d+) of (\d+) partitions")
+OWNERSHIP_LINE = re.compile(r"(assigned|revoked|lost) chat\.requests \[(\d+)\]")
 
 
 def check_each_succeeded_once(stack, events, results):
@@ -42,26 +43,31 @@ def test_configured_above_the_real_limit(tmp_path):
     assert fig["throttled_429"] <= len(events) / 10, fig
 
 
-def shares(daemons):
-    """The latest (owned, total) partitions each instance logged."""
-    out = []
-    for d in daemons:
-        found = SHARE_LINE.findall(d.log_text())
-        out.append((int(found[-1][0]), int(found[-1][1])) if found else (0, 0))
-    return out
+def owned(daemon):
+    """The input partitions a daemon holds now, from its log's assigned/revoked/lost lines."""
+    held = set()
+    for verb, part in OWNERSHIP_LINE.findall(daemon.log_text()):
+        (held.add if verb == "assigned" else held.discard)(int(part))
+    return held
 
 
-def wait_for_even_shares(daemons, partitions, timeout=60):
-    """Until the group settled: every instance owns partitions, together all of them."""
+def wait_until_settled(daemons, partitions, timeout=60):
+    """Until the group settled: every instance owns partitions, together all of them, and
+    (2 s later) still the same."""
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
-        now = shares(daemons)
-        if all(owned > 0 and total == partitions for owned, total in now) and \
-                sum(owned for owned, _ in now) == partitions:
-            return now
+        now = [owned(d) for d in daemons]
+        if all(now) and sorted(p for s in now for p in s) == list(range(partitions)):
+            if now == last:
+                return [len(s) for s in now]
+            last = now
+            time.sleep(2)
+            continue
+        last = None
         time.sleep(0.2)
     raise AssertionError("the group never settled: %s\n%s" % (
-        shares(daemons), daemons[0].log_text()[-2000:]))
+        [owned(d) for d in daemons], daemons[0].log_text()[-2000:]))
 
 
 def test_three_instances_share_the_limits(tmp_path):
@@ -75,7 +81,8 @@ def test_three_instances_share_the_limits(tmp_path):
     events = [group_event(i, topic="Shared %d" % i) for i in range(480)]
     with Stack(tmp_path, partitions=partitions, sim_config=sim) as stack:
         daemons = stack.start_daemons(3, limits=limits, **FAST_GROUP)
-        owned = wait_for_even_shares(daemons, partitions)
+        counts = wait_until_settled(daemons, partitions)
+        logged = [SHARE_LINE.findall(d.log_text())[-1:] for d in daemons]
         for i in range(partitions):
             stack.produce(events[i::partitions], partition=i, flush=False)
         stack.flush_producer()
@@ -87,10 +94,12 @@ def test_three_instances_share_the_limits(tmp_path):
 
     fig = post_figures(ledger["chat_posts"], limit / window, window)
     fig["retry_after_violations"] = ledger["retry_after_violations"]
-    report("limits", "3 instances %s: events=480 %s" % (owned, format_figures(fig)))
+    report("limits", "3 instances %s: events=480 %s" % (counts, format_figures(fig)))
 
     check_each_succeeded_once(stack, events, results)
     assert fig["created"] == len(events)
     assert ledger["retry_after_violations"] == 0, ledger.get("retry_after_violators", [])[:20]
     assert fig["throttled_429"] <= 0.02 * len(events), fig
     assert fig["goodput_share"] >= 0.90, fig
+    # each instance said which share of [limits] it takes
+    assert logged == [[(str(n), str(partitions))] for n in counts], logged
