@@ -116,6 +116,7 @@ struct pipeline {
 	double app_tenant_limits[CFG_MAX_TENANTS];
 	size_t n_app_tenants;
 	int input_partitions; /* from the topic's metadata; 0: not known (the whole limits) */
+	double share;         /* of app_limits this instance sends now (apply_share) */
 	struct offtrack *offsets;
 	struct worker *workers[MAX_WORKERS];
 	unsigned n_workers, next_worker;
@@ -1713,16 +1714,19 @@ static size_t owned_partitions(const struct pipeline *p)
  * Scale-out shares Graph's limits (docs/scheduling.md, "Several instances"): each instance
  * sends owned / total input partitions of [limits], so the group together stays within
  * them whatever the number of instances. Called on every assignment change and reload;
- * AIMD keeps each tenant's position as a share of its limit. Without an assignment (or
- * before the topic's metadata is known) the share is the whole (one instance) or one
- * partition's worth.
+ * AIMD keeps each tenant's position as a share of its limit. Until the topic's metadata
+ * is known the share is the whole [limits] (as for one instance).
  */
 static void apply_share(struct pipeline *p)
 {
 	size_t owned = owned_partitions(p), total = (size_t)p->input_partitions;
-	double share = 1.0;
-	if (total > 0)
-		share = (double)(owned > 0 ? (owned < total ? owned : total) : 1) / (double)total;
+	/* Owning nothing (all revoked, not assigned yet) there is nothing to send: the last
+	 * share stands, so that metrics and a reload do not show a made-up one. */
+	if (total > 0 && owned > 0)
+		p->share = (double)(owned < total ? owned : total) / (double)total;
+	else if (total == 0)
+		p->share = 1.0;
+	double share = p->share;
 	struct sched_limits lim = p->app_limits;
 	lim.per_tenant_limit *= share;
 	lim.global_limit *= share;
@@ -1758,6 +1762,7 @@ static bool create_scheduler(struct pipeline *p)
 {
 	struct sched_limits lim = limits_of(p->cfg);
 	keep_app_limits(p, p->cfg);
+	p->share = 1.0;
 	if (!sched_new(&lim, p->cfg->kafka.max_queued, &p->sched))
 		return false;
 	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
