@@ -12,7 +12,7 @@
  *   - its not-before time has passed (retries with backoff);
  *   - its tenant is not blocked by a Retry-After (or the default block after a bare 429);
  *   - its tenant's bucket holds a whole token (rate = current rate / window, burst = current
- *     rate, at least one);
+ *     rate, no more than the slow-start window (sched_limits.slow_start_tokens), at least one);
  *   - the global bucket holds a whole token (rate = global_limit / window, burst = global_limit).
  * Among tenants that may send, the one that has waited longest goes first (round-robin when the
  * global bucket is the bottleneck); a blocked or empty-handed tenant never delays another.
