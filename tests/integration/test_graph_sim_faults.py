@@ -76,14 +76,24 @@ def test_global_bucket_across_tenants(sim):
                                                              "b.onmicrosoft.com"}
 
 
+LATE_CRID = "4f2b1c3e-0d5a-4e6f-8a7b-9c0d1e2f3a4b"
+
+
 def test_retry_after_violations(sim, tok):
     sim.config(limit_per_tenant=1, limit_window_s=0.5)
     assert sim.post_chat(group(), tok).status == 201
     r = sim.post_chat(group(), tok)
     assert r.status == 429 and r.headers["retry-after"] == "1"
     sim.post_chat(group(), tok)  # ignores Retry-After
-    sim.post_chat(group(), tok)  # again
-    assert sim.ledger()["retry_after_violations"] == 2
+    time.sleep(0.2)
+    sim.post_chat(group(), tok, headers={"client-request-id": LATE_CRID})  # again, 200 ms later
+    ledger = sim.ledger()
+    assert ledger["retry_after_violations"] == 2
+    violators = ledger["retry_after_violators"]
+    assert len(violators) == 2 and violators[1]["client_request_id"] == LATE_CRID
+    assert 200 <= violators[1]["after_given_ms"] < 1000, violators
+    assert 990 <= violators[1]["after_given_ms"] + violators[1]["before_end_ms"] <= 1000
+    assert violators[1]["tenant"] == violators[0]["tenant"]
     time.sleep(1.0)
     assert sim.post_chat(group(), tok).status == 201
     assert sim.ledger()["retry_after_violations"] == 2
