@@ -31,13 +31,13 @@ def test_answered_ids_are_replayed_after_a_minute(tmp_path):
         config = stack.write_config(**FAST_GROUP)
         stack.start_daemon(config)
         stack.produce(events)
-        stack.wait_results(ids, timeout=60)
+        stack.wait_results(ids, timeout=120)
         # The pass runs at most a minute after the last result; 75 s leave room on a busy host.
         end = time.monotonic() + 75
         while time.monotonic() < end:
             stack.read_results(timeout=0.5)
         stack.produce(events)
-        wait_copies(stack, ids, 2, timeout=60)
+        wait_copies(stack, ids, 2, timeout=120)
         assert stack.daemon.stop(signal.SIGTERM) == 0, stack.daemon.log_text()[-3000:]
         drain_results(stack)
         ledger = stack.graph.ledger()
