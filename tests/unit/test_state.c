@@ -823,7 +823,8 @@ static void produce_own(rd_kafka_t *rk, const char *topic, const char *id, const
 	if (status)
 		assert_int_equal(rd_kafka_header_add(h, "chatprov-status", -1, status, -1), 0);
 	if (intent_at)
-		assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1), 0);
+		assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1),
+		                 0);
 	assert_int_equal(rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
 	                                   RD_KAFKA_V_KEY(id, strlen(id)),
 	                                   RD_KAFKA_V_VALUE((void *)done_ok, strlen(done_ok)),
@@ -1338,7 +1339,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_drop_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_active_flag, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_apply_tombstone, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_delivered_records_keep_their_time, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_delivered_records_keep_their_time, setup,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_restore_empty_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_restore_unknown_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_ids, setup, teardown),
