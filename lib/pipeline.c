@@ -873,7 +873,7 @@ static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg
 	struct partition_state *ps = partition(p, msg->partition);
 	bool owned = job ? settles_here(p, job) : ps && ps->assigned;
 	enum state_kind kind = record_kind(msg);
-	if (owned && kind != STATE_NONE && !state_apply(p->state, msg))
+	if (owned && kind != STATE_NONE && !state_apply_delivered(p->state, msg))
 		log_warning("state: out of memory mirroring a record");
 	if (kind == STATE_DONE && owned)
 		answer_followers(p, msg);
