@@ -21,8 +21,10 @@
 #include <strings.h>
 
 #include "cptime.h"
+#include "dynbuf.h"
 #include "jwt.h"
 #include "log.h"
+#include "secretfile.h"
 #include "tls.h"
 
 #define NOT_SCHEDULED      INT64_MAX
@@ -31,20 +33,12 @@
 #define FAILED_RETRY_MS    30000 /* plus up to as much again of jitter */
 #define INVALIDATE_GAP_MS  1000  /* a 401 storm cannot turn into a token request storm */
 #define EXPIRY_MARGIN_MS   2000  /* stop handing out a token this long before it expires */
-#define SECRET_MAX         8193  /* cfg.c accepts secret files up to 8 KiB */
 #define FEDERATED_MAX      (16 * 1024)
 #define DEFAULT_CONNECT_MS 10000
 #define DEFAULT_REQUEST_MS 30000
 #define EXPIRES_IN_MAX     (7 * 86400)
 #define ERROR_MAX          1024 /* room for AAD's description plus our hint */
 #define JWT_BEARER         "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-/* A heap buffer that wipes what it held whenever it lets go of memory (bodies hold secrets). */
-struct sbuf {
-	char *p;
-	size_t len, cap, limit;
-	bool overflow;
-};
 
 struct auth_profile {
 	/* Guarded by auth.mu. */
@@ -63,7 +57,7 @@ struct auth_profile {
 	/* Owned by the refresh thread. */
 	CURL *easy;
 	struct curl_slist *headers;
-	struct sbuf form, resp;
+	struct dynbuf form, resp; /* secret buffers: the form and the answer hold credentials */
 	char curl_err[CURL_ERROR_SIZE];
 	bool managed;
 };
@@ -102,44 +96,6 @@ struct auth {
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
-
-static void sbuf_wipe(struct sbuf *b)
-{
-	if (b->p)
-		OPENSSL_cleanse(b->p, b->cap);
-	free(b->p);
-	b->p = NULL;
-	b->len = b->cap = 0;
-	b->overflow = false;
-}
-
-static bool sbuf_append(struct sbuf *b, const char *s, size_t n)
-{
-	if (b->len + n + 1 > b->limit) {
-		b->overflow = true;
-		return false;
-	}
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 1024;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		cap = cap < b->limit ? cap : b->limit;
-		char *np = malloc(cap);
-		if (!np)
-			return false;
-		if (b->p) {
-			memcpy(np, b->p, b->len);
-			OPENSSL_cleanse(b->p, b->cap);
-			free(b->p);
-		}
-		b->p = np;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-	return true;
-}
 
 static uint32_t random_u32(void)
 {
@@ -358,10 +314,10 @@ bool auth_parse_token_response(const char *body, size_t len, long http_status,
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
-	return sbuf_append(arg, data, size * n) ? size * n : 0;
+	return dynbuf_add(arg, data, size * n) ? size * n : 0;
 }
 
-static bool form_add(CURL *easy, struct sbuf *b, const char *key, const char *value, size_t vlen)
+static bool form_add(CURL *easy, struct dynbuf *b, const char *key, const char *value, size_t vlen)
 {
 	if (vlen > (size_t)INT32_MAX)
 		return false;
@@ -369,8 +325,8 @@ static bool form_add(CURL *easy, struct sbuf *b, const char *key, const char *va
 	if (!esc)
 		return false;
 	size_t elen = strlen(esc);
-	bool ok = (b->len == 0 || sbuf_append(b, "&", 1)) && sbuf_append(b, key, strlen(key)) &&
-	          sbuf_append(b, "=", 1) && sbuf_append(b, esc, elen);
+	bool ok = (dynbuf_len(b) == 0 || dynbuf_adds(b, "&")) && dynbuf_adds(b, key) &&
+	          dynbuf_adds(b, "=") && dynbuf_add(b, esc, elen);
 	OPENSSL_cleanse(esc, elen);
 	curl_free(esc);
 	return ok;
@@ -405,7 +361,7 @@ static bool token_endpoint(const struct snapshot *s, char *buf, size_t cap, char
 
 static bool add_secret(struct auth_profile *p, const struct snapshot *s, char *err, size_t errcap)
 {
-	char secret[SECRET_MAX];
+	char secret[CFG_SECRET_MAX + 1];
 	bool ok = cfg_read_secret(&s->t, secret, sizeof secret, err, errcap);
 	if (ok && !form_add(p->easy, &p->form, "client_secret", secret, strlen(secret)))
 		ok = oom(err, errcap);
@@ -450,39 +406,15 @@ static bool add_certificate(struct auth_profile *p, const struct snapshot *s, co
 static bool add_federated(struct auth_profile *p, const struct snapshot *s, char *err,
                           size_t errcap)
 {
-	const char *path = s->t.federated_token_file;
-	char *buf = malloc(FEDERATED_MAX + 1);
-	FILE *f = buf ? fopen(path, "re") : NULL;
-	size_t n = 0;
-	bool ok = false;
-	if (!buf) {
-		oom(err, errcap);
-		goto done;
+	struct dynbuf token;
+	char why[CP_ERRSTR_SIZE];
+	if (!secretfile_read(s->t.federated_token_file, FEDERATED_MAX, " \t\r\n", &token, why,
+	                     sizeof why)) {
+		snprintf(err, errcap, "federated_token_file %s", why);
+		return false;
 	}
-	if (!f) {
-		snprintf(err, errcap, "cannot read federated_token_file %.300s: %s", path,
-		         strerror(errno));
-		goto done;
-	}
-	n = fread(buf, 1, FEDERATED_MAX + 1, f);
-	if (ferror(f) || n > FEDERATED_MAX) {
-		snprintf(err, errcap, "federated_token_file %.300s: %s", path,
-		         ferror(f) ? "read error" : "larger than 16 KiB");
-		goto done;
-	}
-	while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
-		n--;
-	if (n == 0) {
-		snprintf(err, errcap, "federated_token_file %.300s is empty", path);
-		goto done;
-	}
-	ok = add_assertion(p, buf, n, err, errcap);
-done:
-	if (f)
-		fclose(f);
-	if (buf)
-		OPENSSL_cleanse(buf, FEDERATED_MAX + 1);
-	free(buf);
+	bool ok = add_assertion(p, dynbuf_str(&token), dynbuf_len(&token), err, errcap);
+	dynbuf_wipe(&token);
 	return ok;
 }
 
@@ -564,8 +496,9 @@ static bool set_options(struct auth_profile *p, const struct snapshot *s, const 
 		ok = curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) == CURLE_OK &&
 		     curl_easy_setopt(e, CURLOPT_NOPROXY, "*") == CURLE_OK;
 	else if (ok)
-		ok = curl_easy_setopt(e, CURLOPT_POSTFIELDS, p->form.p) == CURLE_OK &&
-		     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)p->form.len) == CURLE_OK;
+		ok = curl_easy_setopt(e, CURLOPT_POSTFIELDS, dynbuf_str(&p->form)) == CURLE_OK &&
+		     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)dynbuf_len(&p->form)) ==
+		         CURLE_OK;
 	return ok;
 }
 
@@ -660,7 +593,7 @@ static void classify_http(bool managed, long st, const struct auth_token_respons
 static void classify_curl(const struct auth_profile *p, CURLcode rc, struct outcome *o)
 {
 	o->kind = OUT_TRANSIENT;
-	if (rc == CURLE_WRITE_ERROR && p->resp.overflow)
+	if (rc == CURLE_WRITE_ERROR && dynbuf_too_big(&p->resp))
 		snprintf(o->msg, sizeof o->msg, "%s response larger than 64 KiB",
 		         p->managed ? "IMDS" : "token endpoint");
 	else
@@ -790,10 +723,10 @@ static void start_request(struct auth *a, size_t i)
 	const struct snapshot *s = &a->snap;
 	struct outcome o = {.kind = OUT_PERMANENT};
 	char url[2 * CFG_VALUE_MAX + 128];
-	sbuf_wipe(&p->form);
-	sbuf_wipe(&p->resp);
-	p->form.limit = AUTH_BODY_MAX;
-	p->resp.limit = AUTH_BODY_MAX + 1;
+	dynbuf_wipe(&p->form);
+	dynbuf_wipe(&p->resp);
+	dynbuf_init_secret(&p->form, AUTH_BODY_MAX - 1);
+	dynbuf_init_secret(&p->resp, AUTH_BODY_MAX);
 	p->managed = s->t.credential == CFG_CRED_MANAGED;
 	if (!p->easy && !(p->easy = curl_easy_init())) {
 		oom(o.msg, sizeof o.msg);
@@ -811,7 +744,7 @@ static void start_request(struct auth *a, size_t i)
 	}
 	return;
 fail:
-	sbuf_wipe(&p->form);
+	dynbuf_wipe(&p->form);
 	/* Local credential problems (unreadable file, expired certificate) are permanent. */
 	snprintf(o.key, sizeof o.key, "local:%.120s", o.msg);
 	complete(a, i, &o, NULL);
@@ -825,10 +758,10 @@ static void finish_request(struct auth *a, struct auth_profile *p, CURLcode rc)
 	curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &status);
 	if (rc != CURLE_OK)
 		classify_curl(p, rc, &o);
-	else if (!auth_parse_token_response(p->resp.p ? p->resp.p : "", p->resp.len, status, r))
+	else if (!auth_parse_token_response(dynbuf_str(&p->resp), dynbuf_len(&p->resp), status, r))
 		classify_http(p->managed, status, r, &o);
-	sbuf_wipe(&p->form);
-	sbuf_wipe(&p->resp);
+	dynbuf_wipe(&p->form);
+	dynbuf_wipe(&p->resp);
 	complete(a, (size_t)(p - a->p), &o, r);
 	OPENSSL_cleanse(r->access_token, sizeof r->access_token);
 }
@@ -956,8 +889,8 @@ void auth_free(struct auth *a)
 			curl_easy_cleanup(p->easy);
 		}
 		curl_slist_free_all(p->headers);
-		sbuf_wipe(&p->form);
-		sbuf_wipe(&p->resp);
+		dynbuf_wipe(&p->form);
+		dynbuf_wipe(&p->resp);
 	}
 	OPENSSL_cleanse(a->p, a->n * sizeof *a->p);
 	OPENSSL_cleanse(&a->resp, sizeof a->resp);

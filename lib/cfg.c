@@ -17,7 +17,6 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <ini.h>
 #include <librdkafka/rdkafka.h>
 #include <math.h>
@@ -28,6 +27,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "secretfile.h"
 
 /* Longest accepted line; inih's own default (200) is too short for paths and URLs. */
 #define CFG_LINE_MAX 4096
@@ -1358,38 +1358,12 @@ int cfg_tenant_index(const struct cfg *cfg, const char *name)
 
 bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf, size_t errcap)
 {
-	char tmp[CFG_SECRET_MAX + 1];
-	ssize_t got = 0;
-	size_t len = 0;
-	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0 || fstat(fd, &st) != 0) {
-		snprintf(errbuf, errcap, "%s: cannot read secret: %s", path, strerror(errno));
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		snprintf(errbuf, errcap, "%s: secret is not a regular file", path);
-		goto fail;
-	}
-	/* One byte more than allowed, to tell "exactly the maximum" from "too big". */
-	while (len < sizeof(tmp) && (got = read(fd, tmp + len, sizeof(tmp) - len)) > 0)
-		len += (size_t)got;
-	if (got < 0) {
-		snprintf(errbuf, errcap, "%s: cannot read secret: %s", path, strerror(errno));
-		goto fail;
-	}
-	if (len > CFG_SECRET_MAX) {
-		snprintf(errbuf, errcap, "%s: secret file is larger than %d bytes", path,
-		         CFG_SECRET_MAX);
-		goto fail;
-	}
-	while (len > 0 && (tmp[len - 1] == '\n' || tmp[len - 1] == '\r'))
-		len--;
-	if (len == 0) {
-		snprintf(errbuf, errcap, "%s: secret file is empty", path);
-		goto fail;
-	}
-	if (memchr(tmp, '\0', len)) {
+	struct dynbuf secret;
+	if (!secretfile_read(path, CFG_SECRET_MAX, "\r\n", &secret, errbuf, errcap))
+		return false;
+	size_t len = dynbuf_len(&secret);
+	bool ok = false;
+	if (memchr(dynbuf_str(&secret), '\0', len)) {
 		snprintf(errbuf, errcap, "%s: secret file contains a NUL byte", path);
 		goto fail;
 	}
@@ -1398,16 +1372,11 @@ bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf,
 		         cap);
 		goto fail;
 	}
-	memcpy(buf, tmp, len);
-	buf[len] = '\0';
-	explicit_bzero(tmp, sizeof(tmp));
-	close(fd);
-	return true;
+	memcpy(buf, dynbuf_str(&secret), len + 1);
+	ok = true;
 fail:
-	explicit_bzero(tmp, sizeof(tmp));
-	if (fd >= 0)
-		close(fd);
-	return false;
+	dynbuf_wipe(&secret);
+	return ok;
 }
 
 bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *errbuf,

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "dynbuf.h"
 #include "log.h"
 
 /* Power of two; with the default bound of 10,000 series chains stay short. */
@@ -520,61 +521,18 @@ void metrics_set_ready(struct metrics *m, bool ready, const char *reason)
 
 /* ---- text format ---- */
 
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	bool failed;
-};
-
-static void sb_grow(struct sbuf *b, size_t need)
-{
-	if (b->failed)
-		return;
-	if (b->len + need + 1 > RENDER_MAX) {
-		b->failed = true;
-		return;
-	}
-	size_t cap = b->cap ? b->cap : 4096;
-	while (cap < b->len + need + 1)
-		cap *= 2;
-	if (cap == b->cap)
-		return;
-	char *p = realloc(b->p, cap);
-	if (!p) {
-		b->failed = true;
-		return;
-	}
-	b->p = p;
-	b->cap = cap;
-}
-
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-	sb_grow(b, n);
-	if (b->failed)
-		return;
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-	sb_put(b, s, strlen(s));
-}
-
 /* Label values escape \, " and newline; HELP text escapes \ and newline only. */
-static void sb_escaped(struct sbuf *b, const char *s, bool quote)
+static void put_escaped(struct dynbuf *b, const char *s, bool quote)
 {
 	for (const char *p = s; *p; p++) {
 		if (*p == '\\')
-			sb_put(b, "\\\\", 2);
+			dynbuf_add(b, "\\\\", 2);
 		else if (*p == '\n')
-			sb_put(b, "\\n", 2);
+			dynbuf_add(b, "\\n", 2);
 		else if (*p == '"' && quote)
-			sb_put(b, "\\\"", 2);
+			dynbuf_add(b, "\\\"", 2);
 		else
-			sb_put(b, p, 1);
+			dynbuf_add(b, p, 1);
 	}
 }
 
@@ -602,40 +560,40 @@ static void fmt_double(double v, char *buf, size_t cap)
 }
 
 /* name{l1="v1",...[,le="x"]} — the label set of one sample line. */
-static void sb_labels(struct sbuf *b, const struct metrics_series *s, const char *le)
+static void put_labels(struct dynbuf *b, const struct metrics_series *s, const char *le)
 {
 	const struct metrics_family *fam = s->fam;
 	if (fam->n_labels == 0 && !le)
 		return;
-	sb_puts(b, "{");
+	dynbuf_adds(b, "{");
 	for (size_t i = 0; i < fam->n_labels; i++) {
 		if (i > 0)
-			sb_puts(b, ",");
-		sb_puts(b, fam->labels[i]);
-		sb_puts(b, "=\"");
-		sb_escaped(b, s->values[i], true);
-		sb_puts(b, "\"");
+			dynbuf_adds(b, ",");
+		dynbuf_adds(b, fam->labels[i]);
+		dynbuf_adds(b, "=\"");
+		put_escaped(b, s->values[i], true);
+		dynbuf_adds(b, "\"");
 	}
 	if (le) {
-		sb_puts(b, fam->n_labels ? ",le=\"" : "le=\"");
-		sb_puts(b, le);
-		sb_puts(b, "\"");
+		dynbuf_adds(b, fam->n_labels ? ",le=\"" : "le=\"");
+		dynbuf_adds(b, le);
+		dynbuf_adds(b, "\"");
 	}
-	sb_puts(b, "}");
+	dynbuf_adds(b, "}");
 }
 
-static void sb_sample(struct sbuf *b, const struct metrics_series *s, const char *suffix,
+static void put_sample(struct dynbuf *b, const struct metrics_series *s, const char *suffix,
                       const char *le, const char *value)
 {
-	sb_puts(b, s->fam->name);
-	sb_puts(b, suffix);
-	sb_labels(b, s, le);
-	sb_puts(b, " ");
-	sb_puts(b, value);
-	sb_puts(b, "\n");
+	dynbuf_adds(b, s->fam->name);
+	dynbuf_adds(b, suffix);
+	put_labels(b, s, le);
+	dynbuf_adds(b, " ");
+	dynbuf_adds(b, value);
+	dynbuf_adds(b, "\n");
 }
 
-static void render_histogram(struct sbuf *b, struct metrics_series *s)
+static void render_histogram(struct dynbuf *b, struct metrics_series *s)
 {
 	const struct metrics_family *fam = s->fam;
 	char le[32], val[32];
@@ -647,30 +605,30 @@ static void render_histogram(struct sbuf *b, struct metrics_series *s)
 		else
 			snprintf(le, sizeof(le), "+Inf");
 		snprintf(val, sizeof(val), "%" PRIu64, cum);
-		sb_sample(b, s, "_bucket", le, val);
+		put_sample(b, s, "_bucket", le, val);
 	}
 	fmt_double(bits_dbl(atomic_load_explicit(&s->bits, memory_order_relaxed)), val,
 	           sizeof(val));
-	sb_sample(b, s, "_sum", NULL, val);
+	put_sample(b, s, "_sum", NULL, val);
 	/* _count is the +Inf bucket, so the two always agree within one scrape. */
 	snprintf(val, sizeof(val), "%" PRIu64, cum);
-	sb_sample(b, s, "_count", NULL, val);
+	put_sample(b, s, "_count", NULL, val);
 }
 
-static void render_series(struct sbuf *b, struct metrics_series *s)
+static void render_series(struct dynbuf *b, struct metrics_series *s)
 {
 	char val[32];
 	switch (s->fam->type) {
 	case METRICS_COUNTER:
 		snprintf(val, sizeof(val), "%" PRIu64,
 		         (uint64_t)atomic_load_explicit(&s->count, memory_order_relaxed));
-		sb_sample(b, s, "", NULL, val);
+		put_sample(b, s, "", NULL, val);
 		break;
 	case METRICS_GAUGE:
 		if (!atomic_load_explicit(&s->present, memory_order_relaxed))
 			break;
 		fmt_double(metrics_gauge_value(s), val, sizeof(val));
-		sb_sample(b, s, "", NULL, val);
+		put_sample(b, s, "", NULL, val);
 		break;
 	case METRICS_HISTOGRAM:
 		render_histogram(b, s);
@@ -685,30 +643,26 @@ static const char *type_name(enum metrics_type t)
 
 bool metrics_render(struct metrics *m, char **out, size_t *len)
 {
-	struct sbuf b = {0};
-	sb_grow(&b, 0);
+	struct dynbuf b;
+	dynbuf_init(&b, RENDER_MAX - 1);
 	pthread_rwlock_rdlock(&m->lock);
-	for (struct metrics_family *f = m->families; f && !b.failed; f = f->next) {
-		sb_puts(&b, "# HELP ");
-		sb_puts(&b, f->name);
-		sb_puts(&b, " ");
-		sb_escaped(&b, f->help, false);
-		sb_puts(&b, "\n# TYPE ");
-		sb_puts(&b, f->name);
-		sb_puts(&b, " ");
-		sb_puts(&b, type_name(f->type));
-		sb_puts(&b, "\n");
+	for (struct metrics_family *f = m->families; f && dynbuf_ok(&b); f = f->next) {
+		dynbuf_adds(&b, "# HELP ");
+		dynbuf_adds(&b, f->name);
+		dynbuf_adds(&b, " ");
+		put_escaped(&b, f->help, false);
+		dynbuf_adds(&b, "\n# TYPE ");
+		dynbuf_adds(&b, f->name);
+		dynbuf_adds(&b, " ");
+		dynbuf_adds(&b, type_name(f->type));
+		dynbuf_adds(&b, "\n");
 		for (struct metrics_series *s = f->head; s; s = s->next)
 			render_series(&b, s);
 	}
 	pthread_rwlock_unlock(&m->lock);
-	if (b.failed) {
-		free(b.p);
-		return false;
-	}
-	*out = b.p;
-	*len = b.len;
-	return true;
+	*out = dynbuf_take(&b, len);
+	dynbuf_free(&b);
+	return *out != NULL;
 }
 
 /* ---- HTTP ---- */
