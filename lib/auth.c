@@ -323,7 +323,7 @@ bool auth_new(const struct cfg *cfg, struct auth **out, char *err, size_t errcap
 	a->n = cfg->n_tenants;
 	for (size_t i = 0; i < a->n; i++) {
 		a->p[i].next_due_ms = NOT_SCHEDULED;
-		if (!(a->p[i].req = tokenreq_new(&a->p[i]))) {
+		if (!tokenreq_new(&a->p[i], &a->p[i].req)) {
 			snprintf(err, errcap, "auth: out of memory");
 			auth_free(a); /* the thread never ran; it cleans up curl too */
 			return false;

@@ -54,7 +54,7 @@ void dynbuf_truncate(struct dynbuf *b, size_t len);
 void dynbuf_reset(struct dynbuf *b);
 /* Hands the heap text to the caller (free() it) and leaves the buffer empty; NULL when the
  * buffer failed, is fixed, or memory runs out. */
-CP_MUSTCHECK char *dynbuf_take(struct dynbuf *b, size_t *len);
+char *dynbuf_take(struct dynbuf *b, size_t *len) CP_MUSTCHECK;
 /* Releases the memory (zeroed first for a secret buffer); the buffer stays usable, empty. */
 void dynbuf_free(struct dynbuf *b);
 /* Zeroes the whole block whatever the kind, then releases it like dynbuf_free. */

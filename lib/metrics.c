@@ -110,23 +110,23 @@ static bool ends_with(const char *s, const char *suffix)
 	return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-static bool check_labels(const struct metrics_spec *spec, size_t *n, char *errbuf, size_t errcap)
+static bool check_labels(const struct metrics_spec *spec, size_t *n, char *err, size_t errcap)
 {
 	*n = 0;
 	for (const char *const *l = spec->labels; l && *l; l++) {
 		if (*n == METRICS_MAX_LABELS) {
-			snprintf(errbuf, errcap, "%s: more than %d labels", spec->name,
+			snprintf(err, errcap, "%s: more than %d labels", spec->name,
 			         METRICS_MAX_LABELS);
 			return false;
 		}
 		if (!valid_name(*l, false) || strncmp(*l, "__", 2) == 0 ||
 		    (spec->type == METRICS_HISTOGRAM && strcmp(*l, "le") == 0)) {
-			snprintf(errbuf, errcap, "%s: invalid label name \"%s\"", spec->name, *l);
+			snprintf(err, errcap, "%s: invalid label name \"%s\"", spec->name, *l);
 			return false;
 		}
 		for (size_t i = 0; i < *n; i++) {
 			if (strcmp(spec->labels[i], *l) == 0) {
-				snprintf(errbuf, errcap, "%s: duplicate label \"%s\"", spec->name,
+				snprintf(err, errcap, "%s: duplicate label \"%s\"", spec->name,
 				         *l);
 				return false;
 			}
@@ -136,19 +136,19 @@ static bool check_labels(const struct metrics_spec *spec, size_t *n, char *errbu
 	return true;
 }
 
-static bool check_buckets(const struct metrics_spec *spec, char *errbuf, size_t errcap)
+static bool check_buckets(const struct metrics_spec *spec, char *err, size_t errcap)
 {
 	if (spec->type != METRICS_HISTOGRAM)
 		return true;
 	if (spec->n_buckets == 0 || spec->n_buckets > METRICS_MAX_BUCKETS || !spec->buckets) {
-		snprintf(errbuf, errcap, "%s: a histogram needs 1..%d buckets", spec->name,
+		snprintf(err, errcap, "%s: a histogram needs 1..%d buckets", spec->name,
 		         METRICS_MAX_BUCKETS);
 		return false;
 	}
 	for (size_t i = 0; i < spec->n_buckets; i++) {
 		if (!isfinite(spec->buckets[i]) ||
 		    (i > 0 && spec->buckets[i] <= spec->buckets[i - 1])) {
-			snprintf(errbuf, errcap,
+			snprintf(err, errcap,
 			         "%s: buckets must be finite and strictly increasing", spec->name);
 			return false;
 		}
@@ -156,30 +156,30 @@ static bool check_buckets(const struct metrics_spec *spec, char *errbuf, size_t 
 	return true;
 }
 
-static bool check_spec(const struct metrics_spec *spec, size_t *n_labels, char *errbuf,
+static bool check_spec(const struct metrics_spec *spec, size_t *n_labels, char *err,
                        size_t errcap)
 {
 	if (!valid_name(spec->name, true)) {
-		snprintf(errbuf, errcap, "invalid metric name \"%s\"",
+		snprintf(err, errcap, "invalid metric name \"%s\"",
 		         spec->name ? spec->name : "(null)");
 		return false;
 	}
 	if (spec->type == METRICS_COUNTER && !ends_with(spec->name, "_total")) {
-		snprintf(errbuf, errcap, "%s: counter names end in _total", spec->name);
+		snprintf(err, errcap, "%s: counter names end in _total", spec->name);
 		return false;
 	}
 	if (spec->type == METRICS_HISTOGRAM &&
 	    (ends_with(spec->name, "_bucket") || ends_with(spec->name, "_sum") ||
 	     ends_with(spec->name, "_count") || ends_with(spec->name, "_total"))) {
-		snprintf(errbuf, errcap, "%s: reserved suffix for a histogram", spec->name);
+		snprintf(err, errcap, "%s: reserved suffix for a histogram", spec->name);
 		return false;
 	}
 	if (spec->type != METRICS_COUNTER && spec->type != METRICS_GAUGE &&
 	    spec->type != METRICS_HISTOGRAM) {
-		snprintf(errbuf, errcap, "%s: unknown metric type", spec->name);
+		snprintf(err, errcap, "%s: unknown metric type", spec->name);
 		return false;
 	}
-	return check_labels(spec, n_labels, errbuf, errcap) && check_buckets(spec, errbuf, errcap);
+	return check_labels(spec, n_labels, err, errcap) && check_buckets(spec, err, errcap);
 }
 
 /* ---- series ---- */
@@ -415,20 +415,20 @@ static struct metrics_family *family_by_name(struct metrics *m, const char *name
 }
 
 bool metrics_register(struct metrics *m, const struct metrics_spec *spec,
-                      struct metrics_family **out, char *errbuf, size_t errcap)
+                      struct metrics_family **out, char *err, size_t errcap)
 {
 	size_t n_labels;
-	if (!check_spec(spec, &n_labels, errbuf, errcap))
+	if (!check_spec(spec, &n_labels, err, errcap))
 		return false;
 	pthread_rwlock_wrlock(&m->lock);
 	struct metrics_family *fam = NULL;
 	if (family_by_name(m, spec->name)) {
-		snprintf(errbuf, errcap, "%s: registered twice", spec->name);
+		snprintf(err, errcap, "%s: registered twice", spec->name);
 		goto fail;
 	}
 	fam = family_new(m, spec, n_labels);
 	if (!fam) {
-		snprintf(errbuf, errcap, "%s: out of memory", spec->name);
+		snprintf(err, errcap, "%s: out of memory", spec->name);
 		goto fail;
 	}
 	if (m->families_tail)
@@ -444,11 +444,11 @@ fail:
 	return false;
 }
 
-bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t errcap)
+bool metrics_new(size_t max_series, struct metrics **out, char *err, size_t errcap)
 {
 	struct metrics *m = calloc(1, sizeof(*m));
 	if (!m) {
-		snprintf(errbuf, errcap, "metrics: out of memory");
+		snprintf(err, errcap, "metrics: out of memory");
 		return false;
 	}
 	m->max_series = max_series ? max_series : METRICS_DEFAULT_MAX_SERIES;
@@ -462,7 +462,7 @@ bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t e
 	    .help = "Label combinations refused because the series limit was reached.",
 	    .type = METRICS_COUNTER,
 	};
-	if (!metrics_register(m, &dropped, &fam, errbuf, errcap))
+	if (!metrics_register(m, &dropped, &fam, err, errcap))
 		goto fail;
 	/* The registry's own series does not count against the bound. */
 	m->max_series++;
@@ -745,7 +745,7 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
 CP_PRINTF(2, 0) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
-	char msg[512];
+	char msg[CP_ERRSTR_SIZE];
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	size_t n = strlen(msg);
 	if (n > 0 && msg[n - 1] == '\n')
@@ -754,7 +754,7 @@ CP_PRINTF(2, 0) static void mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* "host:port", "[v6]:port" or ":port" into a resolved address. */
-static bool parse_listen(const char *listen, struct addrinfo **ai, char *errbuf, size_t errcap)
+static bool parse_listen(const char *listen, struct addrinfo **ai, char *err, size_t errcap)
 {
 	char host[256];
 	const char *colon = strrchr(listen, ':');
@@ -780,25 +780,25 @@ static bool parse_listen(const char *listen, struct addrinfo **ai, char *errbuf,
 	                         .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
 	int rc = getaddrinfo(hlen ? host : NULL, portstr, &hints, ai);
 	if (rc != 0) {
-		snprintf(errbuf, errcap, "metrics listen \"%s\": %s", listen, gai_strerror(rc));
+		snprintf(err, errcap, "metrics listen \"%s\": %s", listen, gai_strerror(rc));
 		return false;
 	}
 	return true;
 bad:
-	snprintf(errbuf, errcap, "metrics listen \"%s\": expected host:port", listen);
+	snprintf(err, errcap, "metrics listen \"%s\": expected host:port", listen);
 	return false;
 }
 
-bool metrics_listen(struct metrics *m, const char *listen, char *errbuf, size_t errcap)
+bool metrics_listen(struct metrics *m, const char *listen, char *err, size_t errcap)
 {
 	if (!listen || !*listen)
 		return true;
 	if (m->httpd) {
-		snprintf(errbuf, errcap, "metrics endpoint already listening");
+		snprintf(err, errcap, "metrics endpoint already listening");
 		return false;
 	}
 	struct addrinfo *ai;
-	if (!parse_listen(listen, &ai, errbuf, errcap))
+	if (!parse_listen(listen, &ai, err, errcap))
 		return false;
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
@@ -810,7 +810,7 @@ bool metrics_listen(struct metrics *m, const char *listen, char *errbuf, size_t 
 	                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!m->httpd) {
-		snprintf(errbuf, errcap, "metrics listen \"%s\": cannot start the HTTP server: %s",
+		snprintf(err, errcap, "metrics listen \"%s\": cannot start the HTTP server: %s",
 		         listen, strerror(errno));
 		return false;
 	}

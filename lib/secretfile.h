@@ -14,7 +14,7 @@
  * "PATH: why", when the file cannot be opened or read, is not a regular file, is larger than
  * max bytes, or holds nothing but trim characters. On failure out is wiped.
  */
-CP_MUSTCHECK bool secretfile_read(const char *path, size_t max, const char *trim,
-                                  struct dynbuf *out, char *err, size_t errcap);
+bool secretfile_read(const char *path, size_t max, const char *trim, struct dynbuf *out, char *err,
+                     size_t errcap) CP_MUSTCHECK;
 
 #endif

@@ -197,7 +197,7 @@ bool tokenreq_parse_response(const char *body, size_t len, long http_status,
 
 /* ---- building a request (refresh thread, without the lock) ------------------------------- */
 
-static size_t on_body(char *data, size_t size, size_t n, void *arg)
+static size_t keep_answer(char *data, size_t size, size_t n, void *arg)
 {
 	return dynbuf_add(arg, data, size * n) ? size * n : 0;
 }
@@ -365,7 +365,7 @@ static bool set_options(struct tokenreq *req, const struct tokenreq_params *s, c
 	    curl_easy_setopt(e, CURLOPT_URL, url) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_PRIVATE, req->owner) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->curl_err) == CURLE_OK &&
-	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_answer) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, &req->resp) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
@@ -493,12 +493,14 @@ void tokenreq_classify_curl(const struct tokenreq *req, CURLcode rc, struct toke
 
 /* ---- one request's life ------------------------------------------------------------------- */
 
-struct tokenreq *tokenreq_new(void *owner)
+bool tokenreq_new(void *owner, struct tokenreq **out)
 {
 	struct tokenreq *req = calloc(1, sizeof *req);
-	if (req)
-		req->owner = owner;
-	return req;
+	if (!req)
+		return false;
+	req->owner = owner;
+	*out = req;
+	return true;
 }
 
 void tokenreq_free(struct tokenreq *req)

@@ -55,8 +55,8 @@ struct tokenreq_outcome {
 	char msg[TOKENREQ_ERROR_MAX];
 };
 
-/* A request whose easy handle carries owner as CURLINFO_PRIVATE. NULL without memory. */
-struct tokenreq *tokenreq_new(void *owner);
+/* A request whose easy handle carries owner as CURLINFO_PRIVATE. False without memory. */
+bool tokenreq_new(void *owner, struct tokenreq **out) CP_MUSTCHECK;
 /* Frees the handle and wipes the buffers; the caller has removed the handle from its multi. */
 void tokenreq_free(struct tokenreq *req);
 /* The easy handle of the request (NULL before the first tokenreq_prepare). */
@@ -66,8 +66,8 @@ CURL *tokenreq_easy(const struct tokenreq *req);
  * Builds the request for s (reading secret, key or federated token files now) into the easy
  * handle, ready for curl_multi_add_handle. False with o filled as a permanent local failure.
  */
-CP_MUSTCHECK bool tokenreq_prepare(struct tokenreq *req, const struct tokenreq_params *s,
-                                   struct tokenreq_outcome *o);
+bool tokenreq_prepare(struct tokenreq *req, const struct tokenreq_params *s,
+                      struct tokenreq_outcome *o) CP_MUSTCHECK;
 /* The request could not start after tokenreq_prepare: o says so (permanent), the form is wiped. */
 void tokenreq_fail_local(struct tokenreq *req, const char *why, struct tokenreq_outcome *o);
 /*
@@ -83,8 +83,8 @@ void tokenreq_finish(struct tokenreq *req, CURLcode rc, struct tokenreq_response
  * TOKENREQ_TOKEN_MAX and a positive expires_in (a number or a numeric string). Otherwise
  * false, with the server's error fields or the parse failure in out.
  */
-CP_MUSTCHECK bool tokenreq_parse_response(const char *body, size_t len, long http_status,
-                                          struct tokenreq_response *out);
+bool tokenreq_parse_response(const char *body, size_t len, long http_status,
+                             struct tokenreq_response *out) CP_MUSTCHECK;
 
 /* An HTTP answer without a usable token (managed: from IMDS), as a failed outcome. */
 void tokenreq_classify_http(bool managed, long status, const struct tokenreq_response *r,

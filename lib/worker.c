@@ -52,7 +52,7 @@ struct xfer {
 	char request_id[64];
 	char location[JOB_URL_MAX];
 	char retry_after[64];
-	char errbuf[CURL_ERROR_SIZE];
+	char curl_err[CURL_ERROR_SIZE];
 	size_t body_len, body_sent; /* XFER_POST: the job's body, as read by libcurl */
 };
 
@@ -287,7 +287,7 @@ static void on_created(struct worker *w, struct job *job, struct xfer *x)
 	finish_job(w, job);
 }
 
-static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
+static void follow_operation(struct worker *w, struct job *job, struct xfer *x)
 {
 	struct worker_policy p = current_policy(w);
 	char url[JOB_URL_MAX];
@@ -378,7 +378,7 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 	char message[JOB_ERR_MSG_MAX];
 	if (rc != CURLE_OK)
 		snprintf(message, sizeof message, "%s",
-		         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+		         x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
 	else
 		snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
 	log_with(LOG_LVL_INFO, ctx, "transient failure: %s", message);
@@ -472,7 +472,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	case RETRY_SUCCESS:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
 		if (status == 202)
-			on_accepted(w, job, x);
+			follow_operation(w, job, x);
 		else
 			on_created(w, job, x);
 		return;
@@ -500,7 +500,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 			return;
 		if (rc != CURLE_OK)
 			job_fail(job, 0, "TransportError",
-			         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), false);
+			         x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc), false);
 		else
 			fail_from_graph_error(job, x, status, false);
 		if (refusal == RETRY_REFUSAL_FORBIDDEN)
@@ -836,7 +836,7 @@ static void on_resolve_answer(struct worker *w, struct job *job, struct xfer *x,
 
 /* ---- transfers ---- */
 
-static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+static size_t keep_response_body(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct xfer *x = arg;
 	/* Over the limit or out of memory, 0 aborts the transfer: CURLE_WRITE_ERROR. */
@@ -1005,11 +1005,11 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 	    curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_URL, xfer_url(w, x)) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers) == CURLE_OK &&
-	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_response_body) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, x) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_HEADERDATA, x) == CURLE_OK &&
-	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_err) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(cfg->graph.request_timeout_s * 1000)) ==
 	        CURLE_OK &&
@@ -1291,7 +1291,7 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 	if (dynbuf_too_big(&x->resp)) {
 		rc = CURLE_OK;
 		dynbuf_reset(&x->resp);
-		snprintf(x->errbuf, sizeof x->errbuf, "response body over max_response_bytes");
+		snprintf(x->curl_err, sizeof x->curl_err, "response body over max_response_bytes");
 	}
 	pipeline_metrics_graph_response(w->conf.metrics, job->tenant, status,
 	                                (cptime_mono_ms() - x->started_mono_ms) / 1000.0);
@@ -1440,8 +1440,8 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	w->https = strncmp(conf->cfg->graph.base_url, "https://", 8) == 0;
 	w->token_buf = calloc(1, TOKEN_MAX);
 	w->multi = curl_multi_init();
-	w->ids = idcache_new(IDCACHE_CAPACITY, IDCACHE_TTL_MS);
-	if (!w->token_buf || !w->multi || !w->ids || !build_roots(w))
+	if (!w->token_buf || !w->multi || !idcache_new(IDCACHE_CAPACITY, IDCACHE_TTL_MS, &w->ids) ||
+	    !build_roots(w))
 		goto fail;
 	/*
 	 * libcurl puts at most CURLMOPT_MAX_CONCURRENT_STREAMS (default 100) streams on one

@@ -111,8 +111,8 @@ static void test_new_copies_key_and_headers(void **state)
 	(void)state;
 	rd_kafka_message_t *msg = next_message();
 	int64_t before = cptime_wall_ms();
-	struct job *job = job_new(msg, 7);
-	assert_non_null(job);
+	struct job *job;
+	assert_true(job_new(msg, 7, &job));
 	assert_int_equal(job->partition, 1);
 	assert_int_equal(job->offset, 0);
 	assert_int_equal(job->generation, 7);
@@ -140,8 +140,8 @@ static void test_new_without_key_or_headers(void **state)
 {
 	(void)state;
 	rd_kafka_message_t *msg = next_message();
-	struct job *job = job_new(msg, 8);
-	assert_non_null(job);
+	struct job *job;
+	assert_true(job_new(msg, 8, &job));
 	assert_int_equal(job->offset, 1);
 	assert_null(job->key);
 	assert_int_equal(job->key_len, 0);

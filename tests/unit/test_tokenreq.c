@@ -162,9 +162,9 @@ static void test_classify_http_message_has_code_and_hint(void **state)
 static void test_classify_curl_is_transient_with_curls_text(void **state)
 {
 	(void)state;
-	struct tokenreq *req = tokenreq_new(NULL);
+	struct tokenreq *req;
 	struct tokenreq_outcome o;
-	assert_non_null(req);
+	assert_true(tokenreq_new(NULL, &req));
 	tokenreq_classify_curl(req, CURLE_COULDNT_CONNECT, &o);
 	assert_int_equal(o.kind, TOKENREQ_TRANSIENT);
 	assert_string_equal(o.msg, "token endpoint unreachable: Couldn't connect to server");
@@ -175,10 +175,10 @@ static void test_classify_curl_is_transient_with_curls_text(void **state)
 static void test_local_failure_is_permanent_and_keyed_by_its_text(void **state)
 {
 	(void)state;
-	struct tokenreq *req = tokenreq_new(NULL);
+	struct tokenreq *req;
 	struct tokenreq_params p = {.t = {.credential = CFG_CRED_SECRET}};
 	struct tokenreq_outcome o;
-	assert_non_null(req);
+	assert_true(tokenreq_new(NULL, &req));
 	snprintf(p.t.tenant_id, sizeof p.t.tenant_id, "not/one/segment");
 	snprintf(p.t.authority_url, sizeof p.t.authority_url, "https://login.example");
 	assert_false(tokenreq_prepare(req, &p, &o));
