@@ -274,7 +274,7 @@ static struct auth *start(const struct cfg *c)
 /* ---- flows ------------------------------------------------------------------------------------
  */
 
-static void test_secret_fetch(void **state)
+static void test_secret_flow_sends_escaped_form_and_reports_expiry(void **state)
 {
 	(void)state;
 	int64_t exp = 0, before = cptime_wall_ms(); /* before the eager fetch can complete */
@@ -427,7 +427,7 @@ static void test_one_request_per_profile(void **state)
 	free(c);
 }
 
-static void test_invalidate(void **state)
+static void test_invalidate_drops_only_the_current_token(void **state)
 {
 	(void)state;
 	struct cfg *c = make_cfg(1);
@@ -725,11 +725,11 @@ int main(void)
 {
 	log_init("test_auth");
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup(test_secret_fetch, reset),
+	    cmocka_unit_test_setup(test_secret_flow_sends_escaped_form_and_reports_expiry, reset),
 	    cmocka_unit_test_setup(test_refresh_ahead, reset),
 	    cmocka_unit_test_setup(test_stop_ends_notifications, reset),
 	    cmocka_unit_test_setup(test_one_request_per_profile, reset),
-	    cmocka_unit_test_setup(test_invalidate, reset),
+	    cmocka_unit_test_setup(test_invalidate_drops_only_the_current_token, reset),
 	    cmocka_unit_test_setup(test_transient_503, reset),
 	    cmocka_unit_test_setup(test_connection_refused_is_pending, reset),
 	    cmocka_unit_test_setup(test_invalid_client, reset),

@@ -42,7 +42,7 @@ static void test_per_tenant_any_case(void **state)
 	assert_false(idcache_new(0, 1000, &c));
 }
 
-static void test_ttl(void **state)
+static void test_answer_expires_after_ttl_even_when_used(void **state)
 {
 	(void)state;
 	char id[37];
@@ -55,7 +55,7 @@ static void test_ttl(void **state)
 	idcache_free(c);
 }
 
-static void test_bounded_lru(void **state)
+static void test_full_cache_evicts_least_recently_used(void **state)
 {
 	(void)state;
 	char id[37], upn[32];
@@ -84,8 +84,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_per_tenant_any_case),
-	    cmocka_unit_test(test_ttl),
-	    cmocka_unit_test(test_bounded_lru),
+	    cmocka_unit_test(test_answer_expires_after_ttl_even_when_used),
+	    cmocka_unit_test(test_full_cache_evicts_least_recently_used),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

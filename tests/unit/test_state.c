@@ -426,7 +426,7 @@ static void test_foreign_records_ignored(void **state)
 	assert_int_equal(state_count(f->st), 1);
 }
 
-static void test_fetch(void **state)
+static void test_fetch_returns_the_recorded_result_bytes(void **state)
 {
 	struct fixture *f = *state;
 	put(f, 1, "i", "intent", NO_STATUS, "{}");
@@ -1258,7 +1258,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_fetch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_returns_the_recorded_result_bytes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_multibyte_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry_during_restore, setup, teardown),
