@@ -69,7 +69,8 @@ bool dynbuf_add(struct dynbuf *b, const void *s, size_t n)
 		b->no_mem = true;
 		return false;
 	}
-	memcpy(b->p + b->len, s, n);
+	if (n) /* s may be NULL then, which memcpy must not get */
+		memcpy(b->p + b->len, s, n);
 	b->len += n;
 	b->p[b->len] = '\0';
 	return true;
