@@ -2,8 +2,9 @@
  * test_state.c - the request state mirror against librdkafka's in-process mock cluster:
  * restore to the high watermark, record precedence, tombstones, expiry, fetch by offset,
  * partitions, the active flag, a table that grows, compacted done requests (runs) and the
- * id check of a fetch. CHATPROV_STATE_BENCH=1 also measures the restore rate of 200,000
- * records and the memory and lookup cost of 1,000,000 done requests.
+ * id check of a fetch. With CHATPROV_STATE_BENCH=1 (bench/state) it runs only its two
+ * benches instead: the restore rate of 200,000 records and the memory and lookup cost of
+ * 1,000,000 done requests.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -425,7 +426,7 @@ static void test_foreign_records_ignored(void **state)
 	assert_int_equal(state_count(f->st), 1);
 }
 
-static void test_fetch(void **state)
+static void test_fetch_returns_the_recorded_result_bytes(void **state)
 {
 	struct fixture *f = *state;
 	put(f, 1, "i", "intent", NO_STATUS, "{}");
@@ -1210,11 +1211,8 @@ static void test_fetch_checks_the_id(void **state)
  * few MB per partition (older records are dropped), so the history is spread over enough
  * partitions for all of it to stay, which the low watermarks confirm.
  */
-static void test_restore_rate(void **state)
+static void bench_restore_rate(void **state)
 {
-	const char *bench = getenv("CHATPROV_STATE_BENCH");
-	if (!bench || strcmp(bench, "1") != 0)
-		skip();
 	struct fixture *f = *state;
 	const size_t n = 200000, value_len = 600;
 	const int32_t partitions = 50;
@@ -1290,11 +1288,8 @@ static double lookup_us(struct fixture *f, const char *prefix, size_t n, size_t 
  * add, what state_memory_bytes says, and the cost of a lookup that finds a request and of
  * one that does not (a new request: every run is searched).
  */
-static void test_memory_per_request(void **state)
+static void bench_memory_per_request(void **state)
 {
-	const char *bench = getenv("CHATPROV_STATE_BENCH");
-	if (!bench || strcmp(bench, "1") != 0)
-		skip();
 	struct fixture *f = *state;
 	const char *n_env = getenv("CHATPROV_STATE_BENCH_N");
 	const size_t n = n_env ? strtoul(n_env, NULL, 10) : 1000000;
@@ -1330,7 +1325,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_fetch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_returns_the_recorded_result_bytes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_multibyte_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry_during_restore, setup, teardown),
@@ -1350,8 +1345,14 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_compacted_expiry_during_restore, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_checks_the_id, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_progress_reported_while_waiting, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_restore_rate, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_memory_per_request, setup, teardown),
 	};
+	/* Figures, not checks (bench/state runs them): they assert only that the run was whole. */
+	const struct CMUnitTest benches[] = {
+	    cmocka_unit_test_setup_teardown(bench_restore_rate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(bench_memory_per_request, setup, teardown),
+	};
+	const char *bench = getenv("CHATPROV_STATE_BENCH");
+	if (bench && strcmp(bench, "1") == 0)
+		return cmocka_run_group_tests(benches, group_setup, group_teardown);
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
