@@ -26,8 +26,8 @@
 #define STATUS_EVERY_MS 1000
 /* A drain waits for transfers in flight: at most one request timeout, plus room to commit. */
 #define DRAIN_SLACK_MS 10000
-/* pipeline_finish: producer flush (at most 10 s), final commit, leaving the group. */
-#define FINISH_BUDGET_MS 15000
+/* pipeline_finish: the producer flush, then room for the final commit and leaving the group. */
+#define FINISH_BUDGET_MS (PIPELINE_FLUSH_MS + 5000)
 
 struct options {
 	const char *config;

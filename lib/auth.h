@@ -13,12 +13,10 @@
 
 #include "cfg.h"
 #include "common.h"
+#include "tokenreq.h"
 
-/* Bounds on what the token endpoint may send us. */
-#define AUTH_BODY_MAX  (64 * 1024)
-#define AUTH_TOKEN_MAX (16 * 1024)
 /* A buffer of this size always holds a token for auth_get_token. */
-#define AUTH_TOKEN_BUF (AUTH_TOKEN_MAX + 1)
+#define AUTH_TOKEN_BUF (TOKENREQ_TOKEN_MAX + 1)
 
 struct auth;
 
@@ -32,18 +30,6 @@ struct auth_stats {
 	uint64_t refreshes;       /* tokens obtained */
 	uint64_t failures;        /* failed token requests, transient or permanent */
 	int64_t expires_epoch_ms; /* expiry of the cached token, 0 if none */
-};
-
-/* What a token endpoint (or IMDS) answered, parsed. */
-struct auth_token_response {
-	long http_status;
-	char token_type[32];
-	char access_token[AUTH_TOKEN_MAX + 1];
-	int64_t expires_in_s;
-	bool server_error;           /* the body carried an "error" member */
-	char error[64];              /* "invalid_client", or a parse failure when !server_error */
-	char error_description[512]; /* first line of error_description, or why parsing failed */
-	long aadsts; /* first of error_codes (or AADSTS<n> in the text); 0 if none */
 };
 
 bool auth_new(const struct cfg *cfg, struct auth **out, char *err, size_t errcap) CP_MUSTCHECK;
@@ -79,14 +65,5 @@ void auth_get_stats(struct auth *a, size_t profile, struct auth_stats *out);
  * this returns: the refresh thread keeps no pointer into it.
  */
 bool auth_reload(struct auth *a, const struct cfg *new_cfg) CP_MUSTCHECK;
-
-/*
- * Parses a token response body (at most AUTH_BODY_MAX bytes). True only when it carries a
- * usable bearer token: a 2xx status, an access_token of printable ASCII no longer than
- * AUTH_TOKEN_MAX and a positive expires_in (a number or a numeric string). Otherwise false,
- * with the server's error fields or the parse failure in out.
- */
-bool auth_parse_token_response(const char *body, size_t len, long http_status,
-                               struct auth_token_response *out) CP_MUSTCHECK;
 
 #endif

@@ -17,7 +17,6 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <ini.h>
 #include <librdkafka/rdkafka.h>
 #include <math.h>
@@ -28,6 +27,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "secretfile.h"
 
 /* Longest accepted line; inih's own default (200) is too short for paths and URLs. */
 #define CFG_LINE_MAX 4096
@@ -284,7 +284,7 @@ static bool parse_bool(const char *v, bool *out)
 	return false;
 }
 
-static bool parse_number(const struct cfg_key *k, const char *v, double *out, char *why, size_t cap)
+static bool parse_number(const struct cfg_key *k, const char *v, double *out, char *err, size_t errcap)
 {
 	/* strtod alone would take "inf", "nan", hex and leading blanks. */
 	bool integer = k->type == CFG_T_UINT;
@@ -305,14 +305,14 @@ static bool parse_number(const struct cfg_key *k, const char *v, double *out, ch
 		d = strtod(v, &end);
 	}
 	if (!valid || *end != '\0' || isnan(d)) {
-		snprintf(why, cap, "'%s' is not %s", v, integer ? "a whole number" : "a number");
+		snprintf(err, errcap, "'%s' is not %s", v, integer ? "a whole number" : "a number");
 		return false;
 	}
 	if (!(d >= k->min && d <= k->max)) {
 		char lo[32], hi[32];
 		fmt_num(k->min, lo, sizeof(lo));
 		fmt_num(k->max, hi, sizeof(hi));
-		snprintf(why, cap, "'%s' is out of range (%s..%s)", v, lo, hi);
+		snprintf(err, errcap, "'%s' is out of range (%s..%s)", v, lo, hi);
 		return false;
 	}
 	*out = d;
@@ -350,42 +350,42 @@ static bool host_is_linklocal(const char *host)
 }
 
 /* http(s), a host, no user info or fragment; plain http only to loopback (or IMDS). */
-static bool check_url(const struct cfg_key *k, const char *v, char *why, size_t cap)
+static bool check_url(const struct cfg_key *k, const char *v, char *err, size_t errcap)
 {
 	bool ok = false;
 	char *scheme = NULL, *host = NULL, *user = NULL, *frag = NULL, *query = NULL;
 	CURLU *u = curl_url();
 	if (!u) {
-		snprintf(why, cap, "out of memory");
+		snprintf(err, errcap, "out of memory");
 		return false;
 	}
 	if (curl_url_set(u, CURLUPART_URL, v, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
-		snprintf(why, cap, "'%s' is not a valid URL (expected https://host[:port][/path])",
+		snprintf(err, errcap, "'%s' is not a valid URL (expected https://host[:port][/path])",
 		         v);
 		goto out;
 	}
 	if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0) {
-		snprintf(why, cap, "'%s': scheme must be https (or http to a loopback host)", v);
+		snprintf(err, errcap, "'%s': scheme must be https (or http to a loopback host)", v);
 		goto out;
 	}
 	if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) == CURLUE_OK) {
-		snprintf(why, cap, "URL must not contain user info or a fragment");
+		snprintf(err, errcap, "URL must not contain user info or a fragment");
 		goto out;
 	}
 	/* Roots get paths appended, so a query would end up in the middle; IMDS may have one. */
 	if (!(k->flags & KF_LINKLOCAL) &&
 	    curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK) {
-		snprintf(why, cap,
+		snprintf(err, errcap,
 		         "URL must not contain a query (it is a root that paths are "
 		         "appended to)");
 		goto out;
 	}
 	if (strcmp(scheme, "http") == 0 && !host_is_loopback(host) &&
 	    !((k->flags & KF_LINKLOCAL) && host_is_linklocal(host))) {
-		snprintf(why, cap,
+		snprintf(err, errcap,
 		         "'%s': plain http is only allowed to loopback hosts (127.0.0.0/8, "
 		         "localhost, [::1]); use https",
 		         v);
@@ -408,7 +408,7 @@ out:
 }
 
 /* "host:port" with a non-empty host ("[v6]" allowed) and a port 0..65535 (0: ephemeral). */
-static bool check_listen(const char *v, char *why, size_t cap)
+static bool check_listen(const char *v, char *err, size_t errcap)
 {
 	const char *colon = strrchr(v, ':');
 	bool host_ok = false;
@@ -425,7 +425,7 @@ static bool check_listen(const char *v, char *why, size_t cap)
 		port = strtol(colon + 1, &end, 10);
 	}
 	if (!host_ok || !end || *end != '\0' || errno || port < 0 || port > 65535) {
-		snprintf(why, cap, "'%s' is not host:port (e.g. 127.0.0.1:9464; empty disables)",
+		snprintf(err, errcap, "'%s' is not host:port (e.g. 127.0.0.1:9464; empty disables)",
 		         v);
 		return false;
 	}
@@ -433,53 +433,53 @@ static bool check_listen(const char *v, char *why, size_t cap)
 }
 
 /* Kafka's own rule for topic names. */
-static bool check_topic(const char *v, char *why, size_t cap)
+static bool check_topic(const char *v, char *err, size_t errcap)
 {
 	size_t len = strlen(v);
 	if (len > 249 ||
 	    strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 	              "0123456789._-") != len ||
 	    strcmp(v, ".") == 0 || strcmp(v, "..") == 0) {
-		snprintf(why, cap,
+		snprintf(err, errcap,
 		         "'%s' is not a valid Kafka topic name ([A-Za-z0-9._-], at most 249)", v);
 		return false;
 	}
 	return true;
 }
 
-static bool store_text(const char *v, void *dst, size_t size, char *why, size_t cap)
+static bool store_text(const char *v, void *dst, size_t size, char *err, size_t errcap)
 {
 	size_t len = strlen(v);
 	if (len >= size) {
-		snprintf(why, cap, "value too long (%zu characters, at most %zu)", len, size - 1);
+		snprintf(err, errcap, "value too long (%zu characters, at most %zu)", len, size - 1);
 		return false;
 	}
 	memcpy(dst, v, len + 1);
 	return true;
 }
 
-static bool store_path(const struct load *ld, const char *v, void *dst, size_t size, char *why,
-                       size_t cap)
+static bool store_path(const struct load *ld, const char *v, void *dst, size_t size, char *err,
+                       size_t errcap)
 {
 	char buf[CFG_VALUE_MAX * 2];
 	if (v[0] == '\0' || v[0] == '/' || ld->dir[0] == '\0')
-		return store_text(v, dst, size, why, cap);
+		return store_text(v, dst, size, err, errcap);
 	/* Relative paths mean relative to the file, not to whatever the cwd happens to be. */
 	snprintf(buf, sizeof(buf), "%s/%s", ld->dir, v);
-	return store_text(buf, dst, size, why, cap);
+	return store_text(buf, dst, size, err, errcap);
 }
 
-static bool store_url(const struct cfg_key *k, const char *v, void *dst, size_t size, char *why,
-                      size_t cap)
+static bool store_url(const struct cfg_key *k, const char *v, void *dst, size_t size, char *err,
+                      size_t errcap)
 {
 	if (v[0] == '\0') {
 		if (k->flags & KF_LINKLOCAL) {
-			snprintf(why, cap, "must not be empty");
+			snprintf(err, errcap, "must not be empty");
 			return false;
 		}
-		return store_text(v, dst, size, why, cap);
+		return store_text(v, dst, size, err, errcap);
 	}
-	if (!check_url(k, v, why, cap) || !store_text(v, dst, size, why, cap))
+	if (!check_url(k, v, err, errcap) || !store_text(v, dst, size, err, errcap))
 		return false;
 	/* Roots are joined with "/v1.0/..." and "/{tenant}/...": no trailing slash. */
 	char *s = dst;
@@ -501,9 +501,9 @@ static bool store_uint(const struct cfg_key *k, double d, void *dst)
 	return true;
 }
 
-/* Parses v as key k and stores it into the record at base. why gets the reason on failure. */
+/* Parses v as key k and stores it into the record at base. err gets the reason on failure. */
 static bool set_value(const struct load *ld, const struct cfg_key *k, void *base, const char *v,
-                      char *why, size_t cap)
+                      char *err, size_t errcap)
 {
 	void *dst = (char *)base + k->offset;
 	double d;
@@ -511,29 +511,29 @@ static bool set_value(const struct load *ld, const struct cfg_key *k, void *base
 	int idx;
 	switch (k->type) {
 	case CFG_T_STRING:
-		if ((k->flags & KF_TOPIC) && v[0] && !check_topic(v, why, cap))
+		if ((k->flags & KF_TOPIC) && v[0] && !check_topic(v, err, errcap))
 			return false;
-		return store_text(v, dst, k->size, why, cap);
+		return store_text(v, dst, k->size, err, errcap);
 	case CFG_T_PATH:
-		return store_path(ld, v, dst, k->size, why, cap);
+		return store_path(ld, v, dst, k->size, err, errcap);
 	case CFG_T_URL:
-		return store_url(k, v, dst, k->size, why, cap);
+		return store_url(k, v, dst, k->size, err, errcap);
 	case CFG_T_LISTEN:
-		if (v[0] && !check_listen(v, why, cap))
+		if (v[0] && !check_listen(v, err, errcap))
 			return false;
-		return store_text(v, dst, k->size, why, cap);
+		return store_text(v, dst, k->size, err, errcap);
 	case CFG_T_BOOL:
 		if (!parse_bool(v, &b)) {
-			snprintf(why, cap,
+			snprintf(err, errcap,
 			         "'%s' is not a boolean (yes/no, true/false, on/off, 1/0)", v);
 			return false;
 		}
 		memcpy(dst, &b, sizeof(b));
 		return true;
 	case CFG_T_UINT:
-		return parse_number(k, v, &d, why, cap) && store_uint(k, d, dst);
+		return parse_number(k, v, &d, err, errcap) && store_uint(k, d, dst);
 	case CFG_T_DOUBLE:
-		if (!parse_number(k, v, &d, why, cap))
+		if (!parse_number(k, v, &d, err, errcap))
 			return false;
 		memcpy(dst, &d, sizeof(d));
 		return true;
@@ -543,15 +543,15 @@ static bool set_value(const struct load *ld, const struct cfg_key *k, void *base
 		if (idx < 0) {
 			char list[128];
 			list_choices(k->choices, list, sizeof(list));
-			snprintf(why, cap, "'%s' is not one of %s", v, list);
+			snprintf(err, errcap, "'%s' is not one of %s", v, list);
 			return false;
 		}
 		if (k->type == CFG_T_CHOICE)
-			return store_text(v, dst, k->size, why, cap);
+			return store_text(v, dst, k->size, err, errcap);
 		memcpy(dst, &idx, sizeof(idx));
 		return true;
 	}
-	snprintf(why, cap, "internal error: unknown key type");
+	snprintf(err, errcap, "internal error: unknown key type");
 	return false;
 }
 
@@ -1301,18 +1301,18 @@ static void set_dir(struct load *ld, const char *path)
 	}
 }
 
-bool cfg_load(const char *path, struct cfg **out, char *errbuf, size_t errcap)
+bool cfg_load(const char *path, struct cfg **out, char *err, size_t errcap)
 {
 	struct load *ld = calloc(1, sizeof(*ld));
 	struct cfg *cfg = calloc(1, sizeof(*cfg));
 	*out = NULL;
 	if (!ld || !cfg) {
-		snprintf(errbuf, errcap, "%s: out of memory", path);
+		snprintf(err, errcap, "%s: out of memory", path);
 		goto fail;
 	}
 	ld->cfg = cfg;
 	ld->path = path;
-	ld->err = errbuf;
+	ld->err = err;
 	ld->errcap = errcap;
 	snprintf(cfg->path, sizeof(cfg->path), "%s", path);
 	set_dir(ld, path);
@@ -1356,68 +1356,37 @@ int cfg_tenant_index(const struct cfg *cfg, const char *name)
 	return -1;
 }
 
-bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf, size_t errcap)
+bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *err, size_t errcap)
 {
-	char tmp[CFG_SECRET_MAX + 1];
-	ssize_t got = 0;
-	size_t len = 0;
-	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0 || fstat(fd, &st) != 0) {
-		snprintf(errbuf, errcap, "%s: cannot read secret: %s", path, strerror(errno));
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		snprintf(errbuf, errcap, "%s: secret is not a regular file", path);
-		goto fail;
-	}
-	/* One byte more than allowed, to tell "exactly the maximum" from "too big". */
-	while (len < sizeof(tmp) && (got = read(fd, tmp + len, sizeof(tmp) - len)) > 0)
-		len += (size_t)got;
-	if (got < 0) {
-		snprintf(errbuf, errcap, "%s: cannot read secret: %s", path, strerror(errno));
-		goto fail;
-	}
-	if (len > CFG_SECRET_MAX) {
-		snprintf(errbuf, errcap, "%s: secret file is larger than %d bytes", path,
-		         CFG_SECRET_MAX);
-		goto fail;
-	}
-	while (len > 0 && (tmp[len - 1] == '\n' || tmp[len - 1] == '\r'))
-		len--;
-	if (len == 0) {
-		snprintf(errbuf, errcap, "%s: secret file is empty", path);
-		goto fail;
-	}
-	if (memchr(tmp, '\0', len)) {
-		snprintf(errbuf, errcap, "%s: secret file contains a NUL byte", path);
+	struct dynbuf secret;
+	if (!secretfile_read(path, CFG_SECRET_MAX, "\r\n", &secret, err, errcap))
+		return false;
+	size_t len = dynbuf_len(&secret);
+	bool ok = false;
+	if (memchr(dynbuf_str(&secret), '\0', len)) {
+		snprintf(err, errcap, "%s: secret file contains a NUL byte", path);
 		goto fail;
 	}
 	if (len >= cap) {
-		snprintf(errbuf, errcap, "%s: secret does not fit the buffer (%zu bytes)", path,
+		snprintf(err, errcap, "%s: secret does not fit the buffer (%zu bytes)", path,
 		         cap);
 		goto fail;
 	}
-	memcpy(buf, tmp, len);
-	buf[len] = '\0';
-	explicit_bzero(tmp, sizeof(tmp));
-	close(fd);
-	return true;
+	memcpy(buf, dynbuf_str(&secret), len + 1);
+	ok = true;
 fail:
-	explicit_bzero(tmp, sizeof(tmp));
-	if (fd >= 0)
-		close(fd);
-	return false;
+	dynbuf_wipe(&secret);
+	return ok;
 }
 
-bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *errbuf,
+bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *err,
                      size_t errcap)
 {
 	if (tenant->credential != CFG_CRED_SECRET || !tenant->client_secret_file[0]) {
-		snprintf(errbuf, errcap, "tenant profile '%s' has no client secret", tenant->name);
+		snprintf(err, errcap, "tenant profile '%s' has no client secret", tenant->name);
 		return false;
 	}
-	return cfg_read_secret_file(tenant->client_secret_file, buf, cap, errbuf, errcap);
+	return cfg_read_secret_file(tenant->client_secret_file, buf, cap, err, errcap);
 }
 
 /* ---- dump ------------------------------------------------------------------------------- */
@@ -1508,10 +1477,10 @@ void cfg_dump(const struct cfg *cfg, FILE *out)
 
 int cfg_check(const char *path, FILE *out, FILE *err)
 {
-	char errbuf[CP_ERRSTR_SIZE];
+	char why[CP_ERRSTR_SIZE];
 	struct cfg *cfg;
-	if (!cfg_load(path, &cfg, errbuf, sizeof(errbuf))) {
-		fprintf(err, "%s\n", errbuf);
+	if (!cfg_load(path, &cfg, why, sizeof(why))) {
+		fprintf(err, "%s\n", why);
 		return 1;
 	}
 	cfg_dump(cfg, out);

@@ -132,15 +132,15 @@ struct cfg {
 
 /*
  * Loads and validates a configuration file, then applies CHATPROV_<SECTION>_<KEY>
- * environment overrides. On failure errbuf holds one precise message ("file:line: ...").
+ * environment overrides. On failure err holds one precise message ("file:line: ...").
  * The result is heap-allocated; release it with cfg_free.
  * Not thread-safe against other users of libinih: it sets libinih's (process-wide) options.
  */
-bool cfg_load(const char *path, struct cfg **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
+bool cfg_load(const char *path, struct cfg **out, char *err, size_t errcap) CP_MUSTCHECK;
 void cfg_free(struct cfg *cfg);
 
 /* Reads a profile's client secret (file or systemd credential) into buf; never logged. */
-bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *errbuf,
+bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, char *err,
                      size_t errcap) CP_MUSTCHECK;
 
 /*
@@ -148,7 +148,7 @@ bool cfg_read_secret(const struct cfg_tenant *tenant, char *buf, size_t cap, cha
  * trailing newlines stripped, must not be empty. Error messages name the path, never the
  * content.
  */
-bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *errbuf,
+bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *err,
                           size_t errcap) CP_MUSTCHECK;
 
 /* Index of the profile an event's "tenant" names (NULL/"" = default = 0); -1 if unknown. */

@@ -1,11 +1,10 @@
 /*
  * event.h - decoder and validator of chatprov.request.v1, the input event.
  *
- * The Kafka message value is checked against the contract in DESIGN.md before anything else
- * touches it: size limit first (before parsing), then JSON with a nesting limit and UTF-8
+ * The Kafka message value is checked against the contract (docs/events.md) before anything
+ * else touches it: size limit first (before parsing), then JSON with a nesting limit and UTF-8
  * validation, then every field. A rejected event gets one precise, human-readable reason
  * naming the field path ("members[2].userId: not a GUID or user principal name").
- * The rules are spelled out in docs/events.md.
  */
 #ifndef CHATPROV_EVENT_H
 #define CHATPROV_EVENT_H

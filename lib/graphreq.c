@@ -12,40 +12,11 @@
 #include <strings.h>
 
 #include "cpjson.h"
+#include "dynbuf.h"
 
 /* GRAPHREQ_CLIENT_REQUEST_NS as bytes. */
 static const unsigned char client_request_ns[16] = {0xe9, 0x49, 0xfd, 0x02, 0x0f, 0x89, 0x5c, 0x91,
                                                     0xa6, 0x57, 0x04, 0x36, 0x13, 0xfb, 0x51, 0xa9};
-
-/* A bounded output buffer: the first write that does not fit marks it failed. */
-struct sbuf {
-	char *p;
-	size_t cap, len;
-	bool ok;
-};
-
-static void sb_init(struct sbuf *b, char *out, size_t cap)
-{
-	*b = (struct sbuf){.p = out, .cap = cap, .ok = cap > 0};
-	if (cap)
-		out[0] = '\0';
-}
-
-static void sb_putn(struct sbuf *b, const char *s, size_t n)
-{
-	if (!b->ok || n >= b->cap - b->len) {
-		b->ok = false;
-		return;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-	sb_putn(b, s, strlen(s));
-}
 
 /* Characters that stay as they are inside a quoted OData literal in a URL. */
 static bool literal_safe(unsigned char ch)
@@ -55,43 +26,43 @@ static bool literal_safe(unsigned char ch)
 }
 
 /* s as the inside of an OData string literal ('' for '), percent-encoded for a URL. */
-static void sb_put_literal(struct sbuf *b, const char *s)
+static void put_literal(struct dynbuf *b, const char *s)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		if (*p == '\'') {
-			sb_puts(b, "''");
+			dynbuf_adds(b, "''");
 		} else if (literal_safe(*p)) {
-			sb_putn(b, (const char *)p, 1);
+			dynbuf_add(b, p, 1);
 		} else {
 			char enc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
-			sb_putn(b, enc, 3);
+			dynbuf_add(b, enc, 3);
 		}
 	}
 }
 
 /* version_root without its trailing slashes, so "…/v1.0/" and "…/v1.0" give one URL. */
-static void sb_put_root(struct sbuf *b, const char *root)
+static void put_root(struct dynbuf *b, const char *root)
 {
 	size_t n = strlen(root);
 	while (n > 0 && root[n - 1] == '/')
 		n--;
-	sb_putn(b, root, n);
+	dynbuf_add(b, root, n);
 }
 
 /* "{root}/{segment}('{key}')", key as an OData literal, percent-encoded. */
 static bool keyed_url(const char *root, const char *segment, const char *key, char *out, size_t cap)
 {
-	struct sbuf b;
-	sb_init(&b, out, cap);
+	struct dynbuf b;
+	dynbuf_init_fixed(&b, out, cap);
 	if (!root || !*root || !key || !*key)
 		return false;
-	sb_put_root(&b, root);
-	sb_puts(&b, segment);
-	sb_puts(&b, "('");
-	sb_put_literal(&b, key);
-	sb_puts(&b, "')");
-	return b.ok;
+	put_root(&b, root);
+	dynbuf_adds(&b, segment);
+	dynbuf_adds(&b, "('");
+	put_literal(&b, key);
+	dynbuf_adds(&b, "')");
+	return dynbuf_ok(&b);
 }
 
 bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *out, size_t cap)
@@ -155,17 +126,17 @@ static bool add_members(json_object *root, const struct event_request *ev, const
 
 static bool add_app(json_object *root, const struct event_request *ev, const char *bind_root)
 {
-	struct sbuf b;
+	struct dynbuf b;
 	char url[GRAPHREQ_URL_MAX];
 	json_object *arr = json_object_new_array(), *app = json_object_new_object();
 	if (!cpjson_put(root, "installedApps", arr) || !arr_add(arr, app))
 		return false;
-	sb_init(&b, url, sizeof url);
-	sb_put_root(&b, bind_root);
-	sb_puts(&b, "/appCatalogs/teamsApps/");
+	dynbuf_init_fixed(&b, url, sizeof url);
+	put_root(&b, bind_root);
+	dynbuf_adds(&b, "/appCatalogs/teamsApps/");
 	/* A validated app id is a GUID; escaping keeps that true for any caller. */
-	sb_put_literal(&b, ev->app_id);
-	return b.ok && cpjson_put(app, "teamsApp@odata.bind", json_object_new_string(url));
+	put_literal(&b, ev->app_id);
+	return dynbuf_ok(&b) && cpjson_put(app, "teamsApp@odata.bind", json_object_new_string(url));
 }
 
 char *graphreq_chat_body(const struct event_request *ev, const char *bind_root)
@@ -282,7 +253,7 @@ fail:
 }
 
 /* An absolute Location on version_root's origin, under its path: the rest after that path. */
-static bool absolute_rest(const char *version_root, const char *location, struct sbuf *b)
+static bool absolute_rest(const char *version_root, const char *location, struct dynbuf *b)
 {
 	struct url_parts r, l;
 	bool ok = false;
@@ -299,13 +270,13 @@ static bool absolute_rest(const char *version_root, const char *location, struct
 		plen--;
 	if (strncmp(l.path, r.path, plen) != 0 || l.path[plen] != '/' || l.path[plen + 1] == '/')
 		goto fail;
-	sb_put_root(b, version_root);
-	sb_puts(b, l.path + plen);
+	put_root(b, version_root);
+	dynbuf_adds(b, l.path + plen);
 	if (l.query) {
-		sb_puts(b, "?");
-		sb_puts(b, l.query);
+		dynbuf_adds(b, "?");
+		dynbuf_adds(b, l.query);
 	}
-	ok = b->ok;
+	ok = dynbuf_ok(b);
 fail:
 	if (have_r)
 		url_parts_free(&r);
@@ -317,39 +288,39 @@ fail:
 bool graphreq_resolve_location(const char *version_root, const char *location, char *out,
                                size_t cap)
 {
-	struct sbuf b;
-	sb_init(&b, out, cap);
+	struct dynbuf b;
+	dynbuf_init_fixed(&b, out, cap);
 	if (!version_root || !*version_root || !location || !location_chars_ok(location))
 		return false;
 	if (location[0] == '/') {
 		if (location[1] == '/')
 			return false; /* scheme-relative: another host */
-		sb_put_root(&b, version_root);
-		sb_puts(&b, location);
-		return b.ok && b.len <= GRAPHREQ_URL_MAX;
+		put_root(&b, version_root);
+		dynbuf_adds(&b, location);
+		return dynbuf_ok(&b) && dynbuf_len(&b) <= GRAPHREQ_URL_MAX;
 	}
 	if (!absolute_rest(version_root, location, &b)) {
 		if (cap)
 			out[0] = '\0';
 		return false;
 	}
-	return b.len <= GRAPHREQ_URL_MAX;
+	return dynbuf_len(&b) <= GRAPHREQ_URL_MAX;
 }
 
 bool graphreq_lookup_url(const char *version_root, const char *owner_user_id, const char *topic,
                          char *out, size_t cap)
 {
-	struct sbuf b;
-	sb_init(&b, out, cap);
+	struct dynbuf b;
+	dynbuf_init_fixed(&b, out, cap);
 	if (!version_root || !*version_root || !owner_user_id || !*owner_user_id || !topic)
 		return false;
-	sb_put_root(&b, version_root);
-	sb_puts(&b, "/users('");
-	sb_put_literal(&b, owner_user_id);
-	sb_puts(&b, "')/chats?$filter=topic%20eq%20'");
-	sb_put_literal(&b, topic);
-	sb_puts(&b, "'&$expand=members");
-	return b.ok;
+	put_root(&b, version_root);
+	dynbuf_adds(&b, "/users('");
+	put_literal(&b, owner_user_id);
+	dynbuf_adds(&b, "')/chats?$filter=topic%20eq%20'");
+	put_literal(&b, topic);
+	dynbuf_adds(&b, "'&$expand=members");
+	return dynbuf_ok(&b);
 }
 
 /* The same URL as a bind, which names the user the same way, plus the query. */

@@ -22,21 +22,17 @@ struct idcache {
 	int64_t ttl_ms;
 };
 
-struct idcache *idcache_new(size_t capacity, int64_t ttl_ms)
+bool idcache_new(size_t capacity, int64_t ttl_ms, struct idcache **out)
 {
-	if (capacity == 0)
-		return NULL;
-	struct idcache *c = calloc(1, sizeof *c);
-	if (!c)
-		return NULL;
-	c->v = calloc(capacity, sizeof *c->v);
-	if (!c->v) {
+	struct idcache *c = capacity ? calloc(1, sizeof *c) : NULL;
+	if (!c || !(c->v = calloc(capacity, sizeof *c->v))) {
 		free(c);
-		return NULL;
+		return false;
 	}
 	c->cap = capacity;
 	c->ttl_ms = ttl_ms;
-	return c;
+	*out = c;
+	return true;
 }
 
 static void entry_clear(struct idcache_entry *e)

@@ -13,8 +13,8 @@
 
 struct idcache;
 
-/* NULL when out of memory or capacity is 0. */
-struct idcache *idcache_new(size_t capacity, int64_t ttl_ms) CP_MUSTCHECK;
+/* False when out of memory or capacity is 0. */
+bool idcache_new(size_t capacity, int64_t ttl_ms, struct idcache **out) CP_MUSTCHECK;
 void idcache_free(struct idcache *c);
 
 /* The object id (a GUID) of upn in tenant, copied to id[37], if known and fresh. */

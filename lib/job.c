@@ -7,11 +7,11 @@
 
 #include "cptime.h"
 
-struct job *job_new(const rd_kafka_message_t *msg, uint64_t generation)
+bool job_new(const rd_kafka_message_t *msg, uint64_t generation, struct job **out)
 {
 	struct job *job = calloc(1, sizeof *job);
 	if (!job)
-		return NULL;
+		return false;
 	job->partition = msg->partition;
 	job->offset = msg->offset;
 	job->generation = generation;
@@ -29,10 +29,11 @@ struct job *job_new(const rd_kafka_message_t *msg, uint64_t generation)
 		if (!job->headers)
 			goto fail;
 	}
-	return job;
+	*out = job;
+	return true;
 fail:
 	job_free(job);
-	return NULL;
+	return false;
 }
 
 void job_free(struct job *job)

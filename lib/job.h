@@ -104,7 +104,7 @@ struct job {
 };
 
 /* Copies key and headers of msg; the job owns them. NULL on allocation failure. */
-struct job *job_new(const rd_kafka_message_t *msg, uint64_t generation) CP_MUSTCHECK;
+bool job_new(const rd_kafka_message_t *msg, uint64_t generation, struct job **out) CP_MUSTCHECK;
 void job_free(struct job *job);
 
 /* Keeps a copy of msg's value, so that a failed request can be copied to the DLQ as it came. */

@@ -28,7 +28,7 @@ static const struct kv producer_forced[] = {
 static bool set(rd_kafka_conf_t *conf, const char *key, const char *value, const char *origin,
                 char *err, size_t errcap)
 {
-	char errstr[512];
+	char errstr[CP_ERRSTR_SIZE];
 	if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) == RD_KAFKA_CONF_OK)
 		return true;
 	snprintf(err, errcap, "%s: [librdkafka] %s: %s", origin, key, errstr);
@@ -98,7 +98,7 @@ static void on_log(const rd_kafka_t *rk, int level, const char *facility, const 
 static rd_kafka_t *create(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *err, size_t errcap)
 {
 	rd_kafka_conf_set_log_cb(conf, on_log);
-	char errstr[512];
+	char errstr[CP_ERRSTR_SIZE];
 	rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
 	if (!rk) {
 		snprintf(err, errcap, "cannot create Kafka %s: %s",

@@ -38,7 +38,6 @@ rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap) CP
  */
 rd_kafka_t *kafka_inspector_new(const struct cfg *cfg, char *err, size_t errcap) CP_MUSTCHECK;
 
-/* Subscribes the consumer to one topic. */
 /*
  * Asks the cluster for the topic's metadata, so that the producer knows its leaders (and is
  * connected) before the first record: otherwise the first intents wait for that lookup
@@ -49,6 +48,7 @@ void kafka_warm_up(rd_kafka_t *producer, const char *topic, int timeout_ms);
 /* The topic's partition count from the cluster's metadata; -1 when it cannot be had. */
 int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
+/* Subscribes the consumer to one topic. */
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err,
                      size_t errcap) CP_MUSTCHECK;
 

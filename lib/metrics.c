@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "dynbuf.h"
 #include "log.h"
 
 /* Power of two; with the default bound of 10,000 series chains stay short. */
@@ -109,23 +110,23 @@ static bool ends_with(const char *s, const char *suffix)
 	return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-static bool check_labels(const struct metrics_spec *spec, size_t *n, char *errbuf, size_t errcap)
+static bool check_labels(const struct metrics_spec *spec, size_t *n, char *err, size_t errcap)
 {
 	*n = 0;
 	for (const char *const *l = spec->labels; l && *l; l++) {
 		if (*n == METRICS_MAX_LABELS) {
-			snprintf(errbuf, errcap, "%s: more than %d labels", spec->name,
+			snprintf(err, errcap, "%s: more than %d labels", spec->name,
 			         METRICS_MAX_LABELS);
 			return false;
 		}
 		if (!valid_name(*l, false) || strncmp(*l, "__", 2) == 0 ||
 		    (spec->type == METRICS_HISTOGRAM && strcmp(*l, "le") == 0)) {
-			snprintf(errbuf, errcap, "%s: invalid label name \"%s\"", spec->name, *l);
+			snprintf(err, errcap, "%s: invalid label name \"%s\"", spec->name, *l);
 			return false;
 		}
 		for (size_t i = 0; i < *n; i++) {
 			if (strcmp(spec->labels[i], *l) == 0) {
-				snprintf(errbuf, errcap, "%s: duplicate label \"%s\"", spec->name,
+				snprintf(err, errcap, "%s: duplicate label \"%s\"", spec->name,
 				         *l);
 				return false;
 			}
@@ -135,19 +136,19 @@ static bool check_labels(const struct metrics_spec *spec, size_t *n, char *errbu
 	return true;
 }
 
-static bool check_buckets(const struct metrics_spec *spec, char *errbuf, size_t errcap)
+static bool check_buckets(const struct metrics_spec *spec, char *err, size_t errcap)
 {
 	if (spec->type != METRICS_HISTOGRAM)
 		return true;
 	if (spec->n_buckets == 0 || spec->n_buckets > METRICS_MAX_BUCKETS || !spec->buckets) {
-		snprintf(errbuf, errcap, "%s: a histogram needs 1..%d buckets", spec->name,
+		snprintf(err, errcap, "%s: a histogram needs 1..%d buckets", spec->name,
 		         METRICS_MAX_BUCKETS);
 		return false;
 	}
 	for (size_t i = 0; i < spec->n_buckets; i++) {
 		if (!isfinite(spec->buckets[i]) ||
 		    (i > 0 && spec->buckets[i] <= spec->buckets[i - 1])) {
-			snprintf(errbuf, errcap,
+			snprintf(err, errcap,
 			         "%s: buckets must be finite and strictly increasing", spec->name);
 			return false;
 		}
@@ -155,30 +156,30 @@ static bool check_buckets(const struct metrics_spec *spec, char *errbuf, size_t 
 	return true;
 }
 
-static bool check_spec(const struct metrics_spec *spec, size_t *n_labels, char *errbuf,
+static bool check_spec(const struct metrics_spec *spec, size_t *n_labels, char *err,
                        size_t errcap)
 {
 	if (!valid_name(spec->name, true)) {
-		snprintf(errbuf, errcap, "invalid metric name \"%s\"",
+		snprintf(err, errcap, "invalid metric name \"%s\"",
 		         spec->name ? spec->name : "(null)");
 		return false;
 	}
 	if (spec->type == METRICS_COUNTER && !ends_with(spec->name, "_total")) {
-		snprintf(errbuf, errcap, "%s: counter names end in _total", spec->name);
+		snprintf(err, errcap, "%s: counter names end in _total", spec->name);
 		return false;
 	}
 	if (spec->type == METRICS_HISTOGRAM &&
 	    (ends_with(spec->name, "_bucket") || ends_with(spec->name, "_sum") ||
 	     ends_with(spec->name, "_count") || ends_with(spec->name, "_total"))) {
-		snprintf(errbuf, errcap, "%s: reserved suffix for a histogram", spec->name);
+		snprintf(err, errcap, "%s: reserved suffix for a histogram", spec->name);
 		return false;
 	}
 	if (spec->type != METRICS_COUNTER && spec->type != METRICS_GAUGE &&
 	    spec->type != METRICS_HISTOGRAM) {
-		snprintf(errbuf, errcap, "%s: unknown metric type", spec->name);
+		snprintf(err, errcap, "%s: unknown metric type", spec->name);
 		return false;
 	}
-	return check_labels(spec, n_labels, errbuf, errcap) && check_buckets(spec, errbuf, errcap);
+	return check_labels(spec, n_labels, err, errcap) && check_buckets(spec, err, errcap);
 }
 
 /* ---- series ---- */
@@ -414,20 +415,20 @@ static struct metrics_family *family_by_name(struct metrics *m, const char *name
 }
 
 bool metrics_register(struct metrics *m, const struct metrics_spec *spec,
-                      struct metrics_family **out, char *errbuf, size_t errcap)
+                      struct metrics_family **out, char *err, size_t errcap)
 {
 	size_t n_labels;
-	if (!check_spec(spec, &n_labels, errbuf, errcap))
+	if (!check_spec(spec, &n_labels, err, errcap))
 		return false;
 	pthread_rwlock_wrlock(&m->lock);
 	struct metrics_family *fam = NULL;
 	if (family_by_name(m, spec->name)) {
-		snprintf(errbuf, errcap, "%s: registered twice", spec->name);
+		snprintf(err, errcap, "%s: registered twice", spec->name);
 		goto fail;
 	}
 	fam = family_new(m, spec, n_labels);
 	if (!fam) {
-		snprintf(errbuf, errcap, "%s: out of memory", spec->name);
+		snprintf(err, errcap, "%s: out of memory", spec->name);
 		goto fail;
 	}
 	if (m->families_tail)
@@ -443,11 +444,11 @@ fail:
 	return false;
 }
 
-bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t errcap)
+bool metrics_new(size_t max_series, struct metrics **out, char *err, size_t errcap)
 {
 	struct metrics *m = calloc(1, sizeof(*m));
 	if (!m) {
-		snprintf(errbuf, errcap, "metrics: out of memory");
+		snprintf(err, errcap, "metrics: out of memory");
 		return false;
 	}
 	m->max_series = max_series ? max_series : METRICS_DEFAULT_MAX_SERIES;
@@ -461,7 +462,7 @@ bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t e
 	    .help = "Label combinations refused because the series limit was reached.",
 	    .type = METRICS_COUNTER,
 	};
-	if (!metrics_register(m, &dropped, &fam, errbuf, errcap))
+	if (!metrics_register(m, &dropped, &fam, err, errcap))
 		goto fail;
 	/* The registry's own series does not count against the bound. */
 	m->max_series++;
@@ -520,61 +521,18 @@ void metrics_set_ready(struct metrics *m, bool ready, const char *reason)
 
 /* ---- text format ---- */
 
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	bool failed;
-};
-
-static void sb_grow(struct sbuf *b, size_t need)
-{
-	if (b->failed)
-		return;
-	if (b->len + need + 1 > RENDER_MAX) {
-		b->failed = true;
-		return;
-	}
-	size_t cap = b->cap ? b->cap : 4096;
-	while (cap < b->len + need + 1)
-		cap *= 2;
-	if (cap == b->cap)
-		return;
-	char *p = realloc(b->p, cap);
-	if (!p) {
-		b->failed = true;
-		return;
-	}
-	b->p = p;
-	b->cap = cap;
-}
-
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-	sb_grow(b, n);
-	if (b->failed)
-		return;
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-	sb_put(b, s, strlen(s));
-}
-
 /* Label values escape \, " and newline; HELP text escapes \ and newline only. */
-static void sb_escaped(struct sbuf *b, const char *s, bool quote)
+static void put_escaped(struct dynbuf *b, const char *s, bool quote)
 {
 	for (const char *p = s; *p; p++) {
 		if (*p == '\\')
-			sb_put(b, "\\\\", 2);
+			dynbuf_add(b, "\\\\", 2);
 		else if (*p == '\n')
-			sb_put(b, "\\n", 2);
+			dynbuf_add(b, "\\n", 2);
 		else if (*p == '"' && quote)
-			sb_put(b, "\\\"", 2);
+			dynbuf_add(b, "\\\"", 2);
 		else
-			sb_put(b, p, 1);
+			dynbuf_add(b, p, 1);
 	}
 }
 
@@ -602,40 +560,40 @@ static void fmt_double(double v, char *buf, size_t cap)
 }
 
 /* name{l1="v1",...[,le="x"]} — the label set of one sample line. */
-static void sb_labels(struct sbuf *b, const struct metrics_series *s, const char *le)
+static void put_labels(struct dynbuf *b, const struct metrics_series *s, const char *le)
 {
 	const struct metrics_family *fam = s->fam;
 	if (fam->n_labels == 0 && !le)
 		return;
-	sb_puts(b, "{");
+	dynbuf_adds(b, "{");
 	for (size_t i = 0; i < fam->n_labels; i++) {
 		if (i > 0)
-			sb_puts(b, ",");
-		sb_puts(b, fam->labels[i]);
-		sb_puts(b, "=\"");
-		sb_escaped(b, s->values[i], true);
-		sb_puts(b, "\"");
+			dynbuf_adds(b, ",");
+		dynbuf_adds(b, fam->labels[i]);
+		dynbuf_adds(b, "=\"");
+		put_escaped(b, s->values[i], true);
+		dynbuf_adds(b, "\"");
 	}
 	if (le) {
-		sb_puts(b, fam->n_labels ? ",le=\"" : "le=\"");
-		sb_puts(b, le);
-		sb_puts(b, "\"");
+		dynbuf_adds(b, fam->n_labels ? ",le=\"" : "le=\"");
+		dynbuf_adds(b, le);
+		dynbuf_adds(b, "\"");
 	}
-	sb_puts(b, "}");
+	dynbuf_adds(b, "}");
 }
 
-static void sb_sample(struct sbuf *b, const struct metrics_series *s, const char *suffix,
+static void put_sample(struct dynbuf *b, const struct metrics_series *s, const char *suffix,
                       const char *le, const char *value)
 {
-	sb_puts(b, s->fam->name);
-	sb_puts(b, suffix);
-	sb_labels(b, s, le);
-	sb_puts(b, " ");
-	sb_puts(b, value);
-	sb_puts(b, "\n");
+	dynbuf_adds(b, s->fam->name);
+	dynbuf_adds(b, suffix);
+	put_labels(b, s, le);
+	dynbuf_adds(b, " ");
+	dynbuf_adds(b, value);
+	dynbuf_adds(b, "\n");
 }
 
-static void render_histogram(struct sbuf *b, struct metrics_series *s)
+static void render_histogram(struct dynbuf *b, struct metrics_series *s)
 {
 	const struct metrics_family *fam = s->fam;
 	char le[32], val[32];
@@ -647,30 +605,30 @@ static void render_histogram(struct sbuf *b, struct metrics_series *s)
 		else
 			snprintf(le, sizeof(le), "+Inf");
 		snprintf(val, sizeof(val), "%" PRIu64, cum);
-		sb_sample(b, s, "_bucket", le, val);
+		put_sample(b, s, "_bucket", le, val);
 	}
 	fmt_double(bits_dbl(atomic_load_explicit(&s->bits, memory_order_relaxed)), val,
 	           sizeof(val));
-	sb_sample(b, s, "_sum", NULL, val);
+	put_sample(b, s, "_sum", NULL, val);
 	/* _count is the +Inf bucket, so the two always agree within one scrape. */
 	snprintf(val, sizeof(val), "%" PRIu64, cum);
-	sb_sample(b, s, "_count", NULL, val);
+	put_sample(b, s, "_count", NULL, val);
 }
 
-static void render_series(struct sbuf *b, struct metrics_series *s)
+static void render_series(struct dynbuf *b, struct metrics_series *s)
 {
 	char val[32];
 	switch (s->fam->type) {
 	case METRICS_COUNTER:
 		snprintf(val, sizeof(val), "%" PRIu64,
 		         (uint64_t)atomic_load_explicit(&s->count, memory_order_relaxed));
-		sb_sample(b, s, "", NULL, val);
+		put_sample(b, s, "", NULL, val);
 		break;
 	case METRICS_GAUGE:
 		if (!atomic_load_explicit(&s->present, memory_order_relaxed))
 			break;
 		fmt_double(metrics_gauge_value(s), val, sizeof(val));
-		sb_sample(b, s, "", NULL, val);
+		put_sample(b, s, "", NULL, val);
 		break;
 	case METRICS_HISTOGRAM:
 		render_histogram(b, s);
@@ -685,30 +643,26 @@ static const char *type_name(enum metrics_type t)
 
 bool metrics_render(struct metrics *m, char **out, size_t *len)
 {
-	struct sbuf b = {0};
-	sb_grow(&b, 0);
+	struct dynbuf b;
+	dynbuf_init(&b, RENDER_MAX - 1);
 	pthread_rwlock_rdlock(&m->lock);
-	for (struct metrics_family *f = m->families; f && !b.failed; f = f->next) {
-		sb_puts(&b, "# HELP ");
-		sb_puts(&b, f->name);
-		sb_puts(&b, " ");
-		sb_escaped(&b, f->help, false);
-		sb_puts(&b, "\n# TYPE ");
-		sb_puts(&b, f->name);
-		sb_puts(&b, " ");
-		sb_puts(&b, type_name(f->type));
-		sb_puts(&b, "\n");
+	for (struct metrics_family *f = m->families; f && dynbuf_ok(&b); f = f->next) {
+		dynbuf_adds(&b, "# HELP ");
+		dynbuf_adds(&b, f->name);
+		dynbuf_adds(&b, " ");
+		put_escaped(&b, f->help, false);
+		dynbuf_adds(&b, "\n# TYPE ");
+		dynbuf_adds(&b, f->name);
+		dynbuf_adds(&b, " ");
+		dynbuf_adds(&b, type_name(f->type));
+		dynbuf_adds(&b, "\n");
 		for (struct metrics_series *s = f->head; s; s = s->next)
 			render_series(&b, s);
 	}
 	pthread_rwlock_unlock(&m->lock);
-	if (b.failed) {
-		free(b.p);
-		return false;
-	}
-	*out = b.p;
-	*len = b.len;
-	return true;
+	*out = dynbuf_take(&b, len);
+	dynbuf_free(&b);
+	return *out != NULL;
 }
 
 /* ---- HTTP ---- */
@@ -791,7 +745,7 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
 CP_PRINTF(2, 0) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
-	char msg[512];
+	char msg[CP_ERRSTR_SIZE];
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	size_t n = strlen(msg);
 	if (n > 0 && msg[n - 1] == '\n')
@@ -800,7 +754,7 @@ CP_PRINTF(2, 0) static void mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* "host:port", "[v6]:port" or ":port" into a resolved address. */
-static bool parse_listen(const char *listen, struct addrinfo **ai, char *errbuf, size_t errcap)
+static bool parse_listen(const char *listen, struct addrinfo **ai, char *err, size_t errcap)
 {
 	char host[256];
 	const char *colon = strrchr(listen, ':');
@@ -826,25 +780,25 @@ static bool parse_listen(const char *listen, struct addrinfo **ai, char *errbuf,
 	                         .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
 	int rc = getaddrinfo(hlen ? host : NULL, portstr, &hints, ai);
 	if (rc != 0) {
-		snprintf(errbuf, errcap, "metrics listen \"%s\": %s", listen, gai_strerror(rc));
+		snprintf(err, errcap, "metrics listen \"%s\": %s", listen, gai_strerror(rc));
 		return false;
 	}
 	return true;
 bad:
-	snprintf(errbuf, errcap, "metrics listen \"%s\": expected host:port", listen);
+	snprintf(err, errcap, "metrics listen \"%s\": expected host:port", listen);
 	return false;
 }
 
-bool metrics_listen(struct metrics *m, const char *listen, char *errbuf, size_t errcap)
+bool metrics_listen(struct metrics *m, const char *listen, char *err, size_t errcap)
 {
 	if (!listen || !*listen)
 		return true;
 	if (m->httpd) {
-		snprintf(errbuf, errcap, "metrics endpoint already listening");
+		snprintf(err, errcap, "metrics endpoint already listening");
 		return false;
 	}
 	struct addrinfo *ai;
-	if (!parse_listen(listen, &ai, errbuf, errcap))
+	if (!parse_listen(listen, &ai, err, errcap))
 		return false;
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
@@ -856,7 +810,7 @@ bool metrics_listen(struct metrics *m, const char *listen, char *errbuf, size_t 
 	                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!m->httpd) {
-		snprintf(errbuf, errcap, "metrics listen \"%s\": cannot start the HTTP server: %s",
+		snprintf(err, errcap, "metrics listen \"%s\": cannot start the HTTP server: %s",
 		         listen, strerror(errno));
 		return false;
 	}

@@ -43,7 +43,7 @@ struct metrics_spec {
 #define METRICS_LABELS(...) ((const char *const[]){__VA_ARGS__})
 
 /* max_series = 0 means METRICS_DEFAULT_MAX_SERIES. */
-bool metrics_new(size_t max_series, struct metrics **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
+bool metrics_new(size_t max_series, struct metrics **out, char *err, size_t errcap) CP_MUSTCHECK;
 /* Stops the HTTP endpoint (if any) and frees every family and series. */
 void metrics_free(struct metrics *m);
 /*
@@ -54,7 +54,7 @@ void metrics_stop(struct metrics *m);
 
 /* Validates the spec; the strings are copied. Names must be unique in the registry. */
 bool metrics_register(struct metrics *m, const struct metrics_spec *spec,
-                      struct metrics_family **out, char *errbuf, size_t errcap) CP_MUSTCHECK;
+                      struct metrics_family **out, char *err, size_t errcap) CP_MUSTCHECK;
 
 /*
  * The series with these label values (as many as the family has labels; NULL is
@@ -96,7 +96,7 @@ bool metrics_render(struct metrics *m, char **out, size_t *len) CP_MUSTCHECK;
  * Serves /metrics, /healthz and /readyz on "host:port" ("[v6addr]:port" for IPv6,
  * port 0 = an ephemeral port). An empty string serves nothing and succeeds.
  */
-bool metrics_listen(struct metrics *m, const char *listen, char *errbuf,
+bool metrics_listen(struct metrics *m, const char *listen, char *err,
                     size_t errcap) CP_MUSTCHECK;
 /* The bound TCP port, 0 when not listening. */
 uint16_t metrics_port(const struct metrics *m);

@@ -477,7 +477,7 @@ static void hand_over(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 	}
 	if (posting_any(p, parts))
 		log_warning("revoke: POSTs still in flight after the request timeout");
-	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, 10 * 1000);
+	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, PIPELINE_FLUSH_MS);
 	if (err)
 		log_warning("revoke: flushing results: %s", rd_kafka_err2str(err));
 	store_offsets(p);
@@ -812,7 +812,7 @@ static void on_job_done(struct job *job, void *arg)
 }
 
 /* A 202's operation is recorded so that any instance can follow it after a crash. */
-static void on_accepted(struct job *job, void *arg)
+static void record_operation(struct job *job, void *arg)
 {
 	struct pipeline *p = arg;
 	char value[JOB_URL_MAX + 128];
@@ -890,7 +890,7 @@ static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg
 	struct partition_state *ps = partition(p, msg->partition);
 	bool owned = job ? settles_here(p, job) : ps && ps->assigned;
 	enum state_kind kind = record_kind(msg);
-	if (owned && kind != STATE_NONE && !state_apply(p->state, msg))
+	if (owned && kind != STATE_NONE && !state_apply_delivered(p->state, msg))
 		log_warning("state: out of memory mirroring a record");
 	if (kind == STATE_DONE && owned)
 		answer_followers(p, msg);
@@ -1449,8 +1449,8 @@ static size_t event_memory_bytes(const rd_kafka_message_t *msg, bool keeps_value
 static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 {
 	uint64_t generation = atomic_load(&p->generations[msg->partition]);
-	struct job *job = job_new(msg, generation);
-	if (!job) {
+	struct job *job;
+	if (!job_new(msg, generation, &job)) {
 		log_error("out of memory admitting an event");
 		atomic_store(&p->fatal, true);
 		return;
@@ -1471,7 +1471,7 @@ static void admit(struct pipeline *p, const rd_kafka_message_t *msg)
 	p->counters.consumed++;
 	pthread_mutex_unlock(&p->counters_lock);
 
-	char reason[512];
+	char reason[CP_ERRSTR_SIZE];
 	if (!event_decode(msg->payload, msg->len, &p->limits, &job->ev, reason, sizeof reason) ||
 	    !prepare(p, job, reason, sizeof reason)) {
 		if (job->ev && !job->rejected_id)
@@ -1652,7 +1652,7 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 	store_offsets(p);
 	forget_old_state(p);
 	p->waiting = false; /* the long waits of this turn, if any, are over */
-	char errstr[512];
+	char errstr[CP_ERRSTR_SIZE];
 	if (rd_kafka_fatal_error(p->producer, errstr, sizeof errstr)) {
 		log_error("producer fatal error: %s", errstr);
 		return false;
@@ -1912,7 +1912,7 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 		                                   .took_work = took_work,
 		                                   .post_begin = post_begin,
 		                                   .post_end = post_end,
-		                                   .on_accepted = on_accepted},
+		                                   .on_accepted = record_operation},
 		                         .arg = p};
 		if (!worker_new(&wc, &p->workers[i])) {
 			snprintf(err, errcap, "cannot create HTTP worker");
@@ -2148,7 +2148,7 @@ void pipeline_finish(struct pipeline *p)
 			worker_stop(p->workers[i]);
 		join_workers(p);
 	}
-	rd_kafka_flush(p->producer, 10 * 1000);
+	rd_kafka_flush(p->producer, PIPELINE_FLUSH_MS);
 	store_offsets(p);
 	rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, NULL, 0);
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)

@@ -15,6 +15,12 @@
 
 struct pipeline;
 
+/*
+ * The longest producer flush the pipeline makes: at a revoke's hand-over and in
+ * pipeline_finish. The daemon's stop budget (daemon/main.c, FINISH_BUDGET_MS) is built on it.
+ */
+#define PIPELINE_FLUSH_MS (10 * 1000)
+
 /* Live counters, for STATUS= and metrics. */
 struct pipeline_counters {
 	uint64_t consumed, succeeded, failed, rejected;
@@ -78,7 +84,10 @@ void pipeline_begin_drain(struct pipeline *p);
 /* True once every in-flight job is finished or handed back and every result acknowledged. */
 bool pipeline_drained(struct pipeline *p);
 
-/* Stores and commits the final offsets, leaves the group, flushes the producer. */
+/*
+ * Flushes the producer (at most PIPELINE_FLUSH_MS), stores and commits the final offsets,
+ * leaves the group.
+ */
 void pipeline_finish(struct pipeline *p);
 
 void pipeline_free(struct pipeline *p);

@@ -854,8 +854,12 @@ static void take_intent_time(const rd_kafka_message_t *msg, int64_t *at_wall_ms)
 		*at_wall_ms = v;
 }
 
-/* False: not one of ours (no id, no kind or an unknown one). */
-static bool record_read(struct state *st, const rd_kafka_message_t *msg, struct record *rec)
+/*
+ * False: not one of ours (no id, no kind or an unknown one). written_wall_ms, when not 0, is
+ * the record's time instead of the message's timestamp (see state_apply_delivered).
+ */
+static bool record_read(struct state *st, const rd_kafka_message_t *msg, int64_t written_wall_ms,
+                        struct record *rec)
 {
 	char kind_name[16], status[16];
 	if (!record_id(msg, rec->id) || !key_of_id(st, rec->id, rec->key))
@@ -874,7 +878,7 @@ static bool record_read(struct state *st, const rd_kafka_message_t *msg, struct 
 	rec->kind = kind_of(kind_name);
 	rd_kafka_timestamp_type_t tstype;
 	int64_t ts = rd_kafka_message_timestamp(msg, &tstype);
-	rec->at_wall_ms = ts > 0 ? ts : cptime_wall_ms();
+	rec->at_wall_ms = written_wall_ms ? written_wall_ms : ts > 0 ? ts : cptime_wall_ms();
 	if (rec->kind == STATE_DONE)
 		take_intent_time(msg, &rec->at_wall_ms);
 	rec->succeeded = rec->kind == STATE_DONE &&
@@ -974,12 +978,12 @@ static void forget_key(struct state *st, const uint8_t key[KEY_BYTES])
 		slot_kill(s);
 }
 
-bool state_apply(struct state *st, const rd_kafka_message_t *msg)
+static bool apply_record(struct state *st, const rd_kafka_message_t *msg, int64_t written_wall_ms)
 {
 	struct record rec;
 	struct slot s;
 	bool ok = true;
-	if (!record_read(st, msg, &rec))
+	if (!record_read(st, msg, written_wall_ms, &rec))
 		return true; /* not ours: ignore */
 	if (rec.kind == STATE_NONE) {
 		forget_key(st, rec.key);
@@ -994,6 +998,16 @@ bool state_apply(struct state *st, const rd_kafka_message_t *msg)
 	ok = apply_live(st, e, &rec);
 	compact(st, e);
 	return ok;
+}
+
+bool state_apply(struct state *st, const rd_kafka_message_t *msg)
+{
+	return apply_record(st, msg, 0);
+}
+
+bool state_apply_delivered(struct state *st, const rd_kafka_message_t *msg)
+{
+	return apply_record(st, msg, cptime_wall_ms());
 }
 
 /* Forgets a request of `partition` whose last record is past retention; false if none. */

@@ -109,10 +109,20 @@ bool state_set_active(struct state *st, const char *id, int32_t partition,
                       bool active) CP_MUSTCHECK;
 
 /*
- * Applies a state record that the broker acknowledged, or one read during a restore:
- * kind from the header, value as written (NULL: tombstone).
+ * Applies a state record read from the topic (a restore): kind from the header, value as
+ * written (NULL: tombstone), time from the record's timestamp.
  */
 bool state_apply(struct state *st, const rd_kafka_message_t *msg) CP_MUSTCHECK;
+
+/*
+ * state_apply for a record this instance produced, from its delivery report: the record's
+ * time is now (the acknowledgement's), not the report's timestamp, which is the broker's
+ * LogAppendTime whenever it sends one. librdkafka's mock cluster answers every Produce with
+ * a LogAppendTime of 1234 ms: read as the record's time, every request this instance
+ * finished was "older than retention" and state_forget_older dropped it a minute later, so
+ * a later copy of a group chat was POSTed again without a lookup (issue 13's soak).
+ */
+bool state_apply_delivered(struct state *st, const rd_kafka_message_t *msg) CP_MUSTCHECK;
 
 /*
  * The value of request id's done record at offset (malloc'd, *len bytes). Fails, with

@@ -12,6 +12,7 @@
 
 #include "chatreq.h"
 #include "cptime.h"
+#include "dynbuf.h"
 #include "graphreq.h"
 #include "graphresp.h"
 #include "idcache.h"
@@ -46,14 +47,12 @@ struct xfer {
 	struct curl_slist *headers;
 	char *token; /* the bearer token sent, for auth_invalidate on 401 */
 	char *url;   /* XFER_LOOKUP, XFER_RESOLVE: the query; XFER_CHAT: the chat */
-	char *resp;
-	size_t resp_len, resp_cap, resp_limit;
-	bool resp_overflow;
+	struct dynbuf resp; /* the answer's body, at most max_response_bytes */
 	int64_t started_mono_ms;
 	char request_id[64];
 	char location[JOB_URL_MAX];
 	char retry_after[64];
-	char errbuf[CURL_ERROR_SIZE];
+	char curl_err[CURL_ERROR_SIZE];
 	size_t body_len, body_sent; /* XFER_POST: the job's body, as read by libcurl */
 	bool held; /* XFER_POST: a Retry-After blocked the tenant before it went on the wire */
 	int64_t prev_first_attempt_ms; /* XFER_POST: the job's, before this attempt counted */
@@ -256,7 +255,7 @@ static void fail_from_graph_error(struct job *job, const struct xfer *x, long st
 {
 	struct graphresp_error ge;
 	char message[JOB_ERR_MSG_MAX];
-	if (x->resp && graphresp_parse_error(x->resp, x->resp_len, &ge)) {
+	if (graphresp_parse_error(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &ge)) {
 		job_fail(job, status, ge.code, ge.message, retryable);
 		return;
 	}
@@ -280,7 +279,7 @@ static void on_created(struct worker *w, struct job *job, struct xfer *x)
 {
 	struct graphresp_chat chat;
 	char err[256];
-	if (!graphresp_parse_chat(x->resp ? x->resp : "", x->resp_len, &chat, err, sizeof err)) {
+	if (!graphresp_parse_chat(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &chat, err, sizeof err)) {
 		/* The chat exists but we cannot say which: never create it again blindly. */
 		job_fail(job, 201, "InvalidResponse", err, false);
 		finish_job(w, job);
@@ -290,7 +289,7 @@ static void on_created(struct worker *w, struct job *job, struct xfer *x)
 	finish_job(w, job);
 }
 
-static void on_accepted(struct worker *w, struct job *job, struct xfer *x)
+static void follow_operation(struct worker *w, struct job *job, struct xfer *x)
 {
 	struct worker_policy p = current_policy(w);
 	char url[JOB_URL_MAX];
@@ -381,7 +380,7 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 	char message[JOB_ERR_MSG_MAX];
 	if (rc != CURLE_OK)
 		snprintf(message, sizeof message, "%s",
-		         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+		         x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
 	else
 		snprintf(message, sizeof message, "Graph answered HTTP %ld", status);
 	log_with(LOG_LVL_INFO, ctx, "transient failure: %s", message);
@@ -422,7 +421,7 @@ static bool wait_for_member(struct worker *w, struct job *job, const struct xfer
 {
 	struct worker_policy p = current_policy(w);
 	struct graphresp_error ge = {.message = ""};
-	if (x->resp && !graphresp_parse_error(x->resp, x->resp_len, &ge))
+	if (!graphresp_parse_error(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &ge))
 		ge.message[0] = '\0';
 	const char *member = unknown_member(job, ge.message);
 	if (!job->not_found_since_mono_ms)
@@ -475,7 +474,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	case RETRY_SUCCESS:
 		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
 		if (status == 202)
-			on_accepted(w, job, x);
+			follow_operation(w, job, x);
 		else
 			on_created(w, job, x);
 		return;
@@ -503,7 +502,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 			return;
 		if (rc != CURLE_OK)
 			job_fail(job, 0, "TransportError",
-			         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), false);
+			         x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc), false);
 		else
 			fail_from_graph_error(job, x, status, false);
 		if (refusal == RETRY_REFUSAL_FORBIDDEN)
@@ -535,7 +534,7 @@ static void on_operation(struct worker *w, struct job *job, struct xfer *x)
 	struct graphresp_operation op;
 	char err[256];
 	int64_t now = cptime_mono_ms();
-	if (!graphresp_parse_operation(x->resp ? x->resp : "", x->resp_len, &op, err, sizeof err)) {
+	if (!graphresp_parse_operation(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &op, err, sizeof err)) {
 		schedule_poll(w, job, now + p.poll_interval_ms);
 		return;
 	}
@@ -596,7 +595,7 @@ static void on_chat_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	char err[256] = "";
 	enum retry_class cls = retry_classify(status, (int)rc);
 	if (cls == RETRY_SUCCESS &&
-	    graphresp_parse_chat(x->resp ? x->resp : "", x->resp_len, &chat, err, sizeof err) &&
+	    graphresp_parse_chat(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &chat, err, sizeof err) &&
 	    strcmp(chat.id, job->chat_id) == 0) {
 		take_chat(job, &chat);
 		finish_job(w, job);
@@ -663,7 +662,7 @@ static bool parse_lookup(const struct job *job, const struct xfer *x,
 	                                   .n_user_ids = n,
 	                                   .created_after_ms = job->intent_wall_ms - 60 * 1000};
 	bool ok =
-	    graphresp_parse_lookup(x->resp ? x->resp : "", x->resp_len, &q, found, err, errcap);
+	    graphresp_parse_lookup(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &q, found, err, errcap);
 	free(ids);
 	return ok;
 }
@@ -814,7 +813,7 @@ static void on_resolve_answer(struct worker *w, struct job *job, struct xfer *x,
 	if (cls == RETRY_SUCCESS) {
 		struct graphresp_user user;
 		char err[256];
-		if (!graphresp_parse_user(x->resp ? x->resp : "", x->resp_len, &user, err,
+		if (!graphresp_parse_user(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &user, err,
 		                          sizeof err)) {
 			job_fail(job, job->http_status, "OutcomeUnknown", err, false);
 			finish_job(w, job);
@@ -839,28 +838,11 @@ static void on_resolve_answer(struct worker *w, struct job *job, struct xfer *x,
 
 /* ---- transfers ---- */
 
-static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+static size_t keep_response_body(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct xfer *x = arg;
-	size_t n = size * nmemb;
-	if (x->resp_len + n > x->resp_limit) {
-		x->resp_overflow = true;
-		return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
-	}
-	if (x->resp_len + n + 1 > x->resp_cap) {
-		size_t cap = x->resp_cap ? x->resp_cap : 1024;
-		while (cap < x->resp_len + n + 1)
-			cap *= 2;
-		char *p = realloc(x->resp, cap);
-		if (!p)
-			return 0;
-		x->resp = p;
-		x->resp_cap = cap;
-	}
-	memcpy(x->resp + x->resp_len, data, n);
-	x->resp_len += n;
-	x->resp[x->resp_len] = '\0';
-	return n;
+	/* Over the limit or out of memory, 0 aborts the transfer: CURLE_WRITE_ERROR. */
+	return dynbuf_add(&x->resp, data, size * nmemb) ? size * nmemb : 0;
 }
 
 /* Copies a header's value (trimmed) when its name matches. */
@@ -927,7 +909,7 @@ static void xfer_free(struct xfer *x)
 		explicit_bzero(x->token, strlen(x->token));
 		free(x->token);
 	}
-	free(x->resp);
+	dynbuf_free(&x->resp);
 	free(x->url);
 	free(x);
 }
@@ -1047,11 +1029,11 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 	    curl_easy_setopt(e, CURLOPT_PRIVATE, x) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_URL, xfer_url(w, x)) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers) == CURLE_OK &&
-	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_response_body) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, x) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_HEADERDATA, x) == CURLE_OK &&
-	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) == CURLE_OK &&
+	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_err) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
 	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(cfg->graph.request_timeout_s * 1000)) ==
 	        CURLE_OK &&
@@ -1142,7 +1124,7 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	x->w = w;
 	x->job = job;
 	x->kind = kind;
-	x->resp_limit = w->conf.cfg->graph.max_response_bytes;
+	dynbuf_init(&x->resp, w->conf.cfg->graph.max_response_bytes);
 	x->started_mono_ms = cptime_mono_ms();
 	x->token = strdup(token);
 	x->easy = curl_easy_init();
@@ -1364,10 +1346,10 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 		return;
 	}
 	struct job *job = x->job;
-	if (x->resp_overflow) {
+	if (dynbuf_too_big(&x->resp)) {
 		rc = CURLE_OK;
-		x->resp_len = 0;
-		snprintf(x->errbuf, sizeof x->errbuf, "response body over max_response_bytes");
+		dynbuf_reset(&x->resp);
+		snprintf(x->curl_err, sizeof x->curl_err, "response body over max_response_bytes");
 	}
 	pipeline_metrics_graph_response(w->conf.metrics, job->tenant, status,
 	                                (cptime_mono_ms() - x->started_mono_ms) / 1000.0);
@@ -1516,8 +1498,8 @@ bool worker_new(const struct worker_conf *conf, struct worker **out)
 	w->https = strncmp(conf->cfg->graph.base_url, "https://", 8) == 0;
 	w->token_buf = calloc(1, TOKEN_MAX);
 	w->multi = curl_multi_init();
-	w->ids = idcache_new(IDCACHE_CAPACITY, IDCACHE_TTL_MS);
-	if (!w->token_buf || !w->multi || !w->ids || !build_roots(w))
+	if (!w->token_buf || !w->multi || !idcache_new(IDCACHE_CAPACITY, IDCACHE_TTL_MS, &w->ids) ||
+	    !build_roots(w))
 		goto fail;
 	/*
 	 * libcurl puts at most CURLMOPT_MAX_CONCURRENT_STREAMS (default 100) streams on one

@@ -12,8 +12,45 @@ from confluent_kafka import Producer
 
 from chaos import (CHAOS_SIM, FAST_GROUP, STATE_HEADER, assert_copies_agree,
                    assert_no_duplicate_group_chats, chat_id, client_request_id, drain_results,
-                   posts_by_crid, state_records, with_overrides)
+                   posts_by_crid, state_records, wait_copies, with_overrides)
 from stack import STATE, Stack, group_event, one_on_one_event
+
+
+# ---- what an instance finished stays known while it runs ----
+
+def test_answered_ids_are_replayed_after_a_minute(tmp_path):
+    """Group chats (with and without an app) answered by one instance, sent again once its
+    once-a-minute pass over the state (state_forget_older) has run: every copy gets the
+    recorded result, Graph gets no second POST. Before, the mirror took the time of what an
+    instance wrote from the delivery report (librdkafka's mock cluster answers LogAppendTime
+    1234 ms), so the pass forgot every request as older than a week's retention and each one
+    was POSTed again: a second group chat per id (the soak's ASan run: 4)."""
+    events = [group_event(i, app=(i % 4 == 0)) for i in range(24)]
+    ids = [e["id"] for e in events]
+    with Stack(tmp_path) as stack:
+        config = stack.write_config(**FAST_GROUP)
+        stack.start_daemon(config)
+        stack.produce(events)
+        stack.wait_results(ids, timeout=120)
+        # The pass runs at most a minute after the last result; 75 s leave room on a busy host.
+        end = time.monotonic() + 75
+        while time.monotonic() < end:
+            stack.read_results(timeout=0.5)
+        stack.produce(events)
+        wait_copies(stack, ids, 2, timeout=120)
+        assert stack.daemon.stop(signal.SIGTERM) == 0, stack.daemon.log_text()[-3000:]
+        drain_results(stack)
+        ledger = stack.graph.ledger()
+        log = stack.daemon.log_text()
+
+    posts = posts_by_crid(ledger)
+    twice = [i for i in ids if len(posts.get(client_request_id(i), [])) != 1]
+    assert not twice, "%d of %d ids POSTed again" % (len(twice), len(ids))
+    assert_no_duplicate_group_chats(ledger)
+    assert_copies_agree(stack)
+    assert "forgot" not in log, [line for line in log.splitlines() if "forgot" in line]
+    for i in ids:
+        assert [r["status"] for r in stack.results[i]] == ["succeeded"] * 2, stack.results[i]
 
 
 # ---- ids of 200 characters, up to 800 bytes ----

@@ -192,11 +192,15 @@ class Soak:
         while time.monotonic() - started < self.args.duration:
             self.stack.read_results(timeout=0.2)
             self.chaos.tick()
+        self.figures["traffic_s"] = round(time.monotonic() - started, 1)
+        # Faults end before the feeder's last flush: input led by a broker still down (an
+        # outage without failover when the traffic ends) could not be delivered, and the
+        # flush's timeout ended the soak itself (exit 2) with the broker never up again.
+        self.feeder.stop()
+        self.chaos.calm()
         error = self.feeder.finish()
         if error:
             raise RuntimeError(error)
-        self.figures["traffic_s"] = round(time.monotonic() - started, 1)
-        self.chaos.calm()
         if "stall" in self.args.inject:
             self.inject_stall()
         if "failed" in self.args.inject:

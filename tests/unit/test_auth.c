@@ -274,7 +274,7 @@ static struct auth *start(const struct cfg *c)
 /* ---- flows ------------------------------------------------------------------------------------
  */
 
-static void test_secret_fetch(void **state)
+static void test_secret_flow_sends_escaped_form_and_reports_expiry(void **state)
 {
 	(void)state;
 	int64_t exp = 0, before = cptime_wall_ms(); /* before the eager fetch can complete */
@@ -427,7 +427,7 @@ static void test_one_request_per_profile(void **state)
 	free(c);
 }
 
-static void test_invalidate(void **state)
+static void test_invalidate_drops_only_the_current_token(void **state)
 {
 	(void)state;
 	struct cfg *c = make_cfg(1);
@@ -721,98 +721,15 @@ static void test_certificate(void **state)
 	free(c);
 }
 
-/* ---- parser table ---------------------------------------------------------------------------- */
-
-static void test_parse_table(void **state)
-{
-	(void)state;
-	static struct auth_token_response r;
-	static const struct {
-		const char *body;
-		long status;
-		bool ok;
-		const char *token, *error;
-		int64_t expires;
-		long aadsts;
-	} cases[] = {
-	    {"{\"token_type\":\"Bearer\",\"expires_in\":3599,\"access_token\":\"eyJ.a.b\"}", 200,
-	     true, "eyJ.a.b", "", 3599, 0},
-	    {"{\"access_token\":\"m\",\"expires_in\":\"86399\",\"token_type\":\"Bearer\"}\n", 200,
-	     true, "m", "", 86399, 0},
-	    {"{\"token_type\":\"Bearer\",\"expires_in\":3599}", 200, false, "", "invalid_response",
-	     0, 0},
-	    {"{\"error\":\"invalid_request\",\"error_description\":\"AADSTS90002: Tenant 'x' not "
-	     "found.\\r\\nTrace ID: 1\",\"error_codes\":[90002]}",
-	     400, false, "", "invalid_request", 0, 90002},
-	    {"{\"error\":\"invalid_scope\",\"error_description\":\"AADSTS70011: bad scope\"}", 400,
-	     false, "", "invalid_scope", 0, 70011},
-	    {"<html>503</html>", 503, false, "", "invalid_response", 0, 0},
-	    {"{\"access_token\":\"x\",\"expires_in\":1}", 503, false, "", "invalid_response", 0, 0},
-	    {"{\"access_token\":\"a b\",\"expires_in\":60}", 200, false, "", "invalid_response", 0,
-	     0},
-	    {"{\"access_token\":\"x\",\"expires_in\":\"60s\"}", 200, false, "", "invalid_response",
-	     0, 0},
-	    {"{\"access_token\":\"x\",\"expires_in\":0}", 200, false, "", "invalid_response", 0, 0},
-	    {"{\"access_token\":\"x\",\"expires_in\":60,\"token_type\":\"pop\"}", 200, false, "",
-	     "invalid_response", 0, 0},
-	    {"{\"access_token\":\"x\",\"expires_in\":60} {}", 200, false, "", "invalid_response", 0,
-	     0},
-	    {"[1,2]", 200, false, "", "invalid_response", 0, 0},
-	    {"", 200, false, "", "invalid_response", 0, 0},
-	};
-	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		bool ok = auth_parse_token_response(cases[i].body, strlen(cases[i].body),
-		                                    cases[i].status, &r);
-		assert_int_equal(ok, cases[i].ok);
-		assert_string_equal(r.access_token, cases[i].token);
-		assert_string_equal(r.error, cases[i].error);
-		assert_int_equal(r.aadsts, cases[i].aadsts);
-		if (ok)
-			assert_int_equal(r.expires_in_s, cases[i].expires);
-	}
-	/* The description keeps its first line only: Trace IDs are noise in logs. */
-	assert_true(auth_parse_token_response(cases[0].body, strlen(cases[0].body), 200, &r));
-	assert_false(auth_parse_token_response(cases[3].body, strlen(cases[3].body), 400, &r));
-	assert_string_equal(r.error_description, "AADSTS90002: Tenant 'x' not found.");
-	assert_true(r.server_error);
-	const char *same_line =
-	    "{\"error\":\"invalid_client\",\"error_description\":\"AADSTS7000215: "
-	    "Invalid client secret provided. Trace ID: 1 Correlation ID: 2 "
-	    "Timestamp: 2026-01-01 00:00:00Z\"}";
-	assert_false(auth_parse_token_response(same_line, strlen(same_line), 401, &r));
-	assert_string_equal(r.error_description, "AADSTS7000215: Invalid client secret provided.");
-	assert_int_equal(r.aadsts, 7000215);
-
-	/* Oversized: a body over 64 KiB, and a token over 16 KiB. */
-	size_t big = AUTH_BODY_MAX + 10;
-	char *b = malloc(big + 1);
-	assert_non_null(b);
-	memset(b, ' ', big);
-	b[big] = '\0';
-	assert_false(auth_parse_token_response(b, big, 200, &r));
-	assert_non_null(strstr(r.error_description, "64 KiB"));
-	int n = snprintf(b, big, "{\"expires_in\":60,\"access_token\":\"");
-	memset(b + n, 'A', AUTH_TOKEN_MAX + 1);
-	snprintf(b + n + AUTH_TOKEN_MAX + 1, 4, "\"}");
-	assert_false(auth_parse_token_response(b, strlen(b), 200, &r));
-	assert_non_null(strstr(r.error_description, "16 KiB"));
-	/* Exactly 16 KiB is fine. */
-	snprintf(b + n + AUTH_TOKEN_MAX, 4, "\"}");
-	assert_true(auth_parse_token_response(b, strlen(b), 200, &r));
-	assert_int_equal(strlen(r.access_token), AUTH_TOKEN_MAX);
-	free(b);
-}
-
 int main(void)
 {
 	log_init("test_auth");
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parse_table),
-	    cmocka_unit_test_setup(test_secret_fetch, reset),
+	    cmocka_unit_test_setup(test_secret_flow_sends_escaped_form_and_reports_expiry, reset),
 	    cmocka_unit_test_setup(test_refresh_ahead, reset),
 	    cmocka_unit_test_setup(test_stop_ends_notifications, reset),
 	    cmocka_unit_test_setup(test_one_request_per_profile, reset),
-	    cmocka_unit_test_setup(test_invalidate, reset),
+	    cmocka_unit_test_setup(test_invalidate_drops_only_the_current_token, reset),
 	    cmocka_unit_test_setup(test_transient_503, reset),
 	    cmocka_unit_test_setup(test_connection_refused_is_pending, reset),
 	    cmocka_unit_test_setup(test_invalid_client, reset),

@@ -630,7 +630,7 @@ static void test_missing_file(void **state)
 	assert_non_null(strstr(err, ": is a directory"));
 }
 
-static void test_librdkafka(void **state)
+static void test_librdkafka_entries_checked_by_librdkafka_with_line(void **state)
 {
 	(void)state;
 	load_err(MINIMAL "[librdkafka]\nno.such.property = 1\n",
@@ -1027,7 +1027,7 @@ static char *dump_to_string(const struct cfg *c)
 	return text;
 }
 
-static void test_dump(void **state)
+static void test_dump_masks_secrets(void **state)
 {
 	(void)state;
 	struct cfg *c = load_ok(MINIMAL "[librdkafka]\nsasl.password = " SECRET "\n"
@@ -1088,7 +1088,7 @@ static void test_restart_needed(void **state)
 	cfg_free(a);
 }
 
-static void test_check(void **state)
+static void test_check_exit_codes_and_messages(void **state)
 {
 	(void)state;
 	char *out_text = NULL, *err_text = NULL;
@@ -1184,7 +1184,7 @@ int main(void)
 	    cmocka_unit_test(test_url_errors),
 	    cmocka_unit_test(test_required_and_cross),
 	    cmocka_unit_test(test_missing_file),
-	    cmocka_unit_test(test_librdkafka),
+	    cmocka_unit_test(test_librdkafka_entries_checked_by_librdkafka_with_line),
 	    cmocka_unit_test(test_env_overrides),
 	    cmocka_unit_test(test_env_errors),
 	    cmocka_unit_test(test_azure_workload_identity),
@@ -1193,9 +1193,9 @@ int main(void)
 	    cmocka_unit_test(test_credentials_directory),
 	    cmocka_unit_test(test_relative_paths),
 	    cmocka_unit_test(test_read_secret),
-	    cmocka_unit_test(test_dump),
+	    cmocka_unit_test(test_dump_masks_secrets),
 	    cmocka_unit_test(test_restart_needed),
-	    cmocka_unit_test(test_check),
+	    cmocka_unit_test(test_check_exit_codes_and_messages),
 	    cmocka_unit_test(test_example_config),
 	    cmocka_unit_test(test_every_key_documented),
 	};

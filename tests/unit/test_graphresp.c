@@ -133,7 +133,7 @@ static void test_oversized_and_deep(void **state)
 	free(deep);
 }
 
-static void test_operation(void **state)
+static void test_operation_fields_and_statuses(void **state)
 {
 	(void)state;
 	struct graphresp_operation op;
@@ -212,7 +212,7 @@ static void test_operation_invalid(void **state)
 	free(s);
 }
 
-static void test_error_body(void **state)
+static void test_error_body_needs_a_code_message_optional(void **state)
 {
 	(void)state;
 	struct graphresp_error e;
@@ -257,7 +257,7 @@ static void test_error_body(void **state)
 
 #define T1994 784111777000LL /* Sun, 06 Nov 1994 08:49:37 GMT */
 
-static void test_retry_after(void **state)
+static void test_retry_after_seconds_or_date_capped_at_a_day(void **state)
 {
 	(void)state;
 	static const struct {
@@ -308,7 +308,7 @@ static void test_retry_after(void **state)
 	assert_false(graphresp_parse_retry_after(NULL, 0, &d));
 }
 
-static void test_datetime(void **state)
+static void test_datetime_offsets_fractions_and_impossible_dates(void **state)
 {
 	(void)state;
 	int64_t ms;
@@ -340,7 +340,7 @@ static void test_datetime(void **state)
 	"{\"id\":\"" id "\",\"topic\":\"" topic                                                    \
 	"\",\"chatType\":\"group\",\"createdDateTime\":\"" created "\",\"members\":[" members "]}"
 
-static void test_lookup(void **state)
+static void test_lookup_matches_members_topic_and_time_first_one_wins(void **state)
 {
 	(void)state;
 	const char *body = "{\"@odata.nextLink\":\"https://graph.microsoft.com/v1.0/users('x')/"
@@ -431,7 +431,7 @@ static void test_lookup_by_object_id(void **state)
 	assert_false(r.found);
 }
 
-static void test_user(void **state)
+static void test_user_id_must_be_a_guid(void **state)
 {
 	(void)state;
 	struct graphresp_user u;
@@ -466,14 +466,14 @@ int main(void)
 	    cmocka_unit_test(test_chat_valid),
 	    cmocka_unit_test(test_chat_invalid),
 	    cmocka_unit_test(test_oversized_and_deep),
-	    cmocka_unit_test(test_operation),
+	    cmocka_unit_test(test_operation_fields_and_statuses),
 	    cmocka_unit_test(test_operation_invalid),
-	    cmocka_unit_test(test_error_body),
-	    cmocka_unit_test(test_retry_after),
-	    cmocka_unit_test(test_datetime),
-	    cmocka_unit_test(test_lookup),
+	    cmocka_unit_test(test_error_body_needs_a_code_message_optional),
+	    cmocka_unit_test(test_retry_after_seconds_or_date_capped_at_a_day),
+	    cmocka_unit_test(test_datetime_offsets_fractions_and_impossible_dates),
+	    cmocka_unit_test(test_lookup_matches_members_topic_and_time_first_one_wins),
 	    cmocka_unit_test(test_lookup_by_object_id),
-	    cmocka_unit_test(test_user),
+	    cmocka_unit_test(test_user_id_must_be_a_guid),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,8 +19,8 @@ static void test_per_tenant_any_case(void **state)
 {
 	(void)state;
 	char id[37];
-	struct idcache *c = idcache_new(4, 1000);
-	assert_non_null(c);
+	struct idcache *c;
+	assert_true(idcache_new(4, 1000, &c));
 	assert_false(idcache_get(c, NULL, "jane@contoso.com", 0, id));
 	assert_true(idcache_put(c, NULL, "Jane@Contoso.com", ID_A, 0));
 	assert_true(idcache_get(c, NULL, "jane@CONTOSO.com", 10, id));
@@ -39,15 +39,15 @@ static void test_per_tenant_any_case(void **state)
 	assert_false(idcache_put(c, NULL, "x@contoso.com", ID_A "0", 20));
 	assert_int_equal(idcache_count(c), 2);
 	idcache_free(c);
-	assert_null(idcache_new(0, 1000));
+	assert_false(idcache_new(0, 1000, &c));
 }
 
-static void test_ttl(void **state)
+static void test_answer_expires_after_ttl_even_when_used(void **state)
 {
 	(void)state;
 	char id[37];
-	struct idcache *c = idcache_new(4, 1000);
-	assert_non_null(c);
+	struct idcache *c;
+	assert_true(idcache_new(4, 1000, &c));
 	assert_true(idcache_put(c, NULL, "jane@contoso.com", ID_A, 5000));
 	assert_true(idcache_get(c, NULL, "jane@contoso.com", 5999, id));
 	/* Being used does not keep an answer fresh: a UPN can move to another user. */
@@ -55,12 +55,12 @@ static void test_ttl(void **state)
 	idcache_free(c);
 }
 
-static void test_bounded_lru(void **state)
+static void test_full_cache_evicts_least_recently_used(void **state)
 {
 	(void)state;
 	char id[37], upn[32];
-	struct idcache *c = idcache_new(3, 1000000);
-	assert_non_null(c);
+	struct idcache *c;
+	assert_true(idcache_new(3, 1000000, &c));
 	for (int i = 0; i < 3; i++) {
 		snprintf(upn, sizeof upn, "u%d@contoso.com", i);
 		assert_true(idcache_put(c, NULL, upn, ID_A, i));
@@ -84,8 +84,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_per_tenant_any_case),
-	    cmocka_unit_test(test_ttl),
-	    cmocka_unit_test(test_bounded_lru),
+	    cmocka_unit_test(test_answer_expires_after_ttl_even_when_used),
+	    cmocka_unit_test(test_full_cache_evicts_least_recently_used),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -111,8 +111,8 @@ static void test_new_copies_key_and_headers(void **state)
 	(void)state;
 	rd_kafka_message_t *msg = next_message();
 	int64_t before = cptime_wall_ms();
-	struct job *job = job_new(msg, 7);
-	assert_non_null(job);
+	struct job *job;
+	assert_true(job_new(msg, 7, &job));
 	assert_int_equal(job->partition, 1);
 	assert_int_equal(job->offset, 0);
 	assert_int_equal(job->generation, 7);
@@ -140,8 +140,8 @@ static void test_new_without_key_or_headers(void **state)
 {
 	(void)state;
 	rd_kafka_message_t *msg = next_message();
-	struct job *job = job_new(msg, 8);
-	assert_non_null(job);
+	struct job *job;
+	assert_true(job_new(msg, 8, &job));
 	assert_int_equal(job->offset, 1);
 	assert_null(job->key);
 	assert_int_equal(job->key_len, 0);
@@ -151,7 +151,7 @@ static void test_new_without_key_or_headers(void **state)
 	job_free(NULL);
 }
 
-static void test_fail(void **state)
+static void test_fail_replaces_the_error_and_cuts_a_long_code(void **state)
 {
 	(void)state;
 	struct job *job = calloc(1, sizeof *job);
@@ -183,7 +183,7 @@ static void test_fail(void **state)
 	job_free(job);
 }
 
-static void test_set_string(void **state)
+static void test_set_string_copies_and_empty_clears(void **state)
 {
 	(void)state;
 	char *field = NULL;
@@ -203,7 +203,7 @@ static void test_set_string(void **state)
 	assert_null(field);
 }
 
-static void test_id(void **state)
+static void test_id_is_the_events_then_the_guessed_one(void **state)
 {
 	(void)state;
 	struct job *job = calloc(1, sizeof *job);
@@ -222,7 +222,7 @@ static void test_id(void **state)
 }
 
 /* The payload is a copy (the message goes back to librdkafka); an empty value keeps none. */
-static void test_keep_payload(void **state)
+static void test_keep_payload_copies_and_keeps_no_empty_one(void **state)
 {
 	(void)state;
 	char value[] = "{\"id\":\"x\"}";
@@ -301,10 +301,10 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_new_copies_key_and_headers),
 	    cmocka_unit_test(test_new_without_key_or_headers),
-	    cmocka_unit_test(test_fail),
-	    cmocka_unit_test(test_set_string),
-	    cmocka_unit_test(test_id),
-	    cmocka_unit_test(test_keep_payload),
+	    cmocka_unit_test(test_fail_replaces_the_error_and_cuts_a_long_code),
+	    cmocka_unit_test(test_set_string_copies_and_empty_clears),
+	    cmocka_unit_test(test_id_is_the_events_then_the_guessed_one),
+	    cmocka_unit_test(test_keep_payload_copies_and_keeps_no_empty_one),
 	    cmocka_unit_test(test_chat_may_exist),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -173,7 +173,7 @@ static void test_journal_stream_must_match(void **state)
 	log_init("chatprovd");
 }
 
-static void test_levels(void **state)
+static void test_level_names_and_filtering(void **state)
 {
 	(void)state;
 	enum log_level l;
@@ -198,7 +198,7 @@ int main(void)
 	    cmocka_unit_test(test_journal_multiline_and_long),
 	    cmocka_unit_test(test_stderr_format),
 	    cmocka_unit_test(test_journal_stream_must_match),
-	    cmocka_unit_test(test_levels),
+	    cmocka_unit_test(test_level_names_and_filtering),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

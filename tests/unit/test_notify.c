@@ -67,7 +67,7 @@ static const char *next_msg(struct sock *s)
 	return buf;
 }
 
-static void test_states(void **state)
+static void test_state_messages_and_no_assignment_smuggled_in_status(void **state)
 {
 	struct sock *s = *state;
 	notify_ready();
@@ -208,7 +208,7 @@ static void test_watchdog_withheld_without_progress(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_states, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_state_messages_and_no_assignment_smuggled_in_status, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_reloading_carries_monotonic_time, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_noop_without_socket, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_watchdog_disabled, setup, teardown),

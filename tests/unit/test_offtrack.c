@@ -50,7 +50,7 @@ static void test_in_order_and_out_of_order(void **state)
 	offtrack_free(t);
 }
 
-static void test_gaps(void **state)
+static void test_commit_point_stops_at_the_first_unfinished_offset(void **state)
 {
 	(void)state;
 	struct offtrack *t = new_tracker(100);
@@ -290,7 +290,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_in_order_and_out_of_order),
-	    cmocka_unit_test(test_gaps),
+	    cmocka_unit_test(test_commit_point_stops_at_the_first_unfinished_offset),
 	    cmocka_unit_test(test_errors_and_bounds),
 	    cmocka_unit_test(test_drop_partition),
 	    cmocka_unit_test(test_property_random_order),

@@ -96,7 +96,7 @@ static void test_reads_what_the_registry_renders(void **state)
 	metrics_free(m);
 }
 
-static void test_bounds(void **state)
+static void test_too_many_labels_or_too_long_values_refused(void **state)
 {
 	(void)state;
 	char err[128];
@@ -126,7 +126,7 @@ int main(void)
 	    cmocka_unit_test(test_samples_labels_values),
 	    cmocka_unit_test(test_malformed_lines_fail_with_their_number),
 	    cmocka_unit_test(test_reads_what_the_registry_renders),
-	    cmocka_unit_test(test_bounds),
+	    cmocka_unit_test(test_too_many_labels_or_too_long_values_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -285,7 +285,7 @@ static void test_failed_operation(void **state)
 	job_free(job);
 }
 
-static void test_rejected(void **state)
+static void test_rejected_result_has_no_graph_or_chat(void **state)
 {
 	(void)state;
 	struct job *job = new_job(NULL);
@@ -337,7 +337,7 @@ int main(void)
 	    cmocka_unit_test(test_failed_graph_error),
 	    cmocka_unit_test(test_failed_retryable),
 	    cmocka_unit_test(test_failed_operation),
-	    cmocka_unit_test(test_rejected),
+	    cmocka_unit_test(test_rejected_result_has_no_graph_or_chat),
 	    cmocka_unit_test(test_status_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

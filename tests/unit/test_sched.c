@@ -429,7 +429,7 @@ static void test_global_caps_the_sum(void **state)
 
 /* ---- bounds, drain, reload ---- */
 
-static void test_max_queued(void **state)
+static void test_max_queued_counts_delayed_jobs_too(void **state)
 {
 	(void)state;
 	struct sched *s = new_sched(1000, 1000, 1, 10);
@@ -459,7 +459,7 @@ static void test_max_queued(void **state)
 }
 
 /* Sendable: ready, not blocked, covered by whole tokens of the tenant and global buckets. */
-static void test_sendable(void **state)
+static void test_sendable_counts_whole_tokens_of_both_buckets(void **state)
 {
 	(void)state;
 	/* 10 per 1 s per tenant (burst 10), 15 global */
@@ -1094,8 +1094,8 @@ int main(void)
 	    cmocka_unit_test(test_blocked_tenant_does_not_delay_others),
 	    cmocka_unit_test(test_round_robin_when_global_is_the_bottleneck),
 	    cmocka_unit_test(test_global_caps_the_sum),
-	    cmocka_unit_test(test_max_queued),
-	    cmocka_unit_test(test_sendable),
+	    cmocka_unit_test(test_max_queued_counts_delayed_jobs_too),
+	    cmocka_unit_test(test_sendable_counts_whole_tokens_of_both_buckets),
 	    cmocka_unit_test(test_drain_returns_everything),
 	    cmocka_unit_test(test_reload_limits),
 	    cmocka_unit_test(test_threads_take_each_job_once),

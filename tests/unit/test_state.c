@@ -2,8 +2,9 @@
  * test_state.c - the request state mirror against librdkafka's in-process mock cluster:
  * restore to the high watermark, record precedence, tombstones, expiry, fetch by offset,
  * partitions, the active flag, a table that grows, compacted done requests (runs) and the
- * id check of a fetch. CHATPROV_STATE_BENCH=1 also measures the restore rate of 200,000
- * records and the memory and lookup cost of 1,000,000 done requests.
+ * id check of a fetch. With CHATPROV_STATE_BENCH=1 (bench/state) it runs only its two
+ * benches instead: the restore rate of 200,000 records and the memory and lookup cost of
+ * 1,000,000 done requests.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -425,7 +426,7 @@ static void test_foreign_records_ignored(void **state)
 	assert_int_equal(state_count(f->st), 1);
 }
 
-static void test_fetch(void **state)
+static void test_fetch_returns_the_recorded_result_bytes(void **state)
 {
 	struct fixture *f = *state;
 	put(f, 1, "i", "intent", NO_STATUS, "{}");
@@ -803,6 +804,73 @@ static void test_apply_tombstone(void **state)
 	assert_true(state_apply(f->st, &msg));
 }
 
+/* The state the delivery reports of delivered_producer apply to (state_apply_delivered). */
+static struct state *delivered_to;
+
+static void apply_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+	(void)rk;
+	(void)opaque;
+	assert_int_equal(msg->err, RD_KAFKA_RESP_ERR_NO_ERROR);
+	assert_true(state_apply_delivered(delivered_to, msg));
+}
+
+static void produce_own(rd_kafka_t *rk, const char *topic, const char *id, const char *kind,
+                        const char *status, const char *intent_at)
+{
+	rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+	assert_non_null(h);
+	assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, kind, -1), 0);
+	if (status)
+		assert_int_equal(rd_kafka_header_add(h, "chatprov-status", -1, status, -1), 0);
+	if (intent_at)
+		assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1),
+		                 0);
+	assert_int_equal(rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
+	                                   RD_KAFKA_V_KEY(id, strlen(id)),
+	                                   RD_KAFKA_V_VALUE((void *)done_ok, strlen(done_ok)),
+	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+	                                   RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+/*
+ * What this instance wrote is mirrored from its delivery reports, whose timestamp is the
+ * broker's LogAppendTime when it sends one (librdkafka's mock cluster: always 1234 ms). The
+ * record's time is the acknowledgement's: before, every request an instance finished read
+ * as a record of 1970, state_forget_older dropped it a minute later and a later copy of a
+ * group chat was POSTed again without a lookup (the soak's "group chats created twice").
+ */
+static void test_delivered_records_keep_their_time(void **state)
+{
+	struct fixture *f = *state;
+	rd_kafka_t *own = mock_client(RD_KAFKA_PRODUCER, rd_kafka_mock_cluster_bootstraps(mcluster),
+	                              NULL, apply_delivery);
+	char at[32];
+	int64_t before = cptime_wall_ms(), intent = before - 5 * 60 * 1000;
+	snprintf(at, sizeof at, "%lld", (long long)intent);
+	delivered_to = f->st;
+	produce_own(own, f->topic, "done", "done", "succeeded", NULL);
+	produce_own(own, f->topic, "done-since", "done", "succeeded", at);
+	produce_own(own, f->topic, "intent", "intent", NO_STATUS, NULL);
+	assert_int_equal(rd_kafka_flush(own, 30 * 1000), RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_destroy(own);
+	int64_t after = cptime_wall_ms();
+
+	struct state_info si = get(f, "done");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_true(si.at_wall_ms >= before && si.at_wall_ms <= after);
+	assert_int_equal(get(f, "done-since").at_wall_ms, intent);
+	si = get(f, "intent");
+	assert_int_equal(si.kind, STATE_INTENT);
+	assert_true(si.at_wall_ms >= before && si.at_wall_ms <= after);
+	/* A day's retention keeps all three. */
+	assert_int_equal(state_forget_older(f->st, cptime_wall_ms() - DAY_MS), 0);
+	assert_int_equal(get(f, "done").kind, STATE_DONE);
+	assert_int_equal(get(f, "done-since").kind, STATE_DONE);
+	assert_int_equal(get(f, "intent").kind, STATE_INTENT);
+}
+
 static void test_restore_empty_partition(void **state)
 {
 	struct fixture *f = *state;
@@ -1143,11 +1211,8 @@ static void test_fetch_checks_the_id(void **state)
  * few MB per partition (older records are dropped), so the history is spread over enough
  * partitions for all of it to stay, which the low watermarks confirm.
  */
-static void test_restore_rate(void **state)
+static void bench_restore_rate(void **state)
 {
-	const char *bench = getenv("CHATPROV_STATE_BENCH");
-	if (!bench || strcmp(bench, "1") != 0)
-		skip();
 	struct fixture *f = *state;
 	const size_t n = 200000, value_len = 600;
 	const int32_t partitions = 50;
@@ -1223,11 +1288,8 @@ static double lookup_us(struct fixture *f, const char *prefix, size_t n, size_t 
  * add, what state_memory_bytes says, and the cost of a lookup that finds a request and of
  * one that does not (a new request: every run is searched).
  */
-static void test_memory_per_request(void **state)
+static void bench_memory_per_request(void **state)
 {
-	const char *bench = getenv("CHATPROV_STATE_BENCH");
-	if (!bench || strcmp(bench, "1") != 0)
-		skip();
 	struct fixture *f = *state;
 	const char *n_env = getenv("CHATPROV_STATE_BENCH_N");
 	const size_t n = n_env ? strtoul(n_env, NULL, 10) : 1000000;
@@ -1263,7 +1325,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_fetch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_returns_the_recorded_result_bytes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_multibyte_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry_during_restore, setup, teardown),
@@ -1272,6 +1334,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_drop_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_active_flag, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_apply_tombstone, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_delivered_records_keep_their_time, setup,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_restore_empty_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_restore_unknown_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_ids, setup, teardown),
@@ -1281,8 +1345,14 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_compacted_expiry_during_restore, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_checks_the_id, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_progress_reported_while_waiting, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_restore_rate, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_memory_per_request, setup, teardown),
 	};
+	/* Figures, not checks (bench/state runs them): they assert only that the run was whole. */
+	const struct CMUnitTest benches[] = {
+	    cmocka_unit_test_setup_teardown(bench_restore_rate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(bench_memory_per_request, setup, teardown),
+	};
+	const char *bench = getenv("CHATPROV_STATE_BENCH");
+	if (bench && strcmp(bench, "1") == 0)
+		return cmocka_run_group_tests(benches, group_setup, group_teardown);
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
