@@ -34,9 +34,10 @@
 #define IDCACHE_TTL_MS   (60 * 60 * 1000)
 /* Reads of a chat an operation made, before the result goes out without its details. */
 #define CHAT_READ_TRIES 3
-/* Easy handles kept for the next transfers: enough for what one loop turn starts at
- * thousands of events per second; each holds ~6 KiB and its buffers. */
-#define SPARE_EASY_MAX 64
+/* Easy handles kept for the next POSTs. Their number drifts with the transfers in flight;
+ * 64 were too few at 2,000 events/s and 50 ms answers (a tenth of the handles still made
+ * anew). Each holds ~6 KiB and its buffers (4 + 16 KiB): 256 cost ~6 MiB at most. */
+#define SPARE_EASY_MAX 256
 
 enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP, XFER_RESOLVE, XFER_CHAT };
 
