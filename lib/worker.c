@@ -34,10 +34,6 @@
 #define IDCACHE_TTL_MS   (60 * 60 * 1000)
 /* Reads of a chat an operation made, before the result goes out without its details. */
 #define CHAT_READ_TRIES 3
-/* Easy handles kept for the next POSTs. Their number drifts with the transfers in flight;
- * 64 were too few at 2,000 events/s and 50 ms answers (a tenth of the handles still made
- * anew). Each holds ~6 KiB and its buffers (4 + 16 KiB): 256 cost ~6 MiB at most. */
-#define SPARE_EASY_MAX 256
 
 enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP, XFER_RESOLVE, XFER_CHAT };
 
@@ -47,7 +43,6 @@ struct xfer {
 	struct job *job;
 	enum xfer_kind kind;
 	CURL *easy;
-	bool reused_easy; /* easy carried an earlier POST (take_easy) */
 	struct curl_slist *headers;
 	char *token; /* the bearer token sent, for auth_invalidate on 401 */
 	char *url;   /* XFER_LOOKUP, XFER_RESOLVE: the query; XFER_CHAT: the chat */
@@ -96,8 +91,6 @@ struct worker {
 	atomic_bool token_changed; /* the auth thread has news: retry the parked jobs */
 	atomic_bool wake_pending;  /* a wake-up is on its way: worker_wakeup need not send one */
 	int64_t parked_retry_ms;   /* when parked jobs were last retried */
-	CURL *spare_easy[SPARE_EASY_MAX]; /* of finished POSTs, for the next (take_easy) */
-	size_t n_spare_easy;
 };
 
 /* ---- small containers ---- */
@@ -919,36 +912,12 @@ static bool add_header(struct curl_slist **list, const char *name, const char *v
 	return true;
 }
 
-/*
- * A new easy handle costs a zeroed ~6 KiB allocation, its defaults and its buffers, and
- * cleaning one up as much again: most of the worker's CPU per event at thousands of events
- * per second (issue 15). POST handles are used again, as libcurl intends: xfer_setup sets
- * every option a POST uses, to the same values but for the transfer's own pointers, on
- * each use. Not curl_easy_reset: libcurl 7.88 keeps the receive buffer through it, and
- * CURLOPT_BUFFERSIZE then refuses to set the 4 KiB again. The other kinds are rare.
- */
-static void take_easy(struct worker *w, struct xfer *x)
-{
-	x->reused_easy = x->kind == XFER_POST && w->n_spare_easy;
-	x->easy = x->reused_easy ? w->spare_easy[--w->n_spare_easy] : curl_easy_init();
-}
-
-/* easy must not be in the multi handle. */
-static void give_back_easy(struct worker *w, CURL *easy, enum xfer_kind kind)
-{
-	if (kind != XFER_POST || w->n_spare_easy == SPARE_EASY_MAX) {
-		curl_easy_cleanup(easy);
-		return;
-	}
-	w->spare_easy[w->n_spare_easy++] = easy;
-}
-
 static void xfer_free(struct xfer *x)
 {
 	if (!x)
 		return;
 	if (x->easy)
-		give_back_easy(x->w, x->easy, x->kind);
+		curl_easy_cleanup(x->easy);
 	/* The Authorization line holds the token: wipe every header line before freeing. */
 	for (struct curl_slist *h = x->headers; h; h = h->next)
 		explicit_bzero(h->data, strlen(h->data));
@@ -1083,19 +1052,6 @@ static bool xfer_setup(struct worker *w, struct xfer *x)
 	return ok;
 }
 
-/* A used handle that refuses an option (nothing known does) is replaced by a new one. */
-static bool setup_easy(struct worker *w, struct xfer *x)
-{
-	if (xfer_setup(w, x))
-		return true;
-	if (!x->reused_easy)
-		return false;
-	curl_easy_cleanup(x->easy);
-	x->reused_easy = false;
-	x->easy = curl_easy_init();
-	return x->easy && xfer_setup(w, x);
-}
-
 /* The first owner of a group chat: the user whose chats a lookup lists. */
 static const char *lookup_owner(const struct job *job)
 {
@@ -1144,11 +1100,11 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	x->resp_limit = w->conf.cfg->graph.max_response_bytes;
 	x->started_mono_ms = cptime_mono_ms();
 	x->token = strdup(token);
-	take_easy(w, x);
+	x->easy = curl_easy_init();
 	if (!x->token || !x->easy ||
 	    ((kind == XFER_LOOKUP || kind == XFER_RESOLVE || kind == XFER_CHAT) &&
 	     !xfer_own_url(w, job, x)) ||
-	    !xfer_headers(x, token) || !setup_easy(w, x) ||
+	    !xfer_headers(x, token) || !xfer_setup(w, x) ||
 	    curl_multi_add_handle(w->multi, x->easy) != CURLM_OK)
 		goto fail;
 	w->in_flight++;
@@ -1542,9 +1498,9 @@ bool worker_start(struct worker *w)
 
 /*
  * One wake-up per loop turn of the worker, however many events the Kafka thread hands over
- * meanwhile: each is a syscall here and a poll plus a pass over every transfer there
+ * meanwhile: each is a syscall here and a poll plus a curl_multi_perform pass there
  * (issue 15). The worker clears the flag before it looks for work, so work handed over
- * after that look always sends one.
+ * after that look always sends one; before it, the wake-up already sent is still pending.
  */
 void worker_wakeup(struct worker *w)
 {
@@ -1611,8 +1567,6 @@ void worker_free(struct worker *w)
 	free(rest);
 	if (w->multi)
 		curl_multi_cleanup(w->multi);
-	for (size_t i = 0; i < w->n_spare_easy; i++)
-		curl_easy_cleanup(w->spare_easy[i]);
 	free(w->polls.items);
 	free(w->parked);
 	free(w->token_buf);
