@@ -90,6 +90,7 @@ struct worker {
 	atomic_size_t active;
 	atomic_bool exited;
 	atomic_bool token_changed; /* the auth thread has news: retry the parked jobs */
+	atomic_bool wake_pending;  /* a wake-up is on its way: worker_wakeup need not send one */
 	int64_t parked_retry_ms;   /* when parked jobs were last retried */
 };
 
@@ -1448,6 +1449,8 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	for (;;) {
+		/* Before looking for work: a worker_wakeup from now on sends a wake-up again. */
+		atomic_store(&w->wake_pending, false);
 		int64_t now = cptime_mono_ms();
 		atomic_store(&w->heartbeat_ms, now);
 		bool stopping = is_stopping(w);
@@ -1533,9 +1536,16 @@ bool worker_start(struct worker *w)
 	return true;
 }
 
+/*
+ * One wake-up per loop turn of the worker, however many events the Kafka thread hands over
+ * meanwhile: each is a syscall here and a poll plus a curl_multi_perform pass there
+ * (issue 15). The worker clears the flag before it looks for work, so work handed over
+ * after that look always sends one; before it, the wake-up already sent is still pending.
+ */
 void worker_wakeup(struct worker *w)
 {
-	curl_multi_wakeup(w->multi);
+	if (!atomic_exchange(&w->wake_pending, true))
+		curl_multi_wakeup(w->multi);
 }
 
 void worker_token_changed(struct worker *w)
