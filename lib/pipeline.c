@@ -23,7 +23,7 @@
 #include "offtrack.h"
 #include "pipeline_metrics.h"
 #include "result.h"
-#include "sched.h"
+#include "pacer.h"
 #include "state.h"
 #include "worker.h"
 
@@ -107,12 +107,12 @@ struct pipeline {
 	struct pipeline_metrics *metrics;
 	rd_kafka_t *consumer, *producer;
 	struct auth *auth;
-	struct sched *sched;
+	struct pacer *pacer;
 	/*
 	 * [limits] as configured (the app's limits, the last reload's): the scheduler gets this
 	 * instance's share of them, owned input partitions / the input topic's partitions.
 	 */
-	struct sched_limits app_limits;
+	struct pacer_limits app_limits;
 	double app_tenant_limits[CFG_MAX_TENANTS];
 	size_t n_app_tenants;
 	int input_partitions; /* from the topic's metadata; 0: not known (the whole limits) */
@@ -312,7 +312,7 @@ static size_t credit(struct pipeline *p)
 	if (room == 0)
 		return 0;
 	size_t ahead =
-	    sched_sendable(p->sched, cptime_mono_ms(), p->read_ahead) + p->intents_pending;
+	    pacer_sendable(p->pacer, cptime_mono_ms(), p->read_ahead) + p->intents_pending;
 	return min_size(room, room_under(ahead, p->read_ahead));
 }
 
@@ -1199,7 +1199,7 @@ static void wake_a_worker(struct pipeline *p)
 static void queue_job(struct pipeline *p, struct job *job)
 {
 	int64_t now = cptime_mono_ms();
-	if (!sched_push(p->sched, job->tenant, job, now, now)) {
+	if (!pacer_push(p->pacer, job->tenant, job, now, now)) {
 		/* Cannot happen while in_memory <= max_queued; fail loudly rather than drop. */
 		log_error("scheduler refused an event: queue full");
 		atomic_store(&p->fatal, true);
@@ -1683,13 +1683,13 @@ static struct worker_policy policy_of(const struct cfg *cfg)
 	};
 }
 
-static struct sched_limits limits_of(const struct cfg *cfg)
+static struct pacer_limits limits_of(const struct cfg *cfg)
 {
-	return (struct sched_limits){
+	return (struct pacer_limits){
 	    .per_tenant_limit = cfg->tenants[0].limits.chat_creates_per_10s_per_tenant,
 	    .global_limit = cfg->limits.chat_creates_per_10s_global,
 	    .window_s = cfg->limits.window_s,
-	    .slow_start_tokens = SCHED_SLOW_START_TOKENS,
+	    .slow_start_tokens = PACER_SLOW_START_TOKENS,
 	};
 }
 
@@ -1727,13 +1727,13 @@ static void apply_share(struct pipeline *p)
 	else if (total == 0)
 		p->share = 1.0;
 	double share = p->share;
-	struct sched_limits lim = p->app_limits;
+	struct pacer_limits lim = p->app_limits;
 	lim.per_tenant_limit *= share;
 	lim.global_limit *= share;
-	if (!sched_set_limits(p->sched, &lim))
+	if (!pacer_set_limits(p->pacer, &lim))
 		log_warning("limits: cannot apply this instance's share %.4g", share);
 	for (size_t i = 0; i < p->n_app_tenants; i++)
-		(void)sched_set_tenant_limit(p->sched, i, p->app_tenant_limits[i] * share);
+		(void)pacer_set_tenant_limit(p->pacer, i, p->app_tenant_limits[i] * share);
 	log_info("limits: this instance owns %zu of %zu partitions of %s: it sends %.4g of "
 	         "[limits]",
 	         owned, total, p->cfg->kafka.input_topic, share);
@@ -1760,15 +1760,15 @@ static void take_reloadable(struct pipeline *p, const struct cfg *cfg)
 
 static bool create_scheduler(struct pipeline *p)
 {
-	struct sched_limits lim = limits_of(p->cfg);
+	struct pacer_limits lim = limits_of(p->cfg);
 	keep_app_limits(p, p->cfg);
 	p->share = 1.0;
-	if (!sched_new(&lim, p->cfg->kafka.max_queued, &p->sched))
+	if (!pacer_new(&lim, p->cfg->kafka.max_queued, &p->pacer))
 		return false;
 	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
 		size_t index;
 		const struct cfg_tenant *t = &p->cfg->tenants[i];
-		if (!sched_add_tenant(p->sched, t->name, t->limits.chat_creates_per_10s_per_tenant,
+		if (!pacer_add_tenant(p->pacer, t->name, t->limits.chat_creates_per_10s_per_tenant,
 		                      &index) ||
 		    index != i)
 			return false;
@@ -1861,9 +1861,9 @@ static void collect_metrics(struct metrics *m, void *arg)
 	(void)m;
 	int64_t now_wall = cptime_wall_ms();
 	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
-		struct sched_tenant_stats ss;
+		struct pacer_tenant_stats ss;
 		struct auth_stats as;
-		if (!sched_tenant_stats(p->sched, i, &ss))
+		if (!pacer_tenant_stats(p->pacer, i, &ss))
 			continue;
 		auth_get_stats(p->auth, i, &as);
 		struct pipeline_metrics_tenant t = {
@@ -1881,7 +1881,7 @@ static void collect_metrics(struct metrics *m, void *arg)
 	pipeline_metrics_process_gauges(p->metrics, c.in_memory, c.active, c.paused);
 	pipeline_metrics_memory_bytes(p->metrics, atomic_load(&p->memory_bytes));
 	(void)collect_lag(p, true);
-	pipeline_metrics_backlog(p->metrics, p->sched, (double)c.backlog,
+	pipeline_metrics_backlog(p->metrics, p->pacer, (double)c.backlog,
 	                         (double)(c.backlog - (int64_t)c.queued));
 }
 
@@ -1903,7 +1903,7 @@ static bool start_workers(struct pipeline *p, char *err, size_t errcap)
 		struct worker_conf wc = {.cfg = p->cfg,
 		                         .policy = policy_of(p->cfg),
 		                         .max_in_flight = share ? share : 1,
-		                         .sched = p->sched,
+		                         .pacer = p->pacer,
 		                         .auth = p->auth,
 		                         .metrics = p->metrics,
 		                         .forbidden_hinted = p->forbidden_hinted,
@@ -2013,10 +2013,10 @@ bool pipeline_progressing(struct pipeline *p, int64_t now, int64_t max_age_ms)
 /* The backlog (lag plus work in memory) and its ETA at the rates the scheduler allows now. */
 static void backlog_eta(struct pipeline *p, struct pipeline_counters *out)
 {
-	struct sched_eta_tenant t[CFG_MAX_TENANTS];
+	struct pacer_eta_tenant t[CFG_MAX_TENANTS];
 	out->backlog = (out->lag > 0 ? out->lag : 0) + (int64_t)out->in_memory;
 	double unqueued = (double)(out->backlog - (int64_t)out->queued);
-	if (!sched_backlog_eta(p->sched, unqueued > 0 ? unqueued : 0, t, CFG_MAX_TENANTS,
+	if (!pacer_backlog_eta(p->pacer, unqueued > 0 ? unqueued : 0, t, CFG_MAX_TENANTS,
 	                       &out->backlog_eta_s))
 		out->backlog_eta_s = -1;
 }
@@ -2028,14 +2028,14 @@ void pipeline_counters(struct pipeline *p, struct pipeline_counters *out)
 	pthread_mutex_unlock(&p->counters_lock);
 	out->in_memory = p->in_memory;
 	out->paused = p->paused;
-	out->queued = sched_queued_total(p->sched);
+	out->queued = pacer_queued_total(p->pacer);
 	out->active = 0;
 	for (unsigned i = 0; i < p->n_workers; i++)
 		out->active += worker_active(p->workers[i]);
 	out->throttled = 0;
 	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
-		struct sched_tenant_stats ts;
-		if (sched_tenant_stats(p->sched, i, &ts))
+		struct pacer_tenant_stats ts;
+		if (pacer_tenant_stats(p->pacer, i, &ts))
 			out->throttled += ts.throttled;
 	}
 	out->lag = collect_lag(p, false);
@@ -2087,7 +2087,7 @@ static void join_workers(struct pipeline *p)
 	}
 	void *queued[256];
 	size_t n;
-	while ((n = sched_drain(p->sched, queued, CP_ARRAY_LEN(queued))) > 0) {
+	while ((n = pacer_drain(p->pacer, queued, CP_ARRAY_LEN(queued))) > 0) {
 		drop_unfinished(p, (struct job **)queued, n);
 		handed_back += n;
 	}
@@ -2182,13 +2182,13 @@ void pipeline_free(struct pipeline *p)
 		rd_kafka_destroy(p->producer);
 	}
 	auth_free(p->auth);
-	if (p->sched) {
+	if (p->pacer) {
 		void *queued[256];
 		size_t n;
-		while ((n = sched_drain(p->sched, queued, CP_ARRAY_LEN(queued))) > 0)
+		while ((n = pacer_drain(p->pacer, queued, CP_ARRAY_LEN(queued))) > 0)
 			for (size_t i = 0; i < n; i++)
 				job_free(queued[i]);
-		sched_free(p->sched);
+		pacer_free(p->pacer);
 	}
 	while (p->followers) {
 		struct job *next = p->followers->next_follower;

@@ -293,12 +293,12 @@ void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_
 		metrics_gauge_unset(s);
 }
 
-void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct sched *sched, double backlog,
+void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct pacer *pacer, double backlog,
                               double unqueued)
 {
-	struct sched_eta_tenant t[CFG_MAX_TENANTS];
+	struct pacer_eta_tenant t[CFG_MAX_TENANTS];
 	double total;
-	if (!pm || !sched_backlog_eta(sched, unqueued, t, pm->n_tenants, &total))
+	if (!pm || !pacer_backlog_eta(pacer, unqueued, t, pm->n_tenants, &total))
 		return;
 	for (size_t i = 0; i < pm->n_tenants; i++) {
 		metrics_gauge_set(pm->tenants[i].backlog, t[i].events);

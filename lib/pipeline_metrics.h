@@ -11,7 +11,7 @@
 #include "common.h"
 #include "job.h"
 #include "metrics.h"
-#include "sched.h"
+#include "pacer.h"
 
 struct pipeline_metrics;
 
@@ -56,7 +56,7 @@ void pipeline_metrics_memory_bytes(struct pipeline_metrics *pm, size_t bytes);
  * tenant="" (Prometheus reads it as no tenant label) the whole backlog, `backlog` events of
  * which `unqueued` are not in the scheduler yet (consumer lag, work being decoded).
  */
-void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct sched *sched, double backlog,
+void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct pacer *pacer, double backlog,
                               double unqueued);
 
 #endif

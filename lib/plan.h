@@ -2,7 +2,7 @@
  * plan.h - `chatprovctl plan`: what chatprovd would do with a list of events, without
  * sending anything. Each event goes through the daemon's own validator (event_decode) and
  * request builder (chatreq_prepare); the summary counts chats per tenant profile and puts
- * an ETA on them with the scheduler's arithmetic (sched_eta) under the configured [limits],
+ * an ETA on them with the scheduler's arithmetic (pacer_eta) under the configured [limits],
  * from a fresh start (full buckets), Graph's one-on-one dedup not assumed.
  */
 #ifndef CHATPROV_PLAN_H

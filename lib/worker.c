@@ -199,7 +199,7 @@ static void requeue_retry(struct worker *w, struct job *job, long http_status, i
                           int64_t delay)
 {
 	pipeline_metrics_retry(w->conf.metrics, job->tenant);
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
+	if (!pacer_requeue(w->conf.pacer, job->tenant, job, now + delay, now)) {
 		job_fail(job, http_status, "QueueFull", "scheduler queue full on retry", true);
 		finish_job(w, job);
 	}
@@ -357,7 +357,7 @@ static void on_throttled(struct worker *w, struct job *job, struct xfer *x, int6
 {
 	int64_t wait = retry_after_ms(x, -1);
 	bool beyond = beyond_budget(w, job, wait, now);
-	sched_on_result(w->conf.sched, job->tenant, SCHED_THROTTLED, bounded_block(w, wait), now);
+	pacer_on_result(w->conf.pacer, job->tenant, PACER_THROTTLED, bounded_block(w, wait), now);
 	log_with(LOG_LVL_INFO, ctx, "throttled by Graph (429), Retry-After %s",
 	         x->retry_after[0] ? x->retry_after : "absent");
 	if (beyond) {
@@ -368,7 +368,7 @@ static void on_throttled(struct worker *w, struct job *job, struct xfer *x, int6
 		finish_job(w, job);
 		return;
 	}
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+	if (!pacer_requeue(w->conf.pacer, job->tenant, job, now, now)) {
 		job_fail(job, 429, "QueueFull", "scheduler queue full on retry", true);
 		finish_job(w, job);
 	}
@@ -396,7 +396,7 @@ static void on_transient(struct worker *w, struct job *job, struct xfer *x, CURL
 	}
 	/* A 503's Retry-After holds the whole tenant, not only this request. */
 	int64_t wait = retry_after_ms(x, 0);
-	sched_on_result(w->conf.sched, job->tenant, SCHED_FAILED_OTHER, bounded_block(w, wait),
+	pacer_on_result(w->conf.pacer, job->tenant, PACER_FAILED_OTHER, bounded_block(w, wait),
 	                now);
 	retry_or_fail(w, job, status, rc != CURLE_OK ? "TransportError" : "ServiceUnavailable",
 	              message, wait);
@@ -442,7 +442,7 @@ static bool wait_for_member(struct worker *w, struct job *job, const struct xfer
 	pipeline_metrics_not_found_retry(w->conf.metrics, job->tenant);
 	/* Waiting for replication is not a transient failure: max_elapsed_s does not count it. */
 	job->first_attempt_mono_ms += delay;
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now + delay, now)) {
+	if (!pacer_requeue(w->conf.pacer, job->tenant, job, now + delay, now)) {
 		job_fail(job, 404, "QueueFull", "scheduler queue full on retry", true);
 		finish_job(w, job);
 	}
@@ -473,7 +473,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 	log_ctx_of(job, x, &ctx);
 	switch (retry_classify(status, (int)rc)) {
 	case RETRY_SUCCESS:
-		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
+		pacer_on_result(w->conf.pacer, job->tenant, PACER_OK, 0, now);
 		if (status == 202)
 			follow_operation(w, job, x);
 		else
@@ -486,7 +486,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		auth_invalidate(w->conf.auth, job->tenant, x->token);
 		if (!job->auth_retried) {
 			job->auth_retried = true;
-			if (sched_requeue(w->conf.sched, job->tenant, job, now, now))
+			if (pacer_requeue(w->conf.pacer, job->tenant, job, now, now))
 				return;
 		}
 		fail_from_graph_error(job, x, status, false);
@@ -496,7 +496,7 @@ static void on_post_answer(struct worker *w, struct job *job, struct xfer *x, CU
 		on_transient(w, job, x, rc, status, now, &ctx);
 		return;
 	case RETRY_PERMANENT:
-		sched_on_result(w->conf.sched, job->tenant, SCHED_OK, 0, now);
+		pacer_on_result(w->conf.pacer, job->tenant, PACER_OK, 0, now);
 		enum retry_refusal refusal =
 		    rc == CURLE_OK ? retry_classify_refusal(status) : RETRY_REFUSAL_FINAL;
 		if (refusal == RETRY_REFUSAL_NOT_FOUND && wait_for_member(w, job, x, now, &ctx))
@@ -623,7 +623,7 @@ static void on_chat_answer(struct worker *w, struct job *job, struct xfer *x, CU
 static void requeue_at(struct worker *w, struct job *job, int64_t at)
 {
 	int64_t now = cptime_mono_ms();
-	if (!sched_requeue(w->conf.sched, job->tenant, job, at > now ? at : now, now)) {
+	if (!pacer_requeue(w->conf.pacer, job->tenant, job, at > now ? at : now, now)) {
 		job_fail(job, 0, "QueueFull", "scheduler queue full", true);
 		finish_job(w, job);
 	}
@@ -724,7 +724,7 @@ static void lookup_failed(struct worker *w, struct job *job, struct xfer *x, enu
 		auth_invalidate(w->conf.auth, job->tenant, x->token);
 		job->auth_retried = true;
 		int64_t now = cptime_mono_ms();
-		if (sched_requeue(w->conf.sched, job->tenant, job, now, now))
+		if (pacer_requeue(w->conf.pacer, job->tenant, job, now, now))
 			return;
 	}
 	if (cls == RETRY_TRANSIENT || cls == RETRY_THROTTLED) {
@@ -998,7 +998,7 @@ static int hold_if_blocked(void *arg, char *primary_ip, char *local_ip, int prim
 	(void)local_ip;
 	(void)primary_port;
 	(void)local_port;
-	if (!sched_blocked(x->w->conf.sched, x->job->tenant, cptime_mono_ms()))
+	if (!pacer_blocked(x->w->conf.pacer, x->job->tenant, cptime_mono_ms()))
 		return CURL_PREREQFUNC_OK;
 	x->held = true;
 	return CURL_PREREQFUNC_ABORT;
@@ -1097,7 +1097,7 @@ static bool xfer_own_url(const struct worker *w, const struct job *job, struct x
 static void requeue_held(struct worker *w, struct job *job)
 {
 	int64_t now = cptime_mono_ms();
-	if (!sched_requeue(w->conf.sched, job->tenant, job, now, now)) {
+	if (!pacer_requeue(w->conf.pacer, job->tenant, job, now, now)) {
 		job_fail(job, 429, "QueueFull", "scheduler queue full on retry", true);
 		finish_job(w, job);
 	}
@@ -1284,7 +1284,7 @@ static void launch(struct worker *w, struct job *job)
 		}
 		return;
 	}
-	if (kind == XFER_POST && sched_blocked(w->conf.sched, job->tenant, cptime_mono_ms())) {
+	if (kind == XFER_POST && pacer_blocked(w->conf.pacer, job->tenant, cptime_mono_ms())) {
 		/* Parked while a 429 came back: it waits for the block's end in the queue. */
 		explicit_bzero(w->token_buf, strlen(w->token_buf));
 		requeue_held(w, job);
@@ -1422,10 +1422,10 @@ static int64_t admit_work(struct worker *w, int64_t now)
 		void *job;
 		size_t tenant;
 		int64_t at = 0;
-		enum sched_take_status st = sched_take(w->conf.sched, now, &job, &tenant, &at);
-		if (st == SCHED_WAIT && at < wake)
+		enum pacer_take_status st = pacer_take(w->conf.pacer, now, &job, &tenant, &at);
+		if (st == PACER_WAIT && at < wake)
 			wake = at;
-		if (st != SCHED_TAKEN)
+		if (st != PACER_TAKEN)
 			break;
 		launch(w, job);
 		took = true;

@@ -18,7 +18,7 @@
 #include "common.h"
 #include "job.h"
 #include "retry.h"
-#include "sched.h"
+#include "pacer.h"
 
 struct worker;
 struct pipeline_metrics;
@@ -54,7 +54,7 @@ struct worker_conf {
 	const struct cfg *cfg; /* fixed keys only: URLs, timeouts, limits of buffers */
 	struct worker_policy policy;
 	unsigned max_in_flight; /* this worker's share of [graph] max_in_flight */
-	struct sched *sched;
+	struct pacer *pacer;
 	struct auth *auth;
 	struct pipeline_metrics *metrics; /* may be NULL */
 	/* Per tenant profile, shared by the workers: the 403 hint was logged (NULL: always log). */

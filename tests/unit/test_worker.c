@@ -35,7 +35,7 @@
 #include "graphreq.h"
 #include "job.h"
 #include "log.h"
-#include "sched.h"
+#include "pacer.h"
 #include "worker.h"
 
 #define CHAT_ID "19:made-by-op@thread.v2"
@@ -136,7 +136,7 @@ struct owner {
 	int posts_at_revoke;         /* POSTs the server had received when the revoke was over */
 	int64_t accepted_op_started; /* op_started_mono_ms seen by on_accepted */
 	struct job *done;            /* handed back by on_done */
-	struct sched *sched;         /* for throttle_ms */
+	struct pacer *pacer;         /* for throttle_ms */
 	int64_t throttle_ms; /* > 0: the next post_begin reports a 429 with this Retry-After */
 	int64_t blocked_until; /* the end of that Retry-After */
 };
@@ -181,7 +181,7 @@ static void post_begin(int32_t partition, void *arg)
 	if (own.throttle_ms > 0) {
 		/* Another request's 429 comes back after this job was taken, before it is sent. */
 		int64_t now = cptime_mono_ms();
-		sched_on_result(own.sched, 0, SCHED_THROTTLED, own.throttle_ms, now);
+		pacer_on_result(own.pacer, 0, PACER_THROTTLED, own.throttle_ms, now);
 		own.blocked_until = now + own.throttle_ms;
 		own.throttle_ms = 0;
 	}
@@ -222,7 +222,7 @@ static void on_done(struct job *job, void *arg)
 struct fixture {
 	struct cfg *cfg;
 	struct auth *auth;
-	struct sched *sched;
+	struct pacer *pacer;
 	struct worker *worker;
 };
 
@@ -275,11 +275,11 @@ static int setup(void **state)
 	struct fixture *f = calloc(1, sizeof *f);
 	char err[512];
 	f->cfg = load_cfg();
-	struct sched_limits lim = {.per_tenant_limit = 1000, .global_limit = 1000, .window_s = 10};
+	struct pacer_limits lim = {.per_tenant_limit = 1000, .global_limit = 1000, .window_s = 10};
 	size_t tenant;
 	if (!auth_new(f->cfg, &f->auth, err, sizeof err) || !auth_start(f->auth) ||
-	    !sched_new(&lim, 100, &f->sched) ||
-	    !sched_add_tenant(f->sched, "default", 1000, &tenant))
+	    !pacer_new(&lim, 100, &f->pacer) ||
+	    !pacer_add_tenant(f->pacer, "default", 1000, &tenant))
 		return -1;
 	struct worker_conf wc = {
 	    .cfg = f->cfg,
@@ -291,7 +291,7 @@ static int setup(void **state)
 	               .op_timeout_ms = 30000,
 	               .group_chat_lookup = true},
 	    .max_in_flight = 4,
-	    .sched = f->sched,
+	    .pacer = f->pacer,
 	    .auth = f->auth,
 	    .on_done = on_done,
 	    .hooks = {.is_current = is_current,
@@ -310,7 +310,7 @@ static int teardown(void **state)
 	struct fixture *f = *state;
 	char cmd[128];
 	worker_free(f->worker);
-	sched_free(f->sched);
+	pacer_free(f->pacer);
 	auth_free(f->auth);
 	cfg_free(f->cfg);
 	free(f);
@@ -347,7 +347,7 @@ static struct job *run(struct fixture *f, struct job *job)
 	pthread_mutex_lock(&own.mu);
 	own.done = NULL;
 	pthread_mutex_unlock(&own.mu);
-	assert_true(sched_push(f->sched, 0, job, now, now));
+	assert_true(pacer_push(f->pacer, 0, job, now, now));
 	worker_wakeup(f->worker);
 	int64_t end = now + 10000;
 	pthread_mutex_lock(&own.mu);
@@ -465,7 +465,7 @@ static void test_post_held_by_a_block_after_the_take(void **state)
 	wait_token(f);
 	pthread_mutex_lock(&own.mu);
 	own.hook_calls = own.revoke_after = 0;
-	own.sched = f->sched;
+	own.pacer = f->pacer;
 	own.throttle_ms = 300;
 	pthread_mutex_unlock(&own.mu);
 	int posts_before = atomic_load(&srv.posts);

@@ -17,7 +17,7 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 
-#include "../../lib/common.h" /* not via -I: lib/sched.h would shadow <sched.h> */
+#include "../../lib/common.h"
 
 #define GS_BODY_MAX    (1024 * 1024) /* request bodies above this are refused with 413 */
 #define GS_GUID_LEN    36

@@ -1,4 +1,4 @@
-/* test_sched.c - scheduler: buckets, AIMD, blocks, fairness, bounds, and simulated servers. */
+/* test_pacer.c - scheduler: buckets, AIMD, blocks, fairness, bounds, and simulated servers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,41 +12,41 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sched.h"
+#include "pacer.h"
 
 #define JOB(i)    ((void *)(uintptr_t)((i) + 1))
 #define JOB_ID(p) ((size_t)(uintptr_t)(p)-1)
 
-static struct sched *new_sched(double tenant_limit, double global_limit, double window_s,
+static struct pacer *new_pacer(double tenant_limit, double global_limit, double window_s,
                                size_t max_queued)
 {
-	struct sched_limits lim = {tenant_limit, global_limit, window_s, 0};
-	struct sched *s = NULL;
-	assert_true(sched_new(&lim, max_queued, &s));
+	struct pacer_limits lim = {tenant_limit, global_limit, window_s, 0};
+	struct pacer *s = NULL;
+	assert_true(pacer_new(&lim, max_queued, &s));
 	return s;
 }
 
-static size_t add_tenant(struct sched *s, const char *name, double limit)
+static size_t add_tenant(struct pacer *s, const char *name, double limit)
 {
 	size_t idx = SIZE_MAX;
-	assert_true(sched_add_tenant(s, name, limit, &idx));
+	assert_true(pacer_add_tenant(s, name, limit, &idx));
 	return idx;
 }
 
-static void push_n(struct sched *s, size_t tenant, size_t first_id, size_t n, int64_t now)
+static void push_n(struct pacer *s, size_t tenant, size_t first_id, size_t n, int64_t now)
 {
 	for (size_t i = 0; i < n; i++)
-		assert_true(sched_push(s, tenant, JOB(first_id + i), now, now));
+		assert_true(pacer_push(s, tenant, JOB(first_id + i), now, now));
 }
 
-static enum sched_take_status take(struct sched *s, int64_t now, size_t *id, size_t *tenant,
+static enum pacer_take_status take(struct pacer *s, int64_t now, size_t *id, size_t *tenant,
                                    int64_t *wake)
 {
 	void *job = NULL;
 	size_t t = SIZE_MAX;
 	int64_t w = -1;
-	enum sched_take_status st = sched_take(s, now, &job, &t, &w);
-	if (st == SCHED_TAKEN) {
+	enum pacer_take_status st = pacer_take(s, now, &job, &t, &w);
+	if (st == PACER_TAKEN) {
 		assert_non_null(job);
 		if (id)
 			*id = JOB_ID(job);
@@ -60,10 +60,10 @@ static enum sched_take_status take(struct sched *s, int64_t now, size_t *id, siz
 	return st;
 }
 
-static struct sched_tenant_stats stats_of(struct sched *s, size_t tenant)
+static struct pacer_tenant_stats stats_of(struct pacer *s, size_t tenant)
 {
-	struct sched_tenant_stats st;
-	assert_true(sched_tenant_stats(s, tenant, &st));
+	struct pacer_tenant_stats st;
+	assert_true(pacer_tenant_stats(s, tenant, &st));
 	return st;
 }
 
@@ -72,115 +72,115 @@ static struct sched_tenant_stats stats_of(struct sched *s, size_t tenant)
 static void test_empty_and_errors(void **state)
 {
 	(void)state;
-	struct sched_limits bad[] = {
+	struct pacer_limits bad[] = {
 	    {0, 10, 10, 0}, {10, -1, 10, 0}, {10, 10, 0, 0}, {NAN, 10, 10, 0}, {10, INFINITY, 10, 0}, {10, 10, 10, -1}};
-	struct sched *s = NULL;
+	struct pacer *s = NULL;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		assert_false(sched_new(&bad[i], 10, &s));
-	struct sched_limits ok = {20, 200, 10, 0};
-	assert_false(sched_new(&ok, 0, &s));
-	s = new_sched(20, 200, 10, 10);
+		assert_false(pacer_new(&bad[i], 10, &s));
+	struct pacer_limits ok = {20, 200, 10, 0};
+	assert_false(pacer_new(&ok, 0, &s));
+	s = new_pacer(20, 200, 10, 10);
 	size_t idx, id, t;
 	int64_t wake = 0;
 	void *job;
-	assert_int_equal(sched_take(s, 0, &job, &t, &wake), SCHED_EMPTY);
+	assert_int_equal(pacer_take(s, 0, &job, &t, &wake), PACER_EMPTY);
 	assert_true(wake == INT64_MAX);
-	assert_false(sched_add_tenant(s, NULL, 10, &idx));
-	assert_false(sched_add_tenant(s, "x", NAN, &idx));
-	assert_false(sched_add_tenant(s, "x", INFINITY, &idx));
-	char longname[SCHED_NAME_MAX + 1];
+	assert_false(pacer_add_tenant(s, NULL, 10, &idx));
+	assert_false(pacer_add_tenant(s, "x", NAN, &idx));
+	assert_false(pacer_add_tenant(s, "x", INFINITY, &idx));
+	char longname[PACER_NAME_MAX + 1];
 	memset(longname, 'a', sizeof longname - 1);
-	longname[SCHED_NAME_MAX] = '\0';
-	assert_false(sched_add_tenant(s, longname, 10, &idx));
+	longname[PACER_NAME_MAX] = '\0';
+	assert_false(pacer_add_tenant(s, longname, 10, &idx));
 	assert_int_equal(add_tenant(s, "default", 0), 0);
 	assert_int_equal(add_tenant(s, "other", 5), 1);
-	assert_int_equal(sched_tenant_count(s), 2);
-	assert_false(sched_push(s, 2, JOB(0), 0, 0)); /* unknown tenant */
-	assert_false(sched_requeue(s, 9, JOB(0), 0, 0));
-	struct sched_tenant_stats st;
-	assert_false(sched_tenant_stats(s, 2, &st));
+	assert_int_equal(pacer_tenant_count(s), 2);
+	assert_false(pacer_push(s, 2, JOB(0), 0, 0)); /* unknown tenant */
+	assert_false(pacer_requeue(s, 9, JOB(0), 0, 0));
+	struct pacer_tenant_stats st;
+	assert_false(pacer_tenant_stats(s, 2, &st));
 	assert_string_equal(stats_of(s, 1).name, "other");
 	assert_true(stats_of(s, 0).configured_limit == 20);
 	assert_true(stats_of(s, 1).configured_limit == 5);
-	sched_on_result(s, 7, SCHED_THROTTLED, 1000, 0); /* ignored */
+	pacer_on_result(s, 7, PACER_THROTTLED, 1000, 0); /* ignored */
 	push_n(s, 0, 0, 1, 0);
-	assert_int_equal(take(s, 0, &id, &t, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 0, &id, &t, NULL), PACER_TAKEN);
 	assert_int_equal(id, 0);
 	assert_int_equal(t, 0);
-	sched_free(s);
-	sched_free(NULL);
+	pacer_free(s);
+	pacer_free(NULL);
 }
 
 static void test_bucket_burst_then_rate(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 2, 100); /* 20 per 2 s: one token per 100 ms */
+	struct pacer *s = new_pacer(20, 200, 2, 100); /* 20 per 2 s: one token per 100 ms */
 	size_t a = add_tenant(s, "a", 0);
 	push_n(s, a, 0, 30, 0);
 	size_t id;
 	int64_t wake;
 	for (size_t i = 0; i < 20; i++) {
-		assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+		assert_int_equal(take(s, 0, &id, NULL, NULL), PACER_TAKEN);
 		assert_int_equal(id, i); /* FIFO */
 	}
-	assert_int_equal(take(s, 0, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 0, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 100);
-	assert_int_equal(take(s, 99, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 99, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 100);
-	assert_int_equal(take(s, 100, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 100, &id, NULL, NULL), PACER_TAKEN);
 	assert_int_equal(id, 20);
-	assert_int_equal(take(s, 100, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 100, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 200);
 	/* 450 ms later: 4.5 tokens, 4 whole ones */
 	for (int i = 0; i < 4; i++)
-		assert_int_equal(take(s, 550, NULL, NULL, NULL), SCHED_TAKEN);
-	assert_int_equal(take(s, 550, NULL, NULL, &wake), SCHED_WAIT);
+		assert_int_equal(take(s, 550, NULL, NULL, NULL), PACER_TAKEN);
+	assert_int_equal(take(s, 550, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 600);
 	/* time going backwards is treated as standing still */
-	assert_int_equal(take(s, 10, NULL, NULL, NULL), SCHED_WAIT);
+	assert_int_equal(take(s, 10, NULL, NULL, NULL), PACER_WAIT);
 	/* the burst never exceeds the limit, however long the pause */
 	int n = 0;
-	while (take(s, 1000000, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 1000000, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 5); /* only 5 left in the queue */
 	push_n(s, a, 100, 30, 1000000);
 	n = 0;
-	while (take(s, 2000000, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 2000000, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 20);
-	assert_int_equal(sched_queued_total(s), 10);
+	assert_int_equal(pacer_queued_total(s), 10);
 	assert_int_equal(stats_of(s, a).taken, 50);
-	sched_free(s);
+	pacer_free(s);
 }
 
 static void test_delayed_jobs_do_not_block_ready(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 2, 100);
+	struct pacer *s = new_pacer(20, 200, 2, 100);
 	size_t a = add_tenant(s, "a", 0);
-	assert_true(sched_push(s, a, JOB(1), 5000, 0));
-	assert_true(sched_push(s, a, JOB(2), 3000, 0));
-	assert_true(sched_requeue(s, a, JOB(3), 3000, 0));
-	assert_true(sched_push(s, a, JOB(4), 0, 0));
+	assert_true(pacer_push(s, a, JOB(1), 5000, 0));
+	assert_true(pacer_push(s, a, JOB(2), 3000, 0));
+	assert_true(pacer_requeue(s, a, JOB(3), 3000, 0));
+	assert_true(pacer_push(s, a, JOB(4), 0, 0));
 	assert_int_equal(stats_of(s, a).delayed, 3);
 	assert_int_equal(stats_of(s, a).ready, 1);
 	size_t id;
 	int64_t wake;
-	assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 0, &id, NULL, NULL), PACER_TAKEN);
 	assert_int_equal(id, 4);
-	assert_int_equal(take(s, 0, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 0, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 3000);
-	assert_int_equal(take(s, 2999, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 2999, NULL, NULL, &wake), PACER_WAIT);
 	/* due ones in not-before order, ties in push order */
-	assert_int_equal(take(s, 3000, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 3000, &id, NULL, NULL), PACER_TAKEN);
 	assert_int_equal(id, 2);
-	assert_int_equal(take(s, 3000, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 3000, &id, NULL, NULL), PACER_TAKEN);
 	assert_int_equal(id, 3);
-	assert_int_equal(take(s, 3000, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 3000, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 5000);
-	assert_int_equal(take(s, 6000, &id, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 6000, &id, NULL, NULL), PACER_TAKEN);
 	assert_int_equal(id, 1);
-	sched_free(s);
+	pacer_free(s);
 }
 
 /* ---- AIMD and Retry-After ---- */
@@ -188,147 +188,147 @@ static void test_delayed_jobs_do_not_block_ready(void **state)
 static void test_throttle_halves_blocks_and_recovers(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 2, 100);
+	struct pacer *s = new_pacer(20, 200, 2, 100);
 	size_t a = add_tenant(s, "a", 0);
 	push_n(s, a, 0, 50, 0);
-	sched_on_result(s, a, SCHED_THROTTLED, 3000, 0);
-	struct sched_tenant_stats st = stats_of(s, a);
+	pacer_on_result(s, a, PACER_THROTTLED, 3000, 0);
+	struct pacer_tenant_stats st = stats_of(s, a);
 	assert_true(st.current_rate == 10);
 	assert_int_equal(st.blocked_until_ms, 3000);
 	assert_int_equal(st.throttled, 1);
 	int64_t wake;
-	assert_int_equal(take(s, 0, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 0, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 3000);
-	assert_int_equal(take(s, 2999, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 2999, NULL, NULL, &wake), PACER_WAIT);
 	/* 429s of requests already in flight: same episode, no second halving, block extended */
-	sched_on_result(s, a, SCHED_THROTTLED, 3500, 100);
+	pacer_on_result(s, a, PACER_THROTTLED, 3500, 100);
 	st = stats_of(s, a);
 	assert_true(st.current_rate == 10);
 	assert_int_equal(st.blocked_until_ms, 3600);
-	assert_int_equal(take(s, 3599, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 3599, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 3600);
 	/* nothing was earned during the block: one probe at its end, then 10 per 2 s */
 	int n = 0;
-	while (take(s, 3600, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 3600, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 1);
-	assert_int_equal(take(s, 3600, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 3600, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 3800);
 	n = 0;
-	while (take(s, 3999, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 3999, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 1);
 	/* after the block: a new 429 halves again, down to the 5% floor */
-	sched_on_result(s, a, SCHED_THROTTLED, 1000, 4000);
+	pacer_on_result(s, a, PACER_THROTTLED, 1000, 4000);
 	assert_true(stats_of(s, a).current_rate == 5);
 	for (int64_t t = 5000; t < 20000; t += 1000)
-		sched_on_result(s, a, SCHED_THROTTLED, 1000, t);
+		pacer_on_result(s, a, PACER_THROTTLED, 1000, t);
 	assert_true(stats_of(s, a).current_rate == 1); /* 5% of 20 */
 	/* additive increase at the floor (above the knee, 0.7 x 1.25): 1% of the limit */
-	sched_on_result(s, a, SCHED_OK, 0, 20000);
+	pacer_on_result(s, a, PACER_OK, 0, 20000);
 	assert_true(fabs(stats_of(s, a).current_rate - 1.2) < 1e-9);
 	for (int i = 0; i < 30; i++)
-		sched_on_result(s, a, SCHED_OK, 0, 20000);
+		pacer_on_result(s, a, PACER_OK, 0, 20000);
 	assert_true(fabs(stats_of(s, a).current_rate - 7.2) < 1e-9);
 	for (int i = 0; i < 200; i++)
-		sched_on_result(s, a, SCHED_OK, 0, 20000);
+		pacer_on_result(s, a, PACER_OK, 0, 20000);
 	assert_true(stats_of(s, a).current_rate == 20); /* capped at the limit */
 	assert_int_equal(stats_of(s, a).succeeded, 231);
 	/* below the knee (0.7 x the rate that drew the 429) recovery is fast: 5% per success */
 	size_t b = add_tenant(s, "b", 0);
-	sched_on_result(s, b, SCHED_THROTTLED, 100, 0);
+	pacer_on_result(s, b, PACER_THROTTLED, 100, 0);
 	double want[] = {11, 12, 13, 14, 14.2, 14.4};
 	for (size_t i = 0; i < 6; i++) {
-		sched_on_result(s, b, SCHED_OK, 0, 200);
+		pacer_on_result(s, b, PACER_OK, 0, 200);
 		assert_true(fabs(stats_of(s, b).current_rate - want[i]) < 1e-9);
 	}
-	sched_free(s);
+	pacer_free(s);
 }
 
 /* Slow start: a configured limit far above Graph's real one must not leave in one burst. */
 static void test_slow_start_grows_the_burst_per_success(void **state)
 {
 	(void)state;
-	struct sched_limits lim = {200, 2000, 10, 4}; /* 20/s, a token every 50 ms */
-	struct sched *s = NULL;
-	assert_true(sched_new(&lim, 1000, &s));
+	struct pacer_limits lim = {200, 2000, 10, 4}; /* 20/s, a token every 50 ms */
+	struct pacer *s = NULL;
+	assert_true(pacer_new(&lim, 1000, &s));
 	size_t a = add_tenant(s, "a", 0);
 	push_n(s, a, 0, 500, 0);
 	int n = 0;
-	while (take(s, 0, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 0, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 4); /* not 200 */
 	/* a long pause earns no more than the window: 4 */
 	n = 0;
-	while (take(s, 60000, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 60000, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 4);
 	/* each success lets the bucket hold one token more */
 	for (int i = 0; i < 8; i++)
-		sched_on_result(s, a, SCHED_OK, 0, 60000);
+		pacer_on_result(s, a, PACER_OK, 0, 60000);
 	n = 0;
-	while (take(s, 120000, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 120000, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 12);
 	/* a 429 starts it over */
-	sched_on_result(s, a, SCHED_THROTTLED, 1000, 120000);
-	assert_true(sched_blocked(s, a, 120999));
-	assert_false(sched_blocked(s, a, 121000));
-	assert_false(sched_blocked(s, 7, 0));
+	pacer_on_result(s, a, PACER_THROTTLED, 1000, 120000);
+	assert_true(pacer_blocked(s, a, 120999));
+	assert_false(pacer_blocked(s, a, 121000));
+	assert_false(pacer_blocked(s, 7, 0));
 	n = 0;
-	while (take(s, 300000, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 300000, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 4);
-	assert_true(sched_first_burst(200, 4) == 4);
-	assert_true(sched_first_burst(2, 4) == 2);
-	assert_true(sched_first_burst(200, 0) == 200);
-	sched_free(s);
+	assert_true(pacer_first_burst(200, 4) == 4);
+	assert_true(pacer_first_burst(2, 4) == 2);
+	assert_true(pacer_first_burst(200, 0) == 200);
+	pacer_free(s);
 }
 
 static void test_throttle_without_retry_after(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 10, 100);
+	struct pacer *s = new_pacer(20, 200, 10, 100);
 	size_t a = add_tenant(s, "a", 0);
 	push_n(s, a, 0, 5, 0);
-	sched_on_result(s, a, SCHED_THROTTLED, 0, 1000);
+	pacer_on_result(s, a, PACER_THROTTLED, 0, 1000);
 	/* default block: one token interval at the configured limit, 10 s / 20 = 500 ms */
 	assert_int_equal(stats_of(s, a).blocked_until_ms, 1500);
 	int64_t wake;
-	assert_int_equal(take(s, 1000, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 1000, NULL, NULL, &wake), PACER_WAIT);
 	/* blocked until 1500, when one probe may leave; the next needs a token at 10 per 10 s */
 	assert_int_equal(wake, 1500);
-	assert_int_equal(take(s, 1500, NULL, NULL, NULL), SCHED_TAKEN);
-	assert_int_equal(take(s, 1500, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 1500, NULL, NULL, NULL), PACER_TAKEN);
+	assert_int_equal(take(s, 1500, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 2500);
-	sched_free(s);
+	pacer_free(s);
 }
 
 static void test_other_failure_with_retry_after_blocks_only(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 2, 100);
+	struct pacer *s = new_pacer(20, 200, 2, 100);
 	size_t a = add_tenant(s, "a", 0);
 	push_n(s, a, 0, 5, 0);
-	sched_on_result(s, a, SCHED_FAILED_OTHER, 0, 0);
-	assert_int_equal(take(s, 0, NULL, NULL, NULL), SCHED_TAKEN);
-	sched_on_result(s, a, SCHED_FAILED_OTHER, 2000, 0); /* 503 with Retry-After: 2 */
-	struct sched_tenant_stats st = stats_of(s, a);
+	pacer_on_result(s, a, PACER_FAILED_OTHER, 0, 0);
+	assert_int_equal(take(s, 0, NULL, NULL, NULL), PACER_TAKEN);
+	pacer_on_result(s, a, PACER_FAILED_OTHER, 2000, 0); /* 503 with Retry-After: 2 */
+	struct pacer_tenant_stats st = stats_of(s, a);
 	assert_true(st.current_rate == 20);
 	assert_int_equal(st.failed, 2);
 	int64_t wake;
-	assert_int_equal(take(s, 1999, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 1999, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 2000);
-	assert_int_equal(take(s, 2000, NULL, NULL, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 2000, NULL, NULL, NULL), PACER_TAKEN);
 	/* nothing was earned during the block: one probe, then paced (a token per 100 ms) */
-	assert_int_equal(take(s, 2000, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 2000, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 2100);
 	/* a 429 during a 503 block still halves: the episodes are different */
-	sched_on_result(s, a, SCHED_FAILED_OTHER, 5000, 2000);
-	sched_on_result(s, a, SCHED_THROTTLED, 1000, 2100);
+	pacer_on_result(s, a, PACER_FAILED_OTHER, 5000, 2000);
+	pacer_on_result(s, a, PACER_THROTTLED, 1000, 2100);
 	assert_true(stats_of(s, a).current_rate == 10);
 	assert_int_equal(stats_of(s, a).blocked_until_ms, 7000);
-	sched_free(s);
+	pacer_free(s);
 }
 
 /* ---- fairness and no head-of-line blocking ---- */
@@ -336,18 +336,18 @@ static void test_other_failure_with_retry_after_blocks_only(void **state)
 static void test_blocked_tenant_does_not_delay_others(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 2, 1000);
+	struct pacer *s = new_pacer(20, 200, 2, 1000);
 	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
 	push_n(s, a, 0, 200, 0);
 	push_n(s, b, 1000, 100, 0);
 	/* a: one request got a 429 with a long Retry-After; its backlog sits ahead of b's */
-	assert_int_equal(take(s, 0, NULL, NULL, NULL), SCHED_TAKEN);
-	sched_on_result(s, a, SCHED_THROTTLED, 60000, 0);
+	assert_int_equal(take(s, 0, NULL, NULL, NULL), PACER_TAKEN);
+	pacer_on_result(s, a, PACER_THROTTLED, 60000, 0);
 	int64_t now = 0, last_b = -1;
 	size_t taken_b = 0, id, t;
 	while (now < 60000) {
 		int64_t wake;
-		if (take(s, now, &id, &t, &wake) == SCHED_TAKEN) {
+		if (take(s, now, &id, &t, &wake) == PACER_TAKEN) {
 			assert_int_equal(t, b);
 			taken_b++;
 			last_b = now;
@@ -358,15 +358,15 @@ static void test_blocked_tenant_does_not_delay_others(void **state)
 	/* b at its own rate: 20 at once, then one per 100 ms */
 	assert_int_equal(taken_b, 100);
 	assert_int_equal(last_b, 8000);
-	assert_int_equal(take(s, 60000, &id, &t, NULL), SCHED_TAKEN);
+	assert_int_equal(take(s, 60000, &id, &t, NULL), PACER_TAKEN);
 	assert_int_equal(t, a);
-	sched_free(s);
+	pacer_free(s);
 }
 
 static void test_round_robin_when_global_is_the_bottleneck(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(100, 10, 2, 1000);
+	struct pacer *s = new_pacer(100, 10, 2, 1000);
 	size_t t[3];
 	for (size_t i = 0; i < 3; i++) {
 		char name[8] = {(char)('a' + i), 0};
@@ -377,7 +377,7 @@ static void test_round_robin_when_global_is_the_bottleneck(void **state)
 	size_t seq[60], n = 0, id, tn;
 	while (n < 60) {
 		int64_t wake;
-		if (take(s, now, &id, &tn, &wake) == SCHED_TAKEN)
+		if (take(s, now, &id, &tn, &wake) == PACER_TAKEN)
 			seq[n++] = tn;
 		else
 			now = wake;
@@ -390,14 +390,14 @@ static void test_round_robin_when_global_is_the_bottleneck(void **state)
 	}
 	/* 10 at once, then one per 200 ms: the 60th at 10 s */
 	assert_int_equal(now, 10000);
-	sched_free(s);
+	pacer_free(s);
 }
 
 static void test_global_caps_the_sum(void **state)
 {
 	(void)state;
 	enum { TENANTS = 20 };
-	struct sched *s = new_sched(20, 50, 2, 10000);
+	struct pacer *s = new_pacer(20, 50, 2, 10000);
 	for (size_t i = 0; i < TENANTS; i++) {
 		char name[16];
 		snprintf(name, sizeof name, "t%zu", i);
@@ -407,10 +407,10 @@ static void test_global_caps_the_sum(void **state)
 	int64_t now = 0;
 	while (now <= 20000) {
 		int64_t wake;
-		if (take(s, now, &id, &tn, &wake) == SCHED_TAKEN) {
+		if (take(s, now, &id, &tn, &wake) == PACER_TAKEN) {
 			per[tn]++;
 			total++;
-			sched_on_result(s, tn, SCHED_OK, 0, now);
+			pacer_on_result(s, tn, PACER_OK, 0, now);
 		} else {
 			now = wake;
 		}
@@ -424,7 +424,7 @@ static void test_global_caps_the_sum(void **state)
 		hi = per[i] > hi ? per[i] : hi;
 	}
 	assert_true(hi - lo <= 1); /* round-robin: equal shares */
-	sched_free(s);
+	pacer_free(s);
 }
 
 /* ---- bounds, drain, reload ---- */
@@ -432,30 +432,30 @@ static void test_global_caps_the_sum(void **state)
 static void test_max_queued_counts_delayed_jobs_too(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(1000, 1000, 1, 10);
+	struct pacer *s = new_pacer(1000, 1000, 1, 10);
 	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
 	push_n(s, a, 0, 6, 0);
 	for (size_t i = 0; i < 4; i++)
-		assert_true(sched_push(s, b, JOB(100 + i), 5000, 0)); /* delayed ones count too */
-	assert_false(sched_push(s, a, JOB(50), 0, 0));
-	assert_int_equal(sched_queued_total(s), 10);
+		assert_true(pacer_push(s, b, JOB(100 + i), 5000, 0)); /* delayed ones count too */
+	assert_false(pacer_push(s, a, JOB(50), 0, 0));
+	assert_int_equal(pacer_queued_total(s), 10);
 	assert_int_equal(stats_of(s, a).queued, 6);
 	assert_int_equal(stats_of(s, b).queued, 4);
 	size_t id;
 	for (int i = 0; i < 5; i++)
-		assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
+		assert_int_equal(take(s, 0, &id, NULL, NULL), PACER_TAKEN);
 	push_n(s, a, 200, 5, 0);
-	assert_false(sched_push(s, a, JOB(50), 0, 0));
+	assert_false(pacer_push(s, a, JOB(50), 0, 0));
 	/* retries of the 5 taken jobs are accepted beyond max_queued (the pool grows) */
 	for (size_t i = 0; i < 5; i++)
-		assert_true(sched_requeue(s, a, JOB(300 + i), 0, 0));
-	assert_int_equal(sched_queued_total(s), 15);
-	assert_false(sched_push(s, a, JOB(50), 0, 0));
+		assert_true(pacer_requeue(s, a, JOB(300 + i), 0, 0));
+	assert_int_equal(pacer_queued_total(s), 15);
+	assert_false(pacer_push(s, a, JOB(50), 0, 0));
 	void *jobs[32];
-	assert_int_equal(sched_drain(s, jobs, 32), 15);
-	assert_int_equal(sched_queued_total(s), 0);
-	assert_true(sched_push(s, a, JOB(50), 0, 0));
-	sched_free(s);
+	assert_int_equal(pacer_drain(s, jobs, 32), 15);
+	assert_int_equal(pacer_queued_total(s), 0);
+	assert_true(pacer_push(s, a, JOB(50), 0, 0));
+	pacer_free(s);
 }
 
 /* Sendable: ready, not blocked, covered by whole tokens of the tenant and global buckets. */
@@ -463,28 +463,28 @@ static void test_sendable_counts_whole_tokens_of_both_buckets(void **state)
 {
 	(void)state;
 	/* 10 per 1 s per tenant (burst 10), 15 global */
-	struct sched *s = new_sched(10, 15, 1, 1000);
+	struct pacer *s = new_pacer(10, 15, 1, 1000);
 	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
-	assert_int_equal(sched_sendable(s, 0, 100), 0);
+	assert_int_equal(pacer_sendable(s, 0, 100), 0);
 	push_n(s, a, 0, 4, 0);
-	assert_int_equal(sched_sendable(s, 0, 100), 4);
-	assert_int_equal(sched_sendable(s, 0, 3), 3); /* at_most caps the answer */
+	assert_int_equal(pacer_sendable(s, 0, 100), 4);
+	assert_int_equal(pacer_sendable(s, 0, 3), 3); /* at_most caps the answer */
 	push_n(s, a, 10, 20, 0);
-	assert_int_equal(sched_sendable(s, 0, 100), 10); /* a's burst */
+	assert_int_equal(pacer_sendable(s, 0, 100), 10); /* a's burst */
 	push_n(s, b, 100, 20, 0);
-	assert_int_equal(sched_sendable(s, 0, 100), 15);   /* the global burst */
-	assert_true(sched_push(s, b, JOB(500), 60000, 0)); /* delayed: never sendable yet */
+	assert_int_equal(pacer_sendable(s, 0, 100), 15);   /* the global burst */
+	assert_true(pacer_push(s, b, JOB(500), 60000, 0)); /* delayed: never sendable yet */
 	size_t id;
 	for (int i = 0; i < 15; i++)
-		assert_int_equal(take(s, 0, &id, NULL, NULL), SCHED_TAKEN);
-	assert_int_equal(sched_sendable(s, 0, 100), 0); /* global bucket empty */
+		assert_int_equal(take(s, 0, &id, NULL, NULL), PACER_TAKEN);
+	assert_int_equal(pacer_sendable(s, 0, 100), 0); /* global bucket empty */
 	/* 200 ms later: a and b earned 2 each, the global bucket 3 */
-	assert_int_equal(sched_sendable(s, 200, 100), 3);
-	assert_int_equal(sched_sendable(s, 200, 100), 3); /* read-only: asking twice is the same */
+	assert_int_equal(pacer_sendable(s, 200, 100), 3);
+	assert_int_equal(pacer_sendable(s, 200, 100), 3); /* read-only: asking twice is the same */
 	/* a 429 with Retry-After blocks b: only a's work counts */
-	sched_on_result(s, b, SCHED_THROTTLED, 10000, 200);
-	assert_int_equal(sched_sendable(s, 1000, 100), 10);
-	sched_free(s);
+	pacer_on_result(s, b, PACER_THROTTLED, 10000, 200);
+	assert_int_equal(pacer_sendable(s, 1000, 100), 10);
+	pacer_free(s);
 }
 
 static int cmp_ptr(const void *a, const void *b)
@@ -496,17 +496,17 @@ static int cmp_ptr(const void *a, const void *b)
 static void test_drain_returns_everything(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(5, 100, 10, 1000);
+	struct pacer *s = new_pacer(5, 100, 10, 1000);
 	size_t t0 = add_tenant(s, "a", 0), t1 = add_tenant(s, "b", 0);
 	push_n(s, t0, 0, 40, 0);
 	push_n(s, t1, 40, 30, 0);
 	for (size_t i = 0; i < 30; i++)
-		assert_true(sched_requeue(s, i % 2 ? t0 : t1, JOB(70 + i), 1000 + (int64_t)i, 0));
-	sched_on_result(s, t0, SCHED_THROTTLED, 100000, 0);
-	assert_int_equal(take(s, 0, NULL, NULL, NULL), SCHED_TAKEN); /* from b */
+		assert_true(pacer_requeue(s, i % 2 ? t0 : t1, JOB(70 + i), 1000 + (int64_t)i, 0));
+	pacer_on_result(s, t0, PACER_THROTTLED, 100000, 0);
+	assert_int_equal(take(s, 0, NULL, NULL, NULL), PACER_TAKEN); /* from b */
 	void *all[128];
 	size_t n = 0, k;
-	while ((k = sched_drain(s, all + n, 7)) > 0) {
+	while ((k = pacer_drain(s, all + n, 7)) > 0) {
 		assert_true(k <= 7);
 		n += k;
 	}
@@ -514,54 +514,54 @@ static void test_drain_returns_everything(void **state)
 	qsort(all, n, sizeof(all[0]), cmp_ptr);
 	for (size_t i = 1; i < n; i++)
 		assert_true(all[i] != all[i - 1]);
-	assert_int_equal(sched_queued_total(s), 0);
+	assert_int_equal(pacer_queued_total(s), 0);
 	assert_int_equal(stats_of(s, t0).queued, 0);
 	assert_int_equal(stats_of(s, t1).queued, 0);
 	void *job;
 	size_t t;
 	int64_t wake;
-	assert_int_equal(sched_take(s, 200000, &job, &t, &wake), SCHED_EMPTY);
+	assert_int_equal(pacer_take(s, 200000, &job, &t, &wake), PACER_EMPTY);
 	/* usable again after a drain */
 	push_n(s, t1, 500, 1, 200000);
-	assert_int_equal(take(s, 200000, NULL, NULL, NULL), SCHED_TAKEN);
-	sched_free(s);
+	assert_int_equal(take(s, 200000, NULL, NULL, NULL), PACER_TAKEN);
+	pacer_free(s);
 }
 
 static void test_reload_limits(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 2, 1000);
+	struct pacer *s = new_pacer(20, 200, 2, 1000);
 	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 10);
 	push_n(s, a, 0, 100, 0);
-	while (take(s, 0, NULL, NULL, NULL) == SCHED_TAKEN)
+	while (take(s, 0, NULL, NULL, NULL) == PACER_TAKEN)
 		;
-	sched_on_result(s, a, SCHED_THROTTLED, 1, 0); /* a at half its limit: 10 */
+	pacer_on_result(s, a, PACER_THROTTLED, 1, 0); /* a at half its limit: 10 */
 	assert_int_equal(take(s, 1, NULL, NULL, NULL),
-	                 SCHED_TAKEN); /* the probe at the block's end */
-	struct sched_limits lim = {40, 200, 2, 0};
-	assert_true(sched_set_limits(s, &lim));
+	                 PACER_TAKEN); /* the probe at the block's end */
+	struct pacer_limits lim = {40, 200, 2, 0};
+	assert_true(pacer_set_limits(s, &lim));
 	assert_true(stats_of(s, a).configured_limit == 40);
 	assert_true(stats_of(s, a).current_rate == 20);     /* keeps its AIMD share */
 	assert_true(stats_of(s, b).configured_limit == 10); /* explicit limit stays */
 	/* from 0 tokens at 1 ms, 20 per 2 s: a token every 100 ms */
 	int64_t wake;
-	assert_int_equal(take(s, 50, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 50, NULL, NULL, &wake), PACER_WAIT);
 	assert_int_equal(wake, 101);
-	assert_true(sched_set_tenant_limit(s, b, 0)); /* back to the default */
+	assert_true(pacer_set_tenant_limit(s, b, 0)); /* back to the default */
 	assert_true(stats_of(s, b).configured_limit == 40);
-	assert_true(sched_set_tenant_limit(s, a, 4));
+	assert_true(pacer_set_tenant_limit(s, a, 4));
 	assert_true(stats_of(s, a).current_rate == 2);
-	assert_false(sched_set_tenant_limit(s, 5, 4));
-	assert_false(sched_set_tenant_limit(s, a, NAN));
-	struct sched_limits bad = {40, 0, 2, 0};
-	assert_false(sched_set_limits(s, &bad));
+	assert_false(pacer_set_tenant_limit(s, 5, 4));
+	assert_false(pacer_set_tenant_limit(s, a, NAN));
+	struct pacer_limits bad = {40, 0, 2, 0};
+	assert_false(pacer_set_limits(s, &bad));
 	/* a shorter window means a faster rate */
-	struct sched_limits fast = {40, 200, 0.2, 0};
-	assert_true(sched_set_limits(s, &fast));
+	struct pacer_limits fast = {40, 200, 0.2, 0};
+	assert_true(pacer_set_limits(s, &fast));
 	/* a had 0.49 tokens at 50 ms; now 2 per 200 ms: the next whole token at 101 ms */
-	assert_int_equal(take(s, 99, NULL, NULL, &wake), SCHED_WAIT);
+	assert_int_equal(take(s, 99, NULL, NULL, &wake), PACER_WAIT);
 	assert_true(wake >= 100 && wake <= 102);
-	sched_free(s);
+	pacer_free(s);
 }
 
 /* ---- threads ---- */
@@ -569,7 +569,7 @@ static void test_reload_limits(void **state)
 enum { MT_JOBS = 20000, MT_TAKERS = 4, MT_TENANTS = 8 };
 
 struct mt {
-	struct sched *s;
+	struct pacer *s;
 	atomic_int_fast64_t clock;
 	atomic_int taken_count[MT_JOBS];
 	atomic_size_t done;
@@ -581,7 +581,7 @@ static void *mt_pusher(void *arg)
 	struct mt *m = arg;
 	for (size_t i = 0; i < MT_JOBS; i++) {
 		int64_t now = atomic_fetch_add(&m->clock, 1);
-		while (!sched_push(m->s, i % MT_TENANTS, JOB(i), now + (int64_t)(i % 7), now))
+		while (!pacer_push(m->s, i % MT_TENANTS, JOB(i), now + (int64_t)(i % 7), now))
 			now = atomic_fetch_add(&m->clock, 1);
 	}
 	atomic_store(&m->pushing_done, true);
@@ -596,10 +596,10 @@ static void *mt_taker(void *arg)
 		void *job;
 		size_t t;
 		int64_t wake;
-		if (sched_take(m->s, now, &job, &t, &wake) != SCHED_TAKEN)
+		if (pacer_take(m->s, now, &job, &t, &wake) != PACER_TAKEN)
 			continue;
 		atomic_fetch_add(&m->taken_count[JOB_ID(job)], 1);
-		sched_on_result(m->s, t, JOB_ID(job) % 97 ? SCHED_OK : SCHED_THROTTLED, 1, now);
+		pacer_on_result(m->s, t, JOB_ID(job) % 97 ? PACER_OK : PACER_THROTTLED, 1, now);
 		atomic_fetch_add(&m->done, 1);
 	}
 	return NULL;
@@ -610,7 +610,7 @@ static void test_threads_take_each_job_once(void **state)
 	(void)state;
 	static struct mt m;
 	memset(&m, 0, sizeof m);
-	m.s = new_sched(1e6, 1e7, 1, 512);
+	m.s = new_pacer(1e6, 1e7, 1, 512);
 	for (size_t i = 0; i < MT_TENANTS; i++) {
 		char name[16];
 		snprintf(name, sizeof name, "t%zu", i);
@@ -625,8 +625,8 @@ static void test_threads_take_each_job_once(void **state)
 		pthread_join(takers[i], NULL);
 	for (size_t i = 0; i < MT_JOBS; i++)
 		assert_int_equal(atomic_load(&m.taken_count[i]), 1);
-	assert_int_equal(sched_queued_total(m.s), 0);
-	sched_free(m.s);
+	assert_int_equal(pacer_queued_total(m.s), 0);
+	pacer_free(m.s);
 }
 
 /* ---- a simulated Graph: per-tenant token bucket, latency, Retry-After, a virtual clock ---- */
@@ -647,7 +647,7 @@ struct sim_req {
 };
 
 struct sim {
-	struct sched *s;
+	struct pacer *s;
 	size_t tenant;
 	int64_t now;
 	/* server: limit per window, changing to limit_after at change_at */
@@ -723,10 +723,10 @@ static void sim_respond(struct sim *m, size_t i)
 	m->reqs[i] = m->reqs[--m->n_reqs];
 	if (r.throttled) {
 		m->throttled++;
-		sched_on_result(m->s, m->tenant, SCHED_THROTTLED, r.retry_after, m->now);
+		pacer_on_result(m->s, m->tenant, PACER_THROTTLED, r.retry_after, m->now);
 		if (m->now + r.retry_after > m->client_block)
 			m->client_block = m->now + r.retry_after;
-		assert_true(sched_requeue(m->s, m->tenant, JOB(r.id), m->now, m->now));
+		assert_true(pacer_requeue(m->s, m->tenant, JOB(r.id), m->now, m->now));
 		return;
 	}
 	m->ok++;
@@ -734,7 +734,7 @@ static void sim_respond(struct sim *m, size_t i)
 	m->last_ok = m->now;
 	if (m->now >= m->settle_at)
 		m->ok_after_settle++;
-	sched_on_result(m->s, m->tenant, SCHED_OK, 0, m->now);
+	pacer_on_result(m->s, m->tenant, PACER_OK, 0, m->now);
 }
 
 /* Handles every arrival and response due by now, in time order (arrivals first on ties). */
@@ -777,7 +777,7 @@ static void sim_run(struct sim *m, int64_t deadline)
 		sim_deliver(m);
 		size_t id;
 		int64_t wake = INT64_MAX;
-		while (take(m->s, m->now, &id, NULL, &wake) == SCHED_TAKEN)
+		while (take(m->s, m->now, &id, NULL, &wake) == PACER_TAKEN)
 			sim_send(m, id);
 		for (size_t i = 0; i < m->n_reqs; i++) {
 			int64_t t = m->reqs[i].arrived ? m->reqs[i].respond : m->reqs[i].arrive;
@@ -793,7 +793,7 @@ static void sim_init(struct sim *m, double configured, double server, double win
                      enum ra_mode ra)
 {
 	memset(m, 0, sizeof(*m));
-	m->s = new_sched(configured, configured * 10, window_s, jobs + 16);
+	m->s = new_pacer(configured, configured * 10, window_s, jobs + 16);
 	m->tenant = add_tenant(m->s, "sim", 0);
 	m->window_ms = window_s * 1000;
 	m->limit = m->limit_after = server;
@@ -834,14 +834,14 @@ static void test_sim_server_limit_equals_configured(void **state)
 		assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >= 0.95 * 10);
 		assert_true(m.throttled * 100 <= 5 * m.sent);
 		assert_int_equal(m.client_violations, 0);
-		sched_free(m.s);
+		pacer_free(m.s);
 	}
 	/* the benchmark's shape: 600 events, at most 2 429s per 100 chats */
 	sim_init(&m, 20, 20, 2, 600, RA_EXACT_MS);
 	sim_run(&m, 240000);
 	sim_report(&m, "equal limits, 600", 10);
 	assert_true(m.throttled * 100 <= 2 * m.ok);
-	sched_free(m.s);
+	pacer_free(m.s);
 	/* one spurious 429 (a clock step, another client of the tenant): quick recovery */
 	sim_init(&m, 20, 20, 2, 300, RA_WHOLE_SECONDS);
 	m.spurious_at = 100;
@@ -850,7 +850,7 @@ static void test_sim_server_limit_equals_configured(void **state)
 	assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >= 0.95 * 10);
 	assert_true(m.throttled * 100 <= 2 * m.ok);
 	assert_int_equal(m.client_violations, 0);
-	sched_free(m.s);
+	pacer_free(m.s);
 }
 
 static void test_sim_server_limit_half(void **state)
@@ -870,7 +870,7 @@ static void test_sim_server_limit_half(void **state)
 		assert_true(m.throttled * 100 <= SIM_HALF_MAX_429_PCT * m.sent);
 		assert_true((double)m.ok / ((double)m.last_ok / 1000.0) >=
 		            SIM_HALF_MIN_GOODPUT * 5);
-		sched_free(m.s);
+		pacer_free(m.s);
 	}
 }
 
@@ -889,24 +889,24 @@ static void test_sim_recovers_when_server_limit_returns(void **state)
 	assert_int_equal(m.ok, 500);
 	assert_int_equal(m.client_violations, 0);
 	assert_true(after >= 0.95 * 10);
-	sched_free(m.s);
+	pacer_free(m.s);
 }
 
 /* ---- ETA ---- */
 
 /* Drives a fresh scheduler until every pushed job left; returns when the last one left (s). */
-static double drain_time(struct sched *s, int64_t start)
+static double drain_time(struct pacer *s, int64_t start)
 {
 	int64_t now = start, last = start;
 	for (;;) {
 		void *job;
 		size_t tenant;
 		int64_t wake = 0;
-		enum sched_take_status st = sched_take(s, now, &job, &tenant, &wake);
-		if (st == SCHED_EMPTY)
+		enum pacer_take_status st = pacer_take(s, now, &job, &tenant, &wake);
+		if (st == PACER_EMPTY)
 			return (double)(last - start) / 1000.0;
-		if (st == SCHED_TAKEN) {
-			sched_on_result(s, tenant, SCHED_OK, 0, now);
+		if (st == PACER_TAKEN) {
+			pacer_on_result(s, tenant, PACER_OK, 0, now);
 			last = now;
 			continue;
 		}
@@ -920,11 +920,11 @@ struct eta_case {
 	double global, window;
 };
 
-/* sched_eta's answer for a fresh start is what the scheduler does, within 0.5 % and a token. */
+/* pacer_eta's answer for a fresh start is what the scheduler does, within 0.5 % and a token. */
 static void check_eta_matches_scheduler(const struct eta_case *c)
 {
-	struct sched *s = new_sched(20, c->global, c->window, 1u << 20);
-	struct sched_eta_tenant t[8];
+	struct pacer *s = new_pacer(20, c->global, c->window, 1u << 20);
+	struct pacer_eta_tenant t[8];
 	size_t id = 0;
 	int64_t start = 1000000;
 	for (size_t i = 0; i < c->n_tenants; i++) {
@@ -933,12 +933,12 @@ static void check_eta_matches_scheduler(const struct eta_case *c)
 		size_t idx = add_tenant(s, name, c->limits[i]);
 		push_n(s, idx, id, (size_t)c->events[i], start);
 		id += (size_t)c->events[i];
-		t[i] = (struct sched_eta_tenant){.events = c->events[i],
+		t[i] = (struct pacer_eta_tenant){.events = c->events[i],
 		                                 .rate = c->limits[i],
-		                                 .tokens = sched_full_bucket(c->limits[i])};
+		                                 .tokens = pacer_full_bucket(c->limits[i])};
 	}
 	double eta = -1;
-	assert_true(sched_eta(t, c->n_tenants, c->global, sched_full_bucket(c->global), c->window,
+	assert_true(pacer_eta(t, c->n_tenants, c->global, pacer_full_bucket(c->global), c->window,
 	                      &eta));
 	double measured = drain_time(s, start);
 	/* A token interval: the scheduler hands out whole tokens, the model flows. */
@@ -953,21 +953,21 @@ static void check_eta_matches_scheduler(const struct eta_case *c)
 		fail_msg("global %.0f: eta %.3f s, scheduler drained in %.3f s", c->global, eta,
 		         measured);
 	}
-	sched_free(s);
+	pacer_free(s);
 }
 
 static void test_eta_one_tenant(void **state)
 {
 	(void)state;
 	/* 200 events at 20 per 10 s: 20 at once, 180 more at 2/s. */
-	struct sched_eta_tenant t = {.events = 200, .rate = 20, .tokens = 20};
+	struct pacer_eta_tenant t = {.events = 200, .rate = 20, .tokens = 20};
 	double eta = 0;
-	assert_true(sched_eta(&t, 1, 200, 200, 10, &eta));
+	assert_true(pacer_eta(&t, 1, 200, 200, 10, &eta));
 	assert_true(fabs(eta - 90) < 1e-6);
 	assert_true(fabs(t.eta_s - 90) < 1e-6);
 	/* 10,000 chats of one tenant at 20 per 10 s: over 80 minutes (the figure). */
-	t = (struct sched_eta_tenant){.events = 10000, .rate = 20, .tokens = 20};
-	assert_true(sched_eta(&t, 1, 200, 200, 10, &eta));
+	t = (struct pacer_eta_tenant){.events = 10000, .rate = 20, .tokens = 20};
+	assert_true(pacer_eta(&t, 1, 200, 200, 10, &eta));
 	assert_true(eta > 80 * 60 && fabs(eta - 4990) < 1e-6);
 	check_eta_matches_scheduler(&(struct eta_case){1, {20}, {200}, 200, 10});
 }
@@ -976,11 +976,11 @@ static void test_eta_global_limit_binds(void **state)
 {
 	(void)state;
 	/* 30 tenants of 100 at 20 per 10 s each, 200 global: the global bucket decides. */
-	struct sched_eta_tenant t[30];
+	struct pacer_eta_tenant t[30];
 	for (size_t i = 0; i < 30; i++)
-		t[i] = (struct sched_eta_tenant){.events = 100, .rate = 20, .tokens = 20};
+		t[i] = (struct pacer_eta_tenant){.events = 100, .rate = 20, .tokens = 20};
 	double eta = 0;
-	assert_true(sched_eta(t, 30, 200, 200, 10, &eta));
+	assert_true(pacer_eta(t, 30, 200, 200, 10, &eta));
 	assert_true(fabs(eta - (3000.0 - 200) / 20) < 1e-6);
 	check_eta_matches_scheduler(&(struct eta_case){4, {20, 20, 20, 20}, {100, 100, 100, 100},
 	                                               50, 10});
@@ -994,11 +994,11 @@ static void test_eta_shares_like_round_robin(void **state)
 	 * its own rate: longer than either bound alone (max(1000/20, 1500/40) windows).
 	 */
 	struct eta_case c = {4, {20, 20, 20, 20}, {1000, 100, 100, 100}, 40, 1};
-	struct sched_eta_tenant t[4];
+	struct pacer_eta_tenant t[4];
 	for (size_t i = 0; i < 4; i++)
-		t[i] = (struct sched_eta_tenant){.events = c.events[i], .rate = 20, .tokens = 20};
+		t[i] = (struct pacer_eta_tenant){.events = c.events[i], .rate = 20, .tokens = 20};
 	double eta = 0;
-	assert_true(sched_eta(t, 4, 40, 40, 1, &eta));
+	assert_true(pacer_eta(t, 4, 40, 40, 1, &eta));
 	assert_true(eta > 1000.0 / 20 + 1);
 	assert_true(t[1].eta_s < eta && t[1].eta_s == t[2].eta_s);
 	check_eta_matches_scheduler(&c);
@@ -1033,52 +1033,52 @@ static void test_eta_edges(void **state)
 {
 	(void)state;
 	double eta = -1;
-	assert_true(sched_eta(NULL, 0, 200, 200, 10, &eta));
+	assert_true(pacer_eta(NULL, 0, 200, 200, 10, &eta));
 	assert_true(eta == 0);
-	struct sched_eta_tenant t[2] = {{.events = 0, .rate = 20, .tokens = 20},
+	struct pacer_eta_tenant t[2] = {{.events = 0, .rate = 20, .tokens = 20},
 	                                {.events = 5, .rate = 20, .tokens = 20}};
-	assert_true(sched_eta(t, 2, 200, 200, 10, &eta));
+	assert_true(pacer_eta(t, 2, 200, 200, 10, &eta));
 	assert_true(eta == 0 && t[0].eta_s == 0 && t[1].eta_s == 0);
 	/* Work that can never leave. */
-	t[1] = (struct sched_eta_tenant){.events = 5, .rate = 0, .tokens = 0};
-	assert_true(sched_eta(t, 2, 200, 200, 10, &eta));
+	t[1] = (struct pacer_eta_tenant){.events = 5, .rate = 0, .tokens = 0};
+	assert_true(pacer_eta(t, 2, 200, 200, 10, &eta));
 	assert_true(isinf(eta) && isinf(t[1].eta_s));
 	/* Invalid input. */
 	t[1].events = -1;
-	assert_false(sched_eta(t, 2, 200, 200, 10, &eta));
+	assert_false(pacer_eta(t, 2, 200, 200, 10, &eta));
 	t[1].events = NAN;
-	assert_false(sched_eta(t, 2, 200, 200, 10, &eta));
+	assert_false(pacer_eta(t, 2, 200, 200, 10, &eta));
 	t[1].events = 1;
-	assert_false(sched_eta(t, 2, 200, 200, 0, &eta));
+	assert_false(pacer_eta(t, 2, 200, 200, 0, &eta));
 }
 
 static void test_backlog_eta_uses_current_rates(void **state)
 {
 	(void)state;
-	struct sched *s = new_sched(20, 200, 10, 10000);
+	struct pacer *s = new_pacer(20, 200, 10, 10000);
 	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 10);
 	push_n(s, a, 0, 40, 0);
 	push_n(s, b, 100, 10, 0);
-	struct sched_eta_tenant t[2];
+	struct pacer_eta_tenant t[2];
 	double total = 0;
-	assert_true(sched_backlog_eta(s, 0, t, 2, &total));
+	assert_true(pacer_backlog_eta(s, 0, t, 2, &total));
 	assert_true(t[0].events == 40 && fabs(t[0].eta_s - 20) < 1e-6);
 	assert_true(t[1].events == 10 && fabs(t[1].eta_s - 10) < 1e-6);
 	assert_true(fabs(total - 20) < 1e-6);
 	/* 50 more unread: 40 to a, 10 to b, as queued; a's 80 at 2/s. */
-	assert_true(sched_backlog_eta(s, 50, t, 2, &total));
+	assert_true(pacer_backlog_eta(s, 50, t, 2, &total));
 	assert_true(fabs(total - 40) < 1e-6);
 	assert_true(fabs(t[0].eta_s - 20) < 1e-6); /* per tenant: what is queued */
 	/* A 429 halves a's rate: its ETA doubles. */
 	void *job;
 	size_t tenant;
 	int64_t wake;
-	assert_int_equal(sched_take(s, 0, &job, &tenant, &wake), SCHED_TAKEN);
-	sched_on_result(s, tenant, SCHED_THROTTLED, 0, 0);
-	assert_true(sched_backlog_eta(s, 0, t, 2, &total));
+	assert_int_equal(pacer_take(s, 0, &job, &tenant, &wake), PACER_TAKEN);
+	pacer_on_result(s, tenant, PACER_THROTTLED, 0, 0);
+	assert_true(pacer_backlog_eta(s, 0, t, 2, &total));
 	assert_true(fabs(t[tenant].eta_s - 2 * (double)t[tenant].events / (tenant == a ? 2 : 1)) <
 	            1e-6);
-	sched_free(s);
+	pacer_free(s);
 }
 
 int main(void)

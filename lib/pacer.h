@@ -1,18 +1,18 @@
 /*
- * sched.h - the scheduler in front of Graph POST /chats: per-tenant and global token buckets,
+ * pacer.h - the scheduler in front of Graph POST /chats: per-tenant and global token buckets,
  * AIMD on 429, Retry-After blocks, per-tenant queues with delayed (backoff) jobs, one bound.
  *
  * Pure logic: no I/O and no clocks. Every time is int64 milliseconds on one monotonic clock,
  * passed in by the caller. Thread-safe: one internal mutex; the Kafka poll thread pushes, HTTP
  * worker threads take and report results. Every operation is O(log n) in the number of queued
- * jobs and tenants. Memory is allocated in sched_new (max_queued jobs, touched lazily), when a
+ * jobs and tenants. Memory is allocated in pacer_new (max_queued jobs, touched lazily), when a
  * tenant is added, and only if requeued retries push the queue beyond max_queued.
  *
- * A job leaves (sched_take) only when all of these hold:
+ * A job leaves (pacer_take) only when all of these hold:
  *   - its not-before time has passed (retries with backoff);
  *   - its tenant is not blocked by a Retry-After (or the default block after a bare 429);
  *   - its tenant's bucket holds a whole token (rate = current rate / window, burst = current
- *     rate, no more than the slow-start window (sched_limits.slow_start_tokens), at least one);
+ *     rate, no more than the slow-start window (pacer_limits.slow_start_tokens), at least one);
  *   - the global bucket holds a whole token (rate = global_limit / window, burst = global_limit).
  * Among tenants that may send, the one that has waited longest goes first (round-robin when the
  * global bucket is the bottleneck); a blocked or empty-handed tenant never delays another.
@@ -28,18 +28,18 @@
  * A Retry-After is honoured from the moment the caller reports it: requests already in flight
  * cannot be recalled, everything taken afterwards waits for the block to end.
  */
-#ifndef CHATPROV_SCHED_H
-#define CHATPROV_SCHED_H
+#ifndef CHATPROV_PACER_H
+#define CHATPROV_PACER_H
 
 #include "common.h"
 
-/* Bounds on what sched_new / sched_add_tenant accept. */
-#define SCHED_MAX_TENANTS 4096
-#define SCHED_MAX_QUEUED  (1u << 30)
-#define SCHED_NAME_MAX    256
+/* Bounds on what pacer_new / pacer_add_tenant accept. */
+#define PACER_MAX_TENANTS 4096
+#define PACER_MAX_QUEUED  (1u << 30)
+#define PACER_NAME_MAX    256
 
 /* Requests allowed per window; e.g. Graph's 20 per tenant and 200 global per 10 s. */
-struct sched_limits {
+struct pacer_limits {
 	double per_tenant_limit; /* default for tenants added with limit <= 0 */
 	double global_limit;     /* over all tenants */
 	double window_s;         /* length of the window in seconds */
@@ -52,23 +52,23 @@ struct sched_limits {
 	double slow_start_tokens;
 };
 
-/* The daemon's slow start (sched_limits.slow_start_tokens). */
-#define SCHED_SLOW_START_TOKENS 4.0
+/* The daemon's slow start (pacer_limits.slow_start_tokens). */
+#define PACER_SLOW_START_TOKENS 4.0
 
-enum sched_outcome {
-	SCHED_OK,           /* Graph accepted the request (201/202) */
-	SCHED_THROTTLED,    /* 429 */
-	SCHED_FAILED_OTHER, /* anything else; a Retry-After with it (503) still blocks the tenant */
+enum pacer_outcome {
+	PACER_OK,           /* Graph accepted the request (201/202) */
+	PACER_THROTTLED,    /* 429 */
+	PACER_FAILED_OTHER, /* anything else; a Retry-After with it (503) still blocks the tenant */
 };
 
-enum sched_take_status {
-	SCHED_TAKEN, /* *job and *tenant are set; one token of each bucket is spent */
-	SCHED_WAIT,  /* jobs are queued but none may leave now; *wake_at_ms says when one may */
-	SCHED_EMPTY, /* nothing queued; *wake_at_ms = INT64_MAX */
+enum pacer_take_status {
+	PACER_TAKEN, /* *job and *tenant are set; one token of each bucket is spent */
+	PACER_WAIT,  /* jobs are queued but none may leave now; *wake_at_ms says when one may */
+	PACER_EMPTY, /* nothing queued; *wake_at_ms = INT64_MAX */
 };
 
-struct sched_tenant_stats {
-	const char *name;         /* valid until sched_free */
+struct pacer_tenant_stats {
+	const char *name;         /* valid until pacer_free */
 	size_t queued;            /* ready + delayed */
 	size_t ready;             /* not-before passed, waiting for tokens or a block */
 	size_t delayed;           /* waiting for their not-before time */
@@ -78,17 +78,17 @@ struct sched_tenant_stats {
 	uint64_t taken, succeeded, throttled, failed;
 };
 
-struct sched;
+struct pacer;
 
 /*
- * max_queued bounds what sched_push accepts (new work). False on invalid limits (not finite,
- * <= 0), max_queued 0 or above SCHED_MAX_QUEUED, or out of memory.
+ * max_queued bounds what pacer_push accepts (new work). False on invalid limits (not finite,
+ * <= 0), max_queued 0 or above PACER_MAX_QUEUED, or out of memory.
  */
-bool sched_new(const struct sched_limits *lim, size_t max_queued, struct sched **out) CP_MUSTCHECK;
-void sched_free(struct sched *s);
+bool pacer_new(const struct pacer_limits *lim, size_t max_queued, struct pacer **out) CP_MUSTCHECK;
+void pacer_free(struct pacer *s);
 
 /* Adds a tenant (limit <= 0: lim->per_tenant_limit); indexes are 0, 1, 2... in add order. */
-bool sched_add_tenant(struct sched *s, const char *name, double limit,
+bool pacer_add_tenant(struct pacer *s, const char *name, double limit,
                       size_t *index_out) CP_MUSTCHECK;
 
 /*
@@ -96,7 +96,7 @@ bool sched_add_tenant(struct sched *s, const char *name, double limit,
  * max_queued jobs are queued (the caller bounds its intake before that). not_before_ms <=
  * now_ms means ready at once.
  */
-bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
+bool pacer_push(struct pacer *s, size_t tenant, void *job, int64_t not_before_ms,
                 int64_t now_ms) CP_MUSTCHECK;
 
 /*
@@ -105,7 +105,7 @@ bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms
  * the extra room is bounded by the jobs the caller holds outside the scheduler (its in-flight
  * bound). False only for an unknown tenant or when memory runs out.
  */
-bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms,
+bool pacer_requeue(struct pacer *s, size_t tenant, void *job, int64_t not_before_ms,
                    int64_t now_ms) CP_MUSTCHECK;
 
 /*
@@ -113,34 +113,34 @@ bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before
  * A worker asks right before a taken POST goes on the wire: a 429 that came back meanwhile
  * holds it too (the caller requeues it). False for an unknown tenant.
  */
-bool sched_blocked(struct sched *s, size_t tenant, int64_t now_ms);
+bool pacer_blocked(struct pacer *s, size_t tenant, int64_t now_ms);
 
-/* Takes the next job that may leave now; see enum sched_take_status. */
-enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, size_t *tenant,
+/* Takes the next job that may leave now; see enum pacer_take_status. */
+enum pacer_take_status pacer_take(struct pacer *s, int64_t now_ms, void **job, size_t *tenant,
                                   int64_t *wake_at_ms);
 
 /*
  * Reports how a taken job's request ended. retry_after_ms: the server's Retry-After as a
  * delay from now (<= 0: none). Drives AIMD and the tenant's block (see the top of this file).
  */
-void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
+void pacer_on_result(struct pacer *s, size_t tenant, enum pacer_outcome outcome,
                      int64_t retry_after_ms, int64_t now_ms);
 
 /*
  * SIGHUP reload. New limits apply from the latest time the scheduler was given (buckets are
  * refilled at the old rates up to then); a tenant keeps its AIMD position as a fraction of its
- * limit. sched_set_tenant_limit with limit <= 0 returns the tenant to the default. Invalid
+ * limit. pacer_set_tenant_limit with limit <= 0 returns the tenant to the default. Invalid
  * values (not finite, <= 0; the config validates them first) and unknown tenants change
  * nothing: the return value says whether the change was applied.
  */
-bool sched_set_limits(struct sched *s, const struct sched_limits *lim);
-bool sched_set_tenant_limit(struct sched *s, size_t tenant, double limit);
+bool pacer_set_limits(struct pacer *s, const struct pacer_limits *lim);
+bool pacer_set_tenant_limit(struct pacer *s, size_t tenant, double limit);
 
 /* Shutdown: removes up to cap queued jobs (ready and delayed) into jobs[]; call until 0. */
-size_t sched_drain(struct sched *s, void **jobs, size_t cap);
+size_t pacer_drain(struct pacer *s, void **jobs, size_t cap);
 
 /* Jobs queued over all tenants (pushed and requeued, ready and delayed). */
-size_t sched_queued_total(struct sched *s);
+size_t pacer_queued_total(struct pacer *s);
 
 /*
  * Ready jobs that could leave now if workers asked: per tenant not blocked, as many as its
@@ -148,15 +148,15 @@ size_t sched_queued_total(struct sched *s);
  * (the scan stops there). Work waiting for tokens or a block is not counted. Read-only: the
  * caller uses it to keep only a bounded read-ahead of sendable work in memory.
  */
-size_t sched_sendable(struct sched *s, int64_t now_ms, size_t at_most);
+size_t pacer_sendable(struct pacer *s, int64_t now_ms, size_t at_most);
 
-size_t sched_tenant_count(struct sched *s);
-bool sched_tenant_stats(struct sched *s, size_t tenant,
-                        struct sched_tenant_stats *out) CP_MUSTCHECK;
+size_t pacer_tenant_count(struct pacer *s);
+bool pacer_tenant_stats(struct pacer *s, size_t tenant,
+                        struct pacer_tenant_stats *out) CP_MUSTCHECK;
 
 /*
  * ETA of a backlog under the buckets (`chatprovctl plan`, chatprov_backlog_eta_seconds).
- * The fluid model of what sched_take does: each tenant first sends what its bucket holds
+ * The fluid model of what pacer_take does: each tenant first sends what its bucket holds
  * (tokens, no more than the global bucket's tokens shared fairly), then at its rate; when the
  * tenants together could send faster than the global rate, the global rate is shared among
  * the tenants with work left, as the round-robin shares it (max-min fair: a tenant below its
@@ -165,24 +165,24 @@ bool sched_tenant_stats(struct sched *s, size_t tenant,
  * far as the global bucket allows. Retry-After blocks, 429s and Graph's one-on-one dedup are
  * not predicted. Against the scheduler itself the model is within a token interval.
  */
-struct sched_eta_tenant {
+struct pacer_eta_tenant {
 	double events; /* work to do */
 	double rate;   /* requests per window the tenant may send */
-	double tokens; /* requests it may send at once (sched_full_bucket for a fresh start) */
+	double tokens; /* requests it may send at once (pacer_full_bucket for a fresh start) */
 	double eta_s;  /* out: seconds until its last request may leave (0: none to send) */
 };
 
 /* The tokens of a full bucket of this rate per window: what a fresh scheduler sends at once. */
-double sched_full_bucket(double per_window);
+double pacer_full_bucket(double per_window);
 
-/* What a fresh tenant sends at once with slow start (sched_limits.slow_start_tokens). */
-double sched_first_burst(double per_window, double slow_start_tokens);
+/* What a fresh tenant sends at once with slow start (pacer_limits.slow_start_tokens). */
+double pacer_first_burst(double per_window, double slow_start_tokens);
 
 /*
  * Fills every t[i].eta_s and *total_s (the latest of them); INFINITY where work meets a zero
  * rate. False on invalid input (negative or non-finite values, window_s <= 0) or out of memory.
  */
-bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double global_tokens,
+bool pacer_eta(struct pacer_eta_tenant *t, size_t n, double global_rate, double global_tokens,
                double window_s, double *total_s) CP_MUSTCHECK;
 
 /*
@@ -193,7 +193,7 @@ bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double 
  * has queued (all on tenant 0 when nothing is queued): the queue is the best sample of what
  * the backlog holds. False when out of memory.
  */
-bool sched_backlog_eta(struct sched *s, double unqueued, struct sched_eta_tenant *out, size_t n,
+bool pacer_backlog_eta(struct pacer *s, double unqueued, struct pacer_eta_tenant *out, size_t n,
                        double *total_s) CP_MUSTCHECK;
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * sched.c - token buckets, AIMD, Retry-After blocks and per-tenant queues behind one mutex.
+ * pacer.c - token buckets, AIMD, Retry-After blocks and per-tenant queues behind one mutex.
  *
  * Data layout: queued jobs live in one node pool (indexes, free list). A node is either in its
  * tenant's ready FIFO (a singly linked list through the pool) or in the one delayed min-heap
@@ -9,7 +9,7 @@
  * A tenant's key only changes on its own events (push, take, result, limit change) because
  * buckets refill linearly, so the heap stays valid as time passes.
  */
-#include "sched.h"
+#include "pacer.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -17,16 +17,16 @@
 #include <string.h>
 
 /* AIMD constants; docs/scheduling.md explains the choice. */
-#define SCHED_MD_FACTOR      0.5  /* rate multiplier on a 429 */
-#define SCHED_FLOOR_FRACTION 0.05 /* the rate never drops below this share of the limit */
-#ifndef SCHED_AI_FAST
-#define SCHED_AI_FAST 0.05 /* share of the limit given back per success, below the knee */
+#define PACER_MD_FACTOR      0.5  /* rate multiplier on a 429 */
+#define PACER_FLOOR_FRACTION 0.05 /* the rate never drops below this share of the limit */
+#ifndef PACER_AI_FAST
+#define PACER_AI_FAST 0.05 /* share of the limit given back per success, below the knee */
 #endif
-#ifndef SCHED_AI_SLOW
-#define SCHED_AI_SLOW 0.01 /* ... and at or above it: probing where the last 429 came */
+#ifndef PACER_AI_SLOW
+#define PACER_AI_SLOW 0.01 /* ... and at or above it: probing where the last 429 came */
 #endif
-#ifndef SCHED_KNEE
-#define SCHED_KNEE 0.7 /* the knee: this share of the rate that drew the last 429 */
+#ifndef PACER_KNEE
+#define PACER_KNEE 0.7 /* the knee: this share of the rate that drew the last 429 */
 #endif
 
 #define NIL UINT32_MAX
@@ -69,9 +69,9 @@ struct tenant {
 	uint64_t taken, succeeded, throttled, failed;
 };
 
-struct sched {
+struct pacer {
 	pthread_mutex_t lock;
-	struct sched_limits lim;
+	struct pacer_limits lim;
 	struct bucket global;
 	int64_t latest_now; /* the latest time any call brought: reloads apply from it */
 	uint64_t seq;
@@ -92,7 +92,7 @@ struct sched {
 
 /* ---- buckets ---- */
 
-static double window_ms(const struct sched *s)
+static double window_ms(const struct pacer *s)
 {
 	return s->lim.window_s * 1000.0;
 }
@@ -106,7 +106,7 @@ static void bucket_set(struct bucket *b, double per_window, double win_ms)
 }
 
 /* A tenant's bucket: its current rate, its burst no more than its slow-start window. */
-static void tenant_bucket_set(struct sched *s, struct tenant *tn)
+static void tenant_bucket_set(struct pacer *s, struct tenant *tn)
 {
 	bucket_set(&tn->bucket, tn->rate, window_ms(s));
 	if (tn->bucket.cap > tn->window)
@@ -115,7 +115,7 @@ static void tenant_bucket_set(struct sched *s, struct tenant *tn)
 		tn->bucket.tokens = tn->bucket.cap;
 }
 
-static double slow_start_window(const struct sched *s)
+static double slow_start_window(const struct pacer *s)
 {
 	return s->lim.slow_start_tokens > 0 ? s->lim.slow_start_tokens : INFINITY;
 }
@@ -157,26 +157,26 @@ static int64_t min64(int64_t a, int64_t b)
 	return a < b ? a : b;
 }
 
-static void see_time(struct sched *s, int64_t now)
+static void see_time(struct pacer *s, int64_t now)
 {
 	s->latest_now = max64(s->latest_now, now);
 }
 
 /* ---- the tenant heap ---- */
 
-static bool tenant_before(const struct sched *s, uint32_t a, uint32_t b)
+static bool tenant_before(const struct pacer *s, uint32_t a, uint32_t b)
 {
 	const struct tenant *x = &s->tenants[a], *y = &s->tenants[b];
 	return x->key < y->key || (x->key == y->key && x->key_seq < y->key_seq);
 }
 
-static void theap_place(struct sched *s, size_t pos, uint32_t t)
+static void theap_place(struct pacer *s, size_t pos, uint32_t t)
 {
 	s->theap[pos] = t;
 	s->tenants[t].heap_pos = pos;
 }
 
-static void theap_sift(struct sched *s, size_t pos)
+static void theap_sift(struct pacer *s, size_t pos)
 {
 	uint32_t t = s->theap[pos];
 	while (pos > 0 && tenant_before(s, t, s->theap[(pos - 1) / 2])) {
@@ -197,7 +197,7 @@ static void theap_sift(struct sched *s, size_t pos)
 	theap_place(s, pos, t);
 }
 
-static void theap_remove(struct sched *s, uint32_t t)
+static void theap_remove(struct pacer *s, uint32_t t)
 {
 	size_t pos = s->tenants[t].heap_pos;
 	s->tenants[t].heap_pos = SIZE_MAX;
@@ -209,7 +209,7 @@ static void theap_remove(struct sched *s, uint32_t t)
 }
 
 /* Recomputes a tenant's key from its bucket and block; repositions it if it is queued. */
-static void tenant_rekey(struct sched *s, uint32_t t)
+static void tenant_rekey(struct pacer *s, uint32_t t)
 {
 	struct tenant *tn = &s->tenants[t];
 	tn->key = max64(max64(bucket_token_time(&tn->bucket), tn->blocked_until), tn->ready_since);
@@ -218,7 +218,7 @@ static void tenant_rekey(struct sched *s, uint32_t t)
 }
 
 /* Starts a new round-robin turn for the tenant: it queues behind those already waiting. */
-static void tenant_new_turn(struct sched *s, uint32_t t, int64_t now)
+static void tenant_new_turn(struct pacer *s, uint32_t t, int64_t now)
 {
 	s->tenants[t].ready_since = now;
 	s->tenants[t].key_seq = s->seq++;
@@ -227,13 +227,13 @@ static void tenant_new_turn(struct sched *s, uint32_t t, int64_t now)
 
 /* ---- nodes, FIFOs and the delayed heap ---- */
 
-static bool node_before(const struct sched *s, uint32_t a, uint32_t b)
+static bool node_before(const struct pacer *s, uint32_t a, uint32_t b)
 {
 	const struct node *x = &s->nodes[a], *y = &s->nodes[b];
 	return x->not_before < y->not_before || (x->not_before == y->not_before && x->seq < y->seq);
 }
 
-static void dheap_push(struct sched *s, uint32_t n)
+static void dheap_push(struct pacer *s, uint32_t n)
 {
 	size_t pos = s->n_dheap++;
 	while (pos > 0 && node_before(s, n, s->dheap[(pos - 1) / 2])) {
@@ -243,7 +243,7 @@ static void dheap_push(struct sched *s, uint32_t n)
 	s->dheap[pos] = n;
 }
 
-static uint32_t dheap_pop(struct sched *s)
+static uint32_t dheap_pop(struct pacer *s)
 {
 	uint32_t top = s->dheap[0], n = s->dheap[--s->n_dheap];
 	size_t pos = 0;
@@ -263,7 +263,7 @@ static uint32_t dheap_pop(struct sched *s)
 	return top;
 }
 
-static void fifo_append(struct sched *s, uint32_t n, int64_t now)
+static void fifo_append(struct pacer *s, uint32_t n, int64_t now)
 {
 	uint32_t t = s->nodes[n].tenant;
 	struct tenant *tn = &s->tenants[t];
@@ -279,7 +279,7 @@ static void fifo_append(struct sched *s, uint32_t n, int64_t now)
 	}
 }
 
-static uint32_t fifo_pop(struct sched *s, uint32_t t)
+static uint32_t fifo_pop(struct pacer *s, uint32_t t)
 {
 	struct tenant *tn = &s->tenants[t];
 	uint32_t n = tn->head;
@@ -292,7 +292,7 @@ static uint32_t fifo_pop(struct sched *s, uint32_t t)
 }
 
 /* Moves delayed jobs whose time has come to the tail of their tenant's ready FIFO. */
-static void promote_due(struct sched *s, int64_t now)
+static void promote_due(struct pacer *s, int64_t now)
 {
 	while (s->n_dheap && s->nodes[s->dheap[0]].not_before <= now) {
 		uint32_t n = dheap_pop(s);
@@ -301,7 +301,7 @@ static void promote_due(struct sched *s, int64_t now)
 	}
 }
 
-static void node_release(struct sched *s, uint32_t n)
+static void node_release(struct pacer *s, uint32_t n)
 {
 	s->nodes[n].job = NULL;
 	s->nodes[n].next = s->free_head;
@@ -310,10 +310,10 @@ static void node_release(struct sched *s, uint32_t n)
 }
 
 /* Doubles the node pool (and the delayed heap with it): only requeues beyond max_queued. */
-static bool pool_grow(struct sched *s)
+static bool pool_grow(struct pacer *s)
 {
 	size_t cap = s->cap_nodes * 2;
-	if (cap > (size_t)SCHED_MAX_QUEUED * 2)
+	if (cap > (size_t)PACER_MAX_QUEUED * 2)
 		return false;
 	struct node *nodes = realloc(s->nodes, cap * sizeof(*nodes));
 	if (!nodes)
@@ -338,18 +338,18 @@ static bool limit_valid(double v)
 	return isfinite(v) && v > 0 && v <= 1e9;
 }
 
-static bool limits_valid(const struct sched_limits *lim)
+static bool limits_valid(const struct pacer_limits *lim)
 {
 	return limit_valid(lim->per_tenant_limit) && limit_valid(lim->global_limit) &&
 	       limit_valid(lim->window_s) && lim->window_s <= 86400.0 * 366 &&
 	       isfinite(lim->slow_start_tokens) && lim->slow_start_tokens >= 0;
 }
 
-bool sched_new(const struct sched_limits *lim, size_t max_queued, struct sched **out)
+bool pacer_new(const struct pacer_limits *lim, size_t max_queued, struct pacer **out)
 {
-	if (!limits_valid(lim) || max_queued == 0 || max_queued > SCHED_MAX_QUEUED)
+	if (!limits_valid(lim) || max_queued == 0 || max_queued > PACER_MAX_QUEUED)
 		return false;
-	struct sched *s = calloc(1, sizeof(*s));
+	struct pacer *s = calloc(1, sizeof(*s));
 	if (!s)
 		return false;
 	/* calloc: pages of a large pool are only touched as the queue actually fills */
@@ -377,7 +377,7 @@ fail:
 	return false;
 }
 
-void sched_free(struct sched *s)
+void pacer_free(struct pacer *s)
 {
 	if (!s)
 		return;
@@ -391,7 +391,7 @@ void sched_free(struct sched *s)
 	free(s);
 }
 
-static bool tenants_reserve(struct sched *s)
+static bool tenants_reserve(struct pacer *s)
 {
 	if (s->n_tenants < s->cap_tenants)
 		return true;
@@ -408,14 +408,14 @@ static bool tenants_reserve(struct sched *s)
 	return true;
 }
 
-bool sched_add_tenant(struct sched *s, const char *name, double limit, size_t *index_out)
+bool pacer_add_tenant(struct pacer *s, const char *name, double limit, size_t *index_out)
 {
-	if (!name || strnlen(name, SCHED_NAME_MAX) >= SCHED_NAME_MAX ||
+	if (!name || strnlen(name, PACER_NAME_MAX) >= PACER_NAME_MAX ||
 	    (limit > 0 && !limit_valid(limit)) || isnan(limit))
 		return false;
 	pthread_mutex_lock(&s->lock);
 	char *copy = NULL;
-	if (s->n_tenants >= SCHED_MAX_TENANTS || !tenants_reserve(s) || !(copy = strdup(name)))
+	if (s->n_tenants >= PACER_MAX_TENANTS || !tenants_reserve(s) || !(copy = strdup(name)))
 		goto fail;
 	struct tenant *tn = &s->tenants[s->n_tenants];
 	memset(tn, 0, sizeof(*tn));
@@ -440,7 +440,7 @@ fail:
 
 /* ---- queueing ---- */
 
-static bool enqueue(struct sched *s, size_t tenant, void *job, int64_t not_before, int64_t now,
+static bool enqueue(struct pacer *s, size_t tenant, void *job, int64_t not_before, int64_t now,
                     bool bounded)
 {
 	bool ok = false;
@@ -472,12 +472,12 @@ out:
 	return ok;
 }
 
-bool sched_push(struct sched *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
+bool pacer_push(struct pacer *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
 {
 	return enqueue(s, tenant, job, not_before_ms, now_ms, true);
 }
 
-bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
+bool pacer_requeue(struct pacer *s, size_t tenant, void *job, int64_t not_before_ms, int64_t now_ms)
 {
 	return enqueue(s, tenant, job, not_before_ms, now_ms, false);
 }
@@ -485,7 +485,7 @@ bool sched_requeue(struct sched *s, size_t tenant, void *job, int64_t not_before
 /* ---- taking ---- */
 
 /* Hands out the head job of tenant t, spending a token of its bucket and of the global one. */
-static void take_from(struct sched *s, uint32_t t, int64_t now, void **job)
+static void take_from(struct pacer *s, uint32_t t, int64_t now, void **job)
 {
 	struct tenant *tn = &s->tenants[t];
 	uint32_t n = fifo_pop(s, t);
@@ -500,7 +500,7 @@ static void take_from(struct sched *s, uint32_t t, int64_t now, void **job)
 
 /* When the next job may leave: the tenant heap's top against the global bucket, or a delayed
  * job's not-before (which may wake a tenant that is eligible sooner). */
-static int64_t wake_time(const struct sched *s)
+static int64_t wake_time(const struct pacer *s)
 {
 	int64_t wake = s->n_dheap ? s->nodes[s->dheap[0]].not_before : INT64_MAX;
 	if (s->n_theap) {
@@ -510,14 +510,14 @@ static int64_t wake_time(const struct sched *s)
 	return wake;
 }
 
-enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, size_t *tenant,
+enum pacer_take_status pacer_take(struct pacer *s, int64_t now_ms, void **job, size_t *tenant,
                                   int64_t *wake_at_ms)
 {
 	pthread_mutex_lock(&s->lock);
 	see_time(s, now_ms);
 	promote_due(s, now_ms);
 	bucket_refill(&s->global, now_ms);
-	enum sched_take_status st = s->queued ? SCHED_WAIT : SCHED_EMPTY;
+	enum pacer_take_status st = s->queued ? PACER_WAIT : PACER_EMPTY;
 	while (s->n_theap && bucket_has_token(&s->global)) {
 		uint32_t t = s->theap[0];
 		struct tenant *tn = &s->tenants[t];
@@ -530,15 +530,15 @@ enum sched_take_status sched_take(struct sched *s, int64_t now_ms, void **job, s
 		}
 		take_from(s, t, now_ms, job);
 		*tenant = t;
-		st = SCHED_TAKEN;
+		st = PACER_TAKEN;
 		break;
 	}
-	*wake_at_ms = st == SCHED_TAKEN ? now_ms : wake_time(s);
+	*wake_at_ms = st == PACER_TAKEN ? now_ms : wake_time(s);
 	pthread_mutex_unlock(&s->lock);
 	return st;
 }
 
-bool sched_blocked(struct sched *s, size_t tenant, int64_t now_ms)
+bool pacer_blocked(struct pacer *s, size_t tenant, int64_t now_ms)
 {
 	pthread_mutex_lock(&s->lock);
 	bool blocked = tenant < s->n_tenants && s->tenants[tenant].blocked_until > now_ms;
@@ -548,9 +548,9 @@ bool sched_blocked(struct sched *s, size_t tenant, int64_t now_ms)
 
 /* ---- results: AIMD and blocks ---- */
 
-static void tenant_set_rate(struct sched *s, struct tenant *tn, double rate)
+static void tenant_set_rate(struct pacer *s, struct tenant *tn, double rate)
 {
-	double floor_rate = tn->limit * SCHED_FLOOR_FRACTION;
+	double floor_rate = tn->limit * PACER_FLOOR_FRACTION;
 	tn->rate = rate < floor_rate ? floor_rate : rate > tn->limit ? tn->limit : rate;
 	tenant_bucket_set(s, tn);
 }
@@ -569,20 +569,20 @@ static void tenant_block(struct tenant *tn, int64_t until)
 	tn->bucket.last_ms = max64(tn->bucket.last_ms, tn->blocked_until);
 }
 
-static void on_throttled(struct sched *s, struct tenant *tn, int64_t retry_after, int64_t now)
+static void on_throttled(struct pacer *s, struct tenant *tn, int64_t retry_after, int64_t now)
 {
 	tn->throttled++;
 	int64_t block = retry_after > 0 ? retry_after : (int64_t)ceil(window_ms(s) / tn->limit);
 	tn->window = slow_start_window(s); /* the server's real limit is not what we knew */
 	if (now >= tn->md_until) {
-		tn->knee = tn->rate * SCHED_KNEE;
-		tenant_set_rate(s, tn, tn->rate * SCHED_MD_FACTOR);
+		tn->knee = tn->rate * PACER_KNEE;
+		tenant_set_rate(s, tn, tn->rate * PACER_MD_FACTOR);
 		tn->md_until = now + block;
 	}
 	tenant_block(tn, now + block); /* the server says we are over: nothing saved up is real */
 }
 
-void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
+void pacer_on_result(struct pacer *s, size_t tenant, enum pacer_outcome outcome,
                      int64_t retry_after_ms, int64_t now_ms)
 {
 	pthread_mutex_lock(&s->lock);
@@ -592,17 +592,17 @@ void sched_on_result(struct sched *s, size_t tenant, enum sched_outcome outcome,
 	struct tenant *tn = &s->tenants[tenant];
 	bucket_refill(&tn->bucket, now_ms); /* tokens earned so far count at the old rate */
 	switch (outcome) {
-	case SCHED_OK:
+	case PACER_OK:
 		tn->succeeded++;
 		tn->window += 1.0; /* slow start: one token more of burst per success */
 		tenant_set_rate(
 		    s, tn,
-		    tn->rate + tn->limit * (tn->rate < tn->knee ? SCHED_AI_FAST : SCHED_AI_SLOW));
+		    tn->rate + tn->limit * (tn->rate < tn->knee ? PACER_AI_FAST : PACER_AI_SLOW));
 		break;
-	case SCHED_THROTTLED:
+	case PACER_THROTTLED:
 		on_throttled(s, tn, retry_after_ms, now_ms);
 		break;
-	case SCHED_FAILED_OTHER:
+	case PACER_FAILED_OTHER:
 		tn->failed++;
 		if (retry_after_ms > 0)
 			tenant_block(tn, now_ms + retry_after_ms);
@@ -616,7 +616,7 @@ out:
 /* ---- reload ---- */
 
 /* Applies a new configured limit (and the current window) keeping the AIMD position. */
-static void tenant_apply_limit(struct sched *s, uint32_t t, double limit)
+static void tenant_apply_limit(struct pacer *s, uint32_t t, double limit)
 {
 	struct tenant *tn = &s->tenants[t];
 	double share = tn->rate / tn->limit;
@@ -626,7 +626,7 @@ static void tenant_apply_limit(struct sched *s, uint32_t t, double limit)
 	tenant_rekey(s, t);
 }
 
-bool sched_set_limits(struct sched *s, const struct sched_limits *lim)
+bool pacer_set_limits(struct pacer *s, const struct pacer_limits *lim)
 {
 	if (!limits_valid(lim))
 		return false;
@@ -648,7 +648,7 @@ bool sched_set_limits(struct sched *s, const struct sched_limits *lim)
 	return true;
 }
 
-bool sched_set_tenant_limit(struct sched *s, size_t tenant, double limit)
+bool pacer_set_tenant_limit(struct pacer *s, size_t tenant, double limit)
 {
 	if (isnan(limit) || (limit > 0 && !limit_valid(limit)))
 		return false;
@@ -668,7 +668,7 @@ bool sched_set_tenant_limit(struct sched *s, size_t tenant, double limit)
 
 /* ---- drain and stats ---- */
 
-size_t sched_drain(struct sched *s, void **jobs, size_t cap)
+size_t pacer_drain(struct pacer *s, void **jobs, size_t cap)
 {
 	size_t k = 0;
 	pthread_mutex_lock(&s->lock);
@@ -687,7 +687,7 @@ size_t sched_drain(struct sched *s, void **jobs, size_t cap)
 	return k;
 }
 
-size_t sched_queued_total(struct sched *s)
+size_t pacer_queued_total(struct pacer *s)
 {
 	pthread_mutex_lock(&s->lock);
 	size_t q = s->queued;
@@ -704,7 +704,7 @@ static double bucket_tokens_at(const struct bucket *b, int64_t now)
 	return floor((tokens < b->cap ? tokens : b->cap) + TOKEN_EPS);
 }
 
-size_t sched_sendable(struct sched *s, int64_t now_ms, size_t at_most)
+size_t pacer_sendable(struct pacer *s, int64_t now_ms, size_t at_most)
 {
 	pthread_mutex_lock(&s->lock);
 	double global = bucket_tokens_at(&s->global, now_ms);
@@ -725,7 +725,7 @@ size_t sched_sendable(struct sched *s, int64_t now_ms, size_t at_most)
 	return sendable < at_most ? sendable : at_most;
 }
 
-size_t sched_tenant_count(struct sched *s)
+size_t pacer_tenant_count(struct pacer *s)
 {
 	pthread_mutex_lock(&s->lock);
 	size_t n = s->n_tenants;
@@ -733,13 +733,13 @@ size_t sched_tenant_count(struct sched *s)
 	return n;
 }
 
-bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stats *out)
+bool pacer_tenant_stats(struct pacer *s, size_t tenant, struct pacer_tenant_stats *out)
 {
 	pthread_mutex_lock(&s->lock);
 	bool ok = tenant < s->n_tenants;
 	if (ok) {
 		const struct tenant *tn = &s->tenants[tenant];
-		*out = (struct sched_tenant_stats){
+		*out = (struct pacer_tenant_stats){
 		    .name = tn->name,
 		    .queued = tn->ready + tn->delayed,
 		    .ready = tn->ready,
@@ -759,14 +759,14 @@ bool sched_tenant_stats(struct sched *s, size_t tenant, struct sched_tenant_stat
 
 /* ---- ETA ---- */
 
-double sched_full_bucket(double per_window)
+double pacer_full_bucket(double per_window)
 {
 	return per_window > 1.0 ? per_window : 1.0;
 }
 
-double sched_first_burst(double per_window, double slow_start_tokens)
+double pacer_first_burst(double per_window, double slow_start_tokens)
 {
-	double full = sched_full_bucket(per_window);
+	double full = pacer_full_bucket(per_window);
 	if (slow_start_tokens <= 0 || slow_start_tokens >= full)
 		return full;
 	return slow_start_tokens > 1.0 ? slow_start_tokens : 1.0;
@@ -803,7 +803,7 @@ static void fair_shares(size_t n, const double *cap, const double *left, double 
 			alloc[i] = total / (double)open;
 }
 
-static bool eta_input_ok(const struct sched_eta_tenant *t, size_t n, double global_rate,
+static bool eta_input_ok(const struct pacer_eta_tenant *t, size_t n, double global_rate,
                          double global_tokens, double window_s)
 {
 	if (!isfinite(window_s) || window_s <= 0 || !isfinite(global_rate) || global_rate < 0 ||
@@ -819,7 +819,7 @@ static bool eta_input_ok(const struct sched_eta_tenant *t, size_t n, double glob
 /* The fluid model's state: per tenant work left and tokens saved; the global bucket's tokens. */
 struct fluid {
 	size_t n;
-	struct sched_eta_tenant *t;
+	struct pacer_eta_tenant *t;
 	double *left, *tokens, *burst, *rate, *cap, *alloc; /* per tenant; rates per second */
 	double global_tokens, global_burst, global_rate;
 	double now;
@@ -926,7 +926,7 @@ static double fluid_run(struct fluid *f)
 	return INFINITY;
 }
 
-bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double global_tokens,
+bool pacer_eta(struct pacer_eta_tenant *t, size_t n, double global_rate, double global_tokens,
                double window_s, double *total_s)
 {
 	if (!eta_input_ok(t, n, global_rate, global_tokens, window_s))
@@ -940,12 +940,12 @@ bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double 
 	struct fluid f = {.n = n, .t = t, .left = scratch, .tokens = scratch + n,
 	                  .burst = scratch + 2 * n, .rate = scratch + 3 * n, .cap = scratch + 4 * n,
 	                  .alloc = scratch + 5 * n, .global_tokens = global_tokens,
-	                  .global_burst = sched_full_bucket(global_rate),
+	                  .global_burst = pacer_full_bucket(global_rate),
 	                  .global_rate = global_rate / window_s};
 	for (size_t i = 0; i < n; i++) {
 		f.left[i] = t[i].events;
 		f.tokens[i] = t[i].tokens;
-		f.burst[i] = fmax(t[i].tokens, sched_full_bucket(t[i].rate));
+		f.burst[i] = fmax(t[i].tokens, pacer_full_bucket(t[i].rate));
 		f.rate[i] = t[i].rate / window_s;
 		t[i].eta_s = t[i].events > TOKEN_EPS ? -1 : 0;
 	}
@@ -954,7 +954,7 @@ bool sched_eta(struct sched_eta_tenant *t, size_t n, double global_rate, double 
 	return true;
 }
 
-bool sched_backlog_eta(struct sched *s, double unqueued, struct sched_eta_tenant *out, size_t n,
+bool pacer_backlog_eta(struct pacer *s, double unqueued, struct pacer_eta_tenant *out, size_t n,
                        double *total_s)
 {
 	pthread_mutex_lock(&s->lock);
@@ -962,7 +962,7 @@ bool sched_backlog_eta(struct sched *s, double unqueued, struct sched_eta_tenant
 		n = s->n_tenants;
 	double queued = 0, global = s->lim.global_limit, window = s->lim.window_s;
 	for (size_t i = 0; i < n; i++) {
-		out[i] = (struct sched_eta_tenant){
+		out[i] = (struct pacer_eta_tenant){
 		    .events = (double)(s->tenants[i].ready + s->tenants[i].delayed),
 		    .rate = s->tenants[i].rate};
 		queued += out[i].events;
@@ -972,7 +972,7 @@ bool sched_backlog_eta(struct sched *s, double unqueued, struct sched_eta_tenant
 		*total_s = 0;
 		return true;
 	}
-	struct sched_eta_tenant *all = calloc(n, sizeof *all);
+	struct pacer_eta_tenant *all = calloc(n, sizeof *all);
 	if (!all)
 		return false;
 	for (size_t i = 0; i < n; i++) {
@@ -981,8 +981,8 @@ bool sched_backlog_eta(struct sched *s, double unqueued, struct sched_eta_tenant
 		all[i].events += unqueued > 0 ? unqueued * share : 0;
 	}
 	double ignored;
-	bool ok = sched_eta(out, n, global, 0, window, &ignored) &&
-	          sched_eta(all, n, global, 0, window, total_s);
+	bool ok = pacer_eta(out, n, global, 0, window, &ignored) &&
+	          pacer_eta(all, n, global, 0, window, total_s);
 	free(all);
 	return ok;
 }
