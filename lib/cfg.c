@@ -284,7 +284,8 @@ static bool parse_bool(const char *v, bool *out)
 	return false;
 }
 
-static bool parse_number(const struct cfg_key *k, const char *v, double *out, char *err, size_t errcap)
+static bool parse_number(const struct cfg_key *k, const char *v, double *out, char *err,
+                         size_t errcap)
 {
 	/* strtod alone would take "inf", "nan", hex and leading blanks. */
 	bool integer = k->type == CFG_T_UINT;
@@ -362,8 +363,8 @@ static bool check_url(const struct cfg_key *k, const char *v, char *err, size_t 
 	if (curl_url_set(u, CURLUPART_URL, v, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
-		snprintf(err, errcap, "'%s' is not a valid URL (expected https://host[:port][/path])",
-		         v);
+		snprintf(err, errcap,
+		         "'%s' is not a valid URL (expected https://host[:port][/path])", v);
 		goto out;
 	}
 	if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0) {
@@ -451,7 +452,8 @@ static bool store_text(const char *v, void *dst, size_t size, char *err, size_t 
 {
 	size_t len = strlen(v);
 	if (len >= size) {
-		snprintf(err, errcap, "value too long (%zu characters, at most %zu)", len, size - 1);
+		snprintf(err, errcap, "value too long (%zu characters, at most %zu)", len,
+		         size - 1);
 		return false;
 	}
 	memcpy(dst, v, len + 1);
@@ -1236,10 +1238,11 @@ static bool check_cross(struct load *ld)
 	}
 	if (cfg->retry.not_found_base_delay_s > cfg->retry.not_found_max_delay_s) {
 		global_origin(ld, "retry", "not_found_base_delay_s", at, sizeof(at));
-		fail(ld, 0,
-		     "%s: [retry] not_found_base_delay_s (%g) must not exceed not_found_max_delay_s "
-		     "(%g)",
-		     at, cfg->retry.not_found_base_delay_s, cfg->retry.not_found_max_delay_s);
+		fail(
+		    ld, 0,
+		    "%s: [retry] not_found_base_delay_s (%g) must not exceed not_found_max_delay_s "
+		    "(%g)",
+		    at, cfg->retry.not_found_base_delay_s, cfg->retry.not_found_max_delay_s);
 		return false;
 	}
 	if (cfg->operations.poll_interval_s > cfg->operations.timeout_s) {
@@ -1368,8 +1371,7 @@ bool cfg_read_secret_file(const char *path, char *buf, size_t cap, char *err, si
 		goto fail;
 	}
 	if (len >= cap) {
-		snprintf(err, errcap, "%s: secret does not fit the buffer (%zu bytes)", path,
-		         cap);
+		snprintf(err, errcap, "%s: secret does not fit the buffer (%zu bytes)", path, cap);
 		goto fail;
 	}
 	memcpy(buf, dynbuf_str(&secret), len + 1);

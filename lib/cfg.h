@@ -67,7 +67,7 @@ struct cfg {
 		char dlq_topic[CFG_NAME_MAX * 4];   /* "" = no DLQ */
 		char state_topic[CFG_NAME_MAX * 4]; /* defaulted to "<input_topic>.state" */
 		size_t max_message_bytes;           /* default 1 MiB */
-		size_t max_queued; /* events still to do in memory before intake stops */
+		size_t max_queued;       /* events still to do in memory before intake stops */
 		size_t max_queued_bytes; /* their bytes (key, headers, value, copies) */
 	} kafka;
 

@@ -97,7 +97,7 @@ static json_object *member_json(const struct event_member *m, const char *bind_r
 	if (!graphreq_user_bind_url(bind_root, m->user_id, url, sizeof url))
 		goto fail;
 	if (!cpjson_put(o, "@odata.type",
-	             json_object_new_string("#microsoft.graph.aadUserConversationMember")))
+	                json_object_new_string("#microsoft.graph.aadUserConversationMember")))
 		goto fail;
 	bool ok = cpjson_put(o, "roles", roles);
 	roles = NULL;

@@ -51,7 +51,7 @@ struct job {
 	rd_kafka_headers_t *headers; /* copy of the input headers, carried to the result */
 	void *payload;               /* the input value, kept for a DLQ copy (job_keep_payload) */
 	size_t payload_len;
-	struct job *next_follower;   /* a duplicate of an id in progress waits for its result */
+	struct job *next_follower; /* a duplicate of an id in progress waits for its result */
 
 	/* What to do (NULL for a rejected event). */
 	struct event_request *ev;
@@ -68,9 +68,9 @@ struct job {
 	unsigned chat_reads;         /* JOB_PHASE_CHAT: GETs of the chat tried */
 	unsigned not_found_retries;  /* 404s waited out: [retry] not_found_s is their budget */
 	int64_t not_found_since_mono_ms; /* the first 404 */
-	int64_t intent_wall_ms;      /* when the first POST may have been sent */
-	int64_t unsure_post_wall_ms; /* when the last POST whose outcome is unknown left */
-	bool answer_lost;            /* ...and got no answer (or a 504, or a crash): a 202 may run */
+	int64_t intent_wall_ms;          /* when the first POST may have been sent */
+	int64_t unsure_post_wall_ms;     /* when the last POST whose outcome is unknown left */
+	bool answer_lost; /* ...and got no answer (or a 504, or a crash): a 202 may run */
 	int64_t received_wall_ms;
 	int64_t first_attempt_mono_ms;
 	int64_t held_since_mono_ms; /* first held for lack of a token (credentials failing) */
@@ -100,7 +100,7 @@ struct job {
 	int pending_deliveries;
 	unsigned delivery_failures; /* delivery reports with an error, over all its records */
 	size_t memory_bytes;        /* what it counts against [kafka] max_queued_bytes */
-	bool result_queued; /* its result is in the producer: counted as awaiting ack */
+	bool result_queued;         /* its result is in the producer: counted as awaiting ack */
 };
 
 /* Copies key and headers of msg; the job owns them. NULL on allocation failure. */

@@ -126,8 +126,7 @@ static bool check_labels(const struct metrics_spec *spec, size_t *n, char *err, 
 		}
 		for (size_t i = 0; i < *n; i++) {
 			if (strcmp(spec->labels[i], *l) == 0) {
-				snprintf(err, errcap, "%s: duplicate label \"%s\"", spec->name,
-				         *l);
+				snprintf(err, errcap, "%s: duplicate label \"%s\"", spec->name, *l);
 				return false;
 			}
 		}
@@ -148,16 +147,15 @@ static bool check_buckets(const struct metrics_spec *spec, char *err, size_t err
 	for (size_t i = 0; i < spec->n_buckets; i++) {
 		if (!isfinite(spec->buckets[i]) ||
 		    (i > 0 && spec->buckets[i] <= spec->buckets[i - 1])) {
-			snprintf(err, errcap,
-			         "%s: buckets must be finite and strictly increasing", spec->name);
+			snprintf(err, errcap, "%s: buckets must be finite and strictly increasing",
+			         spec->name);
 			return false;
 		}
 	}
 	return true;
 }
 
-static bool check_spec(const struct metrics_spec *spec, size_t *n_labels, char *err,
-                       size_t errcap)
+static bool check_spec(const struct metrics_spec *spec, size_t *n_labels, char *err, size_t errcap)
 {
 	if (!valid_name(spec->name, true)) {
 		snprintf(err, errcap, "invalid metric name \"%s\"",
@@ -583,7 +581,7 @@ static void put_labels(struct dynbuf *b, const struct metrics_series *s, const c
 }
 
 static void put_sample(struct dynbuf *b, const struct metrics_series *s, const char *suffix,
-                      const char *le, const char *value)
+                       const char *le, const char *value)
 {
 	dynbuf_adds(b, s->fam->name);
 	dynbuf_adds(b, suffix);
