@@ -193,6 +193,15 @@ bool offtrack_committable(struct offtrack *t, int32_t partition, int64_t *next_o
 	return true;
 }
 
+bool offtrack_position(const struct offtrack *t, int32_t partition, int64_t *next_offset)
+{
+	const struct ot_part *p = part_get(t, partition);
+	if (!p || p->next_commit < 0)
+		return false;
+	*next_offset = p->next_commit;
+	return true;
+}
+
 size_t offtrack_in_flight(const struct offtrack *t, int32_t partition)
 {
 	const struct ot_part *p = part_get(t, partition);

@@ -52,6 +52,13 @@ bool offtrack_done(struct offtrack *t, int32_t partition, int64_t offset);
  */
 bool offtrack_committable(struct offtrack *t, int32_t partition, int64_t *next_offset) CP_MUSTCHECK;
 
+/*
+ * The partition's committable position whether reported or not: *next_offset = highest
+ * contiguous done offset + 1. False when nothing of it is done yet.
+ */
+bool offtrack_position(const struct offtrack *t, int32_t partition,
+                       int64_t *next_offset) CP_MUSTCHECK;
+
 /* Offsets begun and not done in a partition, and over all partitions. */
 size_t offtrack_in_flight(const struct offtrack *t, int32_t partition);
 size_t offtrack_in_flight_total(const struct offtrack *t);

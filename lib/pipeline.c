@@ -50,6 +50,8 @@
 #define FIRST_ASSIGNMENT_WAIT_MS 10000
 /* A revoke waits for POSTs in flight: at most one request timeout, plus this. */
 #define REVOKE_SLACK_MS 5000
+/* Waiting for the hand-over marks, after the results they cover are flushed. */
+#define MARK_FLUSH_MS 5000
 /* How long an assignment waits for the input topic's partition count (the limits' share). */
 #define METADATA_WAIT_MS 2000
 /*
@@ -94,6 +96,9 @@ struct partition_state {
 	bool refetch_pending;
 	int64_t refetch_offset, refetch_due_ms;
 	unsigned refetch_tries;
+	/* Offsets below this were answered by the partition's previous owner (its hand-over
+	 * mark, state.h): they are skipped, not answered twice. -1: none. */
+	int64_t answered_below;
 };
 
 struct pipeline {
@@ -398,6 +403,49 @@ static bool forward_to_intake(struct pipeline *p, const char *topic, int32_t par
 static void apply_share(struct pipeline *p);
 static void learn_input_partitions(struct pipeline *p);
 
+static void take_handover_mark(struct pipeline *p, struct partition_state *ps, int32_t partition)
+{
+	ps->answered_below = -1;
+	if (!state_answered_below(p->state, partition, &ps->answered_below))
+		return;
+	log_info("partition %d: offsets below %lld were answered by its previous owner", (int)partition,
+	         (long long)ps->answered_below);
+}
+
+/*
+ * Writes the hand-over mark of a partition this instance still owns: the offsets its
+ * results cover. The commit beside it can be refused while the group rebalances; the
+ * mark, in the state topic the next owner restores, cannot.
+ */
+static void write_handover_mark(struct pipeline *p, int32_t partition)
+{
+	char value[24];
+	int64_t next;
+	if (!offtrack_position(p->offsets, partition, &next))
+		return;
+	int len = snprintf(value, sizeof value, "%lld", (long long)next);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(1);
+	if (!h || rd_kafka_header_add(h, STATE_HEADER, -1, STATE_MARK_KIND, -1) != 0) {
+		if (h)
+			rd_kafka_headers_destroy(h);
+		log_warning("out of memory writing the hand-over mark of partition %d", (int)partition);
+		return;
+	}
+	rd_kafka_resp_err_t err =
+	    produce(p, p->cfg->kafka.state_topic, partition, STATE_MARK_KEY, strlen(STATE_MARK_KEY),
+	            value, (size_t)len, RD_KAFKA_MSG_F_COPY, h, NULL);
+	if (err)
+		log_warning("cannot write the hand-over mark of partition %d: %s", (int)partition,
+		            rd_kafka_err2str(err));
+}
+
+static void flush_handover_marks(struct pipeline *p)
+{
+	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, MARK_FLUSH_MS);
+	if (err)
+		log_warning("hand-over marks: %s", rd_kafka_err2str(err));
+}
+
 /* An assignment that arrives while stopping is taken and paused: it is only given back. */
 static void take_assignment_while_draining(struct pipeline *p,
                                            rd_kafka_topic_partition_list_t *parts)
@@ -429,6 +477,7 @@ static void on_assign(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 		ps->assigned = true;
 		ps->refetch_pending = false;
 		ps->refetch_tries = 0;
+		take_handover_mark(p, ps, id);
 		new_generation(p, id);
 		offtrack_drop_partition(p->offsets, id);
 		log_info("assigned %s [%d]", parts->elems[i].topic, id);
@@ -480,6 +529,9 @@ static void hand_over(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, PIPELINE_FLUSH_MS);
 	if (err)
 		log_warning("revoke: flushing results: %s", rd_kafka_err2str(err));
+	for (int i = 0; i < parts->cnt; i++)
+		write_handover_mark(p, parts->elems[i].partition);
+	flush_handover_marks(p);
 	store_offsets(p);
 	err = rd_kafka_commit(p->consumer, NULL, 0);
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
@@ -1545,6 +1597,21 @@ static void refetch_unreadable(struct pipeline *p)
 	}
 }
 
+/* A message the previous owner answered (its hand-over mark): only its offset moves. */
+static void skip_answered(struct pipeline *p, struct partition_state *ps,
+                          const rd_kafka_message_t *msg)
+{
+	if (!offtrack_begin(p->offsets, msg->partition, msg->offset)) {
+		log_error("offset tracker refused [%d] @%lld", (int)msg->partition,
+		          (long long)msg->offset);
+		atomic_store(&p->fatal, true);
+		return;
+	}
+	(void)offtrack_done(p->offsets, msg->partition, msg->offset);
+	ps->dirty = true;
+	pipeline_metrics_handover_skipped(p->metrics);
+}
+
 static void take_message(struct pipeline *p, const rd_kafka_message_t *msg)
 {
 	struct partition_state *ps = partition(p, msg->partition);
@@ -1564,6 +1631,10 @@ static void take_message(struct pipeline *p, const rd_kafka_message_t *msg)
 		return; /* not ours, or behind an unreadable one: fetched again after the seek */
 	if (ps->refetch_tries && msg->offset >= ps->refetch_offset)
 		ps->refetch_tries = 0;
+	if (msg->offset < ps->answered_below) {
+		skip_answered(p, ps, msg);
+		return;
+	}
 	admit(p, msg);
 }
 
@@ -2149,6 +2220,10 @@ void pipeline_finish(struct pipeline *p)
 		join_workers(p);
 	}
 	rd_kafka_flush(p->producer, PIPELINE_FLUSH_MS);
+	for (size_t i = 0; i < p->n_parts; i++)
+		if (p->parts[i].assigned)
+			write_handover_mark(p, (int32_t)i);
+	flush_handover_marks(p);
 	store_offsets(p);
 	rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, NULL, 0);
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)

@@ -25,7 +25,7 @@ struct pipeline_metrics {
 	struct metrics_family *requests, *responses, *retries, *throttled, *graph_latency;
 	struct metrics_family *e2e_latency, *queued, *rate, *token_expiry, *token_refreshes;
 	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag, *refused;
-	struct metrics_family *memory_bytes, *unreadable;
+	struct metrics_family *memory_bytes, *unreadable, *handover_skipped;
 	struct metrics_family *not_found, *forbidden;
 	struct metrics_family *tenant_requests, *backlog, *backlog_eta;
 	struct metrics_series *backlog_all, *backlog_eta_all;
@@ -106,6 +106,10 @@ static bool register_families(struct pipeline_metrics *pm)
 	           METRICS_GAUGE, NULL, NULL, 0) &&
 	       reg(pm, &pm->unreadable, "chatprov_unreadable_messages_total",
 	           "Consumer errors at an input offset: the message is fetched again, never skipped.",
+	           METRICS_COUNTER, NULL, NULL, 0) &&
+	       reg(pm, &pm->handover_skipped, "chatprov_handover_skipped_total",
+	           "Input messages skipped because the partition's previous owner had answered "
+	           "them (its hand-over mark), when its commit was refused during a rebalance.",
 	           METRICS_COUNTER, NULL, NULL, 0) &&
 	       reg(pm, &pm->not_found, "chatprov_not_found_retries_total",
 	           "404 answers to POST /chats waited out: a member not yet known to Teams.",
@@ -226,6 +230,12 @@ void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant,
 	if (status == 429)
 		metrics_inc(pm->tenants[tenant].throttled);
 	metrics_observe(pm->graph_latency_all, seconds);
+}
+
+void pipeline_metrics_handover_skipped(struct pipeline_metrics *pm)
+{
+	if (pm)
+		metrics_inc(metrics_series(pm->handover_skipped, NULL));
 }
 
 void pipeline_metrics_unreadable(struct pipeline_metrics *pm)

@@ -33,6 +33,8 @@ void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant,
 
 /* An input message the consumer could not read (it is fetched again, never skipped). */
 void pipeline_metrics_unreadable(struct pipeline_metrics *pm);
+/* An input message skipped: the partition's previous owner answered it (hand-over mark). */
+void pipeline_metrics_handover_skipped(struct pipeline_metrics *pm);
 /* A record the broker refused for good and that was given up, by topic. */
 void pipeline_metrics_record_refused(struct pipeline_metrics *pm, const char *topic);
 

@@ -154,6 +154,9 @@ struct state {
 	char last_id[ID_MAX + 1];
 	size_t last_id_len; /* 0: none */
 	uint8_t last_key[KEY_BYTES];
+	/* Hand-over marks by partition (-1: none), n_marks long. */
+	int64_t *marks;
+	size_t n_marks;
 };
 
 const char *state_kind_name(enum state_kind kind)
@@ -738,6 +741,7 @@ void state_free(struct state *st)
 	for (size_t i = 0; i < CACHE_SLOTS; i++)
 		free(st->cache[i].value);
 	free(st->runs);
+	free(st->marks);
 	free(st->buckets);
 	free(st->old_ids);
 	free(st);
@@ -825,6 +829,18 @@ struct record {
 	bool done; /* a done record (a failure that may have created its chat reads as an intent) */
 };
 
+/* A whole decimal number, nothing else. */
+static bool decimal_value(const char *text, int64_t *out)
+{
+	char *end = NULL;
+	errno = 0;
+	long long v = strtoll(text, &end, 10);
+	if (errno != 0 || end == text || *end != '\0')
+		return false;
+	*out = v;
+	return true;
+}
+
 /*
  * A failed done record whose chat may exist all the same (STATE_HEADER_OUTCOME_UNKNOWN)
  * reads as an intent from the time the header gives: the request is looked up before it is
@@ -832,25 +848,23 @@ struct record {
  */
 static void read_outcome_unknown(const rd_kafka_message_t *msg, struct record *rec)
 {
-	char since[32], *end = NULL;
+	char since[32];
+	int64_t at;
 	if (!header_value(msg, STATE_HEADER_OUTCOME_UNKNOWN, since, sizeof since))
 		return;
 	rec->kind = STATE_INTENT;
-	errno = 0;
-	long long at = strtoll(since, &end, 10);
-	if (errno == 0 && end != since && *end == '\0' && at > 0)
+	if (decimal_value(since, &at) && at > 0)
 		rec->at_wall_ms = at;
 }
 
 /* A done record's STATE_INTENT_AT_HEADER, if present and not after the record itself. */
 static void take_intent_time(const rd_kafka_message_t *msg, int64_t *at_wall_ms)
 {
-	char text[24], *end;
+	char text[24];
+	int64_t v;
 	if (!header_value(msg, STATE_INTENT_AT_HEADER, text, sizeof text))
 		return;
-	errno = 0;
-	long long v = strtoll(text, &end, 10);
-	if (errno == 0 && end != text && *end == '\0' && v > 0 && v <= *at_wall_ms)
+	if (decimal_value(text, &v) && v > 0 && v <= *at_wall_ms)
 		*at_wall_ms = v;
 }
 
@@ -978,11 +992,58 @@ static void forget_key(struct state *st, const uint8_t key[KEY_BYTES])
 		slot_kill(s);
 }
 
+static bool is_mark(const rd_kafka_message_t *msg)
+{
+	char kind[sizeof STATE_MARK_KIND];
+	return msg->key && msg->key_len == strlen(STATE_MARK_KEY) &&
+	       memcmp(msg->key, STATE_MARK_KEY, msg->key_len) == 0 &&
+	       header_value(msg, STATE_HEADER, kind, sizeof kind) &&
+	       strcmp(kind, STATE_MARK_KIND) == 0;
+}
+
+/* A hand-over mark: the partition's latest one counts. False: out of memory. */
+static bool apply_mark(struct state *st, const rd_kafka_message_t *msg)
+{
+	char text[24];
+	int64_t offset;
+	size_t partition = (size_t)msg->partition;
+	if (!msg->payload || msg->len >= sizeof text || msg->partition < 0)
+		return true;
+	memcpy(text, msg->payload, msg->len);
+	text[msg->len] = '\0';
+	if (!decimal_value(text, &offset) || offset < 0) {
+		log_warning("state: unreadable hand-over mark in partition %d", (int)msg->partition);
+		return true;
+	}
+	if (partition >= st->n_marks) {
+		size_t n = partition + 1;
+		int64_t *marks = realloc(st->marks, n * sizeof *marks);
+		if (!marks)
+			return false;
+		for (size_t i = st->n_marks; i < n; i++)
+			marks[i] = -1;
+		st->marks = marks;
+		st->n_marks = n;
+	}
+	st->marks[partition] = offset;
+	return true;
+}
+
+bool state_answered_below(const struct state *st, int32_t partition, int64_t *offset)
+{
+	if (partition < 0 || (size_t)partition >= st->n_marks || st->marks[partition] < 0)
+		return false;
+	*offset = st->marks[partition];
+	return true;
+}
+
 static bool apply_record(struct state *st, const rd_kafka_message_t *msg, int64_t written_wall_ms)
 {
 	struct record rec;
 	struct slot s;
 	bool ok = true;
+	if (is_mark(msg))
+		return apply_mark(st, msg);
 	if (!record_read(st, msg, written_wall_ms, &rec))
 		return true; /* not ours: ignore */
 	if (rec.kind == STATE_NONE) {
@@ -1129,6 +1190,8 @@ static bool slot_in_partition(struct slot s, const void *arg)
 
 void state_drop_partition(struct state *st, int32_t partition)
 {
+	if (partition >= 0 && (size_t)partition < st->n_marks)
+		st->marks[partition] = -1;
 	for (size_t i = 0; i < CACHE_SLOTS; i++)
 		if (st->cache[i].value && st->cache[i].partition == partition)
 			cache_clear(&st->cache[i], &st->cache_bytes);

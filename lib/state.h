@@ -43,6 +43,16 @@
  * after a failed replay fetch searches from there, not from when the result was written.
  */
 #define STATE_INTENT_AT_HEADER "chatprov-intent-at"
+/*
+ * The hand-over mark: one record per state partition (this key, a control character first,
+ * so no request id can be it; STATE_HEADER = STATE_MARK_KIND; value: a decimal offset).
+ * Every input offset of the partition below it has its result acknowledged. An instance
+ * that gives a partition up writes it, because the commit it tries in the same moment is
+ * refused while the group rebalances (REBALANCE_IN_PROGRESS); the next owner skips what the
+ * mark covers instead of answering it a second time (docs/crash-safety.md).
+ */
+#define STATE_MARK_KEY "\x01answered-below"
+#define STATE_MARK_KIND "answered-below"
 
 enum state_kind {
 	STATE_NONE,      /* nothing known */
@@ -100,6 +110,12 @@ void state_set_progress(struct state *st, state_progress_fn *fn, void *arg);
 
 /* Forgets every request of a partition (revoked or lost). */
 void state_drop_partition(struct state *st, int32_t partition);
+
+/*
+ * The hand-over mark of a partition read by state_restore (see STATE_MARK_KEY). False when
+ * there is none; state_drop_partition forgets it.
+ */
+bool state_answered_below(const struct state *st, int32_t partition, int64_t *offset);
 
 /* What is known about request `id` (STATE_NONE and !active when nothing). */
 void state_get(struct state *st, const char *id, struct state_info *out);

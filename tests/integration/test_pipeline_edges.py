@@ -7,6 +7,8 @@ offsets, graph-sim's ledger, the daemon's metrics and log."""
 import json
 import threading
 import time
+
+import pytest
 import urllib.request
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -147,12 +149,17 @@ def _group_chats_per_crid(ledger):
         if chat["chatType"] == "group":
             out[chat["clientRequestId"]] = out.get(chat["clientRequestId"], 0) + 1
     return out
-def test_rebalance_replays_nothing_already_answered(tmp_path):
+@pytest.mark.parametrize("commit_refused", [False, True], ids=["commit", "commit-refused"])
+def test_rebalance_replays_nothing_already_answered(tmp_path, commit_refused):
     """Item 12. One instance works through a steady stream; a second joins (cooperative
     rebalance: half the partitions are revoked from the first, which hands them over). The
     hand-over waits for its POSTs in flight, flushes their results and commits: the new owner
     must start after them. So no id may be answered twice (on the old code the offsets of
-    results flushed during the revoke were not committed, and the tail was replayed)."""
+    results flushed during the revoke were not committed, and the tail was replayed).
+    commit-refused: the broker refuses every commit while the group rebalances (as the mock
+    cluster does when a JoinGroup arrives during the revoke, and as Kafka does while a
+    rebalance completes): the hand-over mark in the state topic must carry what the commit
+    could not, and the new owner skips what it covers."""
     events, expected = mixed_events(1500, seed=12, invalid_share=0)
     for ev in events:
         ev.pop("installedApps", None)  # no 202: an operation still running holds its offset
@@ -164,15 +171,24 @@ def test_rebalance_replays_nothing_already_answered(tmp_path):
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             stack.read_results(timeout=0.3)
+        if commit_refused:
+            reply = stack.kafka.command("push-errors 8 " + ",".join(["REBALANCE_IN_PROGRESS"] * 64))
+            assert reply.startswith("OK pushed 64"), reply
         second = stack.start_daemon(**FAST_GROUP)
         assert wait_for_log(second, "assigned", 30), second.log_text()[-2000:]
+        if commit_refused:
+            assert wait_for_log(first, "commit before revoke failed", 30)
+            stack.kafka.command("clear-errors 8")
         feeder.finish()
         stack.wait_results(expected, timeout=120)
         drain_results(stack)
         revoked = first.log_text().count("revoked %s" % INPUT)
+        skipped = scrape(second, "chatprov_handover_skipped_total")
     assert revoked > 0, "the first instance gave no partition up"
     twice = sorted(i for i, copies in stack.results.items() if len(copies) > 1)
     assert not twice, "%d ids answered more than once, e.g. %s" % (len(twice), twice[:5])
+    if commit_refused:
+        assert skipped > 0, "the new owner skipped nothing: the commit was not refused?"
 
 
 def scrape(daemon, name):

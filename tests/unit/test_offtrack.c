@@ -81,6 +81,29 @@ static void test_commit_point_stops_at_the_first_unfinished_offset(void **state)
 	offtrack_free(t);
 }
 
+/* The position is what a hand-over mark writes: it does not depend on what was reported. */
+static void test_position_does_not_consume_the_report(void **state)
+{
+	(void)state;
+	struct offtrack *t = new_tracker(100);
+	int64_t next = -1;
+	assert_false(offtrack_position(t, 0, &next)); /* unknown partition */
+	assert_true(offtrack_begin(t, 0, 5));
+	assert_true(offtrack_begin(t, 0, 6));
+	assert_false(offtrack_position(t, 0, &next)); /* nothing done */
+	assert_true(offtrack_done(t, 0, 6));
+	assert_false(offtrack_position(t, 0, &next)); /* 5 still in flight */
+	assert_true(offtrack_done(t, 0, 5));
+	assert_true(offtrack_position(t, 0, &next));
+	assert_int_equal(next, 7);
+	assert_int_equal(must_commit(t, 0), 7);
+	assert_true(offtrack_position(t, 0, &next)); /* still 7 after the report */
+	assert_int_equal(next, 7);
+	offtrack_drop_partition(t, 0);
+	assert_false(offtrack_position(t, 0, &next));
+	offtrack_free(t);
+}
+
 static void test_errors_and_bounds(void **state)
 {
 	(void)state;
@@ -291,6 +314,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_in_order_and_out_of_order),
 	    cmocka_unit_test(test_commit_point_stops_at_the_first_unfinished_offset),
+	    cmocka_unit_test(test_position_does_not_consume_the_report),
 	    cmocka_unit_test(test_errors_and_bounds),
 	    cmocka_unit_test(test_drop_partition),
 	    cmocka_unit_test(test_property_random_order),

@@ -426,6 +426,28 @@ static void test_foreign_records_ignored(void **state)
 	assert_int_equal(state_count(f->st), 1);
 }
 
+/* The hand-over mark: the latest per partition counts, it is no request, and it goes with
+ * its partition. A request id cannot collide with it (ids have no control characters). */
+static void test_handover_mark_latest_per_partition(void **state)
+{
+	struct fixture *f = *state;
+	int64_t below = -1;
+	put(f, 0, STATE_MARK_KEY, STATE_MARK_KIND, NO_STATUS, "17");
+	put(f, 0, "r1", "intent", NO_STATUS, "{}");
+	put(f, 0, STATE_MARK_KEY, STATE_MARK_KIND, NO_STATUS, "42");
+	put(f, 1, STATE_MARK_KEY, STATE_MARK_KIND, NO_STATUS, "not a number");
+	put(f, 1, "answered-below", STATE_MARK_KIND, NO_STATUS, "99"); /* not the mark's key */
+	assert_int_equal(restore(f, 0), 3);
+	assert_int_equal(restore(f, 1), 2);
+	assert_true(state_answered_below(f->st, 0, &below));
+	assert_int_equal(below, 42);
+	assert_false(state_answered_below(f->st, 1, &below));
+	assert_false(state_answered_below(f->st, 7, &below));
+	assert_int_equal(state_count(f->st), 1); /* only r1 */
+	state_drop_partition(f->st, 0);
+	assert_false(state_answered_below(f->st, 0, &below));
+}
+
 static void test_fetch_returns_the_recorded_result_bytes(void **state)
 {
 	struct fixture *f = *state;
@@ -1325,6 +1347,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_handover_mark_latest_per_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_returns_the_recorded_result_bytes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_multibyte_ids, setup, teardown),
