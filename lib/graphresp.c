@@ -457,15 +457,11 @@ static bool member_has(json_object *m, const struct graphresp_lookup_query *q, s
 	return false;
 }
 
-static bool members_match(json_object *chat, const struct graphresp_lookup_query *q)
+/* Is every member one of the query's users? */
+static bool members_within(json_object *arr, const struct graphresp_lookup_query *q)
 {
-	json_object *arr;
-	if (!json_object_object_get_ex(chat, "members", &arr) ||
-	    !json_object_is_type(arr, json_type_array) ||
-	    json_object_array_length(arr) != q->n_user_ids)
-		return false;
 	size_t n = q->n_user_ids;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		json_object *m = json_object_array_get_idx(arr, i);
 		bool any = false;
 		if (!json_object_is_type(m, json_type_object))
@@ -475,6 +471,15 @@ static bool members_match(json_object *chat, const struct graphresp_lookup_query
 		if (!any)
 			return false;
 	}
+	return true;
+}
+
+/* Are the members exactly the query's users (each one some user, each user some member)? */
+static bool members_are(json_object *arr, const struct graphresp_lookup_query *q)
+{
+	size_t n = q->n_user_ids;
+	if (json_object_array_length(arr) != n || !members_within(arr, q))
+		return false;
 	for (size_t j = 0; j < n; j++) {
 		bool any = false;
 		for (size_t i = 0; i < n && !any; i++)
@@ -485,28 +490,66 @@ static bool members_match(json_object *chat, const struct graphresp_lookup_query
 	return true;
 }
 
-/* Whether chat is the one the query describes; *created_ms set when it is. */
-static bool chat_matches(json_object *chat, const struct graphresp_lookup_query *q,
-                         int64_t *created_ms)
+enum chat_match { CHAT_OTHER, CHAT_MATCH, CHAT_CANDIDATE };
+
+/* The members a chat lists: the chat, another one, or a candidate (capped list). */
+static enum chat_match members_match(json_object *chat, const struct graphresp_lookup_query *q)
+{
+	json_object *arr;
+	if (!json_object_object_get_ex(chat, "members", &arr) ||
+	    !json_object_is_type(arr, json_type_array))
+		return CHAT_OTHER;
+	if (members_are(arr, q))
+		return CHAT_MATCH;
+	if (q->n_user_ids > GRAPHRESP_EXPAND_MEMBERS_MAX &&
+	    json_object_array_length(arr) == GRAPHRESP_EXPAND_MEMBERS_MAX && members_within(arr, q))
+		return CHAT_CANDIDATE;
+	return CHAT_OTHER;
+}
+
+/* Whether chat is the one the query describes; *created_ms set unless CHAT_OTHER. */
+static enum chat_match chat_matches(json_object *chat, const struct graphresp_lookup_query *q,
+                                    int64_t *created_ms)
 {
 	json_object *v;
 	if (!json_object_is_type(chat, json_type_object))
-		return false;
+		return CHAT_OTHER;
 	if (!json_object_object_get_ex(chat, "topic", &v) ||
 	    !json_object_is_type(v, json_type_string) ||
 	    (size_t)json_object_get_string_len(v) != strlen(q->topic) ||
 	    strcmp(json_object_get_string(v), q->topic) != 0)
-		return false;
+		return CHAT_OTHER;
 	if (json_object_object_get_ex(chat, "chatType", &v) &&
 	    (!json_object_is_type(v, json_type_string) ||
 	     strcmp(json_object_get_string(v), "group") != 0))
-		return false;
+		return CHAT_OTHER;
 	if (!json_object_object_get_ex(chat, "createdDateTime", &v) ||
 	    !json_object_is_type(v, json_type_string) ||
 	    !graphresp_parse_datetime(json_object_get_string(v), created_ms) ||
 	    *created_ms < q->created_after_ms)
-		return false;
+		return CHAT_OTHER;
 	return members_match(chat, q);
+}
+
+static void take_match(struct graphresp_lookup_result *out, const struct graphresp_chat *chat,
+                       int64_t created)
+{
+	out->matches++;
+	if (!out->found || created < out->created_ms) {
+		out->found = true;
+		out->chat = *chat;
+		out->created_ms = created;
+	}
+}
+
+static void take_candidate(struct graphresp_lookup_result *out, const struct graphresp_chat *chat,
+                           int64_t created)
+{
+	if (out->n_candidates < GRAPHRESP_LOOKUP_CANDIDATES) {
+		out->candidates[out->n_candidates] = *chat;
+		out->candidate_created_ms[out->n_candidates] = created;
+	}
+	out->n_candidates++;
 }
 
 static bool lookup_page(json_object *root, const struct graphresp_lookup_query *q,
@@ -523,14 +566,13 @@ static bool lookup_page(json_object *root, const struct graphresp_lookup_query *
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		json_object *c = json_object_array_get_idx(arr, i);
 		int64_t created;
-		if (!chat_matches(c, q, &created) || !chat_from_json(c, &chat, cerr, sizeof cerr))
+		enum chat_match how = chat_matches(c, q, &created);
+		if (how == CHAT_OTHER || !chat_from_json(c, &chat, cerr, sizeof cerr))
 			continue;
-		out->matches++;
-		if (!out->found || created < out->created_ms) {
-			out->found = true;
-			out->chat = chat;
-			out->created_ms = created;
-		}
+		if (how == CHAT_MATCH)
+			take_match(out, &chat, created);
+		else
+			take_candidate(out, &chat, created);
 	}
 	return true;
 }
@@ -548,6 +590,26 @@ bool graphresp_parse_lookup(const char *body, size_t len, const struct graphresp
 	json_object_put(root);
 	if (!ok)
 		memset(out, 0, sizeof *out);
+	return ok;
+}
+
+bool graphresp_parse_members(const char *body, size_t len, const struct graphresp_lookup_query *q,
+                             bool *match, char *err, size_t errcap)
+{
+	json_object *arr;
+	*match = false;
+	if (!q || (q->n_user_ids && !q->user_ids))
+		return fail_msg(err, errcap, "invalid lookup query");
+	json_object *root = parse_object(body, len, GRAPHRESP_MAX_LOOKUP_BODY, err, errcap);
+	if (!root)
+		return false;
+	bool ok = json_object_object_get_ex(root, "value", &arr) &&
+	          json_object_is_type(arr, json_type_array);
+	if (ok)
+		*match = members_are(arr, q);
+	else
+		fail_msg(err, errcap, "value: missing or not an array");
+	json_object_put(root);
 	return ok;
 }
 

@@ -95,18 +95,40 @@ struct graphresp_lookup_query {
 	int64_t created_after_ms;
 };
 
+/*
+ * Graph's documented known issue: with $expand=members, a chat list names at most 25 members
+ * of a chat. A chat that lists exactly that many, all of them users of a larger query, and
+ * matches otherwise is a *candidate*: only its full member list (GET /chats/{id}/members,
+ * graphresp_parse_members) says whether it is the chat.
+ */
+#define GRAPHRESP_EXPAND_MEMBERS_MAX 25
+/* Candidates kept per page; more are counted, not kept (the lookup then ends unknown). */
+#define GRAPHRESP_LOOKUP_CANDIDATES 4
+
 struct graphresp_lookup_result {
 	bool found;                 /* a chat on this page matched */
 	size_t matches;             /* how many did (more than one: someone else made one too) */
 	struct graphresp_chat chat; /* the oldest match */
 	int64_t created_ms;         /* its createdDateTime */
 	char next_link[4096];       /* "@odata.nextLink" to fetch next, "" on the last page */
+	/* Candidates on this page (see GRAPHRESP_EXPAND_MEMBERS_MAX), oldest first as listed. */
+	size_t n_candidates; /* how many were seen (may exceed the ones kept) */
+	struct graphresp_chat candidates[GRAPHRESP_LOOKUP_CANDIDATES];
+	int64_t candidate_created_ms[GRAPHRESP_LOOKUP_CANDIDATES];
 };
 
 /* One page of the lookup. False with err if the page is unusable. */
 bool graphresp_parse_lookup(const char *body, size_t len, const struct graphresp_lookup_query *q,
                             struct graphresp_lookup_result *out, char *err,
                             size_t errcap) CP_MUSTCHECK;
+
+/*
+ * GET /chats/{id}/members ({"value": [conversationMember...]}): *match is whether the
+ * members are exactly the query's users (the rule of graphresp_lookup_query). False with
+ * err if the body is unusable.
+ */
+bool graphresp_parse_members(const char *body, size_t len, const struct graphresp_lookup_query *q,
+                             bool *match, char *err, size_t errcap) CP_MUSTCHECK;
 
 /* A user (GET /users/{id | userPrincipalName}?$select=id): its object id. */
 struct graphresp_user {

@@ -1,9 +1,12 @@
 /*
  * fuzz_graphresp.c - every Graph response parser on the same input: chat, operation,
- * error, lookup (members by UPN, mail or object id) and user. Properties: no crash, and every
- * string field filled is terminated within its record.
+ * error, lookup (members by UPN, mail or object id; a 26-member query for the capped member
+ * lists of candidates), members and user. Properties: no crash, and every string field filled
+ * is terminated within its record.
  */
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +17,41 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define TERMINATED(f) (memchr((f), '\0', sizeof(f)) != NULL)
+#define LARGE_GROUP   (GRAPHRESP_EXPAND_MEMBERS_MAX + 1)
+
+/* A query of more members than a chat list names: "u0@contoso.com".."u25@contoso.com". */
+static const struct graphresp_lookup_query *large_query(void)
+{
+	static char names[LARGE_GROUP][24];
+	static const char *ids[LARGE_GROUP];
+	static struct graphresp_lookup_query q = {.topic = "Welcome", .n_user_ids = LARGE_GROUP};
+	if (!q.user_ids) {
+		for (int i = 0; i < LARGE_GROUP; i++) {
+			snprintf(names[i], sizeof names[i], "u%d@contoso.com", i);
+			ids[i] = names[i];
+		}
+		q.user_ids = ids;
+	}
+	return &q;
+}
+
+static void check_large(const char *body, size_t size)
+{
+	char err[128];
+	bool match;
+	struct graphresp_lookup_result r;
+	if (graphresp_parse_lookup(body, size, large_query(), &r, err, sizeof err)) {
+		size_t kept = r.n_candidates < GRAPHRESP_LOOKUP_CANDIDATES
+		                  ? r.n_candidates
+		                  : GRAPHRESP_LOOKUP_CANDIDATES;
+		for (size_t i = 0; i < kept; i++)
+			if (!r.candidates[i].id[0] || !TERMINATED(r.candidates[i].topic))
+				abort();
+	}
+	if (graphresp_parse_members(body, size, large_query(), &match, err, sizeof err) && match &&
+	    size < 26 * 10)
+		abort(); /* 26 members cannot fit in fewer bytes */
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -45,6 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		     !TERMINATED(r.next_link)))
 			abort();
 	}
+	check_large(body, size);
 	struct graphresp_user user;
 	if (graphresp_parse_user(body, size, &user, err, sizeof err) && strlen(user.id) != 36)
 		abort();

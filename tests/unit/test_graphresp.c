@@ -431,6 +431,80 @@ static void test_lookup_by_object_id(void **state)
 	assert_false(r.found);
 }
 
+/* Appends members u<from>..u<to-1>@contoso.com (and one outsider when asked) to buf. */
+static void append_members(char *buf, size_t cap, int from, int to, bool outsider)
+{
+	for (int i = from; i < to; i++)
+		snprintf(buf + strlen(buf), cap - strlen(buf),
+		         "%s{\"userId\":\"%08d-0000-0000-0000-000000000000\","
+		         "\"email\":\"%s%d@contoso.com\"}",
+		         i > from ? "," : "", i, outsider && i == to - 1 ? "x" : "u", i);
+}
+
+static void append_chat(char *buf, size_t cap, const char *id, int listed, bool outsider)
+{
+	snprintf(buf + strlen(buf), cap - strlen(buf),
+	         "%s{\"id\":\"%s\",\"topic\":\"Big\",\"chatType\":\"group\","
+	         "\"createdDateTime\":\"2026-11-26T10:00:02Z\",\"members\":[",
+	         buf[strlen(buf) - 1] == '[' ? "" : ",", id);
+	append_members(buf, cap, 0, listed, outsider);
+	snprintf(buf + strlen(buf), cap - strlen(buf), "]}");
+}
+
+/*
+ * A chat list names at most 25 members of a chat (Graph's known issue): a chat of a 30-member
+ * request lists 25 and can only be a candidate, settled by its full member list.
+ */
+static void test_lookup_of_more_than_25_members_gives_candidates(void **state)
+{
+	(void)state;
+	char names[30][24], body[16384] = "{\"value\":[", members[8192] = "{\"value\":[";
+	const char *ids[30];
+	for (int i = 0; i < 30; i++) {
+		snprintf(names[i], sizeof names[i], "u%d@contoso.com", i);
+		ids[i] = names[i];
+	}
+	append_chat(body, sizeof body, "19:capped@thread.v2", 25, false);
+	append_chat(body, sizeof body, "19:outsider@thread.v2", 25, true);
+	append_chat(body, sizeof body, "19:short@thread.v2", 24, false);
+	snprintf(body + strlen(body), sizeof body - strlen(body), "]}");
+	struct graphresp_lookup_query q = {.topic = "Big", .user_ids = ids, .n_user_ids = 30};
+	struct graphresp_lookup_result r;
+	char err[256];
+	assert_true(graphresp_parse_lookup(body, strlen(body), &q, &r, err, sizeof err));
+	assert_false(r.found);
+	assert_int_equal(r.n_candidates, 1);
+	assert_string_equal(r.candidates[0].id, "19:capped@thread.v2");
+	assert_int_equal(r.candidate_created_ms[0], 1795687202000LL);
+	/* A query of 25 is matched by a list of 25 outright. */
+	q.n_user_ids = 25;
+	assert_true(graphresp_parse_lookup(body, strlen(body), &q, &r, err, sizeof err));
+	assert_true(r.found);
+	assert_int_equal(r.n_candidates, 0);
+	assert_string_equal(r.chat.id, "19:capped@thread.v2");
+
+	/* The full list decides: exactly the 30, not 29, not 30 with an outsider. */
+	bool match = true;
+	q.n_user_ids = 30;
+	append_members(members, sizeof members, 0, 30, false);
+	snprintf(members + strlen(members), sizeof members - strlen(members), "]}");
+	assert_true(graphresp_parse_members(members, strlen(members), &q, &match, err, sizeof err));
+	assert_true(match);
+	q.n_user_ids = 29;
+	assert_true(graphresp_parse_members(members, strlen(members), &q, &match, err, sizeof err));
+	assert_false(match);
+	q.n_user_ids = 30;
+	snprintf(members, sizeof members, "{\"value\":[");
+	append_members(members, sizeof members, 0, 30, true);
+	snprintf(members + strlen(members), sizeof members - strlen(members), "]}");
+	assert_true(graphresp_parse_members(members, strlen(members), &q, &match, err, sizeof err));
+	assert_false(match);
+	static const char *const bad[] = {"{}", "{\"value\":{}}", "[]", "{\"value\":["};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		assert_false(
+		    graphresp_parse_members(bad[i], strlen(bad[i]), &q, &match, err, sizeof err));
+}
+
 static void test_user_id_must_be_a_guid(void **state)
 {
 	(void)state;
@@ -473,6 +547,7 @@ int main(void)
 	    cmocka_unit_test(test_datetime_offsets_fractions_and_impossible_dates),
 	    cmocka_unit_test(test_lookup_matches_members_topic_and_time_first_one_wins),
 	    cmocka_unit_test(test_lookup_by_object_id),
+	    cmocka_unit_test(test_lookup_of_more_than_25_members_gives_candidates),
 	    cmocka_unit_test(test_user_id_must_be_a_guid),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -215,8 +215,43 @@ static json_object *member_mail(const struct gs_member *m)
 	return strchr(m->user_id, '@') ? json_object_new_string(m->user_id) : NULL;
 }
 
+/*
+ * Graph's known issue (chat-list): with $expand=members, list chats returns at most 25
+ * members of a chat, whatever $top says. GET /chats/{id}/members lists them all.
+ */
+#define EXPAND_MEMBERS_MAX 25
+
+/* The chat's members as conversationMember objects, the first max of them (0: all). */
+static json_object *members_json(const struct gs_chat *c, size_t max)
+{
+	char buf[512];
+	json_object *arr = json_object_new_array();
+	for (size_t i = 0; i < c->nm && (!max || i < max); i++) {
+		const struct gs_member *m = &c->m[i];
+		json_object *mo = json_object_new_object();
+		json_object_object_add(
+		    mo, "@odata.type",
+		    json_object_new_string("#microsoft.graph.aadUserConversationMember"));
+		snprintf(buf, sizeof(buf), "%s##%s", c->id, m->guid);
+		json_object_object_add(mo, "id", json_object_new_string(buf));
+		json_object *roles = json_object_new_array();
+		json_object_array_add(roles, json_object_new_string(m->guest ? "guest" : "owner"));
+		json_object_object_add(mo, "roles", roles);
+		json_object_object_add(mo, "displayName", NULL);
+		json_object_object_add(mo, "userId", json_object_new_string(m->guid));
+		json_object_object_add(mo, "email", member_mail(m));
+		json_object_object_add(
+		    mo, "tenantId",
+		    json_object_new_string(m->tenant_id[0] ? m->tenant_id : c->tenant_guid));
+		json_object_array_add(arr, mo);
+	}
+	return arr;
+}
+
+/* A chat; members: with its members, the first max_members of them (0: all). */
 static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c,
-                                 const char *version, bool context, bool members)
+                                 const char *version, bool context, bool members,
+                                 size_t max_members)
 {
 	char buf[512], t[32];
 	json_object *o = json_object_new_object();
@@ -237,29 +272,8 @@ static json_object *gs_chat_json(const struct gs_req *q, const struct gs_chat *c
 	         c->id + 3, c->tenant_guid);
 	json_object_object_add(o, "webUrl", json_object_new_string(buf));
 	json_object_object_add(o, "tenantId", json_object_new_string(c->tenant_guid));
-	if (!members)
-		return o;
-	json_object *arr = json_object_new_array();
-	for (size_t i = 0; i < c->nm; i++) {
-		const struct gs_member *m = &c->m[i];
-		json_object *mo = json_object_new_object();
-		json_object_object_add(
-		    mo, "@odata.type",
-		    json_object_new_string("#microsoft.graph.aadUserConversationMember"));
-		snprintf(buf, sizeof(buf), "%s##%s", c->id, m->guid);
-		json_object_object_add(mo, "id", json_object_new_string(buf));
-		json_object *roles = json_object_new_array();
-		json_object_array_add(roles, json_object_new_string(m->guest ? "guest" : "owner"));
-		json_object_object_add(mo, "roles", roles);
-		json_object_object_add(mo, "displayName", NULL);
-		json_object_object_add(mo, "userId", json_object_new_string(m->guid));
-		json_object_object_add(mo, "email", member_mail(m));
-		json_object_object_add(
-		    mo, "tenantId",
-		    json_object_new_string(m->tenant_id[0] ? m->tenant_id : c->tenant_guid));
-		json_object_array_add(arr, mo);
-	}
-	json_object_object_add(o, "members", arr);
+	if (members)
+		json_object_object_add(o, "members", members_json(c, max_members));
 	return o;
 }
 
@@ -369,7 +383,7 @@ static void reply_201(const struct gs_req *q, struct gs_reply *r, const struct g
                       const char *version)
 {
 	enum gs_hostile h = gs_roll(gs.k.hostile_rate) ? gs.k.hostile : GS_H_NONE;
-	json_object *o = gs_chat_json(q, c, version, true, false);
+	json_object *o = gs_chat_json(q, c, version, true, false, 0);
 	if (h == GS_H_NO_ID)
 		json_object_object_del(o, "id");
 	gs_reply_json(r, 201, o);
@@ -799,7 +813,8 @@ static void list_locked(const struct gs_req *q, struct gs_reply *r, const char *
 		else
 			json_object_array_add(arr,
 			                      gs_chat_json(q, c, version, false,
-			                                   expand && strstr(expand, "members")));
+			                                   expand && strstr(expand, "members"),
+			                                   EXPAND_MEMBERS_MAX));
 	}
 	char origin[256], buf[400];
 	gs_req_origin(q, origin, sizeof(origin));
@@ -874,7 +889,30 @@ static void chat_get_locked(const struct gs_req *q, struct gs_reply *r, const ch
 		return;
 	}
 	gs_reply_json(r, 200,
-	              gs_chat_json(q, c, version, true, expand && strstr(expand, "members")));
+	              gs_chat_json(q, c, version, true, expand && strstr(expand, "members"), 0));
+}
+
+/* GET /chats/{id}/members: every member, in one page (the API takes no query options). */
+static void chat_members_locked(const struct gs_req *q, struct gs_reply *r, const char *version,
+                                const char *tenant, const char *id)
+{
+	void *v;
+	char origin[256], buf[256 + 64 + GS_ID_MAX * 2];
+	settle_locked(q->mono_ms);
+	const struct gs_chat *c = lh_table_lookup_ex(chat_by_id, id, &v) ? v : NULL;
+	if (!c || strcmp(c->tenant, tenant) != 0) {
+		gs_reply_graph_error(r, q, 404, "NotFound", "Chat '%s' was not found.", id);
+		return;
+	}
+	gs_req_origin(q, origin, sizeof(origin));
+	snprintf(buf, sizeof(buf), "%s/%s/$metadata#chats('%s')/members", origin, version, id);
+	json_object *o = json_object_new_object();
+	json_object *arr = members_json(c, 0);
+	json_object_object_add(o, "@odata.context", json_object_new_string(buf));
+	json_object_object_add(o, "@odata.count",
+	                       json_object_new_int((int)json_object_array_length(arr)));
+	json_object_object_add(o, "value", arr);
+	gs_reply_json(r, 200, o);
 }
 
 /* A key segment: ('literal') with '' escapes, or /segment. */
@@ -931,6 +969,11 @@ static void graph_locked(const struct gs_req *q, struct gs_reply *r, const char 
 			if (!*p && get) {
 				r->route = GS_R_CHAT_GET;
 				chat_get_locked(q, r, version, t->tenant, a);
+				return;
+			}
+			if (strcmp(p, "/members") == 0 && get) {
+				r->route = GS_R_CHAT_MEMBERS;
+				chat_members_locked(q, r, version, t->tenant, a);
 				return;
 			}
 			if (strncmp(p, "/operations", 11) == 0 &&

@@ -36,6 +36,7 @@ enum gs_route {
 	GS_R_OP_GET,
 	GS_R_USER_CHATS,
 	GS_R_USER_GET,
+	GS_R_CHAT_MEMBERS,
 	GS_R_OTHER,
 	GS_R_COUNT
 };

@@ -30,6 +30,7 @@ static const char *const route_names[GS_R_COUNT] = {
     [GS_R_OP_GET] = "GET /{version}/chats/{id}/operations/{opId}",
     [GS_R_USER_CHATS] = "GET /{version}/users/{id}/chats",
     [GS_R_USER_GET] = "GET /{version}/users/{id}",
+    [GS_R_CHAT_MEMBERS] = "GET /{version}/chats/{id}/members",
     [GS_R_OTHER] = "other",
 };
 
