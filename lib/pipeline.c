@@ -52,6 +52,8 @@
 #define REVOKE_SLACK_MS 5000
 /* Waiting for the hand-over marks, after the results they cover are flushed. */
 #define MARK_FLUSH_MS 5000
+/* Waiting for the coordinator to answer a commit (revoke, finish). */
+#define COMMIT_WAIT_MS 5000
 /* How long an assignment waits for the input topic's partition count (the limits' share). */
 #define METADATA_WAIT_MS 2000
 /*
@@ -166,6 +168,9 @@ struct pipeline {
 	size_t intents_pending; /* group chats waiting for their intent's ack (Kafka thread) */
 	atomic_bool paused;     /* the memory bound (max_queued) stops intake */
 	bool draining, workers_joined, group_joined, producer_warm;
+	/* pipeline_finish: one deadline for its flushes and commits, including the revoke that
+	 * leaving the group runs (0: none). */
+	int64_t finish_deadline_ms;
 	atomic_bool fatal;
 	atomic_bool forbidden_hinted[CFG_MAX_TENANTS]; /* the workers' 403 hint, once per tenant */
 	struct pipeline_counters counters;
@@ -403,6 +408,35 @@ static bool forward_to_intake(struct pipeline *p, const char *topic, int32_t par
 static void apply_share(struct pipeline *p);
 static void learn_input_partitions(struct pipeline *p);
 
+/* A wait of up to want_ms, cut to what is left of the finish deadline when there is one. */
+static int within_finish(const struct pipeline *p, int want_ms)
+{
+	if (!p->finish_deadline_ms)
+		return want_ms;
+	int64_t left = p->finish_deadline_ms - cptime_mono_ms();
+	return left <= 0 ? 0 : left < want_ms ? (int)left : want_ms;
+}
+
+/*
+ * Commits the stored offsets and waits at most timeout_ms for the coordinator's answer: a
+ * synchronous rd_kafka_commit waits without a bound for a coordinator that is away.
+ */
+static rd_kafka_resp_err_t commit_within(struct pipeline *p, int timeout_ms)
+{
+	rd_kafka_queue_t *q = rd_kafka_queue_new(p->consumer);
+	if (!q)
+		return RD_KAFKA_RESP_ERR__NOENT;
+	rd_kafka_resp_err_t err = rd_kafka_commit_queue(p->consumer, NULL, q, NULL, NULL);
+	if (!err) {
+		rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms);
+		err = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+		if (ev)
+			rd_kafka_event_destroy(ev);
+	}
+	rd_kafka_queue_destroy(q);
+	return err;
+}
+
 static void take_handover_mark(struct pipeline *p, struct partition_state *ps, int32_t partition)
 {
 	ps->answered_below = -1;
@@ -441,7 +475,7 @@ static void write_handover_mark(struct pipeline *p, int32_t partition)
 
 static void flush_handover_marks(struct pipeline *p)
 {
-	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, MARK_FLUSH_MS);
+	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, within_finish(p, MARK_FLUSH_MS));
 	if (err)
 		log_warning("hand-over marks: %s", rd_kafka_err2str(err));
 }
@@ -526,14 +560,14 @@ static void hand_over(struct pipeline *p, rd_kafka_topic_partition_list_t *parts
 	}
 	if (posting_any(p, parts))
 		log_warning("revoke: POSTs still in flight after the request timeout");
-	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, PIPELINE_FLUSH_MS);
+	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, within_finish(p, PIPELINE_FLUSH_MS));
 	if (err)
 		log_warning("revoke: flushing results: %s", rd_kafka_err2str(err));
 	for (int i = 0; i < parts->cnt; i++)
 		write_handover_mark(p, parts->elems[i].partition);
 	flush_handover_marks(p);
 	store_offsets(p);
-	err = rd_kafka_commit(p->consumer, NULL, 0);
+	err = commit_within(p, within_finish(p, COMMIT_WAIT_MS));
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
 		log_warning("commit before revoke failed: %s", rd_kafka_err2str(err));
 }
@@ -2219,13 +2253,16 @@ void pipeline_finish(struct pipeline *p)
 			worker_stop(p->workers[i]);
 		join_workers(p);
 	}
-	rd_kafka_flush(p->producer, PIPELINE_FLUSH_MS);
+	p->finish_deadline_ms = cptime_mono_ms() + PIPELINE_FLUSH_MS;
+	rd_kafka_resp_err_t err = rd_kafka_flush(p->producer, within_finish(p, PIPELINE_FLUSH_MS));
+	if (err)
+		log_warning("final flush: %s", rd_kafka_err2str(err));
 	for (size_t i = 0; i < p->n_parts; i++)
 		if (p->parts[i].assigned)
 			write_handover_mark(p, (int32_t)i);
 	flush_handover_marks(p);
 	store_offsets(p);
-	rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, NULL, 0);
+	err = commit_within(p, within_finish(p, COMMIT_WAIT_MS));
 	if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
 		log_warning("final commit failed: %s", rd_kafka_err2str(err));
 	close_intake(p);

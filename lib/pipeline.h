@@ -85,8 +85,9 @@ void pipeline_begin_drain(struct pipeline *p);
 bool pipeline_drained(struct pipeline *p);
 
 /*
- * Flushes the producer (at most PIPELINE_FLUSH_MS), stores and commits the final offsets,
- * leaves the group.
+ * Flushes the producer, writes the hand-over marks, stores and commits the final offsets,
+ * all within PIPELINE_FLUSH_MS together (the revoke that leaving the group runs included),
+ * then leaves the group (librdkafka's LeaveGroup and last commit, a few seconds at most).
  */
 void pipeline_finish(struct pipeline *p);
 
