@@ -407,6 +407,27 @@ def test_users_with_a_mail_other_than_their_upn(sim, tok):
     assert sim.request("POST", "/_sim/config", body={"users": [{"mail": "x"}]}).status == 400
 
 
+def test_lists_name_25_members_and_the_members_route_all(sim, tok):
+    """Graph's known issue: a chat list with $expand=members names at most 25 members of a
+    chat; GET /chats/{id}/members lists them all (the lookup of a large group chat needs it)."""
+    users = ["m%02d@contoso.onmicrosoft.com" % i for i in range(30)]
+    r = sim.post_chat(chat_body("group", users, topic="big"), tok)
+    assert r.status == 201, r
+    chat_id = r.json()["id"]
+    listed = sim.request("GET", "/v1.0/users/%s/chats?$expand=members" % users[0],
+                         token=tok).json()["value"][0]["members"]
+    assert len(listed) == 25
+    got = sim.request("GET", "/v1.0/chats/%s/members" % chat_id, token=tok)
+    assert got.status == 200, got
+    body = got.json()
+    assert body["@odata.count"] == 30 and len(body["value"]) == 30
+    assert {m["email"] for m in body["value"]} == set(users)
+    assert all(m["@odata.type"] == MEMBER_TYPE for m in body["value"])
+    assert_graph_error(sim.request("GET", "/v1.0/chats/19:nope@thread.v2/members", token=tok),
+                       404, "NotFound")
+    assert sim.ledger()["requests"]["GET /{version}/chats/{id}/members"] == {"200": 1, "404": 1}
+
+
 def test_lookup_is_per_tenant(sim):
     sim.config(clients=[
         {"tenant": "contoso.onmicrosoft.com", "client_id": "c1", "secret": "s1"},
