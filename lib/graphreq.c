@@ -75,6 +75,19 @@ bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out,
 	return keyed_url(version_root, "/chats", chat_id, out, cap);
 }
 
+bool graphreq_chat_members_url(const char *version_root, const char *chat_id, char *out,
+                               size_t cap)
+{
+	static const char suffix[] = "/members";
+	if (!keyed_url(version_root, "/chats", chat_id, out, cap))
+		return false;
+	size_t used = strlen(out);
+	if (cap - used < sizeof suffix)
+		return false;
+	memcpy(out + used, suffix, sizeof suffix);
+	return true;
+}
+
 static bool arr_add(json_object *arr, json_object *val)
 {
 	if (!val)

@@ -43,6 +43,13 @@ bool graphreq_user_bind_url(const char *bind_root, const char *user_id, char *ou
 bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out,
                        size_t cap) CP_MUSTCHECK;
 
+/*
+ * "{version_root}/chats('{X}')/members": every member of a chat, where a lookup settles a
+ * candidate whose list was capped at 25 members (graphresp.h).
+ */
+bool graphreq_chat_members_url(const char *version_root, const char *chat_id, char *out,
+                               size_t cap) CP_MUSTCHECK;
+
 /* The client-request-id of an event: lower-case UUIDv5 of event_id in the namespace above. */
 bool graphreq_client_request_id(const char *event_id, char out[37]) CP_MUSTCHECK;
 

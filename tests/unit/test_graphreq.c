@@ -389,6 +389,12 @@ static void test_chat_url(void **state)
 	size_t need = strlen(ROOT "/chats('ab')") + 1;
 	assert_true(graphreq_chat_url(ROOT, "ab", out, need));
 	assert_false(graphreq_chat_url(ROOT, "ab", out, need - 1));
+	assert_true(graphreq_chat_members_url(ROOT, "19:a'b@thread.v2", out, sizeof out));
+	assert_string_equal(out, ROOT "/chats('19%3Aa''b@thread.v2')/members");
+	need = strlen(ROOT "/chats('ab')/members") + 1;
+	assert_true(graphreq_chat_members_url(ROOT, "ab", out, need));
+	assert_false(graphreq_chat_members_url(ROOT, "ab", out, need - 1));
+	assert_false(graphreq_chat_members_url(ROOT, "", out, sizeof out));
 }
 
 static void test_lookup_url(void **state)
