@@ -75,8 +75,7 @@ bool graphreq_chat_url(const char *version_root, const char *chat_id, char *out,
 	return keyed_url(version_root, "/chats", chat_id, out, cap);
 }
 
-bool graphreq_chat_members_url(const char *version_root, const char *chat_id, char *out,
-                               size_t cap)
+bool graphreq_chat_members_url(const char *version_root, const char *chat_id, char *out, size_t cap)
 {
 	static const char suffix[] = "/members";
 	if (!keyed_url(version_root, "/chats", chat_id, out, cap))

@@ -82,6 +82,8 @@ void job_lookup_end(struct job *job)
 		return;
 	free(l->object_ids);
 	free(l->next_page);
+	free(l->candidates);
+	free(l->after_candidates);
 	free(l);
 	job->lookup = NULL;
 }

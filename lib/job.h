@@ -14,6 +14,8 @@
 #include "common.h"
 #include "event.h"
 
+struct graphresp_chat;
+
 #define JOB_URL_MAX      2048
 #define JOB_ID_MAX       256
 #define JOB_ERR_CODE_MAX 128
@@ -35,6 +37,11 @@ struct job_lookup {
 	unsigned pages;         /* pages read */
 	unsigned failures;      /* lookup requests that failed transiently: a budget of its own */
 	int64_t first_failure_mono_ms;
+	/* A page's candidates (graphresp.h: chats whose member list was capped at 25), settled
+	 * one by one by their full member list; then the page's next link, if any. */
+	struct graphresp_chat *candidates;
+	size_t n_candidates, next_candidate;
+	char *after_candidates;
 };
 
 /*

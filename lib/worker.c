@@ -36,7 +36,7 @@
 /* Reads of a chat an operation made, before the result goes out without its details. */
 #define CHAT_READ_TRIES 3
 
-enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP, XFER_RESOLVE, XFER_CHAT };
+enum xfer_kind { XFER_POST, XFER_POLL, XFER_LOOKUP, XFER_RESOLVE, XFER_CHAT, XFER_MEMBERS };
 
 /* One HTTP exchange in flight. Lives from start_transfer to finish_transfer. */
 struct xfer {
@@ -634,36 +634,75 @@ static void requeue_now(struct worker *w, struct job *job)
 	requeue_at(w, job, 0);
 }
 
+static void drop_candidates(struct job_lookup *l)
+{
+	free(l->candidates);
+	free(l->after_candidates);
+	l->candidates = NULL;
+	l->after_candidates = NULL;
+	l->n_candidates = l->next_candidate = 0;
+}
+
 static void lookup_from_first_page(struct job *job)
 {
 	free(job->lookup->next_page);
 	job->lookup->next_page = NULL;
 	job->lookup->pages = 0;
+	drop_candidates(job->lookup);
+}
+
+/*
+ * The lookup query of a job; ids is a 2 * n_members array it points into (freed by the
+ * caller). False: out of memory.
+ */
+static bool lookup_query(const struct job *job, struct graphresp_lookup_query *q, const char ***ids)
+{
+	size_t n = job->ev->n_members;
+	const struct job_lookup *l = job->lookup;
+	const char **all = calloc(n ? 2 * n : 1, sizeof *all);
+	if (!all)
+		return false;
+	const char **object_ids = all + n;
+	for (size_t i = 0; i < n; i++) {
+		all[i] = job->ev->members[i].user_id;
+		object_ids[i] = l && l->object_ids[i][0] ? l->object_ids[i] : NULL;
+	}
+	/* Clocks differ: accept chats created up to a minute before the POST may have left. */
+	*q = (struct graphresp_lookup_query){.topic = job->ev->topic,
+	                                     .user_ids = all,
+	                                     .object_ids = object_ids,
+	                                     .n_user_ids = n,
+	                                     .created_after_ms = job->intent_wall_ms - 60 * 1000};
+	*ids = all;
+	return true;
 }
 
 static bool parse_lookup(const struct job *job, const struct xfer *x,
                          struct graphresp_lookup_result *found, char *err, size_t errcap)
 {
-	size_t n = job->ev->n_members;
-	const struct job_lookup *l = job->lookup;
-	const char **ids = calloc(n ? 2 * n : 1, sizeof *ids);
-	if (!ids) {
+	struct graphresp_lookup_query q;
+	const char **ids;
+	if (!lookup_query(job, &q, &ids)) {
 		snprintf(err, errcap, "out of memory");
 		return false;
 	}
-	const char **object_ids = ids + n;
-	for (size_t i = 0; i < n; i++) {
-		ids[i] = job->ev->members[i].user_id;
-		object_ids[i] = l && l->object_ids[i][0] ? l->object_ids[i] : NULL;
-	}
-	/* Clocks differ: accept chats created up to a minute before the POST may have left. */
-	struct graphresp_lookup_query q = {.topic = job->ev->topic,
-	                                   .user_ids = ids,
-	                                   .object_ids = object_ids,
-	                                   .n_user_ids = n,
-	                                   .created_after_ms = job->intent_wall_ms - 60 * 1000};
 	bool ok =
 	    graphresp_parse_lookup(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &q, found, err, errcap);
+	free(ids);
+	return ok;
+}
+
+static bool parse_members(const struct job *job, const struct xfer *x, bool *match, char *err,
+                          size_t errcap)
+{
+	struct graphresp_lookup_query q;
+	const char **ids;
+	if (!lookup_query(job, &q, &ids)) {
+		snprintf(err, errcap, "out of memory");
+		return false;
+	}
+	bool ok = graphresp_parse_members(dynbuf_str(&x->resp), dynbuf_len(&x->resp), &q, match,
+	                                  err, errcap);
 	free(ids);
 	return ok;
 }
@@ -767,6 +806,59 @@ static bool lookup_again_later(struct worker *w, struct job *job, const struct l
 	return true;
 }
 
+static void lookup_found(struct worker *w, struct job *job, const struct graphresp_chat *chat,
+                         const struct log_ctx *ctx)
+{
+	log_with(LOG_LVL_NOTICE, ctx, "lookup: found the chat created earlier: %s", chat->id);
+	take_chat(job, chat);
+	job->needs_lookup = false;
+	job_lookup_end(job);
+	finish_job(w, job);
+}
+
+/* The lookup read every page: the chat is created, unless a 202 may still be making it. */
+static void lookup_found_nothing(struct worker *w, struct job *job, const struct log_ctx *ctx)
+{
+	if (lookup_again_later(w, job, ctx))
+		return;
+	job->needs_lookup = false;
+	job_lookup_end(job);
+	log_with(LOG_LVL_NOTICE, ctx, "lookup: the chat does not exist; creating it");
+	requeue_now(w, job);
+}
+
+/*
+ * Chats that may be the one but name only 25 of its members (graphresp.h): each is settled
+ * by its full member list (GET /chats/{id}/members), then the page's next link is read.
+ */
+static void follow_candidates(struct worker *w, struct job *job,
+                              const struct graphresp_lookup_result *found,
+                              const struct log_ctx *ctx)
+{
+	struct job_lookup *l = job->lookup;
+	const char *why = NULL;
+	drop_candidates(l);
+	if (found->n_candidates > GRAPHRESP_LOOKUP_CANDIDATES)
+		why = "the group chat may exist; too many chats with its topic name only 25 of its "
+		      "members to settle which one it is";
+	else if (!(l->candidates = calloc(found->n_candidates, sizeof *l->candidates)) ||
+	         (found->next_link[0] && !job_set_string(&l->after_candidates, found->next_link)))
+		why = "the group chat may exist; out of memory following the lookup";
+	if (why) {
+		log_with(LOG_LVL_WARNING, ctx, "lookup: %s", why);
+		job_fail(job, job->http_status, "OutcomeUnknown", why, false);
+		finish_job(w, job);
+		return;
+	}
+	memcpy(l->candidates, found->candidates, found->n_candidates * sizeof *l->candidates);
+	l->n_candidates = found->n_candidates;
+	log_with(LOG_LVL_INFO, ctx,
+	         "lookup: %zu chat(s) with its topic list only 25 of their members: reading their "
+	         "member lists",
+	         l->n_candidates);
+	requeue_now(w, job);
+}
+
 static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
                              long status)
 {
@@ -784,22 +876,55 @@ static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, 
 		finish_job(w, job);
 		return;
 	}
+	if (!found.found && found.n_candidates) {
+		follow_candidates(w, job, &found, &ctx);
+		return;
+	}
 	if (!found.found && found.next_link[0]) {
 		lookup_next_page(w, job, found.next_link, &ctx);
 		return;
 	}
-	if (!found.found && lookup_again_later(w, job, &ctx))
+	if (found.found)
+		lookup_found(w, job, &found.chat, &ctx);
+	else
+		lookup_found_nothing(w, job, &ctx);
+}
+
+/* GET /chats/{candidate}/members answered: the chat, or on to the next candidate or page. */
+static void on_members_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+                              long status)
+{
+	struct log_ctx ctx;
+	log_ctx_of(job, x, &ctx);
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (cls != RETRY_SUCCESS) {
+		lookup_failed(w, job, x, cls, status);
 		return;
-	job->needs_lookup = false;
-	job_lookup_end(job);
-	if (!found.found) {
-		log_with(LOG_LVL_NOTICE, &ctx, "lookup: the chat does not exist; creating it");
+	}
+	struct job_lookup *l = job->lookup;
+	bool match = false;
+	char err[256];
+	if (!parse_members(job, x, &match, err, sizeof err)) {
+		job_fail(job, status, "OutcomeUnknown", err, false);
+		finish_job(w, job);
+		return;
+	}
+	if (match) {
+		lookup_found(w, job, &l->candidates[l->next_candidate], &ctx);
+		return;
+	}
+	if (++l->next_candidate < l->n_candidates) {
 		requeue_now(w, job);
 		return;
 	}
-	log_with(LOG_LVL_NOTICE, &ctx, "lookup: found the chat created earlier: %s", found.chat.id);
-	take_chat(job, &found.chat);
-	finish_job(w, job);
+	char *after = l->after_candidates;
+	l->after_candidates = NULL;
+	drop_candidates(l);
+	if (after)
+		lookup_next_page(w, job, after, &ctx);
+	else
+		lookup_found_nothing(w, job, &ctx);
+	free(after);
 }
 
 /* GET /users/{upn}?$select=id answered: the member's object id, or none to match it by. */
@@ -953,6 +1078,7 @@ static const char *xfer_url(const struct worker *w, const struct xfer *x)
 	case XFER_LOOKUP:
 	case XFER_RESOLVE:
 	case XFER_CHAT:
+	case XFER_MEMBERS:
 		break;
 	}
 	return x->url;
@@ -1076,6 +1202,9 @@ static bool xfer_own_url(const struct worker *w, const struct job *job, struct x
 	bool built;
 	if (x->kind == XFER_CHAT) {
 		built = graphreq_chat_url(w->version_root, job->chat_id, url, sizeof url);
+	} else if (x->kind == XFER_MEMBERS) {
+		built = graphreq_chat_members_url(w->version_root,
+		                                  l->candidates[l->next_candidate].id, url, sizeof url);
 	} else if (x->kind == XFER_RESOLVE) {
 		built = graphreq_user_id_url(w->version_root, job->ev->members[l->resolved].user_id,
 		                             url, sizeof url);
@@ -1130,7 +1259,8 @@ static bool start_transfer(struct worker *w, struct job *job, enum xfer_kind kin
 	x->token = strdup(token);
 	x->easy = curl_easy_init();
 	if (!x->token || !x->easy ||
-	    ((kind == XFER_LOOKUP || kind == XFER_RESOLVE || kind == XFER_CHAT) &&
+	    ((kind == XFER_LOOKUP || kind == XFER_RESOLVE || kind == XFER_CHAT ||
+	      kind == XFER_MEMBERS) &&
 	     !xfer_own_url(w, job, x)) ||
 	    !xfer_headers(x, token) || !xfer_setup(w, x) ||
 	    curl_multi_add_handle(w->multi, x->easy) != CURLM_OK)
@@ -1194,7 +1324,10 @@ static bool lookup_kind(struct worker *w, struct job *job, enum xfer_kind *kind)
 			return false;
 		}
 	}
-	*kind = lookup_needs_user(w, job) ? XFER_RESOLVE : XFER_LOOKUP;
+	struct job_lookup *l = job->lookup;
+	*kind = lookup_needs_user(w, job)              ? XFER_RESOLVE
+	        : l->next_candidate < l->n_candidates ? XFER_MEMBERS
+	                                              : XFER_LOOKUP;
 	return true;
 }
 
@@ -1378,6 +1511,9 @@ static void finish_transfer(struct worker *w, CURL *easy, CURLcode rc)
 		break;
 	case XFER_CHAT:
 		on_chat_answer(w, job, x, rc, answer);
+		break;
+	case XFER_MEMBERS:
+		on_members_answer(w, job, x, rc, answer);
 		break;
 	}
 	xfer_free(x);

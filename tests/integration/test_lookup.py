@@ -61,6 +61,27 @@ def test_lookup_reads_every_page(tmp_path):
     assert pages.get("200", 0) >= 4 * len(events), pages
 
 
+def test_lookup_of_a_group_chat_of_more_than_25_members(tmp_path):
+    """Graph lists at most 25 members of a chat in a lookup (its documented known issue), so a
+    30-member chat never matched and was created again. Now a chat that lists 25 of the
+    request's members is read in full (GET /chats/{id}/members): a decoy with the same topic and
+    the same first 25 members but 5 others is rejected, the chat of the 504 is found."""
+    events = [group_event(i, members=30, topic="All hands") for i in (0, 10, 20)]
+    with Stack(tmp_path) as stack:
+        token = stack.graph.token()
+        for event in events:
+            users = [m["userId"] for m in event["members"][:25]]
+            users += ["00000000-0000-4000-8000-%012d" % k for k in range(5)]
+            r = stack.graph.post_chat(chat_body("group", users, topic="All hands"), token,
+                                      headers={"client-request-id": str(uuid.uuid4())})
+            assert r.status == 201, r
+        stack.graph.config(**CREATED_504)
+        results = run(stack, events)
+        ledger = assert_found_once(stack, events, results)
+    members = ledger["requests"]["GET /{version}/chats/{id}/members"]
+    assert members.get("200", 0) >= 2 * len(events), members
+
+
 # Directory users whose UPN is not their mail: Graph lists chat members by object id and mail.
 USERS = [{"upn": "jane.doe@contoso.onmicrosoft.com", "mail": "jane@contoso.com",
           "id": "5f0c3d1e-6a7b-4c8d-9e0f-1a2b3c4d5e6f"},
