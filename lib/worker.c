@@ -859,16 +859,24 @@ static void follow_candidates(struct worker *w, struct job *job,
 	requeue_now(w, job);
 }
 
+/* A lookup's GET answered: true when it succeeded; otherwise its failure is handled. */
+static bool lookup_answered(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
+                            long status, struct log_ctx *ctx)
+{
+	log_ctx_of(job, x, ctx);
+	enum retry_class cls = retry_classify(status, (int)rc);
+	if (cls == RETRY_SUCCESS)
+		return true;
+	lookup_failed(w, job, x, cls, status);
+	return false;
+}
+
 static void on_lookup_answer(struct worker *w, struct job *job, struct xfer *x, CURLcode rc,
                              long status)
 {
 	struct log_ctx ctx;
-	log_ctx_of(job, x, &ctx);
-	enum retry_class cls = retry_classify(status, (int)rc);
-	if (cls != RETRY_SUCCESS) {
-		lookup_failed(w, job, x, cls, status);
+	if (!lookup_answered(w, job, x, rc, status, &ctx))
 		return;
-	}
 	struct graphresp_lookup_result found;
 	char err[256];
 	if (!parse_lookup(job, x, &found, err, sizeof err)) {
@@ -895,12 +903,8 @@ static void on_members_answer(struct worker *w, struct job *job, struct xfer *x,
                               long status)
 {
 	struct log_ctx ctx;
-	log_ctx_of(job, x, &ctx);
-	enum retry_class cls = retry_classify(status, (int)rc);
-	if (cls != RETRY_SUCCESS) {
-		lookup_failed(w, job, x, cls, status);
+	if (!lookup_answered(w, job, x, rc, status, &ctx))
 		return;
-	}
 	struct job_lookup *l = job->lookup;
 	bool match = false;
 	char err[256];
