@@ -901,23 +901,25 @@ static void on_job_done(struct job *job, void *arg)
 static void record_operation(struct job *job, void *arg)
 {
 	struct pipeline *p = arg;
-	char value[JOB_URL_MAX + 128];
 	int64_t started = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms);
 	struct json_object *o = json_object_new_object();
+	const char *value = NULL;
 	if (o) {
 		json_object_object_add(o, "location", json_object_new_string(job->op_url));
 		json_object_object_add(o, "startedAt", json_object_new_int64(started));
 		json_object_object_add(o, "attempts", json_object_new_int64(job->attempts));
-		snprintf(value, sizeof value, "%s",
-		         json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-		                                               JSON_C_TO_STRING_NOSLASHESCAPE));
-		json_object_put(o);
+		/* The result of a resumed operation names the POST that started it. */
+		if (job->graph_request_id[0])
+			json_object_object_add(o, "requestId",
+			                       json_object_new_string(job->graph_request_id));
+		value = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+		                                              JSON_C_TO_STRING_NOSLASHESCAPE);
 	}
-	rd_kafka_headers_t *h = state_headers(STATE_OPERATION, NULL);
-	if (!o || !h ||
-	    !queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
-	                  strlen(job->ev->id), value, strlen(value), h, NULL, true))
+	rd_kafka_headers_t *h = value ? state_headers(STATE_OPERATION, NULL) : NULL;
+	if (!h || !queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
+	                        strlen(job->ev->id), value, strlen(value), h, NULL, true))
 		log_warning("cannot record the operation of %s", job->ev->id);
+	json_object_put(o);
 }
 
 /* A worker took sendable jobs: the read-ahead has room again. */
@@ -1366,6 +1368,7 @@ static void resume_operation(struct pipeline *p, struct job *job, const struct s
 	}
 	job->phase = JOB_PHASE_POLL;
 	job->http_status = 202;
+	snprintf(job->graph_request_id, sizeof job->graph_request_id, "%s", si->op_request_id);
 	/* A record without the count still stands for the POST that got the 202. */
 	job->attempts = si->op_attempts ? si->op_attempts : 1;
 	/* The POST that got the 202 left just before it: the done record's lookup window. */

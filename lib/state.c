@@ -95,7 +95,7 @@ struct entry {
 	bool fingerprint_only; /* done fields taken from a run (state_set_active): see state.h */
 	int64_t at_wall_ms;
 	int64_t offset;
-	char *op_url; /* STATE_OPERATION only */
+	char *op_url; /* STATE_OPERATION only; followed by the POST's request-id (op_request_id) */
 	int64_t op_started_wall_ms;
 	uint32_t op_attempts; /* STATE_OPERATION only */
 };
@@ -771,6 +771,36 @@ static enum state_kind kind_of(const char *name)
 	return STATE_NONE;
 }
 
+#define OP_REQUEST_ID_MAX 63
+
+/* The POST's request-id, stored after the operation URL in one block. */
+static const char *op_request_id(const struct entry *e)
+{
+	return e->op_url + strlen(e->op_url) + 1;
+}
+
+/* "url\0request-id\0" in one block: an operation record's strings. */
+static char *op_strings(const char *url, const char *request_id)
+{
+	size_t u = strlen(url) + 1, r = strlen(request_id) + 1;
+	char *block = malloc(u + r);
+	if (block) {
+		memcpy(block, url, u);
+		memcpy(block + u, request_id, r);
+	}
+	return block;
+}
+
+/* A string member of root, or "" when absent, not a string or longer than max. */
+static const char *short_string(struct json_object *root, const char *key, size_t max)
+{
+	struct json_object *v = NULL;
+	if (!json_object_object_get_ex(root, key, &v) || !json_object_is_type(v, json_type_string) ||
+	    (size_t)json_object_get_string_len(v) > max)
+		return "";
+	return json_object_get_string(v);
+}
+
 static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 {
 	struct json_tokener *tok = json_tokener_new_ex(4);
@@ -783,11 +813,13 @@ static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 	          json_object_is_type(loc, json_type_string) &&
 	          json_object_object_get_ex(root, "startedAt", &started);
 	if (ok) {
-		char *url = strdup(json_object_get_string(loc));
-		ok = url != NULL;
+		/* requestId: absent in records of older versions. */
+		char *strings = op_strings(json_object_get_string(loc),
+		                           short_string(root, "requestId", OP_REQUEST_ID_MAX));
+		ok = strings != NULL;
 		if (ok) {
 			free(e->op_url);
-			e->op_url = url;
+			e->op_url = strings;
 			e->op_started_wall_ms = json_object_get_int64(started);
 			/* Absent in records of older versions: 0, "not recorded". */
 			int64_t n = json_object_object_get_ex(root, "attempts", &attempts)
@@ -1114,8 +1146,11 @@ static void entry_read(const struct entry *e, struct state_info *out)
 	out->fingerprint_only = e->fingerprint_only;
 	out->op_started_wall_ms = e->op_started_wall_ms;
 	out->op_attempts = e->op_attempts;
-	if (e->op_url)
+	out->op_request_id[0] = '\0';
+	if (e->op_url) {
 		snprintf(out->op_url, sizeof out->op_url, "%s", e->op_url);
+		snprintf(out->op_request_id, sizeof out->op_request_id, "%s", op_request_id(e));
+	}
 }
 
 void state_get(struct state *st, const char *id, struct state_info *out)
@@ -1232,7 +1267,8 @@ size_t state_memory_bytes(const struct state *st)
 		for (const struct entry *e = st->buckets[i]; e; e = e->next) {
 			bytes += sizeof *e + MALLOC_OVERHEAD;
 			if (e->op_url)
-				bytes += strlen(e->op_url) + 1 + MALLOC_OVERHEAD;
+				bytes += strlen(e->op_url) + strlen(op_request_id(e)) + 2 +
+				         MALLOC_OVERHEAD;
 		}
 	}
 	for (size_t r = 0; r < st->n_runs; r++)

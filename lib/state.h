@@ -72,6 +72,7 @@ struct state_info {
 	char op_url[2048];   /* STATE_OPERATION: where to poll */
 	int64_t op_started_wall_ms;
 	unsigned op_attempts; /* STATE_OPERATION: POSTs sent up to the 202 (0: not recorded) */
+	char op_request_id[64]; /* STATE_OPERATION: Graph's request-id of that POST ("": none) */
 	bool active; /* a job for this id is in progress in this instance */
 	/*
 	 * STATE_DONE known by a 64-bit fingerprint of the id only (a compacted request):

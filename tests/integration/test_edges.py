@@ -159,6 +159,7 @@ def test_operations_resumed_after_sigkill(tmp_path):
         assert r["operation"]["status"] == "succeeded", r
         assert r["chat"]["webUrl"] and r["chat"]["createdDateTime"], r
         assert r["graph"]["httpStatus"] == 202, r
+        assert r["graph"]["requestId"], r  # the POST's, recorded with its operation
 
 
 # ---- poll URLs from the state topic ----

@@ -369,8 +369,14 @@ static void test_operation_parsed(void **state)
 	                  "operations('op-1')";
 	char value[512];
 	snprintf(value, sizeof value,
-	         "{\"location\": \"%s\", \"startedAt\": 1767225600123, \"attempts\": 3}", url);
+	         "{\"location\": \"%s\", \"startedAt\": 1767225600123, \"attempts\": 3, "
+	         "\"requestId\": \"6d0c5c5b-2a5b-4e5a-9e0e-4f1c2b3a4d5e\"}",
+	         url);
 	put(f, 1, "op", "operation", NO_STATUS, value);
+	/* A requestId too long to be Graph's is left out, the operation kept. */
+	snprintf(value, sizeof value,
+	         "{\"location\": \"%s\", \"startedAt\": 5, \"requestId\": \"%0100d\"}", url, 7);
+	put(f, 1, "op-long-id", "operation", NO_STATUS, value);
 	/* Written by an older version: no attempts. */
 	snprintf(value, sizeof value, "{\"location\": \"%s\", \"startedAt\": 5}", url);
 	put(f, 1, "op-old", "operation", NO_STATUS, value);
@@ -379,17 +385,23 @@ static void test_operation_parsed(void **state)
 	put(f, 1, "bad2", "operation", NO_STATUS, "{\"startedAt\": 5}");
 	put(f, 1, "bad3", "operation", NO_STATUS, "{\"location\": 7, \"startedAt\": 5}");
 	put(f, 1, "bad4", "operation", NO_STATUS, "{\"location\": \"https://g/op\"}");
-	assert_int_equal(restore(f, 1), 6);
+	assert_int_equal(restore(f, 1), 7);
 
-	struct state_info si = get(f, "op");
+	struct state_info si = get(f, "op-long-id");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_string_equal(si.op_url, url);
+	assert_string_equal(si.op_request_id, "");
+	si = get(f, "op");
 	assert_int_equal(si.kind, STATE_OPERATION);
 	assert_int_equal(si.partition, 1);
 	assert_string_equal(si.op_url, url);
 	assert_int_equal(si.op_started_wall_ms, 1767225600123LL);
 	assert_int_equal(si.op_attempts, 3);
+	assert_string_equal(si.op_request_id, "6d0c5c5b-2a5b-4e5a-9e0e-4f1c2b3a4d5e");
 	si = get(f, "op-old");
 	assert_int_equal(si.kind, STATE_OPERATION);
 	assert_int_equal(si.op_attempts, 0);
+	assert_string_equal(si.op_request_id, "");
 	for (int i = 1; i <= 4; i++) {
 		char id[8];
 		snprintf(id, sizeof id, "bad%d", i);
