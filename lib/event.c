@@ -11,6 +11,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "jsondoc.h"
+
 /* json-c nesting limit: a valid event is 4 levels deep; 32 leaves room for unknown fields. */
 #define EVENT_JSON_DEPTH 32
 /* Microsoft's UPN limits: 64 characters before the @, 48 after, 113 in all. */
@@ -436,28 +438,15 @@ static json_object *parse_json(struct dctx *c, const char *buf, size_t len)
 	const char *nul = memchr(buf, '\0', len);
 	if (nul)
 		return set_reason(c, "message: NUL byte at offset %zu", (size_t)(nul - buf)), NULL;
-	json_tokener *tok = json_tokener_new_ex(EVENT_JSON_DEPTH);
-	if (!tok)
+	struct jsondoc_error jerr;
+	json_object *root = jsondoc_parse(buf, len, EVENT_JSON_DEPTH, &jerr);
+	if (!root && jerr.status == JSONDOC_NO_MEMORY)
 		return set_reason(c, "out of memory"), NULL;
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-	json_object *root = json_tokener_parse_ex(tok, buf, (int)len);
-	enum json_tokener_error jerr = json_tokener_get_error(tok);
-	size_t end = json_tokener_get_parse_end(tok);
-	json_tokener_free(tok);
-	if (!root && jerr == json_tokener_continue)
-		return set_reason(c, "invalid JSON at offset %zu: unexpected end of input", len),
+	if (!root && jerr.status == JSONDOC_TRAILING)
+		return set_reason(c, "invalid JSON at offset %zu: data after the object", jerr.offset),
 		       NULL;
 	if (!root)
-		return set_reason(c, "invalid JSON at offset %zu: %s", end,
-		                  json_tokener_error_desc(jerr)),
-		       NULL;
-	while (end < len && strchr(" \t\r\n", buf[end]))
-		end++;
-	if (end < len) {
-		json_object_put(root);
-		return set_reason(c, "invalid JSON at offset %zu: data after the object", end),
-		       NULL;
-	}
+		return set_reason(c, "invalid JSON at offset %zu: %s", jerr.offset, jerr.what), NULL;
 	return root;
 }
 

@@ -13,6 +13,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "jsondoc.h"
+
 /* Graph's documents are shallow; deeper nesting is hostile. */
 #define GRAPHRESP_JSON_DEPTH 64
 
@@ -40,22 +42,14 @@ static json_object *parse_object(const char *body, size_t len, size_t max, char 
 		return fail_msg(err, errcap, "body of %zu bytes exceeds %zu", len, max), NULL;
 	if (memchr(body, '\0', len))
 		return fail_msg(err, errcap, "NUL byte in body"), NULL;
-	json_tokener *tok = json_tokener_new_ex(GRAPHRESP_JSON_DEPTH);
-	if (!tok)
+	struct jsondoc_error jerr;
+	json_object *root = jsondoc_parse(body, len, GRAPHRESP_JSON_DEPTH, &jerr);
+	if (!root && jerr.status == JSONDOC_NO_MEMORY)
 		return fail_msg(err, errcap, "out of memory"), NULL;
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-	json_object *root = json_tokener_parse_ex(tok, body, (int)len);
-	enum json_tokener_error jerr = json_tokener_get_error(tok);
-	size_t end = json_tokener_get_parse_end(tok);
-	json_tokener_free(tok);
-	if (!root)
-		return fail_msg(err, errcap, "invalid JSON at offset %zu: %s", end,
-		                jerr == json_tokener_continue ? "unexpected end of input"
-		                                              : json_tokener_error_desc(jerr)),
+	if (!root && jerr.status != JSONDOC_TRAILING)
+		return fail_msg(err, errcap, "invalid JSON at offset %zu: %s", jerr.offset, jerr.what),
 		       NULL;
-	while (end < len && strchr(" \t\r\n", body[end]))
-		end++;
-	if (end < len || !json_object_is_type(root, json_type_object)) {
+	if (!root || !json_object_is_type(root, json_type_object)) {
 		json_object_put(root);
 		return fail_msg(err, errcap, "body is not one JSON object"), NULL;
 	}
