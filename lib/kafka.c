@@ -261,3 +261,30 @@ bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err, size_t 
 	}
 	return true;
 }
+
+bool kafka_header_text(const rd_kafka_headers_t *h, const char *name, char *out, size_t cap)
+{
+	const void *v = NULL;
+	size_t n = 0;
+	if (!h || !cap || rd_kafka_header_get_last(h, name, &v, &n) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+	    !v || n >= cap || memchr(v, '\0', n))
+		return false;
+	memcpy(out, v, n);
+	out[n] = '\0';
+	return true;
+}
+
+bool kafka_header_has(const rd_kafka_headers_t *h, const char *name)
+{
+	const void *v;
+	size_t n;
+	return h && rd_kafka_header_get_last(h, name, &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+bool kafka_header_is(const rd_kafka_headers_t *h, const char *name, const char *value)
+{
+	const void *v = NULL;
+	size_t n = 0;
+	return h && rd_kafka_header_get_last(h, name, &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR && v &&
+	       n == strlen(value) && memcmp(v, value, n) == 0;
+}

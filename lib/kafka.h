@@ -48,6 +48,18 @@ void kafka_warm_up(rd_kafka_t *producer, const char *topic, int timeout_ms);
 /* The topic's partition count from the cluster's metadata; -1 when it cannot be had. */
 int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
+/*
+ * The last value of header name as a NUL-terminated string in out (headers are bytes without
+ * a terminator). False when it is absent, null, holds a NUL byte, or does not fit in cap - 1
+ * bytes: a value cut short could pass for another.
+ */
+bool kafka_header_text(const rd_kafka_headers_t *h, const char *name, char *out,
+                       size_t cap) CP_MUSTCHECK;
+/* Whether header name is present (its last value may be null or empty). */
+bool kafka_header_has(const rd_kafka_headers_t *h, const char *name) CP_MUSTCHECK;
+/* Whether the last value of header name is exactly value. */
+bool kafka_header_is(const rd_kafka_headers_t *h, const char *name, const char *value) CP_MUSTCHECK;
+
 /* Subscribes the consumer to one topic. */
 bool kafka_subscribe(rd_kafka_t *consumer, const char *topic, char *err,
                      size_t errcap) CP_MUSTCHECK;

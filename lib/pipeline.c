@@ -458,10 +458,8 @@ static void write_handover_mark(struct pipeline *p, int32_t partition)
 	if (!offtrack_position(p->offsets, partition, &next))
 		return;
 	int len = snprintf(value, sizeof value, "%lld", (long long)next);
-	rd_kafka_headers_t *h = rd_kafka_headers_new(1);
-	if (!h || rd_kafka_header_add(h, STATE_HEADER, -1, STATE_MARK_KIND, -1) != 0) {
-		if (h)
-			rd_kafka_headers_destroy(h);
+	rd_kafka_headers_t *h = staterec_mark_headers();
+	if (!h) {
 		log_warning("out of memory writing the hand-over mark of partition %d", (int)partition);
 		return;
 	}
@@ -689,20 +687,6 @@ static rd_kafka_resp_err_t produce(struct pipeline *p, const char *topic, int32_
 	return err;
 }
 
-/* Headers of a state record: its kind, and for a result its status. */
-static rd_kafka_headers_t *state_headers(enum state_kind kind, const char *status)
-{
-	rd_kafka_headers_t *h = rd_kafka_headers_new(2);
-	if (!h)
-		return NULL;
-	if (rd_kafka_header_add(h, STATE_HEADER, -1, state_kind_name(kind), -1) != 0 ||
-	    (status && rd_kafka_header_add(h, "chatprov-status", -1, status, -1) != 0)) {
-		rd_kafka_headers_destroy(h);
-		return NULL;
-	}
-	return h;
-}
-
 static bool record_failed(struct pipeline *p, const char *topic, int32_t partition,
                           const void *key, size_t key_len, const void *value, size_t len,
                           const rd_kafka_headers_t *headers, struct job *job,
@@ -753,7 +737,7 @@ static void result_key(const struct job *job, const void **key, size_t *key_len)
 
 /* Headers a DLQ copy gets; a re-driven message may carry them already from its last trip. */
 static const char *const dlq_header_names[] = {
-    "chatprov-status",        "chatprov-error-code",       "chatprov-error-message",
+    STATE_STATUS_HEADER,      "chatprov-error-code",       "chatprov-error-message",
     "chatprov-http-status",   "chatprov-reject-reason",    "chatprov-dlq-truncated",
     "chatprov-source-topic",  "chatprov-source-partition", "chatprov-source-offset"};
 
@@ -772,7 +756,7 @@ static bool add_header_num(rd_kafka_headers_t *h, const char *name, long long va
 static bool add_dlq_headers(const struct pipeline *p, rd_kafka_headers_t *h, const struct job *job)
 {
 	const char *message = job->err_message ? job->err_message : "";
-	bool ok = rd_kafka_header_add(h, "chatprov-status", -1, result_status_name(job->status),
+	bool ok = rd_kafka_header_add(h, STATE_STATUS_HEADER, -1, result_status_name(job->status),
 	                              -1) == 0 &&
 	          rd_kafka_header_add(h, "chatprov-error-code", -1, job->err_code, -1) == 0 &&
 	          rd_kafka_header_add(h, "chatprov-error-message", -1, message, -1) == 0;
@@ -811,34 +795,21 @@ static bool copy_failed_to_dlq(struct pipeline *p, struct job *job, bool block)
 }
 
 /*
- * A failed group chat that may exist all the same (job_chat_may_exist) says so in its done
- * record, with the time from which it may have been created: a re-drive looks it up first.
+ * A done record also says when the request's first POST may have left, and a failed group
+ * chat that may exist all the same (job_chat_may_exist) since when it may have been created:
+ * a re-drive looks it up first (staterec.h).
  */
-static bool mark_outcome_unknown(rd_kafka_headers_t *h, const struct job *job)
-{
-	if (!job_chat_may_exist(job))
-		return true;
-	int64_t since = job->intent_wall_ms;
-	if (!since && job->op_started_mono_ms)
-		since = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms);
-	if (since <= 0)
-		since = job->received_wall_ms;
-	return add_header_num(h, STATE_HEADER_OUTCOME_UNKNOWN, since);
-}
-
-/* A done record also says when the request's first POST may have left (state.h). */
 static rd_kafka_headers_t *done_headers(const struct job *job)
 {
-	char at[24];
-	rd_kafka_headers_t *h = state_headers(STATE_DONE, result_status_name(job->status));
-	if (!h || !job->intent_wall_ms)
-		return h;
-	snprintf(at, sizeof at, "%lld", (long long)job->intent_wall_ms);
-	if (rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, at, -1) != 0) {
-		rd_kafka_headers_destroy(h);
-		return NULL;
+	int64_t since = 0;
+	if (job_chat_may_exist(job)) {
+		since = job->intent_wall_ms;
+		if (!since && job->op_started_mono_ms)
+			since = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms);
+		if (since <= 0)
+			since = job->received_wall_ms;
 	}
-	return h;
+	return staterec_done_headers(result_status_name(job->status), job->intent_wall_ms, since);
 }
 
 /*
@@ -868,10 +839,6 @@ static bool publish_result(struct pipeline *p, struct job *job, bool block)
 	                        key_len, value, len, h, job, block);
 	if (ok && with_state) {
 		h = done_headers(job);
-		if (h && !mark_outcome_unknown(h, job)) {
-			rd_kafka_headers_destroy(h);
-			h = NULL;
-		}
 		ok = h && queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
 		                       strlen(job->ev->id), value, len, h, job, block);
 	}
@@ -901,25 +868,18 @@ static void on_job_done(struct job *job, void *arg)
 static void record_operation(struct job *job, void *arg)
 {
 	struct pipeline *p = arg;
-	int64_t started = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms);
-	struct json_object *o = json_object_new_object();
-	const char *value = NULL;
-	if (o) {
-		json_object_object_add(o, "location", json_object_new_string(job->op_url));
-		json_object_object_add(o, "startedAt", json_object_new_int64(started));
-		json_object_object_add(o, "attempts", json_object_new_int64(job->attempts));
-		/* The result of a resumed operation names the POST that started it. */
-		if (job->graph_request_id[0])
-			json_object_object_add(o, "requestId",
-			                       json_object_new_string(job->graph_request_id));
-		value = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-		                                              JSON_C_TO_STRING_NOSLASHESCAPE);
-	}
-	rd_kafka_headers_t *h = value ? state_headers(STATE_OPERATION, NULL) : NULL;
+	/* The result of a resumed operation names the POST that started it (requestId). */
+	struct staterec_operation op = {
+	    .location = job->op_url,
+	    .started_wall_ms = cptime_wall_ms() - (cptime_mono_ms() - job->op_started_mono_ms),
+	    .attempts = job->attempts,
+	    .request_id = job->graph_request_id};
+	char *value = staterec_operation_value(&op);
+	rd_kafka_headers_t *h = value ? staterec_headers(STATE_OPERATION) : NULL;
 	if (!h || !queue_record(p, p->cfg->kafka.state_topic, job->partition, job->ev->id,
 	                        strlen(job->ev->id), value, strlen(value), h, NULL, true))
 		log_warning("cannot record the operation of %s", job->ev->id);
-	json_object_put(o);
+	free(value);
 }
 
 /* A worker took sendable jobs: the read-ahead has room again. */
@@ -943,41 +903,12 @@ static void post_end(int32_t partition, void *arg)
 static void queue_job(struct pipeline *p, struct job *job);
 static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done);
 
-static bool headers_have(const rd_kafka_headers_t *hdrs, const char *name, const char *value)
-{
-	const void *val = NULL;
-	size_t size = 0;
-	return hdrs &&
-	       rd_kafka_header_get_last(hdrs, name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	       val && size == strlen(value) && memcmp(val, value, size) == 0;
-}
-
-static bool header_is(const rd_kafka_message_t *msg, const char *name, const char *value)
-{
-	rd_kafka_headers_t *hdrs = NULL;
-	return msg->payload && rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	       headers_have(hdrs, name, value);
-}
-
-static enum job_status record_status(const rd_kafka_message_t *done)
-{
-	return header_is(done, "chatprov-status", "succeeded") ? JOB_SUCCEEDED : JOB_FAILED;
-}
-
-static enum state_kind record_kind(const rd_kafka_message_t *msg)
-{
-	for (enum state_kind k = STATE_INTENT; k <= STATE_DONE; k++)
-		if (header_is(msg, STATE_HEADER, state_kind_name(k)))
-			return k;
-	return STATE_NONE;
-}
-
 /* An acknowledged state record: mirror it, and move its job on. */
 static void on_state_delivered(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job)
 {
 	struct partition_state *ps = partition(p, msg->partition);
 	bool owned = job ? settles_here(p, job) : ps && ps->assigned;
-	enum state_kind kind = record_kind(msg);
+	enum state_kind kind = staterec_kind(msg);
 	if (owned && kind != STATE_NONE && !state_apply_delivered(p->state, msg))
 		log_warning("state: out of memory mirroring a record");
 	if (kind == STATE_DONE && owned)
@@ -1106,7 +1037,7 @@ static void give_up_record(struct pipeline *p, const struct reproduce *r, unsign
 	if (!r->job)
 		return;
 	if (strcmp(r->topic, p->cfg->kafka.state_topic) == 0 &&
-	    headers_have(r->headers, STATE_HEADER, state_kind_name(STATE_INTENT)))
+	    kafka_header_is(r->headers, STATE_HEADER, staterec_kind_name(STATE_INTENT)))
 		intent_refused(p, r->job, r->err);
 	else if (--r->job->pending_deliveries == 0)
 		job_settled(p, r->job);
@@ -1303,7 +1234,7 @@ static void write_intent(struct pipeline *p, struct job *job)
 	job->intent_wall_ms = cptime_wall_ms();
 	snprintf(value, sizeof value, "{\"at\":%lld,\"clientRequestId\":\"%s\"}",
 	         (long long)job->intent_wall_ms, job->client_request_id);
-	rd_kafka_headers_t *h = state_headers(STATE_INTENT, NULL);
+	rd_kafka_headers_t *h = staterec_headers(STATE_INTENT);
 	if (!h) {
 		log_error("out of memory writing an intent");
 		atomic_store(&p->fatal, true);
@@ -1461,7 +1392,7 @@ static void answer_followers(struct pipeline *p, const rd_kafka_message_t *done)
 		const void *key;
 		size_t key_len;
 		result_key(job, &key, &key_len);
-		job->status = record_status(done);
+		job->status = staterec_succeeded(done) ? JOB_SUCCEEDED : JOB_FAILED;
 		job->pending_deliveries = 1;
 		mark_result_queued(p, job);
 		rd_kafka_headers_t *h = job->headers ? rd_kafka_headers_copy(job->headers) : NULL;

@@ -9,32 +9,18 @@
 #include <strings.h>
 #include <time.h>
 
+#include "jsondoc.h"
+#include "kafka.h"
+#include "staterec.h"
+
 #define DLQ_PREFIX "chatprov-"
 #define JSON_DEPTH 32 /* the event decoder's nesting limit */
 
-/* The last value of a header as a string (headers are not NUL-terminated). */
-static bool header_text(const rd_kafka_headers_t *h, const char *name, char *out, size_t cap)
-{
-	const void *v;
-	size_t n;
-	if (!h || rd_kafka_header_get_last(h, name, &v, &n) != RD_KAFKA_RESP_ERR_NO_ERROR)
-		return false;
-	if (!v)
-		n = 0;
-	if (n >= cap)
-		n = cap - 1;
-	if (n)
-		memcpy(out, v, n);
-	out[n] = '\0';
-	return true;
-}
-
 static bool record_status(const rd_kafka_headers_t *h, char *out, size_t cap)
 {
-	if (header_text(h, "chatprov-status", out, cap))
+	if (kafka_header_text(h, STATE_STATUS_HEADER, out, cap))
 		return true;
-	char reason[8];
-	if (!header_text(h, "chatprov-reject-reason", reason, sizeof reason))
+	if (!kafka_header_has(h, "chatprov-reject-reason"))
 		return false;
 	snprintf(out, cap, "rejected");
 	return true;
@@ -42,7 +28,7 @@ static bool record_status(const rd_kafka_headers_t *h, char *out, size_t cap)
 
 static bool record_code(const rd_kafka_headers_t *h, const char *status, char *out, size_t cap)
 {
-	if (header_text(h, "chatprov-error-code", out, cap))
+	if (kafka_header_text(h, "chatprov-error-code", out, cap))
 		return true;
 	if (strcmp(status, "rejected") != 0)
 		return false;
@@ -53,16 +39,12 @@ static bool record_code(const rd_kafka_headers_t *h, const char *status, char *o
 /* Whether the event's "tenant" ("default" when absent or null) is want, byte for byte. */
 static bool tenant_is(const void *value, size_t len, const char *want)
 {
-	json_tokener *tok = json_tokener_new_ex(JSON_DEPTH);
-	if (!tok || !value || len == 0 || len > (size_t)INT32_MAX) {
-		json_tokener_free(tok);
+	struct jsondoc_error jerr;
+	if (!value || len == 0 || len > (size_t)INT32_MAX || memchr(value, '\0', len))
 		return false;
-	}
-	json_object *root = json_tokener_parse_ex(tok, value, (int)len);
+	json_object *root = jsondoc_parse(value, len, JSON_DEPTH, &jerr), *t = NULL;
 	bool is = false;
-	json_object *t = NULL;
-	if (!root || json_tokener_get_error(tok) != json_tokener_success ||
-	    !json_object_is_type(root, json_type_object))
+	if (!root || !json_object_is_type(root, json_type_object))
 		goto out;
 	if (!json_object_object_get_ex(root, "tenant", &t) || !t)
 		is = strcmp(want, "default") == 0;
@@ -71,7 +53,6 @@ static bool tenant_is(const void *value, size_t len, const char *want)
 		     memcmp(json_object_get_string(t), want, strlen(want)) == 0;
 out:
 	json_object_put(root);
-	json_tokener_free(tok);
 	return is;
 }
 
@@ -91,8 +72,7 @@ bool redrive_match(const struct redrive_filter *f, const rd_kafka_headers_t *hea
 
 bool redrive_truncated(const rd_kafka_headers_t *headers)
 {
-	char size[32];
-	return header_text(headers, "chatprov-dlq-truncated", size, sizeof size);
+	return kafka_header_has(headers, "chatprov-dlq-truncated");
 }
 
 rd_kafka_headers_t *redrive_headers(const rd_kafka_headers_t *headers)

@@ -159,21 +159,6 @@ struct state {
 	size_t n_marks;
 };
 
-const char *state_kind_name(enum state_kind kind)
-{
-	switch (kind) {
-	case STATE_INTENT:
-		return "intent";
-	case STATE_OPERATION:
-		return "operation";
-	case STATE_DONE:
-		return "done";
-	case STATE_NONE:
-		break;
-	}
-	return "none";
-}
-
 /* ---- keys ---- */
 
 static int hexval(char c)
@@ -749,87 +734,24 @@ void state_free(struct state *st)
 
 /* ---- records ---- */
 
-static bool header_value(const rd_kafka_message_t *msg, const char *name, char *out, size_t cap)
-{
-	rd_kafka_headers_t *hdrs = NULL;
-	const void *val = NULL;
-	size_t size = 0;
-	if (rd_kafka_message_headers(msg, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-	    rd_kafka_header_get_last(hdrs, name, &val, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-	    !val || size >= cap)
-		return false;
-	memcpy(out, val, size);
-	out[size] = '\0';
-	return true;
-}
-
-static enum state_kind kind_of(const char *name)
-{
-	for (enum state_kind k = STATE_INTENT; k <= STATE_DONE; k++)
-		if (strcmp(name, state_kind_name(k)) == 0)
-			return k;
-	return STATE_NONE;
-}
-
-#define OP_REQUEST_ID_MAX 63
-
-/* The POST's request-id, stored after the operation URL in one block. */
+/* The POST's request-id, stored after the operation URL in one block (staterec.h). */
 static const char *op_request_id(const struct entry *e)
 {
 	return e->op_url + strlen(e->op_url) + 1;
 }
 
-/* "url\0request-id\0" in one block: an operation record's strings. */
-static char *op_strings(const char *url, const char *request_id)
-{
-	size_t u = strlen(url) + 1, r = strlen(request_id) + 1;
-	char *block = malloc(u + r);
-	if (block) {
-		memcpy(block, url, u);
-		memcpy(block + u, request_id, r);
-	}
-	return block;
-}
-
-/* A string member of root, or "" when absent, not a string or longer than max. */
-static const char *short_string(struct json_object *root, const char *key, size_t max)
-{
-	struct json_object *v = NULL;
-	if (!json_object_object_get_ex(root, key, &v) || !json_object_is_type(v, json_type_string) ||
-	    (size_t)json_object_get_string_len(v) > max)
-		return "";
-	return json_object_get_string(v);
-}
-
 static bool apply_operation(struct entry *e, const rd_kafka_message_t *msg)
 {
-	struct json_tokener *tok = json_tokener_new_ex(4);
-	if (!tok)
+	char *strings;
+	int64_t started;
+	unsigned attempts;
+	if (!staterec_read_operation(msg, &strings, &started, &attempts))
 		return false;
-	struct json_object *root = json_tokener_parse_ex(tok, msg->payload, (int)msg->len);
-	json_tokener_free(tok);
-	struct json_object *loc = NULL, *started = NULL, *attempts = NULL;
-	bool ok = root && json_object_object_get_ex(root, "location", &loc) &&
-	          json_object_is_type(loc, json_type_string) &&
-	          json_object_object_get_ex(root, "startedAt", &started);
-	if (ok) {
-		/* requestId: absent in records of older versions. */
-		char *strings = op_strings(json_object_get_string(loc),
-		                           short_string(root, "requestId", OP_REQUEST_ID_MAX));
-		ok = strings != NULL;
-		if (ok) {
-			free(e->op_url);
-			e->op_url = strings;
-			e->op_started_wall_ms = json_object_get_int64(started);
-			/* Absent in records of older versions: 0, "not recorded". */
-			int64_t n = json_object_object_get_ex(root, "attempts", &attempts)
-			                ? json_object_get_int64(attempts)
-			                : 0;
-			e->op_attempts = n > 0 && n <= UINT32_MAX ? (uint32_t)n : 0;
-		}
-	}
-	json_object_put(root);
-	return ok;
+	free(e->op_url);
+	e->op_url = strings;
+	e->op_started_wall_ms = started;
+	e->op_attempts = attempts;
+	return true;
 }
 
 /* Notes the id of a record past retention; whether it was the id's last is seen later. */
@@ -861,18 +783,6 @@ struct record {
 	bool done; /* a done record (a failure that may have created its chat reads as an intent) */
 };
 
-/* A whole decimal number, nothing else. */
-static bool decimal_value(const char *text, int64_t *out)
-{
-	char *end = NULL;
-	errno = 0;
-	long long v = strtoll(text, &end, 10);
-	if (errno != 0 || end == text || *end != '\0')
-		return false;
-	*out = v;
-	return true;
-}
-
 /*
  * A failed done record whose chat may exist all the same (STATE_HEADER_OUTCOME_UNKNOWN)
  * reads as an intent from the time the header gives: the request is looked up before it is
@@ -880,23 +790,21 @@ static bool decimal_value(const char *text, int64_t *out)
  */
 static void read_outcome_unknown(const rd_kafka_message_t *msg, struct record *rec)
 {
-	char since[32];
 	int64_t at;
-	if (!header_value(msg, STATE_HEADER_OUTCOME_UNKNOWN, since, sizeof since))
+	rd_kafka_headers_t *h = NULL;
+	if (rd_kafka_message_headers(msg, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+	    !kafka_header_has(h, STATE_HEADER_OUTCOME_UNKNOWN))
 		return;
 	rec->kind = STATE_INTENT;
-	if (decimal_value(since, &at) && at > 0)
+	if (staterec_number(msg, STATE_HEADER_OUTCOME_UNKNOWN, &at) && at > 0)
 		rec->at_wall_ms = at;
 }
 
 /* A done record's STATE_INTENT_AT_HEADER, if present and not after the record itself. */
 static void take_intent_time(const rd_kafka_message_t *msg, int64_t *at_wall_ms)
 {
-	char text[24];
 	int64_t v;
-	if (!header_value(msg, STATE_INTENT_AT_HEADER, text, sizeof text))
-		return;
-	if (decimal_value(text, &v) && v > 0 && v <= *at_wall_ms)
+	if (staterec_number(msg, STATE_INTENT_AT_HEADER, &v) && v > 0 && v <= *at_wall_ms)
 		*at_wall_ms = v;
 }
 
@@ -907,7 +815,6 @@ static void take_intent_time(const rd_kafka_message_t *msg, int64_t *at_wall_ms)
 static bool record_read(struct state *st, const rd_kafka_message_t *msg, int64_t written_wall_ms,
                         struct record *rec)
 {
-	char kind_name[16], status[16];
 	if (!record_id(msg, rec->id) || !key_of_id(st, rec->id, rec->key))
 		return false;
 	rec->msg = msg;
@@ -919,17 +826,13 @@ static bool record_read(struct state *st, const rd_kafka_message_t *msg, int64_t
 	rec->done = false;
 	if (!msg->payload)
 		return true;
-	if (!header_value(msg, STATE_HEADER, kind_name, sizeof kind_name))
-		return false;
-	rec->kind = kind_of(kind_name);
+	rec->kind = staterec_kind(msg);
 	rd_kafka_timestamp_type_t tstype;
 	int64_t ts = rd_kafka_message_timestamp(msg, &tstype);
 	rec->at_wall_ms = written_wall_ms ? written_wall_ms : ts > 0 ? ts : cptime_wall_ms();
 	if (rec->kind == STATE_DONE)
 		take_intent_time(msg, &rec->at_wall_ms);
-	rec->succeeded = rec->kind == STATE_DONE &&
-	                 header_value(msg, "chatprov-status", status, sizeof status) &&
-	                 strcmp(status, "succeeded") == 0;
+	rec->succeeded = staterec_succeeded(msg);
 	rec->done = rec->kind == STATE_DONE;
 	if (rec->done && !rec->succeeded)
 		read_outcome_unknown(msg, rec);
@@ -1024,26 +927,14 @@ static void forget_key(struct state *st, const uint8_t key[KEY_BYTES])
 		slot_kill(s);
 }
 
-static bool is_mark(const rd_kafka_message_t *msg)
-{
-	char kind[sizeof STATE_MARK_KIND];
-	return msg->key && msg->key_len == strlen(STATE_MARK_KEY) &&
-	       memcmp(msg->key, STATE_MARK_KEY, msg->key_len) == 0 &&
-	       header_value(msg, STATE_HEADER, kind, sizeof kind) &&
-	       strcmp(kind, STATE_MARK_KIND) == 0;
-}
-
 /* A hand-over mark: the partition's latest one counts. False: out of memory. */
 static bool apply_mark(struct state *st, const rd_kafka_message_t *msg)
 {
-	char text[24];
 	int64_t offset;
 	size_t partition = (size_t)msg->partition;
-	if (!msg->payload || msg->len >= sizeof text || msg->partition < 0)
+	if (msg->partition < 0)
 		return true;
-	memcpy(text, msg->payload, msg->len);
-	text[msg->len] = '\0';
-	if (!decimal_value(text, &offset) || offset < 0) {
+	if (!staterec_mark_offset(msg, &offset)) {
 		log_warning("state: unreadable hand-over mark in partition %d", (int)msg->partition);
 		return true;
 	}
@@ -1074,7 +965,7 @@ static bool apply_record(struct state *st, const rd_kafka_message_t *msg, int64_
 	struct record rec;
 	struct slot s;
 	bool ok = true;
-	if (is_mark(msg))
+	if (staterec_is_mark(msg))
 		return apply_mark(st, msg);
 	if (!record_read(st, msg, written_wall_ms, &rec))
 		return true; /* not ours: ignore */
@@ -1473,11 +1364,11 @@ static enum cache_answer cache_take(struct state *st, int32_t partition, int64_t
 /* Keeps a done record passed while reading ahead; the oldest slot makes room. */
 static void cache_put(struct state *st, const rd_kafka_message_t *msg)
 {
-	char kind[16], id[ID_MAX + 1];
+	char id[ID_MAX + 1];
 	uint8_t key[KEY_BYTES];
 	if (!msg->payload || msg->len > CACHE_RECORD_MAX ||
 	    st->cache_bytes + msg->len > CACHE_BYTES ||
-	    !header_value(msg, STATE_HEADER, kind, sizeof kind) || kind_of(kind) != STATE_DONE ||
+	    staterec_kind(msg) != STATE_DONE ||
 	    !record_id(msg, id) || !key_of(id, key))
 		return;
 	struct cached_result *c = &st->cache[st->cache_next];

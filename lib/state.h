@@ -28,38 +28,7 @@
 
 #include "cfg.h"
 #include "common.h"
-
-#define STATE_HEADER "chatprov-state"
-/*
- * On a failed done record whose group chat may exist all the same (a POST whose answer was
- * lost, an operation not seen to its end): the time (epoch ms) from which the chat may have
- * been created. The mirror takes such a record for an intent of that time, so the request
- * is looked up before it is created again.
- */
-#define STATE_HEADER_OUTCOME_UNKNOWN "chatprov-outcome-unknown"
-/*
- * On a done record of a request that had an intent: the intent's time (epoch ms), when its
- * first POST may have left. The mirror takes it as the record's time, so that a lookup
- * after a failed replay fetch searches from there, not from when the result was written.
- */
-#define STATE_INTENT_AT_HEADER "chatprov-intent-at"
-/*
- * The hand-over mark: one record per state partition (this key, a control character first,
- * so no request id can be it; STATE_HEADER = STATE_MARK_KIND; value: a decimal offset).
- * Every input offset of the partition below it has its result acknowledged. An instance
- * that gives a partition up writes it, because the commit it tries in the same moment is
- * refused while the group rebalances (REBALANCE_IN_PROGRESS); the next owner skips what the
- * mark covers instead of answering it a second time (docs/crash-safety.md).
- */
-#define STATE_MARK_KEY "\x01answered-below"
-#define STATE_MARK_KIND "answered-below"
-
-enum state_kind {
-	STATE_NONE,      /* nothing known */
-	STATE_INTENT,    /* a POST may have been sent; its outcome is unknown */
-	STATE_OPERATION, /* a 202 operation is running */
-	STATE_DONE,      /* final result at `offset` of the state partition */
-};
+#include "staterec.h"
 
 /* A copy of what is known about one request. */
 struct state_info {
@@ -113,7 +82,7 @@ void state_set_progress(struct state *st, state_progress_fn *fn, void *arg);
 void state_drop_partition(struct state *st, int32_t partition);
 
 /*
- * The hand-over mark of a partition read by state_restore (see STATE_MARK_KEY). False when
+ * The hand-over mark of a partition read by state_restore (staterec.h, STATE_MARK_KEY). False when
  * there is none; state_drop_partition forgets it.
  */
 bool state_answered_below(const struct state *st, int32_t partition, int64_t *offset);
@@ -164,7 +133,5 @@ size_t state_count(const struct state *st);
  */
 size_t state_memory_bytes(const struct state *st);
 
-/* The header value of a record kind ("intent", "operation", "done"). */
-const char *state_kind_name(enum state_kind kind);
 
 #endif

@@ -112,7 +112,7 @@ static void queue_unknown(const char *topic, int32_t partition, const char *id, 
 	if (kind)
 		assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, kind, -1), 0);
 	if (status)
-		assert_int_equal(rd_kafka_header_add(h, "chatprov-status", -1, status, -1), 0);
+		assert_int_equal(rd_kafka_header_add(h, STATE_STATUS_HEADER, -1, status, -1), 0);
 	if (unknown_since)
 		assert_int_equal(
 		    rd_kafka_header_add(h, STATE_HEADER_OUTCOME_UNKNOWN, -1, unknown_since, -1), 0);
@@ -313,6 +313,58 @@ static void put_done_since(const struct fixture *f, const char *id, const char *
 	                 RD_KAFKA_RESP_ERR_NO_ERROR);
 	flush();
 	assert_true(offset >= 0);
+}
+
+/* Produces a record with headers and value as given (headers consumed). */
+static int64_t put_record(const struct fixture *f, const char *id, rd_kafka_headers_t *h,
+                          const char *value)
+{
+	int64_t offset = -1;
+	assert_non_null(h);
+	assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(f->topic),
+	                                   RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY(id, strlen(id)),
+	                                   RD_KAFKA_V_VALUE((void *)value, strlen(value)),
+	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+	                                   RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(&offset),
+	                                   RD_KAFKA_V_END),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	flush();
+	assert_true(offset >= 0);
+	return offset;
+}
+
+/* What staterec writes, the mirror reads back: the record format in one place. */
+static void test_staterec_round_trip(void **state)
+{
+	struct fixture *f = *state;
+	struct staterec_operation op = {.location = "https://g/v1.0/chats('19:a@thread.v2')/o",
+	                                .started_wall_ms = 1767225600123LL,
+	                                .attempts = 2,
+	                                .request_id = "6d0c5c5b-2a5b-4e5a-9e0e-4f1c2b3a4d5e"};
+	char *value = staterec_operation_value(&op);
+	put_record(f, "op", staterec_headers(STATE_OPERATION), value);
+	free(value);
+	put_record(f, "ok", staterec_done_headers("succeeded", 1767225600000LL, 0), done_ok);
+	put_record(f, "unsure", staterec_done_headers("failed", 0, 1767225500000LL), "{}");
+	int64_t failed = put_record(f, "failed", staterec_done_headers("failed", 0, 0), "{}");
+	assert_int_equal(restore(f, 0), 4);
+	struct state_info si = get(f, "op");
+	assert_int_equal(si.kind, STATE_OPERATION);
+	assert_string_equal(si.op_url, op.location);
+	assert_string_equal(si.op_request_id, op.request_id);
+	assert_int_equal(si.op_started_wall_ms, op.started_wall_ms);
+	assert_int_equal(si.op_attempts, 2);
+	si = get(f, "ok");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_true(si.done_succeeded);
+	assert_int_equal(si.at_wall_ms, 1767225600000LL); /* the intent's time */
+	si = get(f, "unsure");
+	assert_int_equal(si.kind, STATE_INTENT); /* looked up before it is created again */
+	assert_int_equal(si.at_wall_ms, 1767225500000LL);
+	si = get(f, "failed");
+	assert_int_equal(si.kind, STATE_DONE);
+	assert_false(si.done_succeeded);
+	assert_int_equal(si.offset, failed);
 }
 
 /*
@@ -856,7 +908,7 @@ static void produce_own(rd_kafka_t *rk, const char *topic, const char *id, const
 	assert_non_null(h);
 	assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, kind, -1), 0);
 	if (status)
-		assert_int_equal(rd_kafka_header_add(h, "chatprov-status", -1, status, -1), 0);
+		assert_int_equal(rd_kafka_header_add(h, STATE_STATUS_HEADER, -1, status, -1), 0);
 	if (intent_at)
 		assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1),
 		                 0);
@@ -1359,6 +1411,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_operation_parsed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_done_clears_operation, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_records_ignored, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_staterec_round_trip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_handover_mark_latest_per_partition, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_returns_the_recorded_result_bytes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_bad_offset, setup, teardown),
