@@ -296,25 +296,6 @@ static void test_failed_outcome_unknown_reads_as_intent(void **state)
 
 }
 
-/* A done record as the pipeline writes it: with the intent's time (any text for a test). */
-static void put_done_since(const struct fixture *f, const char *id, const char *intent_at)
-{
-	int64_t offset = -1;
-	rd_kafka_headers_t *h = rd_kafka_headers_new(3);
-	assert_non_null(h);
-	assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, "done", -1), 0);
-	assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1), 0);
-	assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(f->topic),
-	                                   RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY(id, strlen(id)),
-	                                   RD_KAFKA_V_VALUE((void *)done_ok, strlen(done_ok)),
-	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-	                                   RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(&offset),
-	                                   RD_KAFKA_V_END),
-	                 RD_KAFKA_RESP_ERR_NO_ERROR);
-	flush();
-	assert_true(offset >= 0);
-}
-
 /* Produces a record with headers and value as given (headers consumed). */
 static int64_t put_record(const struct fixture *f, const char *id, rd_kafka_headers_t *h,
                           const char *value)
@@ -331,6 +312,16 @@ static int64_t put_record(const struct fixture *f, const char *id, rd_kafka_head
 	flush();
 	assert_true(offset >= 0);
 	return offset;
+}
+
+/* A done record as the pipeline writes it: with the intent's time (any text for a test). */
+static void put_done_since(const struct fixture *f, const char *id, const char *intent_at)
+{
+	rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+	assert_non_null(h);
+	assert_int_equal(rd_kafka_header_add(h, STATE_HEADER, -1, "done", -1), 0);
+	assert_int_equal(rd_kafka_header_add(h, STATE_INTENT_AT_HEADER, -1, intent_at, -1), 0);
+	put_record(f, id, h, done_ok);
 }
 
 /* What staterec writes, the mirror reads back: the record format in one place. */
