@@ -303,12 +303,23 @@ class Soak:
             self.stack.read_results(timeout=0.5)
         self.stack.graph.config(operation_fail_rate=0)
 
+    def harness_token(self):
+        """A token for the soak's own requests. graph-sim's token endpoint fails 2 % of its
+        answers for the whole run (token_fault_503_rate): the harness retries them, as the
+        daemon does (a CI run failed on one refused here)."""
+        for _ in range(20):
+            r = self.stack.graph.token_response()
+            if r.status == 200:
+                return r.json()["access_token"]
+            time.sleep(0.1)
+        raise RuntimeError("token refused 20 times: %s" % r.body)
+
     def inject_after(self):
         group_ids = sorted(i for i, k in self.mix.kinds.items() if i.startswith("grp-")
                            and i in self.stack.results
                            and self.stack.results[i][0].get("status") == "succeeded")
         if "twice" in self.args.inject:
-            token = self.stack.graph.token()
+            token = self.harness_token()
             r = self.stack.graph.post_chat(chat_body("group", [USER_A, USER_B], topic="again"),
                                            token, headers={"client-request-id":
                                                            client_request_id(group_ids[0])})
