@@ -1232,8 +1232,7 @@ static void write_intent(struct pipeline *p, struct job *job)
 {
 	char value[128];
 	job->intent_wall_ms = cptime_wall_ms();
-	snprintf(value, sizeof value, "{\"at\":%lld,\"clientRequestId\":\"%s\"}",
-	         (long long)job->intent_wall_ms, job->client_request_id);
+	staterec_intent_value(value, sizeof value, job->intent_wall_ms, job->client_request_id);
 	rd_kafka_headers_t *h = staterec_headers(STATE_INTENT);
 	if (!h) {
 		log_error("out of memory writing an intent");

@@ -79,6 +79,12 @@ rd_kafka_headers_t *staterec_mark_headers(void)
 	return headers_of(STATE_MARK_KIND, 1);
 }
 
+void staterec_intent_value(char *out, size_t cap, int64_t at_wall_ms, const char *client_request_id)
+{
+	snprintf(out, cap, "{\"at\":%lld,\"clientRequestId\":\"%s\"}", (long long)at_wall_ms,
+	         client_request_id);
+}
+
 char *staterec_operation_value(const struct staterec_operation *op)
 {
 	struct json_object *o = json_object_new_object();

@@ -3,7 +3,7 @@
  * read here only.
  *
  * A record is keyed by the request id and partitioned like the input. Its kind is in the
- * STATE_HEADER header: "intent" (a POST may leave; empty value), "operation" (a 202's
+ * STATE_HEADER header: "intent" (a POST may leave; a small JSON value), "operation" (a 202's
  * operation, a JSON value), "done" (the result's bytes; STATE_STATUS_HEADER says how it
  * ended). A null value is a tombstone. Besides requests, one hand-over mark per partition
  * (STATE_MARK_KEY) says below which input offset every result is acknowledged.
@@ -66,6 +66,13 @@ rd_kafka_headers_t *staterec_done_headers(const char *status, int64_t intent_wal
 
 /* The headers of a hand-over mark; its value is the offset in decimal. */
 rd_kafka_headers_t *staterec_mark_headers(void) CP_MUSTCHECK;
+
+/*
+ * An intent record's value, {"at":ms,"clientRequestId":id}, in out (cut to cap as snprintf
+ * cuts; 128 bytes hold it).
+ */
+void staterec_intent_value(char *out, size_t cap, int64_t at_wall_ms,
+                           const char *client_request_id);
 
 /* What an operation record holds. */
 struct staterec_operation {

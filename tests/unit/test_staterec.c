@@ -1,6 +1,6 @@
 /*
  * test_staterec.c - the state record format, written side: headers of each kind, the
- * operation value. The read side is exercised through restores in test_state.c, which
+ * intent and operation values. The read side is exercised through restores in test_state.c, which
  * produces records with these functions to a mock cluster.
  */
 #include <setjmp.h>
@@ -87,6 +87,19 @@ static void test_operation_value_is_flat_json(void **state)
 	free(value);
 }
 
+static void test_intent_value(void **state)
+{
+	(void)state;
+	char value[128];
+	staterec_intent_value(value, sizeof value, 1767225600123LL,
+	                      "6d0c5c5b-2a5b-4e5a-9e0e-4f1c2b3a4d5e");
+	assert_string_equal(value, "{\"at\":1767225600123,\"clientRequestId\":"
+	                           "\"6d0c5c5b-2a5b-4e5a-9e0e-4f1c2b3a4d5e\"}");
+	char small[8];
+	staterec_intent_value(small, sizeof small, 1, "x"); /* cut, still terminated */
+	assert_string_equal(small, "{\"at\":1");
+}
+
 /* kafka_header_text refuses what it would have to cut, or what holds a NUL byte. */
 static void test_header_text_is_exact(void **state)
 {
@@ -118,6 +131,7 @@ int main(void)
 	    cmocka_unit_test(test_kinds_and_their_headers),
 	    cmocka_unit_test(test_done_headers_carry_only_what_applies),
 	    cmocka_unit_test(test_operation_value_is_flat_json),
+	    cmocka_unit_test(test_intent_value),
 	    cmocka_unit_test(test_header_text_is_exact),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
