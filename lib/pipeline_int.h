@@ -165,63 +165,106 @@ struct pipeline {
 
 /* ---- pipeline_core.c: shared state and primitives ---- */
 
+/* One turn of a long wait (restore, fetch, hand-over): feeds the wait hook. */
 void core_wait_tick(struct pipeline *p, bool advanced);
+/* The partition's entry, the table grown to hold it (it may move).
+ * NULL: a negative id, or out of memory. */
 struct partition_state *core_partition(struct pipeline *p, int32_t id);
+/* Stores the next offset to commit of every partition that progressed. */
 void core_store_offsets(struct pipeline *p);
+/* The bound on offsets tracked (done behind a slow one). */
 size_t core_tracked_limit(const struct pipeline *p);
+/* Wakes the Kafka thread if it waits for credit: after a change intake_credit reads. */
 void core_wake_for_credit(struct pipeline *p);
+/* The job belongs to its partition's current generation (also the workers' hook). */
 bool core_job_is_current(const struct job *job, void *arg);
+/* A result of this job may still move its partition's offsets and state. */
 bool core_settles_here(struct pipeline *p, const struct job *job);
+/* want_ms, cut to what is left of pipeline_finish's deadline when there is one. */
 int core_within_finish(const struct pipeline *p, int want_ms);
+/* Commits the stored offsets, waiting at most timeout_ms for the coordinator. */
 rd_kafka_resp_err_t core_commit_within(struct pipeline *p, int timeout_ms);
+/* The job's result is in the producer: from now on it only waits for the ack. */
 void core_mark_result_queued(struct pipeline *p, struct job *job);
+/* A job leaves memory (settled or abandoned), exactly once; any thread. */
 void core_release(struct pipeline *p, struct job *job);
 
 /* ---- pipeline_publish.c: records to the producer and their delivery reports ---- */
 
+/* One produce call; headers are consumed on success and destroyed on failure. */
 rd_kafka_resp_err_t publish_produce(struct pipeline *p, const char *topic, int32_t partition,
                                     const void *key, size_t key_len, void *value, size_t len,
                                     int flags, rd_kafka_headers_t *headers, struct job *job);
+/*
+ * Queues one record (copied), through a full producer queue; a refusal is kept to be judged
+ * and produced again. headers are consumed. False only when memory ran out (then fatal):
+ * callers that have nothing to add ignore it.
+ */
 bool publish_queue_record(struct pipeline *p, const char *topic, int32_t partition, const void *key,
                           size_t key_len, const void *value, size_t len,
                           rd_kafka_headers_t *headers, struct job *job, bool block);
+/* The key of a job's result: its input key, or its id. */
 void publish_result_key(const struct job *job, const void **key, size_t *key_len);
+/* The workers' on_done: a final result is published; an abandoned job released. */
 void publish_on_job_done(struct job *job, void *arg);
+/* The workers' on_accepted hook: a 202's operation goes to the state topic. */
 void publish_record_operation(struct job *job, void *arg);
+/* Kafka thread, every turn: judges failed records, produces again those due. */
 void publish_reproduce_due(struct pipeline *p);
+/* At exit: frees the copies of failed records (their jobs stay with their holders). */
 void publish_reproduce_drop_all(struct pipeline *p);
+/* librdkafka's delivery report callback, on the Kafka thread. */
 void publish_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
+/* An invalid event: its rejected result (and DLQ copy) goes out at once. */
 void publish_reject(struct pipeline *p, const rd_kafka_message_t *msg, struct job *job,
                     const char *reason);
 
 /* ---- pipeline_collect.c: counters and the metrics scrape ---- */
 
+/* The metrics thread's collect callback, before each scrape. */
 void collect_metrics(struct metrics *m, void *arg);
 
 /* ---- pipeline_dispatch.c: what a valid event becomes; duplicates of an id in progress ---- */
 
+/* Pushes a prepared job to the scheduler and wakes a worker. */
 void dispatch_queue_job(struct pipeline *p, struct job *job);
+/* A done record was acknowledged: the duplicates of its id get the same result bytes. */
 void dispatch_answer_followers(struct pipeline *p, const rd_kafka_message_t *done);
+/* The leader of id settled: its remaining duplicates are routed again. */
 void dispatch_restart_followers(struct pipeline *p, const char *id);
+/* Releases the duplicates drop() selects; routes the others again. */
 void dispatch_drop_followers(struct pipeline *p, bool (*drop)(struct pipeline *, struct job *));
+/* An input message becomes a job: rejected, answered from the state, or queued. */
 void dispatch_admit(struct pipeline *p, const rd_kafka_message_t *msg);
 
 /* ---- pipeline_intake.c: taking messages as far as the credit goes ---- */
 
+/* How many messages may be taken now (0 while draining, at a
+ * memory bound or with the read-ahead full). */
 size_t intake_credit(struct pipeline *p);
+/* Seeks partitions held at an unreadable message back to it once its backoff ended. */
 void intake_refetch_unreadable(struct pipeline *p);
+/* Takes up to credit messages from the intake queue; returns how many. */
 size_t intake_take_messages(struct pipeline *p, size_t credit);
+/* The group's own queue: rebalances (through their callback) and consumer errors. */
 void intake_serve_consumer_events(struct pipeline *p);
+/* Sleeps until a queue gets work or credit returns, at most timeout_ms. */
 void intake_wait_for_work(struct pipeline *p, bool has_credit, int timeout_ms);
-bool intake_open(struct pipeline *p, char *err, size_t errcap);
+/* The intake queue and its wake-up eventfd, once the consumer exists. */
+bool intake_open(struct pipeline *p, char *err, size_t errcap) CP_MUSTCHECK;
+/* Before the consumer goes: librdkafka must not write to a closed descriptor. */
 void intake_close(struct pipeline *p);
 
 /* ---- pipeline_rebalance.c: assignments, revokes, hand-overs, this instance's share ---- */
 
+/* The hand-over mark of a partition still owned: the offsets its results cover. */
 void rebalance_write_handover_mark(struct pipeline *p, int32_t partition);
+/* Flushes the producer (bounded), so that the marks written are acknowledged. */
 void rebalance_flush_handover_marks(struct pipeline *p);
+/* librdkafka's rebalance callback, on the Kafka thread. */
 void rebalance_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             rd_kafka_topic_partition_list_t *parts, void *opaque);
+/* This instance's share of [limits] (owned / total input partitions) to the scheduler. */
 void rebalance_apply_share(struct pipeline *p);
 
 #endif

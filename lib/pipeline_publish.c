@@ -32,7 +32,7 @@
 #define REPRODUCE_MAX_MS  10000
 
 /*
- * A record that failed (a delivery report with an error, or refused by produce()), waiting
+ * A record that failed (a delivery report with an error, or refused by publish_produce()), waiting
  * to be judged (err) and produced again (due_ms). Any thread adds; the Kafka thread judges.
  */
 struct reproduce {
