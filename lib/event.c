@@ -443,10 +443,12 @@ static json_object *parse_json(struct dctx *c, const char *buf, size_t len)
 	if (!root && jerr.status == JSONDOC_NO_MEMORY)
 		return set_reason(c, "out of memory"), NULL;
 	if (!root && jerr.status == JSONDOC_TRAILING)
-		return set_reason(c, "invalid JSON at offset %zu: data after the object", jerr.offset),
+		return set_reason(c, "invalid JSON at offset %zu: data after the object",
+		                  jerr.offset),
 		       NULL;
 	if (!root)
-		return set_reason(c, "invalid JSON at offset %zu: %s", jerr.offset, jerr.what), NULL;
+		return set_reason(c, "invalid JSON at offset %zu: %s", jerr.offset, jerr.what),
+		       NULL;
 	return root;
 }
 

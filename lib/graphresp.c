@@ -47,7 +47,8 @@ static json_object *parse_object(const char *body, size_t len, size_t max, char 
 	if (!root && jerr.status == JSONDOC_NO_MEMORY)
 		return fail_msg(err, errcap, "out of memory"), NULL;
 	if (!root && jerr.status != JSONDOC_TRAILING)
-		return fail_msg(err, errcap, "invalid JSON at offset %zu: %s", jerr.offset, jerr.what),
+		return fail_msg(err, errcap, "invalid JSON at offset %zu: %s", jerr.offset,
+		                jerr.what),
 		       NULL;
 	if (!root || !json_object_is_type(root, json_type_object)) {
 		json_object_put(root);
