@@ -319,9 +319,7 @@ struct record {
 static void read_outcome_unknown(const rd_kafka_message_t *msg, struct record *rec)
 {
 	int64_t at;
-	rd_kafka_headers_t *h = NULL;
-	if (rd_kafka_message_headers(msg, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-	    !kafka_header_has(h, STATE_HEADER_OUTCOME_UNKNOWN))
+	if (!staterec_has(msg, STATE_HEADER_OUTCOME_UNKNOWN))
 		return;
 	rec->kind = STATE_INTENT;
 	if (staterec_number(msg, STATE_HEADER_OUTCOME_UNKNOWN, &at) && at > 0)

@@ -143,6 +143,11 @@ static bool decimal_value(const char *text, int64_t *out)
 	return true;
 }
 
+bool staterec_has(const rd_kafka_message_t *msg, const char *header)
+{
+	return kafka_header_has(headers_of_msg(msg), header);
+}
+
 bool staterec_number(const rd_kafka_message_t *msg, const char *header, int64_t *out)
 {
 	char text[24];

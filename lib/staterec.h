@@ -93,6 +93,9 @@ enum state_kind staterec_kind(const rd_kafka_message_t *msg);
 /* A done record whose status is "succeeded". */
 bool staterec_succeeded(const rd_kafka_message_t *msg);
 
+/* Whether the record has this header, whatever its value. */
+bool staterec_has(const rd_kafka_message_t *msg, const char *header);
+
 /* A header holding a whole decimal number. False: absent or not one. */
 bool staterec_number(const rd_kafka_message_t *msg, const char *header, int64_t *out) CP_MUSTCHECK;
 
