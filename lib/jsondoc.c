@@ -92,6 +92,8 @@ json_object *jsondoc_parse(const char *buf, size_t len, int depth, struct jsondo
 		return fail(err, JSONDOC_TRUNCATED, len, "unexpected end of input");
 	if (!root)
 		return fail(err, JSONDOC_INVALID, end, json_tokener_error_desc(jerr));
+	/* Strict json-c reports data after the value itself (JSONDOC_INVALID); this check holds
+	 * whatever its flags or version. */
 	while (end < len && strchr(" \t\r\n", buf[end]))
 		end++;
 	if (end < len) {

@@ -27,10 +27,13 @@ static void test_errors_say_where_and_why(void **state)
 	assert_null(parse("{\"a\": 1", 8, &err));
 	assert_int_equal(err.status, JSONDOC_TRUNCATED);
 	assert_int_equal(err.offset, 7);
-	/* json-c's strict mode refuses what follows by itself; whitespace then data: ours. */
+	/* json-c's strict mode refuses what follows the value itself, where it starts. */
 	assert_null(parse("{\"a\": 1} x", 8, &err));
-	assert_true(err.status == JSONDOC_TRAILING || err.status == JSONDOC_INVALID);
-	assert_true(err.offset >= 8);
+	assert_int_equal(err.status, JSONDOC_INVALID);
+	assert_int_equal(err.offset, 9);
+	assert_null(parse("{\"a\": 1}\n {}", 8, &err));
+	assert_int_equal(err.status, JSONDOC_INVALID);
+	assert_int_equal(err.offset, 10);
 	assert_null(parse("{\"a\": tru}", 8, &err));
 	assert_int_equal(err.status, JSONDOC_INVALID);
 	assert_non_null(err.what);
