@@ -33,6 +33,10 @@
 
 #include "common.h"
 
+/* A bucket "holds a whole token" at 1 - PACER_TOKEN_EPS: absorbs rounding of the refill
+ * arithmetic (eta.c models the buckets with the same rule). */
+#define PACER_TOKEN_EPS 1e-9
+
 /* Bounds on what pacer_new / pacer_add_tenant accept. */
 #define PACER_MAX_TENANTS 4096
 #define PACER_MAX_QUEUED  (1u << 30)
@@ -79,6 +83,7 @@ struct pacer_tenant_stats {
 };
 
 struct pacer;
+struct eta_tenant;
 
 /*
  * max_queued bounds what pacer_push accepts (new work). False on invalid limits (not finite,
@@ -155,37 +160,6 @@ bool pacer_tenant_stats(struct pacer *s, size_t tenant,
                         struct pacer_tenant_stats *out) CP_MUSTCHECK;
 
 /*
- * ETA of a backlog under the buckets (`chatprovctl plan`, chatprov_backlog_eta_seconds).
- * The fluid model of what pacer_take does: each tenant first sends what its bucket holds
- * (tokens, no more than the global bucket's tokens shared fairly), then at its rate; when the
- * tenants together could send faster than the global rate, the global rate is shared among
- * the tenants with work left, as the round-robin shares it (max-min fair: a tenant below its
- * share keeps its rate, the rest split what remains). A tenant held below its own rate saves
- * tokens in its bucket (up to the bucket's size) and spends them later above its rate, as
- * far as the global bucket allows. Retry-After blocks, 429s and Graph's one-on-one dedup are
- * not predicted. Against the scheduler itself the model is within a token interval.
- */
-struct pacer_eta_tenant {
-	double events; /* work to do */
-	double rate;   /* requests per window the tenant may send */
-	double tokens; /* requests it may send at once (pacer_full_bucket for a fresh start) */
-	double eta_s;  /* out: seconds until its last request may leave (0: none to send) */
-};
-
-/* The tokens of a full bucket of this rate per window: what a fresh scheduler sends at once. */
-double pacer_full_bucket(double per_window);
-
-/* What a fresh tenant sends at once with slow start (pacer_limits.slow_start_tokens). */
-double pacer_first_burst(double per_window, double slow_start_tokens);
-
-/*
- * Fills every t[i].eta_s and *total_s (the latest of them); INFINITY where work meets a zero
- * rate. False on invalid input (negative or non-finite values, window_s <= 0) or out of memory.
- */
-bool pacer_eta(struct pacer_eta_tenant *t, size_t n, double global_rate, double global_tokens,
-               double window_s, double *total_s) CP_MUSTCHECK;
-
-/*
  * The ETA of the work queued now plus `unqueued` events not yet read (consumer lag, work
  * still being decoded) at the rates the scheduler currently allows (AIMD included, the
  * buckets taken as empty). Tenant i of the n given gets out[i] = its queued work and its ETA;
@@ -193,7 +167,7 @@ bool pacer_eta(struct pacer_eta_tenant *t, size_t n, double global_rate, double 
  * has queued (all on tenant 0 when nothing is queued): the queue is the best sample of what
  * the backlog holds. False when out of memory.
  */
-bool pacer_backlog_eta(struct pacer *s, double unqueued, struct pacer_eta_tenant *out, size_t n,
+bool pacer_backlog_eta(struct pacer *s, double unqueued, struct eta_tenant *out, size_t n,
                        double *total_s) CP_MUSTCHECK;
 
 #endif

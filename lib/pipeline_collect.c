@@ -10,6 +10,7 @@
  */
 #include "auth.h"
 #include "cptime.h"
+#include "eta.h"
 #include "pipeline_int.h"
 
 /*
@@ -76,7 +77,7 @@ void collect_metrics(struct metrics *m, void *arg)
 /* The backlog (lag plus work in memory) and its ETA at the rates the scheduler allows now. */
 static void backlog_eta(struct pipeline *p, struct pipeline_counters *out)
 {
-	struct pacer_eta_tenant t[CFG_MAX_TENANTS];
+	struct eta_tenant t[CFG_MAX_TENANTS];
 	out->backlog = (out->lag > 0 ? out->lag : 0) + (int64_t)out->in_memory;
 	double unqueued = (double)(out->backlog - (int64_t)out->queued);
 	if (!pacer_backlog_eta(p->pacer, unqueued > 0 ? unqueued : 0, t, CFG_MAX_TENANTS,

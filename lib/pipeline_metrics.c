@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "cptime.h"
+#include "eta.h"
 #include "log.h"
 #include "result.h"
 
@@ -306,7 +307,7 @@ void pipeline_metrics_lag(struct pipeline_metrics *pm, int32_t partition, int64_
 void pipeline_metrics_backlog(struct pipeline_metrics *pm, struct pacer *pacer, double backlog,
                               double unqueued)
 {
-	struct pacer_eta_tenant t[CFG_MAX_TENANTS];
+	struct eta_tenant t[CFG_MAX_TENANTS];
 	double total;
 	if (!pm || !pacer_backlog_eta(pacer, unqueued, t, pm->n_tenants, &total))
 		return;

@@ -8,6 +8,7 @@
 
 #include "chatreq.h"
 #include "cpjson.h"
+#include "eta.h"
 #include "event.h"
 #include "pacer.h"
 
@@ -141,7 +142,7 @@ static double tenant_limit(const struct cfg *cfg, size_t i)
 	return limit > 0 ? limit : cfg->tenants[0].limits.chat_creates_per_10s_per_tenant;
 }
 
-static bool tenants_json(const struct plan *p, const struct pacer_eta_tenant *t,
+static bool tenants_json(const struct plan *p, const struct eta_tenant *t,
                          json_object *tenants)
 {
 	for (size_t i = 0; i < p->cfg->n_tenants; i++) {
@@ -159,16 +160,16 @@ static bool tenants_json(const struct plan *p, const struct pacer_eta_tenant *t,
 bool plan_summary(struct plan *p, json_object **out)
 {
 	const struct cfg *cfg = p->cfg;
-	struct pacer_eta_tenant t[CFG_MAX_TENANTS];
+	struct eta_tenant t[CFG_MAX_TENANTS];
 	double eta = 0, global = cfg->limits.chat_creates_per_10s_global;
 	for (size_t i = 0; i < cfg->n_tenants; i++) {
 		double limit = tenant_limit(cfg, i);
-		t[i] = (struct pacer_eta_tenant){.events = (double)p->chats[i],
+		t[i] = (struct eta_tenant){.events = (double)p->chats[i],
 		                                 .rate = limit,
-		                                 .tokens = pacer_first_burst(limit,
+		                                 .tokens = eta_first_burst(limit,
 		                                                            PACER_SLOW_START_TOKENS)};
 	}
-	if (!pacer_eta(t, cfg->n_tenants, global, pacer_full_bucket(global), cfg->limits.window_s,
+	if (!eta_compute(t, cfg->n_tenants, global, eta_full_bucket(global), cfg->limits.window_s,
 	               &eta))
 		return false;
 	json_object *s = json_object_new_object(), *tenants = json_object_new_object();

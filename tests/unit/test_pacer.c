@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eta.h"
 #include "pacer.h"
 
 #define JOB(i)    ((void *)(uintptr_t)((i) + 1))
@@ -279,9 +280,9 @@ static void test_slow_start_grows_the_burst_per_success(void **state)
 	while (take(s, 300000, NULL, NULL, NULL) == PACER_TAKEN)
 		n++;
 	assert_int_equal(n, 4);
-	assert_true(pacer_first_burst(200, 4) == 4);
-	assert_true(pacer_first_burst(2, 4) == 2);
-	assert_true(pacer_first_burst(200, 0) == 200);
+	assert_true(eta_first_burst(200, 4) == 4);
+	assert_true(eta_first_burst(2, 4) == 2);
+	assert_true(eta_first_burst(200, 0) == 200);
 	pacer_free(s);
 }
 
@@ -924,7 +925,7 @@ struct eta_case {
 static void check_eta_matches_scheduler(const struct eta_case *c)
 {
 	struct pacer *s = new_pacer(20, c->global, c->window, 1u << 20);
-	struct pacer_eta_tenant t[8];
+	struct eta_tenant t[8];
 	size_t id = 0;
 	int64_t start = 1000000;
 	for (size_t i = 0; i < c->n_tenants; i++) {
@@ -933,12 +934,12 @@ static void check_eta_matches_scheduler(const struct eta_case *c)
 		size_t idx = add_tenant(s, name, c->limits[i]);
 		push_n(s, idx, id, (size_t)c->events[i], start);
 		id += (size_t)c->events[i];
-		t[i] = (struct pacer_eta_tenant){.events = c->events[i],
+		t[i] = (struct eta_tenant){.events = c->events[i],
 		                                 .rate = c->limits[i],
-		                                 .tokens = pacer_full_bucket(c->limits[i])};
+		                                 .tokens = eta_full_bucket(c->limits[i])};
 	}
 	double eta = -1;
-	assert_true(pacer_eta(t, c->n_tenants, c->global, pacer_full_bucket(c->global), c->window,
+	assert_true(eta_compute(t, c->n_tenants, c->global, eta_full_bucket(c->global), c->window,
 	                      &eta));
 	double measured = drain_time(s, start);
 	/* A token interval: the scheduler hands out whole tokens, the model flows. */
@@ -960,14 +961,14 @@ static void test_eta_one_tenant(void **state)
 {
 	(void)state;
 	/* 200 events at 20 per 10 s: 20 at once, 180 more at 2/s. */
-	struct pacer_eta_tenant t = {.events = 200, .rate = 20, .tokens = 20};
+	struct eta_tenant t = {.events = 200, .rate = 20, .tokens = 20};
 	double eta = 0;
-	assert_true(pacer_eta(&t, 1, 200, 200, 10, &eta));
+	assert_true(eta_compute(&t, 1, 200, 200, 10, &eta));
 	assert_true(fabs(eta - 90) < 1e-6);
 	assert_true(fabs(t.eta_s - 90) < 1e-6);
 	/* 10,000 chats of one tenant at 20 per 10 s: over 80 minutes (the figure). */
-	t = (struct pacer_eta_tenant){.events = 10000, .rate = 20, .tokens = 20};
-	assert_true(pacer_eta(&t, 1, 200, 200, 10, &eta));
+	t = (struct eta_tenant){.events = 10000, .rate = 20, .tokens = 20};
+	assert_true(eta_compute(&t, 1, 200, 200, 10, &eta));
 	assert_true(eta > 80 * 60 && fabs(eta - 4990) < 1e-6);
 	check_eta_matches_scheduler(&(struct eta_case){1, {20}, {200}, 200, 10});
 }
@@ -976,11 +977,11 @@ static void test_eta_global_limit_binds(void **state)
 {
 	(void)state;
 	/* 30 tenants of 100 at 20 per 10 s each, 200 global: the global bucket decides. */
-	struct pacer_eta_tenant t[30];
+	struct eta_tenant t[30];
 	for (size_t i = 0; i < 30; i++)
-		t[i] = (struct pacer_eta_tenant){.events = 100, .rate = 20, .tokens = 20};
+		t[i] = (struct eta_tenant){.events = 100, .rate = 20, .tokens = 20};
 	double eta = 0;
-	assert_true(pacer_eta(t, 30, 200, 200, 10, &eta));
+	assert_true(eta_compute(t, 30, 200, 200, 10, &eta));
 	assert_true(fabs(eta - (3000.0 - 200) / 20) < 1e-6);
 	check_eta_matches_scheduler(&(struct eta_case){4, {20, 20, 20, 20}, {100, 100, 100, 100},
 	                                               50, 10});
@@ -994,11 +995,11 @@ static void test_eta_shares_like_round_robin(void **state)
 	 * its own rate: longer than either bound alone (max(1000/20, 1500/40) windows).
 	 */
 	struct eta_case c = {4, {20, 20, 20, 20}, {1000, 100, 100, 100}, 40, 1};
-	struct pacer_eta_tenant t[4];
+	struct eta_tenant t[4];
 	for (size_t i = 0; i < 4; i++)
-		t[i] = (struct pacer_eta_tenant){.events = c.events[i], .rate = 20, .tokens = 20};
+		t[i] = (struct eta_tenant){.events = c.events[i], .rate = 20, .tokens = 20};
 	double eta = 0;
-	assert_true(pacer_eta(t, 4, 40, 40, 1, &eta));
+	assert_true(eta_compute(t, 4, 40, 40, 1, &eta));
 	assert_true(eta > 1000.0 / 20 + 1);
 	assert_true(t[1].eta_s < eta && t[1].eta_s == t[2].eta_s);
 	check_eta_matches_scheduler(&c);
@@ -1033,23 +1034,23 @@ static void test_eta_edges(void **state)
 {
 	(void)state;
 	double eta = -1;
-	assert_true(pacer_eta(NULL, 0, 200, 200, 10, &eta));
+	assert_true(eta_compute(NULL, 0, 200, 200, 10, &eta));
 	assert_true(eta == 0);
-	struct pacer_eta_tenant t[2] = {{.events = 0, .rate = 20, .tokens = 20},
+	struct eta_tenant t[2] = {{.events = 0, .rate = 20, .tokens = 20},
 	                                {.events = 5, .rate = 20, .tokens = 20}};
-	assert_true(pacer_eta(t, 2, 200, 200, 10, &eta));
+	assert_true(eta_compute(t, 2, 200, 200, 10, &eta));
 	assert_true(eta == 0 && t[0].eta_s == 0 && t[1].eta_s == 0);
 	/* Work that can never leave. */
-	t[1] = (struct pacer_eta_tenant){.events = 5, .rate = 0, .tokens = 0};
-	assert_true(pacer_eta(t, 2, 200, 200, 10, &eta));
+	t[1] = (struct eta_tenant){.events = 5, .rate = 0, .tokens = 0};
+	assert_true(eta_compute(t, 2, 200, 200, 10, &eta));
 	assert_true(isinf(eta) && isinf(t[1].eta_s));
 	/* Invalid input. */
 	t[1].events = -1;
-	assert_false(pacer_eta(t, 2, 200, 200, 10, &eta));
+	assert_false(eta_compute(t, 2, 200, 200, 10, &eta));
 	t[1].events = NAN;
-	assert_false(pacer_eta(t, 2, 200, 200, 10, &eta));
+	assert_false(eta_compute(t, 2, 200, 200, 10, &eta));
 	t[1].events = 1;
-	assert_false(pacer_eta(t, 2, 200, 200, 0, &eta));
+	assert_false(eta_compute(t, 2, 200, 200, 0, &eta));
 }
 
 static void test_backlog_eta_uses_current_rates(void **state)
@@ -1059,7 +1060,7 @@ static void test_backlog_eta_uses_current_rates(void **state)
 	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 10);
 	push_n(s, a, 0, 40, 0);
 	push_n(s, b, 100, 10, 0);
-	struct pacer_eta_tenant t[2];
+	struct eta_tenant t[2];
 	double total = 0;
 	assert_true(pacer_backlog_eta(s, 0, t, 2, &total));
 	assert_true(t[0].events == 40 && fabs(t[0].eta_s - 20) < 1e-6);
