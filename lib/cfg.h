@@ -64,9 +64,10 @@ struct cfg {
 		char group_id[CFG_VALUE_MAX];
 		char input_topic[CFG_NAME_MAX * 4];
 		char output_topic[CFG_NAME_MAX * 4];
-		char dlq_topic[CFG_NAME_MAX * 4];   /* "" = no DLQ */
-		char state_topic[CFG_NAME_MAX * 4]; /* defaulted to "<input_topic>.state" */
-		size_t max_message_bytes;           /* default 1 MiB */
+		char dlq_topic[CFG_NAME_MAX * 4];    /* "" = no DLQ */
+		char state_topic[CFG_NAME_MAX * 4];  /* defaulted to "<input_topic>.state" */
+		char limits_topic[CFG_NAME_MAX * 4]; /* "" = Retry-After blocks not shared */
+		size_t max_message_bytes;            /* default 1 MiB */
 		size_t max_queued;       /* events still to do in memory before intake stops */
 		size_t max_queued_bytes; /* their bytes (key, headers, value, copies) */
 	} kafka;

@@ -231,7 +231,8 @@ static bool topics_distinct(const struct cfg *cfg, const char **first, const cha
 	} t[] = {{"input_topic", cfg->kafka.input_topic},
 	         {"output_topic", cfg->kafka.output_topic},
 	         {"state_topic", cfg->kafka.state_topic},
-	         {"dlq_topic", cfg->kafka.dlq_topic}};
+	         {"dlq_topic", cfg->kafka.dlq_topic},
+	         {"limits_topic", cfg->kafka.limits_topic}};
 	for (size_t i = 0; i < CP_ARRAY_LEN(t); i++)
 		for (size_t j = i + 1; j < CP_ARRAY_LEN(t); j++)
 			if (t[i].name[0] && strcmp(t[i].name, t[j].name) == 0) {
@@ -252,7 +253,7 @@ static bool check_cross(struct load *ld)
 		global_origin(ld, "kafka", second, at, sizeof(at));
 		load_fail(ld, 0,
 		          "%s: [kafka] %s and %s are the same topic: input_topic, output_topic, "
-		          "state_topic and dlq_topic must be different topics",
+		          "state_topic, dlq_topic and limits_topic must be different topics",
 		          at, first, second);
 		return false;
 	}

@@ -55,7 +55,7 @@ struct cfg_key {
 };
 
 /* The tables' lengths, as constants: struct load sizes its origin arrays by them. */
-#define KEYS_N_GLOBAL   36
+#define KEYS_N_GLOBAL   37
 #define KEYS_N_TENANT   11
 #define KEYS_N_SECTIONS 10
 

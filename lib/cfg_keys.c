@@ -37,6 +37,7 @@ const struct cfg_key keys_global[] = {
 	STR("kafka", "output_topic", "", KF_REQUIRED | KF_TOPIC, kafka.output_topic),
 	STR("kafka", "dlq_topic", "", KF_TOPIC, kafka.dlq_topic),
 	STR("kafka", "state_topic", "", KF_TOPIC, kafka.state_topic),
+	STR("kafka", "limits_topic", "", KF_TOPIC, kafka.limits_topic),
 	NUM("kafka", "max_message_bytes", CFG_T_UINT, "1048576", 1024, 16777216, 0,
 	    kafka.max_message_bytes),
 	NUM("kafka", "max_queued", CFG_T_UINT, "10000", 1, 1000000, 0, kafka.max_queued),

@@ -149,24 +149,41 @@ rd_kafka_t *kafka_consumer_new(const struct cfg *cfg, kafka_rebalance_cb *rebala
  */
 #define KAFKA_DLQ_HEADROOM (64 * 1024)
 
-rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
+/*
+ * A consumer of the daemon's beside the group's: assign() only, nothing committed. Its
+ * group.id is the group's plus suffix (it is never joined); fetch_wait_ms bounds how long a
+ * fetch waits for records, i.e. how late a reader may see one.
+ */
+static rd_kafka_t *side_reader_new(const struct cfg *cfg, const char *suffix, const char *client_id,
+                                   const char *fetch_wait_ms, char *err, size_t errcap)
 {
 	char group[CFG_VALUE_MAX + 16];
-	snprintf(group, sizeof group, "%s.state-reader", cfg->kafka.group_id);
+	snprintf(group, sizeof group, "%s.%s", cfg->kafka.group_id, suffix);
 	const struct kv defaults[] = {
 	    {"bootstrap.servers", cfg->kafka.brokers},
-	    {"group.id", group}, /* never joined: assign() only, nothing committed */
-	    {"client.id", "chatprovd-state"},
+	    {"group.id", group},
+	    {"client.id", client_id},
 	    {"auto.offset.reset", "earliest"},
-	    /* A restore or fetch waits for the long poll of the previous one (unassigned but
-	     * still in flight): 500 ms by default, per partition and per replay. */
-	    {"fetch.wait.max.ms", "10"},
+	    {"fetch.wait.max.ms", fetch_wait_ms},
 	};
 	rd_kafka_conf_t *conf = new_conf(cfg, defaults, CP_ARRAY_LEN(defaults), reader_forced,
 	                                 CP_ARRAY_LEN(reader_forced), err, errcap);
 	if (!conf)
 		return NULL;
 	return create(RD_KAFKA_CONSUMER, conf, err, errcap);
+}
+
+rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap)
+{
+	/* A restore or fetch waits for the long poll of the previous one (unassigned but still
+	 * in flight): 500 ms by default, per partition and per replay. */
+	return side_reader_new(cfg, "state-reader", "chatprovd-state", "10", err, errcap);
+}
+
+rd_kafka_t *kafka_limits_reader_new(const struct cfg *cfg, char *err, size_t errcap)
+{
+	/* A block is a second or more: a read lags behind by a twentieth of one at most. */
+	return side_reader_new(cfg, "limits-reader", "chatprovd-limits", "50", err, errcap);
 }
 
 rd_kafka_t *kafka_inspector_new(const struct cfg *cfg, char *err, size_t errcap)

@@ -31,6 +31,9 @@ rd_kafka_t *kafka_producer_new(const struct cfg *cfg, kafka_delivery_cb *on_deli
  */
 rd_kafka_t *kafka_reader_new(const struct cfg *cfg, char *err, size_t errcap) CP_MUSTCHECK;
 
+/* Reads [kafka] limits_topic by assign() (blockshare): no group joined, nothing committed. */
+rd_kafka_t *kafka_limits_reader_new(const struct cfg *cfg, char *err, size_t errcap) CP_MUSTCHECK;
+
 /*
  * chatprovctl's reader: a consumer that carries the daemon's group.id, so that it can ask for
  * the group's committed offsets (rd_kafka_committed), but reads by assign() only: it never

@@ -31,7 +31,7 @@
 #define PACER_KNEE 0.7 /* the knee: this share of the rate that drew the last 429 */
 #endif
 
-#define NIL UINT32_MAX
+#define NIL       UINT32_MAX
 #define TOKEN_EPS PACER_TOKEN_EPS
 /* Longest wait computed from a bucket (~30 years): keeps the arithmetic in range. */
 #define MAX_WAIT_MS 1000000000000LL
@@ -89,6 +89,9 @@ struct pacer {
 	size_t n_dheap;
 
 	size_t max_queued, queued;
+
+	pacer_throttle_fn *on_throttle; /* told of each 429's block, outside the lock */
+	void *on_throttle_arg;
 };
 
 /* ---- buckets ---- */
@@ -586,6 +589,7 @@ static void on_throttled(struct pacer *s, struct tenant *tn, int64_t retry_after
 void pacer_on_result(struct pacer *s, size_t tenant, enum pacer_outcome outcome,
                      int64_t retry_after_ms, int64_t now_ms)
 {
+	int64_t blocked_until = -1; /* a 429's block, for the observer */
 	pthread_mutex_lock(&s->lock);
 	see_time(s, now_ms);
 	if (tenant >= s->n_tenants)
@@ -602,6 +606,7 @@ void pacer_on_result(struct pacer *s, size_t tenant, enum pacer_outcome outcome,
 		break;
 	case PACER_THROTTLED:
 		on_throttled(s, tn, retry_after_ms, now_ms);
+		blocked_until = tn->blocked_until;
 		break;
 	case PACER_FAILED_OTHER:
 		tn->failed++;
@@ -610,7 +615,32 @@ void pacer_on_result(struct pacer *s, size_t tenant, enum pacer_outcome outcome,
 		break;
 	}
 	tenant_rekey(s, (uint32_t)tenant);
-out:
+out:;
+	pacer_throttle_fn *observer = s->on_throttle;
+	void *observer_arg = s->on_throttle_arg;
+	pthread_mutex_unlock(&s->lock);
+	if (blocked_until >= 0 && observer)
+		observer(tenant, blocked_until, observer_arg);
+}
+
+void pacer_set_throttle_observer(struct pacer *s, pacer_throttle_fn *fn, void *arg)
+{
+	pthread_mutex_lock(&s->lock);
+	s->on_throttle = fn;
+	s->on_throttle_arg = arg;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void pacer_block(struct pacer *s, size_t tenant, int64_t until_ms, int64_t now_ms)
+{
+	pthread_mutex_lock(&s->lock);
+	see_time(s, now_ms);
+	if (tenant < s->n_tenants && until_ms > now_ms) {
+		struct tenant *tn = &s->tenants[tenant];
+		bucket_refill(&tn->bucket, now_ms);
+		tenant_block(tn, until_ms);
+		tenant_rekey(s, (uint32_t)tenant);
+	}
 	pthread_mutex_unlock(&s->lock);
 }
 

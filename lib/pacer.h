@@ -132,6 +132,21 @@ void pacer_on_result(struct pacer *s, size_t tenant, enum pacer_outcome outcome,
                      int64_t retry_after_ms, int64_t now_ms);
 
 /*
+ * Called, outside the scheduler's lock, on the thread that reported it, each time a 429
+ * blocks a tenant: until_ms is when the block ends (the caller's clock). The pipeline tells
+ * the other instances ([kafka] limits_topic). NULL: nobody is told.
+ */
+typedef void pacer_throttle_fn(size_t tenant, int64_t until_ms, void *arg);
+void pacer_set_throttle_observer(struct pacer *s, pacer_throttle_fn *fn, void *arg);
+
+/*
+ * Blocks the tenant until until_ms as a Retry-After would, without counting a 429 or
+ * changing its rate (another instance was throttled; its own 429s, if any, drive AIMD here),
+ * and without telling the observer. Unknown tenants and blocks already past change nothing.
+ */
+void pacer_block(struct pacer *s, size_t tenant, int64_t until_ms, int64_t now_ms);
+
+/*
  * SIGHUP reload. New limits apply from the latest time the scheduler was given (buckets are
  * refilled at the old rates up to then); a tenant keeps its AIMD position as a fraction of its
  * limit. pacer_set_tenant_limit with limit <= 0 returns the tenant to the default. Invalid

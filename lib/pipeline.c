@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "blockshare.h"
 #include "chatreq.h"
 #include "cptime.h"
 #include "kafka.h"
@@ -80,6 +81,7 @@ bool pipeline_poll(struct pipeline *p, int timeout_ms)
 {
 	intake_serve_consumer_events(p);
 	rd_kafka_poll(p->producer, 0);
+	blockshare_poll(p->blockshare);
 	publish_reproduce_due(p);
 	intake_refetch_unreadable(p);
 	size_t allowed = intake_credit(p);
@@ -260,6 +262,13 @@ bool pipeline_start(struct pipeline *p, char *err, size_t errcap)
 	p->consumer = kafka_consumer_new(p->cfg, rebalance_on_rebalance, p, err, errcap);
 	if (!p->consumer || !intake_open(p, err, errcap))
 		return false;
+	/* Before the workers: their first 429 is shared too. */
+	if (!blockshare_new(p->cfg, p->producer, p->pacer, p->metrics, &p->blockshare, err, errcap))
+		return false;
+	if (p->blockshare) {
+		pacer_set_throttle_observer(p->pacer, blockshare_publish, p->blockshare);
+		blockshare_wake_on(p->blockshare, p->wake_fd);
+	}
 	if (!start_workers(p, err, errcap))
 		return false;
 	auth_set_notify(p->auth, on_token_change, p);
@@ -301,6 +310,7 @@ bool pipeline_reload(struct pipeline *p, const struct cfg *new_cfg)
 		return false;
 	keep_app_limits(p, new_cfg);
 	rebalance_apply_share(p);
+	blockshare_reload(p->blockshare, new_cfg);
 	struct worker_policy policy = policy_of(new_cfg);
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_set_policy(p->workers[i], &policy);
@@ -433,6 +443,9 @@ void pipeline_free(struct pipeline *p)
 	for (unsigned i = 0; i < p->n_workers; i++)
 		worker_free(p->workers[i]);
 	p->n_workers = 0;
+	/* The workers were its only writers; the producer it writes through goes next. */
+	blockshare_free(p->blockshare);
+	p->blockshare = NULL;
 	intake_close(p);
 	if (p->consumer)
 		rd_kafka_destroy(p->consumer);

@@ -40,6 +40,7 @@
 /* Waiting for the coordinator to answer a commit (revoke, finish). */
 #define COMMIT_WAIT_MS 5000
 
+struct blockshare;
 struct reproduce;
 struct pipeline;
 
@@ -92,6 +93,7 @@ struct pipeline {
 	rd_kafka_t *consumer, *producer;
 	struct auth *auth;
 	struct pacer *pacer;
+	struct blockshare *blockshare; /* NULL: Retry-After not shared ([kafka] limits_topic) */
 	/*
 	 * [limits] as configured (the app's limits, the last reload's): the scheduler gets this
 	 * instance's share of them, owned input partitions / the input topic's partitions.

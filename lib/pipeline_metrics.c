@@ -26,7 +26,7 @@ struct pipeline_metrics {
 	struct metrics_family *requests, *responses, *retries, *throttled, *graph_latency;
 	struct metrics_family *e2e_latency, *queued, *rate, *token_expiry, *token_refreshes;
 	struct metrics_family *token_failures, *in_memory, *active, *paused, *lag, *refused;
-	struct metrics_family *memory_bytes, *unreadable, *handover_skipped;
+	struct metrics_family *memory_bytes, *unreadable, *handover_skipped, *blocks_shared;
 	struct metrics_family *not_found, *forbidden;
 	struct metrics_family *tenant_requests, *backlog, *backlog_eta;
 	struct metrics_series *backlog_all, *backlog_eta_all;
@@ -106,12 +106,17 @@ static bool register_families(struct pipeline_metrics *pm)
 	           "Bytes of the requests in memory, as counted against [kafka] max_queued_bytes.",
 	           METRICS_GAUGE, NULL, NULL, 0) &&
 	       reg(pm, &pm->unreadable, "chatprov_unreadable_messages_total",
-	           "Consumer errors at an input offset: the message is fetched again, never skipped.",
+	           "Consumer errors at an input offset: the message is fetched again, never "
+	           "skipped.",
 	           METRICS_COUNTER, NULL, NULL, 0) &&
 	       reg(pm, &pm->handover_skipped, "chatprov_handover_skipped_total",
 	           "Input messages skipped because the partition's previous owner had answered "
 	           "them (its hand-over mark), when its commit was refused during a rebalance.",
 	           METRICS_COUNTER, NULL, NULL, 0) &&
+	       reg(pm, &pm->blocks_shared, "chatprov_retry_after_shared_total",
+	           "429 Retry-After blocks shared through [kafka] limits_topic: sent by this "
+	           "instance, or applied here from another.",
+	           METRICS_COUNTER, L("direction"), NULL, 0) &&
 	       reg(pm, &pm->not_found, "chatprov_not_found_retries_total",
 	           "404 answers to POST /chats waited out: a member not yet known to Teams.",
 	           METRICS_COUNTER, L("tenant"), NULL, 0) &&
@@ -237,6 +242,13 @@ void pipeline_metrics_handover_skipped(struct pipeline_metrics *pm)
 {
 	if (pm)
 		metrics_inc(metrics_series(pm->handover_skipped, NULL));
+}
+
+void pipeline_metrics_block_shared(struct pipeline_metrics *pm, bool sent)
+{
+	if (pm)
+		metrics_inc(metrics_series(pm->blocks_shared,
+		                           (const char *const[]){sent ? "sent" : "applied"}));
 }
 
 void pipeline_metrics_unreadable(struct pipeline_metrics *pm)

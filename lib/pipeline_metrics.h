@@ -35,6 +35,8 @@ void pipeline_metrics_graph_response(struct pipeline_metrics *pm, size_t tenant,
 void pipeline_metrics_unreadable(struct pipeline_metrics *pm);
 /* An input message skipped: the partition's previous owner answered it (hand-over mark). */
 void pipeline_metrics_handover_skipped(struct pipeline_metrics *pm);
+/* A 429's block told to the other instances (sent) or taken from one (applied). */
+void pipeline_metrics_block_shared(struct pipeline_metrics *pm, bool sent);
 /* A record the broker refused for good and that was given up, by topic. */
 void pipeline_metrics_record_refused(struct pipeline_metrics *pm, const char *topic);
 

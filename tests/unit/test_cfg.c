@@ -588,21 +588,24 @@ static void test_required_and_cross(void **state)
 	         "%s:9: [auth] private_key_file needs both certificate_file and private_key_file");
 	load_err(MINIMAL "[kafka]\nstate_topic = chat.results\n",
 	         "%s:11: [kafka] output_topic and state_topic are the same topic: input_topic, "
-	         "output_topic, state_topic and dlq_topic must be different topics");
+	         "output_topic, state_topic, dlq_topic and limits_topic must be different topics");
 	load_err(MINIMAL "[kafka]\ndlq_topic = chat.requests\n",
 	         "%s:11: [kafka] input_topic and dlq_topic are the same topic: input_topic, "
-	         "output_topic, state_topic and dlq_topic must be different topics");
+	         "output_topic, state_topic, dlq_topic and limits_topic must be different topics");
 	/* A DLQ copy in the state topic would read as a request's state; in the output, as a
 	 * result. The derived state topic counts too. */
 	load_err(MINIMAL "[kafka]\nstate_topic = chat.state\ndlq_topic = chat.state\n",
 	         "%s:12: [kafka] state_topic and dlq_topic are the same topic: input_topic, "
-	         "output_topic, state_topic and dlq_topic must be different topics");
+	         "output_topic, state_topic, dlq_topic and limits_topic must be different topics");
 	load_err(MINIMAL "[kafka]\ndlq_topic = chat.requests.state\n",
 	         "%s:11: [kafka] state_topic and dlq_topic are the same topic: input_topic, "
-	         "output_topic, state_topic and dlq_topic must be different topics");
+	         "output_topic, state_topic, dlq_topic and limits_topic must be different topics");
+	load_err(MINIMAL "[kafka]\nlimits_topic = chat.requests.state\n",
+	         "%s:11: [kafka] state_topic and limits_topic are the same topic: input_topic, "
+	         "output_topic, state_topic, dlq_topic and limits_topic must be different topics");
 	load_err(MINIMAL "[kafka]\ndlq_topic = chat.results\n",
 	         "%s:11: [kafka] output_topic and dlq_topic are the same topic: input_topic, "
-	         "output_topic, state_topic and dlq_topic must be different topics");
+	         "output_topic, state_topic, dlq_topic and limits_topic must be different topics");
 	load_err(MINIMAL "[retry]\nbase_delay_s = 30\nmax_delay_s = 20\n",
 	         "%s:11: [retry] base_delay_s (30) must not exceed max_delay_s (20)");
 	load_err(MINIMAL "[retry]\nnot_found_base_delay_s = 30\nnot_found_max_delay_s = 20\n",
@@ -1164,7 +1167,7 @@ static void test_every_key_documented(void **state)
 		if (!strstr(doc, needle))
 			fail_msg("key '%s' missing from docs/configuration.md", line);
 	}
-	assert_int_equal(keys, 47);
+	assert_int_equal(keys, 48);
 	free(dump);
 	free(example);
 	free(doc);

@@ -73,8 +73,8 @@ static struct pacer_tenant_stats stats_of(struct pacer *s, size_t tenant)
 static void test_empty_and_errors(void **state)
 {
 	(void)state;
-	struct pacer_limits bad[] = {
-	    {0, 10, 10, 0}, {10, -1, 10, 0}, {10, 10, 0, 0}, {NAN, 10, 10, 0}, {10, INFINITY, 10, 0}, {10, 10, 10, -1}};
+	struct pacer_limits bad[] = {{0, 10, 10, 0},   {10, -1, 10, 0},       {10, 10, 0, 0},
+	                             {NAN, 10, 10, 0}, {10, INFINITY, 10, 0}, {10, 10, 10, -1}};
 	struct pacer *s = NULL;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_false(pacer_new(&bad[i], 10, &s));
@@ -333,6 +333,67 @@ static void test_other_failure_with_retry_after_blocks_only(void **state)
 }
 
 /* ---- fairness and no head-of-line blocking ---- */
+
+struct throttle_seen {
+	int calls;
+	size_t tenant;
+	int64_t until;
+};
+
+static void on_throttle(size_t tenant, int64_t until_ms, void *arg)
+{
+	struct throttle_seen *seen = arg;
+	seen->calls++;
+	seen->tenant = tenant;
+	seen->until = until_ms;
+}
+
+/* A 429's block is told to the observer (shared with the other instances); nothing else is. */
+static void test_the_observer_hears_each_429s_block_only(void **state)
+{
+	(void)state;
+	struct pacer *s = new_pacer(20, 200, 2, 100);
+	struct throttle_seen seen = {0};
+	pacer_set_throttle_observer(s, on_throttle, &seen);
+	size_t a = add_tenant(s, "a", 0), b = add_tenant(s, "b", 0);
+	pacer_on_result(s, a, PACER_OK, 0, 0);
+	pacer_on_result(s, a, PACER_FAILED_OTHER, 5000, 0); /* a 503's Retry-After: local */
+	assert_int_equal(seen.calls, 0);
+	pacer_on_result(s, b, PACER_THROTTLED, 3000, 100);
+	assert_int_equal(seen.calls, 1);
+	assert_int_equal(seen.tenant, b);
+	assert_int_equal(seen.until, 3100);
+	pacer_block(s, a, 9000, 200); /* another instance's block: not told again */
+	assert_int_equal(seen.calls, 1);
+	pacer_free(s);
+}
+
+/*
+ * Another instance's block holds the tenant as its own 429 would, and ends when it says,
+ * without halving the tenant's rate; a block already over and an unknown tenant change nothing.
+ */
+static void test_a_block_from_another_instance_holds_the_tenant(void **state)
+{
+	(void)state;
+	struct pacer *s = new_pacer(20, 200, 2, 100);
+	size_t a = add_tenant(s, "a", 0);
+	push_n(s, a, 0, 2, 0);
+	pacer_block(s, a, 5000, 0);
+	pacer_block(s, a, 100, 50);  /* shorter: the longer block stands */
+	pacer_block(s, 7, 9000, 50); /* unknown tenant */
+	assert_true(pacer_blocked(s, a, 4999));
+	int64_t wake;
+	assert_int_equal(take(s, 4999, NULL, NULL, &wake), PACER_WAIT);
+	assert_int_equal(wake, 5000);
+	assert_false(pacer_blocked(s, a, 5000));
+	assert_int_equal(take(s, 5000, NULL, NULL, NULL), PACER_TAKEN);
+	struct pacer_tenant_stats st = stats_of(s, a);
+	assert_int_equal(st.throttled, 0);
+	assert_true(st.current_rate == 20); /* no multiplicative decrease: no 429 drawn here */
+	pacer_block(s, a, 4000, 6000);      /* over already */
+	assert_false(pacer_blocked(s, a, 6000));
+	pacer_free(s);
+}
 
 static void test_blocked_tenant_does_not_delay_others(void **state)
 {
@@ -935,12 +996,12 @@ static void check_eta_matches_scheduler(const struct eta_case *c)
 		push_n(s, idx, id, (size_t)c->events[i], start);
 		id += (size_t)c->events[i];
 		t[i] = (struct eta_tenant){.events = c->events[i],
-		                                 .rate = c->limits[i],
-		                                 .tokens = eta_full_bucket(c->limits[i])};
+		                           .rate = c->limits[i],
+		                           .tokens = eta_full_bucket(c->limits[i])};
 	}
 	double eta = -1;
-	assert_true(eta_compute(t, c->n_tenants, c->global, eta_full_bucket(c->global), c->window,
-	                      &eta));
+	assert_true(
+	    eta_compute(t, c->n_tenants, c->global, eta_full_bucket(c->global), c->window, &eta));
 	double measured = drain_time(s, start);
 	/* A token interval: the scheduler hands out whole tokens, the model flows. */
 	double interval = c->window / c->global;
@@ -949,8 +1010,8 @@ static void check_eta_matches_scheduler(const struct eta_case *c)
 	double slack = 0.005 * measured + interval + 0.01;
 	if (fabs(eta - measured) > slack) {
 		for (size_t i = 0; i < c->n_tenants; i++)
-			printf("tenant %zu: %.0f events at %.0f per %.0f s, eta %.3f\n", i, c->events[i],
-			       c->limits[i], c->window, t[i].eta_s);
+			printf("tenant %zu: %.0f events at %.0f per %.0f s, eta %.3f\n", i,
+			       c->events[i], c->limits[i], c->window, t[i].eta_s);
 		fail_msg("global %.0f: eta %.3f s, scheduler drained in %.3f s", c->global, eta,
 		         measured);
 	}
@@ -983,8 +1044,8 @@ static void test_eta_global_limit_binds(void **state)
 	double eta = 0;
 	assert_true(eta_compute(t, 30, 200, 200, 10, &eta));
 	assert_true(fabs(eta - (3000.0 - 200) / 20) < 1e-6);
-	check_eta_matches_scheduler(&(struct eta_case){4, {20, 20, 20, 20}, {100, 100, 100, 100},
-	                                               50, 10});
+	check_eta_matches_scheduler(
+	    &(struct eta_case){4, {20, 20, 20, 20}, {100, 100, 100, 100}, 50, 10});
 }
 
 static void test_eta_shares_like_round_robin(void **state)
@@ -1037,7 +1098,7 @@ static void test_eta_edges(void **state)
 	assert_true(eta_compute(NULL, 0, 200, 200, 10, &eta));
 	assert_true(eta == 0);
 	struct eta_tenant t[2] = {{.events = 0, .rate = 20, .tokens = 20},
-	                                {.events = 5, .rate = 20, .tokens = 20}};
+	                          {.events = 5, .rate = 20, .tokens = 20}};
 	assert_true(eta_compute(t, 2, 200, 200, 10, &eta));
 	assert_true(eta == 0 && t[0].eta_s == 0 && t[1].eta_s == 0);
 	/* Work that can never leave. */
@@ -1093,6 +1154,8 @@ int main(void)
 	    cmocka_unit_test(test_throttle_without_retry_after),
 	    cmocka_unit_test(test_other_failure_with_retry_after_blocks_only),
 	    cmocka_unit_test(test_blocked_tenant_does_not_delay_others),
+	    cmocka_unit_test(test_the_observer_hears_each_429s_block_only),
+	    cmocka_unit_test(test_a_block_from_another_instance_holds_the_tenant),
 	    cmocka_unit_test(test_round_robin_when_global_is_the_bottleneck),
 	    cmocka_unit_test(test_global_caps_the_sum),
 	    cmocka_unit_test(test_max_queued_counts_delayed_jobs_too),
