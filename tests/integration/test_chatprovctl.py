@@ -483,7 +483,10 @@ def test_daemon_status_line_and_metrics_show_the_backlog_eta(tmp_path, monkeypat
              for m in [STATUS_ETA.search(s)] if m]
     busy = [(b, e) for b, e, _ in looks if b > 0]
     assert len(busy) >= 3, [s for _, _, s in looks]
-    assert busy[0][1] >= 5 and busy[-1][1] < busy[0][1], busy
+    # The first lines may come while the 80 events are still being read (backlog 40, then
+    # 67): the ETA peaks once they all are (80 at 10/s: about 8 s), then falls.
+    peak = max(e for _, e in busy)
+    assert peak >= 5 and busy[-1][1] < peak, busy
     assert looks[-1][0] == 0 and looks[-1][1] == 0
     total = re.search(r'^chatprov_backlog_eta_seconds\{tenant=""\} (\S+)$', metrics, re.M)
     tenant = re.search(r'^chatprov_backlog_events\{tenant="default"\} (\S+)$', metrics, re.M)
