@@ -77,6 +77,7 @@ class GraphSim:
         self.url = None
         self.control_url = None  # --http2: the plain HTTP/1.1 port (same state, for /_sim/)
         self._cfg = None
+        self.stderr_text = ""  # of the last stop, when graph-sim did not exit 0
 
     def start(self, config=None, args=(), timeout=5.0):
         cmd = [self.path, "--listen", "127.0.0.1:0"] + list(args)
@@ -111,6 +112,8 @@ class GraphSim:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
+        # Kept for the test's message when graph-sim did not exit 0 (MHD's panics go there).
+        self.stderr_text = self.proc.stderr.read().decode(errors="replace") if rc else ""
         self.proc.stdout.close()
         self.proc.stderr.close()
         self.proc = None

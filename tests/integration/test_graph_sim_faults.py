@@ -22,7 +22,8 @@ CRID = "0b8e7a52-9c31-4d6f-a2e4-5f6a7b8c9d0e"
 def sim():
     s = GraphSim().start()
     yield s
-    assert s.stop() in (0, None)  # None: the test stopped it itself
+    rc = s.stop()
+    assert rc in (0, None), (rc, s.stderr_text[-2000:])  # None: the test stopped it itself
 
 
 @pytest.fixture

@@ -483,15 +483,15 @@ fail:
 /*
  * Resume every suspended connection first and wait until MHD has taken each back: MHD aborts
  * the process when it is stopped with a connection still suspended (or resumed but not yet
- * seen by its thread again).
+ * seen by its thread again). The quiesced listen socket is closed only after
+ * MHD_stop_daemon: its pool threads may still be using it until then (MHD's manual), and
+ * closing it earlier aborted graph-sim at a SIGTERM once in CI.
  */
 void gs_http_stop(void)
 {
-	if (daemon_) {
-		MHD_socket ls = MHD_quiesce_daemon(daemon_);
-		if (ls != MHD_INVALID_SOCKET)
-			close(ls);
-	}
+	MHD_socket ls = MHD_INVALID_SOCKET;
+	if (daemon_)
+		ls = MHD_quiesce_daemon(daemon_);
 	pthread_mutex_lock(&tq.mu);
 	tq.draining = true;
 	pthread_cond_signal(&tq.cv);
@@ -508,6 +508,8 @@ void gs_http_stop(void)
 	if (daemon_)
 		MHD_stop_daemon(daemon_);
 	daemon_ = NULL;
+	if (ls != MHD_INVALID_SOCKET)
+		close(ls);
 	if (tq.started) {
 		pthread_mutex_lock(&tq.mu);
 		tq.stop = true;
